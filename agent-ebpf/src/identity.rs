@@ -1,0 +1,63 @@
+//! Who is calling: every hook resolves its subject here.
+
+use agent_common::identity::{CGROUP_MAX_DEPTH, MODE_ENFORCE};
+use aya_ebpf::{
+    Global,
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid},
+};
+
+use crate::maps::{CGROUP_IDENTITY, IDENTITIES};
+
+/// The daemon's tgid, set at load time so the daemon can never judge itself.
+#[unsafe(no_mangle)]
+static CORRAL_DAEMON_TGID: Global<u32> = Global::new(0);
+
+pub struct Subject {
+    pub identity: u32,
+    pub mode: u32,
+    pub ruleset: u32,
+}
+
+/// The identity of the current task: the deepest tagged cgroup among its
+/// ancestors (so a sub-cgroup an agent creates is still that agent).
+/// `None` for untagged tasks, which are never judged.
+#[inline(always)]
+pub fn current() -> Option<Subject> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid == CORRAL_DAEMON_TGID.load() {
+        return None;
+    }
+    // Plain scalar accumulator: an Option accumulator upset the verifier.
+    let mut found: u32 = 0;
+    let mut level: i32 = 0;
+    while level < CGROUP_MAX_DEPTH {
+        // SAFETY: helper with no pointer arguments.
+        let cg = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if cg == 0 {
+            break;
+        }
+        // SAFETY: the value is a plain u32 copied out immediately.
+        if let Some(id) = unsafe { CGROUP_IDENTITY.get(&cg) } {
+            found = *id;
+        }
+        level += 1;
+    }
+    if found == 0 {
+        return None;
+    }
+    // SAFETY: plain-data value copied out field by field.
+    match unsafe { IDENTITIES.get(&found) } {
+        Some(st) => Some(Subject {
+            identity: found,
+            mode: st.mode,
+            ruleset: st.ruleset,
+        }),
+        // Tagged but without state (a half-removed identity): judge it with
+        // an empty rule set in enforce mode, i.e. deny everything.
+        None => Some(Subject {
+            identity: found,
+            mode: MODE_ENFORCE,
+            ruleset: 0,
+        }),
+    }
+}

@@ -1,0 +1,38 @@
+//! Map definitions. Keys and values are documented in agent-common's `maps`
+//! module; every map is pinned by name so a restarted daemon re-adopts it.
+
+use agent_common::{
+    identity::{IdentityState, IdentityStats, MAX_IDENTITIES},
+    net::{Net4Key, Net6Key, NetRuleList},
+};
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{HashMap, LpmTrie, PerCpuArray, RingBuf},
+};
+
+/// Agent cgroups. Sized for many sub-cgroups per identity.
+#[map(name = "CGROUP_IDENTITY")]
+pub static CGROUP_IDENTITY: HashMap<u64, u32> = HashMap::pinned(65536, 0);
+
+#[map(name = "IDENTITIES")]
+pub static IDENTITIES: HashMap<u32, IdentityState> = HashMap::pinned(MAX_IDENTITIES, 0);
+
+/// Two rule sets (old and new) of every identity must fit during a reload.
+#[map(name = "NET4_RULES")]
+pub static NET4_RULES: LpmTrie<Net4Key, NetRuleList> =
+    LpmTrie::pinned(524288, BPF_F_NO_PREALLOC);
+
+#[map(name = "NET6_RULES")]
+pub static NET6_RULES: LpmTrie<Net6Key, NetRuleList> =
+    LpmTrie::pinned(524288, BPF_F_NO_PREALLOC);
+
+/// Size is overridden by the daemon's `--ringbuf-size`.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::pinned(16 * 1024 * 1024, 0);
+
+#[map(name = "EVENT_DROPS")]
+pub static EVENT_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
+
+#[map(name = "IDENTITY_STATS")]
+pub static IDENTITY_STATS: PerCpuArray<IdentityStats> = PerCpuArray::pinned(MAX_IDENTITIES, 0);

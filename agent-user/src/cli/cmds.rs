@@ -1,0 +1,301 @@
+//! Client commands that talk to the daemon's API, and the offline policy
+//! commands.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use hyper::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::client::{self, Client};
+use crate::event::Event;
+
+#[derive(clap::Args, Debug)]
+pub struct JsonFlag {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Bad input from the user (unknown identity, bad flags): exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["pid", "cgroup"])))]
+pub struct AssignArgs {
+    #[arg(long)]
+    pub identity: String,
+    /// Move this process into the identity's cgroup.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Tag this cgroup (absolute, or relative to the cgroup v2 root), e.g. a
+    /// systemd unit's or a container's.
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TailArgs {
+    #[arg(long)]
+    pub identity: Option<String>,
+    #[arg(long, value_parser = ["net", "file", "syscall"])]
+    pub kind: Option<String>,
+    /// JSON lines (schema in the README).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum PolicyCmd {
+    /// Validate a policy directory or file without a daemon.
+    Check {
+        #[arg(default_value = "/etc/corral/policies")]
+        path: PathBuf,
+    },
+    /// Ask the daemon to reload (its policy dir, or DIR).
+    Apply { dir: Option<PathBuf> },
+    /// The compiled policy of an identity as the daemon enforces it.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UnloadArgs {
+    #[arg(long, default_value = "/sys/fs/bpf/corral")]
+    pub pin_dir: PathBuf,
+    /// Also remove the (empty) identity cgroups under this parent.
+    #[arg(long, default_value = "corral")]
+    pub cgroup_parent: String,
+}
+
+fn get(client: &Client, path: &str) -> anyhow::Result<Value> {
+    let (status, v) = client::block_on(client.call(Method::GET, path, None))?;
+    if status == StatusCode::NOT_FOUND && v.get("known").is_some() {
+        return Err(UsageError(client::api_error(status, &v).to_string()).into());
+    }
+    if !status.is_success() {
+        return Err(client::api_error(status, &v));
+    }
+    Ok(v)
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).expect("json"));
+}
+
+pub fn assign(client: &Client, a: &AssignArgs) -> anyhow::Result<u8> {
+    let body = json!({ "identity": a.identity, "pid": a.pid, "cgroup": a.cgroup });
+    let (status, v) = client::block_on(client.call(Method::POST, "/v1/assign", Some(&body)))?;
+    if status == StatusCode::NOT_FOUND {
+        return Err(UsageError(client::api_error(status, &v).to_string()).into());
+    }
+    if !status.is_success() {
+        return Err(client::api_error(status, &v));
+    }
+    match (a.pid, &a.cgroup) {
+        (Some(pid), _) => println!(
+            "pid {pid} is now {} (cgroup {})",
+            a.identity,
+            v["cgroup"].as_str().unwrap_or("?")
+        ),
+        (_, Some(cg)) => println!("cgroup {} is now {}", cg.display(), a.identity),
+        _ => {}
+    }
+    if a.pid.is_some() {
+        eprintln!(
+            "note: an assigned process keeps the file and syscall restrictions it had; only \
+             kernel-side rules (network) apply to it. Use `corral run` for full confinement."
+        );
+    }
+    Ok(0)
+}
+
+pub fn identities(client: &Client, a: &JsonFlag) -> anyhow::Result<u8> {
+    let v = get(client, "/v1/identities")?;
+    if a.json {
+        print_json(&v);
+        return Ok(0);
+    }
+    println!(
+        "{:<20} {:<8} {:>5} {:>6} {:>8} {:>8}  CGROUP",
+        "IDENTITY", "MODE", "PROCS", "RULES", "DENIED", "AUDITED"
+    );
+    for i in v.as_array().into_iter().flatten() {
+        let mode = if i["orphaned"] == true { "orphaned" } else { i["mode"].as_str().unwrap_or("?") };
+        println!(
+            "{:<20} {:<8} {:>5} {:>6} {:>8} {:>8}  {}",
+            i["name"].as_str().unwrap_or("?"),
+            mode,
+            i["processes"],
+            i["rules"]["network"].as_u64().unwrap_or(0) + i["rules"]["unix"].as_u64().unwrap_or(0),
+            i["counters"]["denied"],
+            i["counters"]["audited"],
+            i["cgroup"].as_str().unwrap_or("?"),
+        );
+    }
+    Ok(0)
+}
+
+pub fn status(client: &Client, a: &JsonFlag) -> anyhow::Result<u8> {
+    let v = get(client, "/v1/status")?;
+    if a.json {
+        print_json(&v);
+        return Ok(0);
+    }
+    let d = &v["daemon"];
+    println!("corral {} (pid {}), up since {}", d["version"].as_str().unwrap_or("?"), d["pid"], d["started"].as_str().unwrap_or("?"));
+    println!("policy dir   {}", d["policy_dir"].as_str().unwrap_or("?"));
+    println!("cgroup       {}", d["cgroup_parent"].as_str().unwrap_or("?"));
+    println!("pins         {}{}", d["pin_dir"].as_str().unwrap_or("?"), if d["adopted_pins"] == true { " (adopted from a previous daemon)" } else { "" });
+    println!("identities   {}", v["identities"]);
+    let e = &v["events"];
+    println!(
+        "events       {} received, {} lost in the kernel, {} undecodable, {} subscribers",
+        e["received"], e["kernel_lost"], e["decode_errors"], e["subscribers"]
+    );
+    let r = &v["reload"];
+    println!(
+        "last reload  generation {} at {} ({}): {}",
+        r["generation"],
+        r["last_time"].as_str().unwrap_or("-"),
+        r["last_trigger"].as_str().unwrap_or("-"),
+        if r["last_ok"] == true { "ok" } else { "FAILED, previous policy still in force" }
+    );
+    for err in r["last_errors"].as_array().into_iter().flatten() {
+        println!("             {}", err.as_str().unwrap_or("?"));
+    }
+    println!("mechanisms:");
+    for m in d["mechanisms"].as_array().into_iter().flatten() {
+        let state = m["state"].as_str().unwrap_or("?");
+        let flag = if state == "enforcing" { "  " } else { "!!" };
+        println!("  {flag} {:<16} {} — {}", state, m["name"].as_str().unwrap_or("?"), m["detail"].as_str().unwrap_or(""));
+    }
+    Ok(0)
+}
+
+pub fn tail(client: &Client, a: &TailArgs) -> anyhow::Result<u8> {
+    let mut q = Vec::new();
+    if let Some(i) = &a.identity {
+        q.push(format!("identity={i}"));
+    }
+    if let Some(k) = &a.kind {
+        q.push(format!("kind={k}"));
+    }
+    let path = format!("/v1/events?{}", q.join("&"));
+    let json = a.json;
+    let r = client::block_on(client.stream(&path, |line| {
+        let v: Value = match serde_json::from_slice(line) {
+            Ok(v) => v,
+            Err(_) => return true,
+        };
+        if v["kind"] == "hello" {
+            if !json {
+                eprintln!("(streaming; {} events lost in the kernel so far)", v["kernel_lost_so_far"]);
+            }
+            return true;
+        }
+        let out = if json {
+            String::from_utf8_lossy(line).into_owned()
+        } else {
+            match serde_json::from_value::<Event>(v) {
+                Ok(ev) => ev.to_string(),
+                Err(_) => String::from_utf8_lossy(line).into_owned(),
+            }
+        };
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        // A closed pipe (`corral tail | head`) ends the stream quietly.
+        writeln!(stdout, "{out}").and_then(|_| stdout.flush()).is_ok()
+    }));
+    if let Err(e) = &r
+        && e.downcast_ref::<client::Unreachable>().is_none()
+        && e.to_string().contains("unknown identity")
+    {
+        return Err(UsageError(e.to_string()).into());
+    }
+    r.map(|_| 0)
+}
+
+pub fn policy(client: &Client, cmd: PolicyCmd) -> anyhow::Result<u8> {
+    match cmd {
+        PolicyCmd::Check { path } => {
+            let r = if path.is_dir() {
+                crate::daemon::compile_dir(&path).map(|set| set.len())
+            } else {
+                crate::policy::load_file(&path).and_then(|p| {
+                    crate::policy::compile_network(&p).map(|_| 1)
+                })
+            };
+            match r {
+                Ok(n) => {
+                    println!("{}: ok ({n} identit{})", path.display(), if n == 1 { "y" } else { "ies" });
+                    Ok(0)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(1)
+                }
+            }
+        }
+        PolicyCmd::Apply { dir } => {
+            let dir = dir.map(|d| std::fs::canonicalize(&d).unwrap_or(d));
+            let body = json!({ "dir": dir });
+            let (status, v) =
+                client::block_on(client.call(Method::POST, "/v1/policy/apply", Some(&body)))?;
+            if !status.is_success() {
+                return Err(client::api_error(status, &v));
+            }
+            let r = &v["report"];
+            println!("applied generation {}", v["generation"]);
+            for (k, label) in [("changed", "changed"), ("unchanged", "unchanged"), ("removed", "removed"), ("orphaned", "orphaned (processes remain, all denied)")] {
+                let names: Vec<&str> = r[k].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                if !names.is_empty() {
+                    println!("  {label}: {}", names.join(", "));
+                }
+            }
+            Ok(0)
+        }
+        PolicyCmd::Show { name, json } => {
+            let v = get(client, &format!("/v1/policy/{name}"))?;
+            if json {
+                print_json(&v);
+                return Ok(0);
+            }
+            println!("{} ({}) from {}", v["name"].as_str().unwrap_or("?"), v["mode"].as_str().unwrap_or("?"), v["source"].as_str().unwrap_or("?"));
+            for r in v["network"].as_array().into_iter().flatten() {
+                let origin = &r["origin"];
+                println!(
+                    "  #{:<3} {:<5} {:<7} {:<4} {:<24} ports {:<11} {}:{}:{}",
+                    r["id"], r["action"].as_str().unwrap_or("?"), r["direction"].as_str().unwrap_or("?"),
+                    r["proto"].as_str().unwrap_or("?"), r["net"].as_str().unwrap_or("?"),
+                    r["ports"].as_str().unwrap_or("?"), origin["file"].as_str().unwrap_or("?"),
+                    origin["line"], origin["col"],
+                );
+            }
+            for u in v["unix"].as_array().into_iter().flatten() {
+                println!("  #{:<3} unix  {} (NOT ENFORCED on this build)", u["id"], u["path"].as_str().unwrap_or("?"));
+            }
+            let k = &v["kernel_entries"];
+            println!("  kernel: ruleset {}, {} IPv4 + {} IPv6 LPM entries", k["ruleset"], k["v4"], k["v6"]);
+            Ok(0)
+        }
+    }
+}
+
+pub fn unload(a: &UnloadArgs) -> anyhow::Result<u8> {
+    crate::daemon::unload(&a.pin_dir)
+        .with_context(|| format!("removing pins under {}", a.pin_dir.display()))?;
+    let root = crate::cgroup::cgroup2_root()?;
+    let parent = crate::cgroup::join(&root, &a.cgroup_parent)?;
+    let busy = crate::cgroup::remove_tree(&parent);
+    println!("programs detached, pins under {} removed", a.pin_dir.display());
+    for b in busy {
+        println!("kept {} (it still has processes)", b.display());
+    }
+    Ok(0)
+}

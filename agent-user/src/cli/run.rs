@@ -1,0 +1,146 @@
+//! `corral run`: start a command as an agent identity.
+//!
+//! The child joins the identity's cgroup before `execve`, so the program's
+//! first instruction already runs tagged; `no_new_privs` is set so it cannot
+//! gain privileges through setuid binaries. The launcher stays outside the
+//! cgroup as the child's parent and forwards signals.
+
+use std::{
+    ffi::CString,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::PathBuf,
+    process::Command,
+    sync::atomic::{AtomicI32, Ordering},
+};
+
+use anyhow::{Context as _, bail};
+use hyper::{Method, StatusCode};
+use nix::{
+    sys::signal::{SigHandler, Signal, signal},
+    unistd::User,
+};
+
+use super::client::{self, Client};
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The identity to run as.
+    #[arg(long)]
+    pub identity: String,
+    /// Run as this user (name or uid) instead of the caller.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// Exit status when the identity is unknown.
+pub const EXIT_UNKNOWN_IDENTITY: u8 = 2;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UnknownIdentity(pub String);
+
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = CHILD.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+pub fn run(client: &Client, args: &RunArgs) -> anyhow::Result<u8> {
+    let (status, v) = client::block_on(
+        client.call(Method::GET, &format!("/v1/identities/{}", args.identity), None),
+    )?;
+    if status == StatusCode::NOT_FOUND {
+        return Err(UnknownIdentity(client::api_error(status, &v).to_string()).into());
+    }
+    if !status.is_success() {
+        return Err(client::api_error(status, &v));
+    }
+    let cgroup = PathBuf::from(v["cgroup"].as_str().context("daemon sent no cgroup path")?);
+    if v["orphaned"].as_bool() == Some(true) {
+        bail!("identity `{}` has no policy file any more", args.identity);
+    }
+
+    // Everything the child needs is prepared here: between fork and exec
+    // only async-signal-safe calls are allowed (no allocation).
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup.join("cgroup.procs"))
+        .with_context(|| format!("opening {}/cgroup.procs", cgroup.display()))?;
+    let user = match &args.user {
+        Some(u) => Some(resolve_user(u)?),
+        None => None,
+    };
+
+    let mut cmd = Command::new(&args.command[0]);
+    cmd.args(&args.command[1..]);
+    if let Some(u) = &user {
+        cmd.env("HOME", &u.dir).env("USER", &u.name).env("LOGNAME", &u.name);
+    }
+    let procs_fd = procs.as_raw_fd();
+    let ids = user.as_ref().map(|u| (u.uid.as_raw(), u.gid.as_raw(), groups_of(u)));
+    // SAFETY: the closure only makes raw syscalls on pre-built data.
+    unsafe {
+        cmd.pre_exec(move || {
+            // "0" moves the writing process itself.
+            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some((uid, gid, groups)) = &ids {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(*gid) != 0
+                    || libc::setuid(*uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    // The terminal's SIGINT/SIGQUIT reach the child directly (same process
+    // group); the launcher must outlive it to report its status.
+    // SAFETY: installing plain handlers before any child exists.
+    unsafe {
+        signal(Signal::SIGINT, SigHandler::SigIgn)?;
+        signal(Signal::SIGQUIT, SigHandler::SigIgn)?;
+        for s in [Signal::SIGTERM, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2] {
+            signal(s, SigHandler::Handler(forward))?;
+        }
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting `{}` as {}", args.command[0], args.identity))?;
+    CHILD.store(child.id() as i32, Ordering::Relaxed);
+    drop(procs);
+    let status = child.wait()?;
+    use std::os::unix::process::ExitStatusExt as _;
+    Ok(match (status.code(), status.signal()) {
+        (Some(c), _) => c as u8,
+        (None, Some(sig)) => 128u8.wrapping_add(sig as u8),
+        _ => 1,
+    })
+}
+
+fn resolve_user(spec: &str) -> anyhow::Result<User> {
+    let u = match spec.parse::<u32>() {
+        Ok(uid) => User::from_uid(nix::unistd::Uid::from_raw(uid))?,
+        Err(_) => User::from_name(spec)?,
+    };
+    u.with_context(|| format!("no such user `{spec}`"))
+}
+
+fn groups_of(u: &User) -> Vec<libc::gid_t> {
+    let name = CString::new(u.name.as_bytes()).unwrap_or_default();
+    nix::unistd::getgrouplist(&name, u.gid)
+        .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_else(|_| vec![u.gid.as_raw()])
+}

@@ -1,0 +1,308 @@
+//! The control API: HTTP/1.1 + JSON on a unix socket, so the CLI and plain
+//! `curl --unix-socket /run/corral/corral.sock http://corral/v1/status` both
+//! work. Routes are listed in the README.
+
+use std::{
+    convert::Infallible,
+    path::PathBuf,
+    pin::Pin,
+    sync::{Arc, atomic::Ordering},
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Body, Frame, Incoming},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::{
+    net::UnixListener,
+    sync::{broadcast, mpsc, oneshot, watch},
+};
+use tracing::debug;
+
+use super::{
+    enforcer::Command,
+    events::{EventStats, now_rfc3339},
+    reload::{ReloadError, Reloader},
+    snapshot::Snapshot,
+    status,
+};
+use crate::{cgroup, event::Event};
+
+pub type RespBody = BoxBody<Bytes, Infallible>;
+
+pub struct Ctx {
+    pub enforcer: mpsc::Sender<Command>,
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub events: broadcast::Sender<Arc<Event>>,
+    pub event_stats: Arc<EventStats>,
+    pub reloader: Arc<Reloader>,
+    pub info: status::DaemonInfo,
+}
+
+pub async fn serve(listener: UnixListener, ctx: Arc<Ctx>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                debug!("accept: {e}");
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(route(req, &ctx).await) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                debug!("api connection: {e}");
+            }
+        });
+    }
+}
+
+fn json_resp(code: StatusCode, v: Value) -> Response<RespBody> {
+    let mut body = serde_json::to_vec_pretty(&v).expect("json");
+    body.push(b'\n');
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)).boxed())
+        .expect("response")
+}
+
+fn error(code: StatusCode, msg: impl ToString) -> Response<RespBody> {
+    json_resp(code, json!({ "error": msg.to_string() }))
+}
+
+fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+async fn body_json<T: for<'de> Deserialize<'de> + Default>(req: Request<Incoming>) -> Result<T, String> {
+    let bytes = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if bytes.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| format!("bad JSON body: {e}"))
+}
+
+async fn route(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBody> {
+    let path = req.uri().path().trim_end_matches('/').to_string();
+    let parts: Vec<&str> = path.split('/').skip(1).collect();
+    match (req.method().clone(), parts.as_slice()) {
+        (Method::GET, ["v1", "status"]) => {
+            json_resp(StatusCode::OK, status::status_json(ctx).await)
+        }
+        (Method::GET, ["v1", "identities"]) => {
+            json_resp(StatusCode::OK, Value::Array(status::identities_json(ctx).await))
+        }
+        (Method::GET, ["v1", "identities", name]) => {
+            let all = status::identities_json(ctx).await;
+            match all.into_iter().find(|v| v["name"] == *name) {
+                Some(v) => json_resp(StatusCode::OK, v),
+                None => unknown_identity(ctx, name),
+            }
+        }
+        (Method::POST, ["v1", "assign"]) => assign(req, ctx).await,
+        (Method::GET, ["v1", "events"]) => events(req, ctx),
+        (Method::POST, ["v1", "policy", "apply"]) => apply(req, ctx).await,
+        (Method::GET, ["v1", "policy", name]) => {
+            let snap = ctx.snapshot.borrow().clone();
+            match snap.by_name(name) {
+                Some(v) => json_resp(StatusCode::OK, status::policy_json(v)),
+                None => unknown_identity(ctx, name),
+            }
+        }
+        _ => error(StatusCode::NOT_FOUND, format!("no route {} {}", req.method(), path)),
+    }
+}
+
+fn unknown_identity(ctx: &Ctx, name: &str) -> Response<RespBody> {
+    let known = ctx.snapshot.borrow().names();
+    json_resp(
+        StatusCode::NOT_FOUND,
+        json!({ "error": format!("unknown identity `{name}`"), "known": known }),
+    )
+}
+
+#[derive(Deserialize, Default)]
+struct AssignReq {
+    identity: String,
+    pid: Option<u32>,
+    cgroup: Option<PathBuf>,
+}
+
+async fn assign(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBody> {
+    let r: AssignReq = match body_json(req).await {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if ctx.snapshot.borrow().by_name(&r.identity).is_none() {
+        return unknown_identity(ctx, &r.identity);
+    }
+    let (reply, rx) = oneshot::channel();
+    let cmd = match (r.pid, r.cgroup) {
+        (Some(pid), None) => Command::AssignPid {
+            identity: r.identity,
+            pid,
+            reply,
+        },
+        (None, Some(cg)) => {
+            let path = if cg.is_absolute() {
+                cg
+            } else {
+                match cgroup::join(&ctx.info.cgroup_root, &cg.to_string_lossy()) {
+                    Ok(p) => p,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, e),
+                }
+            };
+            if !path.starts_with(&ctx.info.cgroup_root) || !path.join("cgroup.procs").exists() {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("{} is not a cgroup v2 directory", path.display()),
+                );
+            }
+            Command::AssignCgroup {
+                identity: r.identity,
+                path,
+                reply,
+            }
+        }
+        _ => return error(StatusCode::BAD_REQUEST, "give exactly one of pid or cgroup"),
+    };
+    if ctx.enforcer.send(cmd).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "enforcer task is gone");
+    }
+    match rx.await {
+        Ok(Ok(path)) => json_resp(StatusCode::OK, json!({ "cgroup": path })),
+        Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "enforcer task is gone"),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct ApplyReq {
+    dir: Option<PathBuf>,
+}
+
+async fn apply(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBody> {
+    let r: ApplyReq = match body_json(req).await {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match ctx.reloader.reload(r.dir, "api").await {
+        Ok(report) => json_resp(
+            StatusCode::OK,
+            json!({ "ok": true, "generation": ctx.reloader.status().generation, "report": report }),
+        ),
+        Err(ReloadError::Policy(errs)) => json_resp(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({
+                "ok": false,
+                "error": "policy errors; nothing changed",
+                "errors": errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            }),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// A streaming body fed by a channel (one JSON line per chunk).
+struct ChanBody(mpsc::Receiver<Bytes>);
+
+impl Body for ChanBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+fn events(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBody> {
+    let mut identity = None;
+    let mut kind = None;
+    for (k, v) in query(&req) {
+        match k.as_str() {
+            "identity" => identity = Some(v),
+            "kind" => kind = Some(v),
+            _ => return error(StatusCode::BAD_REQUEST, format!("unknown parameter `{k}`")),
+        }
+    }
+    if let Some(name) = &identity
+        && ctx.snapshot.borrow().by_name(name).is_none()
+    {
+        return unknown_identity(ctx, name);
+    }
+    let mut rx = ctx.events.subscribe();
+    let (tx, body_rx) = mpsc::channel::<Bytes>(1024);
+    let lost_kernel = ctx.event_stats.kernel_lost.load(Ordering::Relaxed);
+    tokio::spawn(async move {
+        // First line: a hello so clients know the stream is live.
+        let hello = json!({ "schema": crate::event::SCHEMA, "kind": "hello",
+            "time": now_rfc3339(), "kernel_lost_so_far": lost_kernel });
+        if tx.send(line(&hello)).await.is_err() {
+            return;
+        }
+        loop {
+            let ev = match rx.recv().await {
+                Ok(ev) => ev,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    Arc::new(Event::lost(now_rfc3339(), n, "subscriber"))
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            if ev.kind != "lost" {
+                if identity.as_ref().is_some_and(|i| ev.identity.as_ref() != Some(i)) {
+                    continue;
+                }
+                if kind.as_ref().is_some_and(|k| &ev.kind != k) {
+                    continue;
+                }
+            }
+            if tx.send(line(&*ev)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/x-ndjson")
+        .body(ChanBody(body_rx).boxed())
+        .expect("response")
+}
+
+fn line<T: serde::Serialize + ?Sized>(v: &T) -> Bytes {
+    let mut b = serde_json::to_vec(v).expect("json");
+    b.push(b'\n');
+    Bytes::from(b)
+}

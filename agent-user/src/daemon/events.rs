@@ -1,0 +1,208 @@
+//! Reads the kernel ring buffer, decodes and enriches events, and fans them
+//! out. A slow subscriber lags (and is told how many it missed) without
+//! slowing the reader or the other subscribers.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::{broadcast, watch},
+};
+use tracing::{debug, warn};
+
+use super::snapshot::Snapshot;
+use crate::event::{self, Event, Raw, RawBody, SCHEMA};
+
+/// Counters any reader can see (`corral status`).
+#[derive(Debug, Default)]
+pub struct EventStats {
+    pub received: AtomicU64,
+    pub decode_errors: AtomicU64,
+    /// Ring buffer reservations that failed in the kernel (events lost).
+    pub kernel_lost: AtomicU64,
+}
+
+pub struct Hub {
+    pub tx: broadcast::Sender<Arc<Event>>,
+    pub stats: Arc<EventStats>,
+}
+
+impl Hub {
+    pub fn new() -> Hub {
+        let (tx, _) = broadcast::channel(65536);
+        Hub {
+            tx,
+            stats: Arc::default(),
+        }
+    }
+}
+
+/// What a process looks like, cached briefly: procfs reads are the most
+/// expensive part of handling an event.
+#[derive(Clone)]
+struct ProcInfo {
+    exe: Option<String>,
+    ppid: Option<u32>,
+    cgroup: Option<String>,
+    at: Instant,
+}
+
+const PROC_CACHE_TTL: Duration = Duration::from_secs(2);
+const PROC_CACHE_MAX: usize = 4096;
+
+pub async fn run(
+    ring: RingBuf<MapData>,
+    drops: PerCpuArray<MapData, u64>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    tx: broadcast::Sender<Arc<Event>>,
+    stats: Arc<EventStats>,
+) -> anyhow::Result<()> {
+    // SAFETY: the ring buffer's fd stays open for as long as the AsyncFd,
+    // which owns the ring buffer.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("registering the ring buffer: {e}"))?;
+    let mut cache: HashMap<u32, ProcInfo> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut last_drops = sum_drops(&drops);
+    if last_drops > 0 {
+        stats.kernel_lost.store(last_drops, Ordering::Relaxed);
+    }
+    loop {
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                let ring = guard.get_inner_mut();
+                let snap = snapshot.borrow().clone();
+                let clock = Clock::now();
+                while let Some(item) = ring.next() {
+                    stats.received.fetch_add(1, Ordering::Relaxed);
+                    match Raw::decode(&item) {
+                        Ok(raw) => {
+                            let ev = enrich(&raw, &snap, &clock, &mut cache);
+                            let _ = tx.send(Arc::new(ev));
+                        }
+                        Err(e) => {
+                            stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                            debug!("undecodable event: {e}");
+                        }
+                    }
+                }
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                let now = sum_drops(&drops);
+                if now > last_drops {
+                    let lost = now - last_drops;
+                    warn!(lost, "kernel ring buffer was full: events lost");
+                    stats.kernel_lost.store(now, Ordering::Relaxed);
+                    let _ = tx.send(Arc::new(Event::lost(now_rfc3339(), lost, "kernel")));
+                    last_drops = now;
+                }
+                if cache.len() > PROC_CACHE_MAX {
+                    cache.retain(|_, p| p.at.elapsed() < PROC_CACHE_TTL);
+                }
+            }
+        }
+    }
+}
+
+fn sum_drops(m: &PerCpuArray<MapData, u64>) -> u64 {
+    m.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+}
+
+/// Maps CLOCK_BOOTTIME (kernel timestamps) to wall-clock time.
+struct Clock {
+    offset_ns: i128,
+}
+
+impl Clock {
+    fn now() -> Clock {
+        let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+            .map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128)
+            .unwrap_or(0);
+        let wall = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        Clock {
+            offset_ns: wall - boot,
+        }
+    }
+
+    fn wall(&self, boot_ns: u64) -> SystemTime {
+        let ns = (boot_ns as i128 + self.offset_ns).max(0) as u128;
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
+}
+
+fn proc_info(tgid: u32, cache: &mut HashMap<u32, ProcInfo>) -> ProcInfo {
+    if let Some(p) = cache.get(&tgid)
+        && p.at.elapsed() < PROC_CACHE_TTL
+    {
+        return p.clone();
+    }
+    let exe = std::fs::read_link(format!("/proc/{tgid}/exe"))
+        .ok()
+        .map(|p| p.display().to_string());
+    let ppid = procfs::process::Process::new(tgid as i32)
+        .and_then(|p| p.stat())
+        .ok()
+        .map(|s| s.ppid as u32);
+    let cgroup = crate::cgroup::of_pid(tgid).ok();
+    let info = ProcInfo {
+        exe,
+        ppid,
+        cgroup,
+        at: Instant::now(),
+    };
+    cache.insert(tgid, info.clone());
+    info
+}
+
+fn enrich(raw: &Raw, snap: &Snapshot, clock: &Clock, cache: &mut HashMap<u32, ProcInfo>) -> Event {
+    let h = &raw.hdr;
+    let view = snap.by_id.get(&h.identity);
+    let p = proc_info(h.tgid, cache);
+    let (kind, net) = match &raw.body {
+        RawBody::Net(n) => ("net", Some(event::net_info(n))),
+    };
+    Event {
+        schema: SCHEMA,
+        time: humantime::format_rfc3339_nanos(clock.wall(h.ts_ns)).to_string(),
+        kind: kind.into(),
+        identity: Some(
+            view.map(|v| v.name.clone())
+                .unwrap_or_else(|| format!("#{}", h.identity)),
+        ),
+        identity_id: Some(h.identity),
+        verdict: Some(event::verdict_str(h.verdict).into()),
+        mode: Some(event::mode_str(h.mode).into()),
+        reason: Some(event::reason_str(h.reason).into()),
+        rule: (h.rule_id != 0)
+            .then(|| snap.rule_text(h.identity, h.rule_id))
+            .flatten(),
+        pid: Some(h.pid),
+        tgid: Some(h.tgid),
+        ppid: p.ppid,
+        comm: Some(event::comm_str(&h.comm)),
+        exe: p.exe,
+        cgroup: p
+            .cgroup
+            .or_else(|| view.map(|v| v.cgroup.display().to_string())),
+        cgroup_id: Some(h.cgroup_id),
+        net,
+        lost: None,
+    }
+}

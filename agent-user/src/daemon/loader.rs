@@ -1,0 +1,299 @@
+//! Loading the eBPF object, pinning and re-adopting maps and links.
+//!
+//! Enforcement must not have a gap across a daemon restart: maps are pinned
+//! by name and reused, and links are handed over by attaching the new link
+//! before the old pinned one is removed (both consult the same maps, so they
+//! agree while both run).
+
+use std::{
+    ffi::CString,
+    fs,
+    io,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
+
+use agent_common::{
+    event::{EventHeader, NetEvent},
+    identity::{IdentityState, IdentityStats},
+    maps,
+    net::{Net4Key, Net6Key, NetRuleList},
+};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::MapType,
+    programs::{CgroupAttachMode, CgroupSockAddr, links::{FdLink, PinnedLink}},
+};
+use tracing::{info, warn};
+
+/// The object built by build.rs; empty when built without bpf-linker.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/corral-ebpf"));
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "this corral binary carries a stub eBPF object (it was built without bpf-linker); \
+         run `cargo xtask setup` and rebuild"
+    )]
+    Stub,
+    #[error("mounting bpffs at {path}: {source}")]
+    MountBpffs { path: PathBuf, source: nix::Error },
+    #[error("pin dir {path}: {source}")]
+    PinDir { path: PathBuf, source: io::Error },
+    #[error("loading the eBPF object: {0}")]
+    Ebpf(#[from] aya::EbpfError),
+    #[error(
+        "pinned map {name} under {dir} has key/value size {found:?}, this corral expects {want:?}: \
+         the pins come from an incompatible corral version; run `corral unload` first"
+    )]
+    Incompatible {
+        name: &'static str,
+        dir: PathBuf,
+        found: (u32, u32),
+        want: (u32, u32),
+    },
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("link {}: {message}", path.display())]
+    Link { path: PathBuf, message: String },
+    #[error("cgroup {path}: {source}")]
+    Cgroup { path: PathBuf, source: io::Error },
+}
+
+pub fn object_is_stub() -> bool {
+    OBJECT.is_empty()
+}
+
+/// Mounts bpffs at /sys/fs/bpf if the pin dir's filesystem is not bpffs.
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), LoadError> {
+    let mount_point = Path::new("/sys/fs/bpf");
+    if !pin_dir.starts_with(mount_point) {
+        // A custom location must already be on bpffs; pinning reports if not.
+        return Ok(());
+    }
+    if is_bpffs(mount_point) {
+        return Ok(());
+    }
+    warn!("bpffs is not mounted at {}; mounting it", mount_point.display());
+    nix::mount::mount(
+        Some("bpf"),
+        mount_point,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|source| LoadError::MountBpffs {
+        path: mount_point.into(),
+        source,
+    })
+}
+
+fn is_bpffs(p: &Path) -> bool {
+    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+}
+
+pub fn maps_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("maps")
+}
+
+pub fn links_dir(pin_dir: &Path, cgroup_id: u64) -> PathBuf {
+    pin_dir.join("links").join(cgroup_id.to_string())
+}
+
+/// Whether a previous daemon left pinned maps here.
+pub fn has_pins(pin_dir: &Path) -> bool {
+    maps_dir(pin_dir).join(maps::IDENTITIES).exists()
+}
+
+/// Loads the object (re-using pinned maps when present) and its programs.
+pub fn load(pin_dir: &Path, ringbuf_size: u32, daemon_tgid: u32) -> Result<Ebpf, LoadError> {
+    if object_is_stub() {
+        return Err(LoadError::Stub);
+    }
+    ensure_bpffs(pin_dir)?;
+    let mdir = maps_dir(pin_dir);
+    fs::create_dir_all(&mdir).map_err(|source| LoadError::PinDir {
+        path: mdir.clone(),
+        source,
+    })?;
+    if has_pins(pin_dir) {
+        check_layouts(&mdir)?;
+    }
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&mdir)
+        .map_max_entries(maps::EVENTS, ringbuf_size)
+        .override_global(maps::GLOBAL_DAEMON_TGID, &daemon_tgid, true)
+        .load(OBJECT)?;
+    if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
+        // The programs log nothing today; a missing log map is not an error.
+        tracing::debug!("aya-log not initialised: {e}");
+    }
+    for name in maps::SOCK_ADDR_PROGRAMS {
+        let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+        prog.load()
+            .map_err(|source| LoadError::Program { name, source })?;
+    }
+    Ok(ebpf)
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSockAddr, LoadError> {
+    let p = ebpf.program_mut(name).ok_or(LoadError::Program {
+        name,
+        source: aya::programs::ProgramError::UnexpectedProgramType,
+    })?;
+    p.try_into().map_err(|source| LoadError::Program { name, source })
+}
+
+/// Pins from another build of corral must not be reused blindly: a changed
+/// value layout would be read as garbage by the new programs.
+fn check_layouts(mdir: &Path) -> Result<(), LoadError> {
+    let expect: [(&'static str, u32, u32); 5] = [
+        (maps::CGROUP_IDENTITY, 8, 4),
+        (maps::IDENTITIES, 4, size_of::<IdentityState>() as u32),
+        (
+            maps::NET4_RULES,
+            4 + size_of::<Net4Key>() as u32,
+            size_of::<NetRuleList>() as u32,
+        ),
+        (
+            maps::NET6_RULES,
+            4 + size_of::<Net6Key>() as u32,
+            size_of::<NetRuleList>() as u32,
+        ),
+        (maps::IDENTITY_STATS, 4, size_of::<IdentityStats>() as u32),
+    ];
+    for (name, k, v) in expect {
+        let path = mdir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let data = aya::maps::MapData::from_pin(&path)
+            .map_err(|source| LoadError::Map { name, source })?;
+        let info = data.info().map_err(|source| LoadError::Map { name, source })?;
+        let found = (info.key_size(), info.value_size());
+        if found != (k, v) {
+            return Err(LoadError::Incompatible {
+                name,
+                dir: mdir.to_path_buf(),
+                found,
+                want: (k, v),
+            });
+        }
+        let _ = info.map_type().map(|t| t == MapType::LpmTrie);
+    }
+    // Event layouts are checked by the decoder; keep the sizes referenced so
+    // a change to them is a deliberate edit here too.
+    let _ = (size_of::<EventHeader>(), size_of::<NetEvent>());
+    Ok(())
+}
+
+/// Attaches every sock_addr program at `cgroup` and pins the links under
+/// `links_dir`, replacing links a previous daemon pinned there without a gap.
+pub fn attach_sock_addr(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Result<(), LoadError> {
+    fs::create_dir_all(links_dir).map_err(|source| LoadError::PinDir {
+        path: links_dir.to_path_buf(),
+        source,
+    })?;
+    let cg = fs::File::open(cgroup).map_err(|source| LoadError::Cgroup {
+        path: cgroup.to_path_buf(),
+        source,
+    })?;
+    for name in maps::SOCK_ADDR_PROGRAMS {
+        let pin = links_dir.join(name);
+        // bpffs refuses names with a dot.
+        let staging = links_dir.join(format!("{name}_new"));
+        let _ = fs::remove_file(&staging);
+        let prog = program(ebpf, name)?;
+        let id = prog
+            .attach(&cg, CgroupAttachMode::Single)
+            .map_err(|source| LoadError::Program { name, source })?;
+        let link: FdLink = prog
+            .take_link(id)
+            .map_err(|source| LoadError::Program { name, source })?
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| LoadError::Link {
+                path: pin.clone(),
+                message: e.to_string(),
+            })?;
+        link.pin(&staging).map_err(|e| LoadError::Link {
+            path: staging.clone(),
+            message: format!("pinning: {}", std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string())),
+        })?;
+        // The new link runs now; only then retire the old one.
+        if pin.exists() {
+            match PinnedLink::from_pin(&pin) {
+                Ok(old) => match old.unpin() {
+                    Ok(fd_link) => drop(fd_link),
+                    Err(e) => warn!("unpinning old link {}: {e}", pin.display()),
+                },
+                Err(e) => warn!("old link pin {} unreadable: {e}", pin.display()),
+            }
+            let _ = fs::remove_file(&pin);
+            info!(link = %pin.display(), "replaced link left by a previous daemon");
+        }
+        rename(&staging, &pin)?;
+    }
+    Ok(())
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), LoadError> {
+    let f = CString::new(from.as_os_str().as_bytes()).expect("no NUL in path");
+    let t = CString::new(to.as_os_str().as_bytes()).expect("no NUL in path");
+    // SAFETY: valid NUL-terminated strings for the duration of the call.
+    let rc = unsafe { libc::rename(f.as_ptr(), t.as_ptr()) };
+    if rc != 0 {
+        return Err(LoadError::Link {
+            path: to.to_path_buf(),
+            message: io::Error::last_os_error().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Removes every pinned link and map: enforcement ends. Used by
+/// `corral unload` and by `--unload-on-exit`.
+pub fn unload(pin_dir: &Path) -> io::Result<()> {
+    let links = pin_dir.join("links");
+    if links.exists() {
+        for cg in fs::read_dir(&links)?.flatten() {
+            for l in fs::read_dir(cg.path())?.flatten() {
+                // Removing the pin detaches once no fd holds the link.
+                fs::remove_file(l.path())?;
+            }
+            fs::remove_dir(cg.path())?;
+        }
+        fs::remove_dir(&links)?;
+    }
+    let mdir = maps_dir(pin_dir);
+    if mdir.exists() {
+        for m in fs::read_dir(&mdir)?.flatten() {
+            fs::remove_file(m.path())?;
+        }
+        fs::remove_dir(&mdir)?;
+    }
+    if pin_dir.exists() {
+        fs::remove_dir(pin_dir)?;
+    }
+    Ok(())
+}
+
+/// Ids of cgroups that have pinned links, i.e. where programs are attached.
+pub fn attached_cgroups(pin_dir: &Path) -> Vec<u64> {
+    fs::read_dir(pin_dir.join("links"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}

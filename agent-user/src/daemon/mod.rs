@@ -1,0 +1,271 @@
+//! `corral daemon`: loads and pins the programs, applies the policy
+//! directory, serves the API and streams events.
+
+mod api;
+mod enforcer;
+mod events;
+mod loader;
+mod reload;
+mod snapshot;
+mod status;
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use agent_common::maps;
+use anyhow::{Context as _, bail};
+use aya::maps::{PerCpuArray, RingBuf};
+use tokio::{
+    net::UnixListener,
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+};
+use tracing::{error, info, warn};
+
+pub use loader::{object_is_stub, unload};
+pub use reload::compile_dir;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DaemonArgs {
+    /// Directory of policy files, one identity per `*.toml`.
+    #[arg(long, default_value = "/etc/corral/policies")]
+    pub policy_dir: PathBuf,
+    /// Group allowed to use the API socket (mode becomes 0660).
+    #[arg(long)]
+    pub socket_group: Option<String>,
+    #[arg(long, default_value = "/var/lib/corral")]
+    pub state_dir: PathBuf,
+    /// Where maps and links are pinned (on bpffs; mounted if missing).
+    #[arg(long, default_value = "/sys/fs/bpf/corral")]
+    pub pin_dir: PathBuf,
+    /// The daemon's cgroup, relative to the cgroup v2 root; identities get
+    /// one child each.
+    #[arg(long, default_value = "corral")]
+    pub cgroup_parent: String,
+    /// Ring buffer size in bytes (power of two, at least 16 MiB by default).
+    #[arg(long, default_value_t = 16 * 1024 * 1024, value_parser = parse_ringbuf)]
+    pub ringbuf_size: u32,
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Detach programs and remove pins and empty cgroups on exit. Without
+    /// it, enforcement stays in force while the daemon is down (restart,
+    /// upgrade) — the default for a service.
+    #[arg(long)]
+    pub unload_on_exit: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_ringbuf(s: &str) -> Result<u32, String> {
+    let (num, mul) = match s.strip_suffix(['M', 'm']) {
+        Some(n) => (n, 1024 * 1024),
+        None => match s.strip_suffix(['K', 'k']) {
+            Some(n) => (n, 1024),
+            None => (s, 1),
+        },
+    };
+    let v: u64 = num.parse().map_err(|_| format!("`{s}` is not a size (e.g. 16M)"))?;
+    let v = v * mul;
+    if !v.is_power_of_two() || v < 4096 || v > (1 << 30) {
+        return Err(format!("ring buffer size {v} must be a power of two between 4K and 1G"));
+    }
+    Ok(v as u32)
+}
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+pub fn run(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(main(args, socket))
+}
+
+async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("corral daemon must run as root (it loads eBPF programs and creates cgroups)");
+    }
+    // Policy first: a bad directory refuses start-up before anything changes.
+    let dir = args.policy_dir.clone();
+    let initial = tokio::task::spawn_blocking(move || compile_dir(&dir))
+        .await?
+        .map_err(|e| anyhow::anyhow!("refusing to start, policy errors:\n{e}"))?;
+    drop(initial);
+
+    let cg_root = crate::cgroup::cgroup2_root()?;
+    let parent = crate::cgroup::join(&cg_root, &args.cgroup_parent)?;
+    crate::cgroup::ensure(&parent)?;
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
+
+    let adopted = loader::has_pins(&args.pin_dir);
+    let mut ebpf = loader::load(&args.pin_dir, args.ringbuf_size, std::process::id())?;
+    if adopted {
+        info!(pin_dir = %args.pin_dir.display(), "adopting maps and links left by a previous daemon");
+    }
+    let ring = RingBuf::try_from(ebpf.take_map(maps::EVENTS).context("EVENTS map")?)?;
+    let drops =
+        PerCpuArray::<_, u64>::try_from(ebpf.take_map(maps::EVENT_DROPS).context("EVENT_DROPS")?)?;
+
+    let (snap_tx, snap_rx) = watch::channel(Arc::default());
+    let mut enforcer =
+        enforcer::Enforcer::new(ebpf, parent.clone(), args.pin_dir.clone(), snap_tx)?;
+    enforcer.readopt_links(&cg_root)?;
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let mut actor = tokio::spawn(enforcer.run(cmd_rx));
+
+    let hub = events::Hub::new();
+    let mut reader = tokio::spawn(events::run(
+        ring,
+        drops,
+        snap_rx.clone(),
+        hub.tx.clone(),
+        hub.stats.clone(),
+    ));
+
+    let reloader = Arc::new(reload::Reloader::new(args.policy_dir.clone(), cmd_tx.clone()));
+    reloader
+        .reload(None, "start")
+        .await
+        .map_err(|e| anyhow::anyhow!("initial policy apply failed: {e}"))?;
+
+    let mechanisms = status::mechanisms(true);
+    for m in &mechanisms {
+        if m.state == "enforcing" {
+            info!(mechanism = m.name, "{}", m.detail);
+        } else {
+            warn!(mechanism = m.name, state = m.state, "{}", m.detail);
+        }
+    }
+    let info = status::DaemonInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        pid: std::process::id(),
+        started: events::now_rfc3339(),
+        policy_dir: args.policy_dir.clone(),
+        socket: socket.clone(),
+        pin_dir: args.pin_dir.clone(),
+        state_dir: args.state_dir.clone(),
+        cgroup_root: cg_root.clone(),
+        cgroup_parent: parent.clone(),
+        ringbuf_bytes: args.ringbuf_size,
+        adopted_pins: adopted,
+        mechanisms,
+    };
+    let listener = bind_socket(&socket, args.socket_group.as_deref())?;
+    let ctx = Arc::new(api::Ctx {
+        enforcer: cmd_tx.clone(),
+        snapshot: snap_rx,
+        events: hub.tx.clone(),
+        event_stats: hub.stats.clone(),
+        reloader: reloader.clone(),
+        info,
+    });
+    let server = tokio::spawn(api::serve(listener, ctx));
+    sd_notify("READY=1\nSTATUS=enforcing");
+    info!(socket = %socket.display(), parent = %parent.display(), "corral is ready");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let outcome = loop {
+        tokio::select! {
+            _ = term.recv() => break Ok("SIGTERM"),
+            _ = int.recv() => break Ok("SIGINT"),
+            _ = hup.recv() => {
+                let _ = reloader.reload(None, "SIGHUP").await;
+            }
+            r = &mut actor => break Err(anyhow::anyhow!("enforcer task ended: {r:?}")),
+            r = &mut reader => break Err(anyhow::anyhow!("event reader ended: {r:?}")),
+        }
+    };
+    sd_notify("STOPPING=1");
+    server.abort();
+    let _ = std::fs::remove_file(&socket);
+    match &outcome {
+        Ok(sig) => info!("{sig}: shutting down"),
+        Err(e) => error!("{e}"),
+    }
+    if args.unload_on_exit {
+        actor.abort();
+        reader.abort();
+        // Let the aborted tasks drop their map and link handles first.
+        tokio::task::yield_now().await;
+        unload(&args.pin_dir).context("unloading pins")?;
+        let busy = crate::cgroup::remove_tree(&parent);
+        if busy.is_empty() {
+            info!("programs detached, pins and cgroups removed");
+        } else {
+            warn!(?busy, "programs detached; cgroups that still hold processes were left");
+        }
+    } else {
+        info!(pin_dir = %args.pin_dir.display(), "pins kept: enforcement stays in force until the next daemon adopts it");
+    }
+    outcome.map(|_| ())
+}
+
+fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        // A live daemon answers; a stale socket file is replaced.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("another corral daemon is already serving {}", path.display());
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    if let Some(g) = group {
+        let grp = nix::unistd::Group::from_name(g)?
+            .with_context(|| format!("socket group `{g}` does not exist"))?;
+        nix::unistd::chown(path, None, Some(grp.gid))?;
+    }
+    Ok(listener)
+}
+
+/// systemd readiness (Type=notify), without a libsystemd dependency.
+fn sd_notify(msg: &str) {
+    let Some(sock) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let s = sock.to_string_lossy();
+    let addr = if let Some(abs) = s.strip_prefix('@') {
+        nix::sys::socket::UnixAddr::new_abstract(abs.as_bytes())
+    } else {
+        nix::sys::socket::UnixAddr::new(s.as_ref())
+    };
+    let Ok(addr) = addr else { return };
+    let Ok(fd) = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        return;
+    };
+    let _ = nix::sys::socket::sendto(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        msg.as_bytes(),
+        &addr,
+        nix::sys::socket::MsgFlags::empty(),
+    );
+}

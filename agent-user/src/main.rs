@@ -1,0 +1,11 @@
+//! `corral`: the daemon and its CLI in one binary.
+
+mod cgroup;
+mod cli;
+mod daemon;
+mod event;
+mod policy;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

@@ -1,0 +1,361 @@
+//! Reading policy files and directories.
+//!
+//! Errors are collected, never short-circuited: an operator fixing a policy
+//! directory should see every problem in one run, not one per run.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use agent_common::identity::Mode;
+use toml::Spanned;
+
+use super::compile::{compile_network, digest};
+use super::error::{PolicyError, PolicyErrors, Source};
+use super::raw::{RawNetwork, RawPolicy};
+use super::rule::{self, Target};
+use super::{
+    Action, Direction, IdentityPolicy, NetRule, NetworkPolicy, Origin, PolicySet, UnixRule,
+};
+
+type Resolve<'a> = &'a dyn Fn(&str) -> io::Result<Vec<IpAddr>>;
+
+/// The system resolver (`getaddrinfo` through `ToSocketAddrs`).
+fn default_resolve(host: &str) -> io::Result<Vec<IpAddr>> {
+    Ok((host, 0)
+        .to_socket_addrs()?
+        .map(|sa: SocketAddr| sa.ip())
+        .collect())
+}
+
+/// Loads every `*.toml` of `dir`, resolving host names with the system
+/// resolver.
+pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyErrors> {
+    load_dir_with(dir, &default_resolve)
+}
+
+/// Loads every `*.toml` of `dir` (not hidden, not editor backups). An empty
+/// directory is a valid policy set with no identities.
+pub fn load_dir_with(dir: &Path, resolve: Resolve<'_>) -> Result<PolicySet, PolicyErrors> {
+    let mut errors = Vec::new();
+    let paths = policy_files(dir, &mut errors);
+    let mut hosts = HostCache::new(resolve);
+    let mut identities: BTreeMap<String, IdentityPolicy> = BTreeMap::new();
+    // Where each name was first defined, to name both files of a duplicate.
+    let mut defined: HashMap<String, Origin> = HashMap::new();
+
+    for path in paths {
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(PolicyError::whole_file(&path, format!("cannot read: {e}")));
+                continue;
+            }
+        };
+        let parsed = parse(&Source::new(&path, &text), &mut hosts);
+        let mut duplicate = false;
+        if let Some((name, at)) = &parsed.name {
+            if let Some(first) = defined.get(name) {
+                duplicate = true;
+                errors.push(PolicyError {
+                    file: at.file.clone(),
+                    line: at.line,
+                    col: at.col,
+                    message: format!("identity `{name}` is already defined in {first}"),
+                });
+            } else {
+                defined.insert(name.clone(), at.clone());
+            }
+        }
+        match parsed.result {
+            Ok(p) if !duplicate => {
+                identities.insert(p.name.clone(), p);
+            }
+            Ok(_) => {}
+            Err(es) => errors.extend(es),
+        }
+    }
+    if errors.is_empty() {
+        Ok(PolicySet {
+            dir: dir.to_path_buf(),
+            identities,
+        })
+    } else {
+        Err(PolicyErrors(errors))
+    }
+}
+
+/// Policy files of `dir`, sorted so errors and duplicates are reported in a
+/// stable order.
+fn policy_files(dir: &Path, errors: &mut Vec<PolicyError>) -> Vec<PathBuf> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            errors.push(PolicyError::whole_file(
+                dir,
+                format!("cannot read policy directory: {e}"),
+            ));
+            return Vec::new();
+        }
+    };
+    let mut paths = Vec::new();
+    for entry in entries {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                errors.push(PolicyError::whole_file(
+                    dir,
+                    format!("cannot list policy directory: {e}"),
+                ));
+                continue;
+            }
+        };
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // Hidden files and `~` backups are editor droppings (`.x.toml.swp`,
+        // `x.toml~`): loading them would load stale or half-written policy.
+        if name.starts_with('.') || name.ends_with('~') || !name.ends_with(".toml") {
+            continue;
+        }
+        let path = dir.join(entry.file_name());
+        // Follows symlinks: a link to a policy file is a policy file.
+        match fs::metadata(&path) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => paths.push(path),
+            Err(e) => errors.push(PolicyError::whole_file(&path, format!("cannot read: {e}"))),
+        }
+    }
+    paths.sort();
+    paths
+}
+
+/// Loads one policy file, resolving host names with the system resolver.
+pub fn load_file(path: &Path) -> Result<IdentityPolicy, PolicyErrors> {
+    let text = fs::read_to_string(path)
+        .map_err(|e| PolicyError::whole_file(path, format!("cannot read: {e}")))?;
+    parse_str(path, &text, &default_resolve)
+}
+
+/// Parses and compiles one policy; `file` is used for positions and as
+/// `IdentityPolicy::source`.
+pub fn parse_str(
+    file: &Path,
+    text: &str,
+    resolve: Resolve<'_>,
+) -> Result<IdentityPolicy, PolicyErrors> {
+    parse(&Source::new(file, text), &mut HostCache::new(resolve))
+        .result
+        .map_err(PolicyErrors)
+}
+
+/// Resolves each host name once per load, however many rules use it.
+struct HostCache<'a> {
+    resolve: Resolve<'a>,
+    seen: HashMap<String, Result<Vec<IpAddr>, String>>,
+}
+
+impl<'a> HostCache<'a> {
+    fn new(resolve: Resolve<'a>) -> Self {
+        Self {
+            resolve,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Sorted, deduplicated addresses (a resolver returns one per socket
+    /// type), IPv4-mapped ones as IPv4.
+    fn lookup(&mut self, host: &str) -> Result<Vec<IpAddr>, String> {
+        let resolve = self.resolve;
+        self.seen
+            .entry(host.to_string())
+            .or_insert_with(|| match resolve(host) {
+                Err(e) => Err(format!("cannot resolve host `{host}`: {e}")),
+                Ok(addrs) => {
+                    let mut addrs: Vec<IpAddr> =
+                        addrs.into_iter().map(|a| a.to_canonical()).collect();
+                    addrs.sort();
+                    addrs.dedup();
+                    if addrs.is_empty() {
+                        Err(format!("host `{host}` resolved to no addresses"))
+                    } else {
+                        Ok(addrs)
+                    }
+                }
+            })
+            .clone()
+    }
+}
+
+struct Parsed {
+    /// The identity name and where it is written, whenever it could be read
+    /// (even if the file has other errors), for duplicate detection.
+    name: Option<(String, Origin)>,
+    result: Result<IdentityPolicy, Vec<PolicyError>>,
+}
+
+fn parse(src: &Source<'_>, hosts: &mut HostCache<'_>) -> Parsed {
+    let raw: RawPolicy = match toml::from_str(src.text) {
+        Ok(r) => r,
+        Err(e) => {
+            let at = e.span().map_or(0, |s| s.start);
+            return Parsed {
+                name: None,
+                // One error per line, whatever the parser's wording.
+                result: Err(vec![
+                    src.error_at(at, e.message().trim().replace('\n', "; ")),
+                ]),
+            };
+        }
+    };
+    let mut errors = Vec::new();
+
+    let name = raw.identity.name.get_ref().clone();
+    let name_origin = origin(src, &raw.identity.name);
+    let name_ok = match rule::check_name(&name) {
+        Ok(()) => true,
+        Err(m) => {
+            errors.push(error_in(src, &raw.identity.name, 0, m));
+            false
+        }
+    };
+
+    let mode = match raw
+        .identity
+        .mode
+        .as_ref()
+        .map(|m| (m, m.get_ref().as_str()))
+    {
+        None | Some((_, "enforce")) => Mode::Enforce,
+        Some((_, "audit")) => Mode::Audit,
+        Some((m, other)) => {
+            errors.push(error_in(
+                src,
+                m,
+                0,
+                format!("bad mode `{other}`: expected `enforce` or `audit`"),
+            ));
+            Mode::Enforce
+        }
+    };
+
+    let network = build_network(src, &raw.network.unwrap_or_default(), hosts, &mut errors);
+
+    let result = if errors.is_empty() {
+        let mut policy = IdentityPolicy {
+            name: name.clone(),
+            mode,
+            source: src.file.to_path_buf(),
+            network,
+            digest: 0,
+        };
+        match compile_network(&policy) {
+            Ok(tables) => {
+                policy.digest = digest(&policy, &tables);
+                Ok(policy)
+            }
+            Err(es) => Err(es.0),
+        }
+    } else {
+        Err(errors)
+    };
+    Parsed {
+        name: name_ok.then_some((name, name_origin)),
+        result,
+    }
+}
+
+/// Ids are given in the order allow, deny, bind, unix, each in file order,
+/// so they are stable as long as the file is.
+fn build_network(
+    src: &Source<'_>,
+    raw: &RawNetwork,
+    hosts: &mut HostCache<'_>,
+    errors: &mut Vec<PolicyError>,
+) -> NetworkPolicy {
+    let mut net = NetworkPolicy::default();
+    let mut next_id = 0u32;
+    let lists = [
+        (&raw.allow, Direction::Connect, Action::Allow),
+        (&raw.deny, Direction::Connect, Action::Deny),
+        (&raw.bind, Direction::Bind, Action::Allow),
+    ];
+    for (list, direction, action) in lists {
+        for text in list {
+            next_id += 1;
+            let spec = match rule::parse_rule(text.get_ref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    errors.push(error_in(src, text, e.at, e.message));
+                    continue;
+                }
+            };
+            let targets: Vec<(IpAddr, u8, Option<String>)> = match spec.target {
+                Target::Any => vec![
+                    (IpAddr::from([0u8; 4]), 0, None),
+                    (IpAddr::from([0u8; 16]), 0, None),
+                ],
+                Target::Net { addr, prefix_len } => vec![(addr, prefix_len, None)],
+                Target::Host { name, at } => match hosts.lookup(&name) {
+                    Ok(addrs) => addrs
+                        .into_iter()
+                        .map(|a| (a, if a.is_ipv4() { 32 } else { 128 }, Some(name.clone())))
+                        .collect(),
+                    Err(m) => {
+                        errors.push(error_in(src, text, at, m));
+                        continue;
+                    }
+                },
+            };
+            for (addr, prefix_len, host) in targets {
+                net.rules.push(NetRule {
+                    id: next_id,
+                    action,
+                    direction,
+                    proto: spec.proto,
+                    addr,
+                    prefix_len,
+                    port_lo: spec.port_lo,
+                    port_hi: spec.port_hi,
+                    host,
+                    text: text.get_ref().clone(),
+                    origin: origin(src, text),
+                });
+            }
+        }
+    }
+    for path in &raw.unix {
+        next_id += 1;
+        match rule::check_unix_path(path.get_ref()) {
+            Ok(()) => net.unix.push(UnixRule {
+                id: next_id,
+                path: path.get_ref().clone(),
+                origin: origin(src, path),
+            }),
+            Err(e) => errors.push(error_in(src, path, e.at, e.message)),
+        }
+    }
+    net
+}
+
+/// Where a string value starts (its first character, inside the quotes).
+fn origin(src: &Source<'_>, s: &Spanned<String>) -> Origin {
+    let at = src.offset_in_string(&s.span(), s.get_ref(), 0);
+    let (line, col) = src.line_col(at);
+    Origin {
+        file: src.file.to_path_buf(),
+        line,
+        col,
+    }
+}
+
+/// An error `inner` bytes into a string value.
+fn error_in(
+    src: &Source<'_>,
+    s: &Spanned<String>,
+    inner: usize,
+    message: impl Into<String>,
+) -> PolicyError {
+    src.error_at(src.offset_in_string(&s.span(), s.get_ref(), inner), message)
+}

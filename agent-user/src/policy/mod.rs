@@ -1,0 +1,188 @@
+//! Policies: one TOML file per identity, checked and compiled into the
+//! tables the kernel judges by.
+//!
+//! - `raw`: the file as serde sees it (every user value keeps its span);
+//! - `rule`: the grammar of rule strings, names and unix paths;
+//! - `load`: files and directories to [`PolicySet`], collecting every error;
+//! - `compile`: rules to LPM entries, and [`decide`], the kernel's decision
+//!   replayed in userspace;
+//! - `error`: file:line:col errors.
+//!
+//! `policies/README.md` is the user-facing description of the format.
+
+mod compile;
+#[cfg(test)]
+mod compile_tests;
+mod error;
+mod load;
+mod raw;
+mod rule;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use agent_common::identity::Mode;
+use agent_common::net::{CLASS_BIND_TCP, CLASS_BIND_UDP, CLASS_TCP, CLASS_UDP};
+
+pub use compile::{LpmEntry, NetTables, compile_network, decide};
+pub use error::{PolicyError, PolicyErrors};
+pub use load::{load_dir, load_dir_with, load_file, parse_str};
+
+/// Every identity of a policy directory, by name.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PolicySet {
+    pub dir: PathBuf,
+    pub identities: BTreeMap<String, IdentityPolicy>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IdentityPolicy {
+    pub name: String,
+    #[serde(serialize_with = "serialize_mode")]
+    pub mode: Mode,
+    pub source: PathBuf,
+    pub network: NetworkPolicy,
+    /// Hash of everything that reaches the kernel (name, mode, compiled
+    /// tables, unix paths), so a reload can skip identities that did not
+    /// change. Stable across runs and builds (FNV-1a over a fixed encoding).
+    pub digest: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NetworkPolicy {
+    pub rules: Vec<NetRule>,
+    pub unix: Vec<UnixRule>,
+}
+
+impl NetworkPolicy {
+    /// The rule behind a `rule_id` from a kernel event. A `*` or host-name
+    /// rule expands to several `NetRule`s sharing one id; this returns the
+    /// first, and all of them describe the same written rule.
+    pub fn rule_by_id(&self, id: u32) -> Option<&NetRule> {
+        self.rules.iter().find(|r| r.id == id)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    Connect,
+    Bind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// One network rule of one address family, as the kernel will see it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NetRule {
+    /// 1-based id of the written rule, unique within the identity; it goes
+    /// into `PortRule::rule_id` and comes back in events. A rule written as
+    /// `*` or as a host name becomes several `NetRule`s with the same id.
+    pub id: u32,
+    pub action: Action,
+    pub direction: Direction,
+    pub proto: Proto,
+    /// Network address (host bits zero). Never IPv4-mapped IPv6.
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+    pub port_lo: u16,
+    pub port_hi: u16,
+    /// The host name this address was resolved from, if any.
+    pub host: Option<String>,
+    /// The rule exactly as written.
+    pub text: String,
+    pub origin: Origin,
+}
+
+impl NetRule {
+    /// The kernel rule class (`agent_common::net::CLASS_*`).
+    pub fn class(&self) -> u32 {
+        class_of(self.direction, self.proto)
+    }
+
+    /// One-line description for logs, events and `corral policy explain`,
+    /// e.g. `deny tcp://10.20.9.0/24:* (support-agent.toml:9:12)`.
+    pub fn describe(&self) -> String {
+        let verb = match (self.direction, self.action) {
+            (Direction::Connect, Action::Allow) => "allow",
+            (Direction::Connect, Action::Deny) => "deny",
+            (Direction::Bind, Action::Allow) => "bind",
+            (Direction::Bind, Action::Deny) => "deny bind",
+        };
+        let resolved = match &self.host {
+            Some(_) => format!(" [{}]", self.addr),
+            None => String::new(),
+        };
+        let file = self
+            .origin
+            .file
+            .file_name()
+            .unwrap_or(self.origin.file.as_os_str())
+            .to_string_lossy();
+        format!(
+            "{verb} {}{resolved} ({file}:{}:{})",
+            self.text, self.origin.line, self.origin.col
+        )
+    }
+}
+
+pub(crate) fn class_of(direction: Direction, proto: Proto) -> u32 {
+    match (direction, proto) {
+        (Direction::Connect, Proto::Tcp) => CLASS_TCP,
+        (Direction::Connect, Proto::Udp) => CLASS_UDP,
+        (Direction::Bind, Proto::Tcp) => CLASS_BIND_TCP,
+        (Direction::Bind, Proto::Udp) => CLASS_BIND_UDP,
+    }
+}
+
+/// A unix socket path the identity may connect to.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct UnixRule {
+    /// Shares the numbering of `NetRule::id` (unix rules come after all
+    /// network rules), so an id names one rule of the identity.
+    pub id: u32,
+    pub path: String,
+    pub origin: Origin,
+}
+
+/// Where a rule was written (1-based line and column of its first character).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.col)
+    }
+}
+
+/// The mode as written in policy files.
+pub fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Enforce => "enforce",
+        Mode::Audit => "audit",
+    }
+}
+
+fn serialize_mode<S: serde::Serializer>(mode: &Mode, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(mode_name(*mode))
+}

@@ -1,0 +1,63 @@
+//! `cargo xtask <command>`: everything needed to build, run and test Corral on
+//! a fresh machine (see README.md). One module per command; `util` holds the
+//! shared process helpers.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod build;
+mod lint;
+mod run;
+mod setup;
+mod test;
+mod util;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cargo xtask",
+    about = "Corral's build, run and test automation"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Install what building and testing need (idempotent; fast when done):
+    /// nightly rust-src, bpf-linker in .tools/, apt packages used by tests.
+    Setup,
+    /// setup, then build the release `corral` binary.
+    Build,
+    /// setup + build, then run the daemon in the foreground on ./policies (as root).
+    Run(run::RunArgs),
+    /// The whole suite (what CI runs): build, unit tests, privileged tests,
+    /// systemd unit check.
+    Test(test::TestArgs),
+    /// rustfmt check, clippy on the host crates and on the eBPF crate.
+    Lint,
+    /// Benchmarks (none yet).
+    Bench,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ws = util::workspace_root();
+    let result = match cli.command {
+        Command::Setup => setup::run(&ws),
+        Command::Build => build::run(&ws).map(|_| ()),
+        Command::Run(args) => run::run(&ws, &args),
+        Command::Test(args) => test::run(&ws, &args),
+        Command::Lint => lint::run(&ws),
+        Command::Bench => bench::run(&ws),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nxtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
