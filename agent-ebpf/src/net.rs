@@ -121,6 +121,14 @@ fn lookup6(ruleset: u32, class: u32, addr: [u8; 16], port: u16) -> (u32, u32) {
     }
 }
 
+/// Binding port 0 asks the kernel for an ephemeral port: what UDP and some
+/// TCP clients do before sending. `bind` rules govern fixed ports an agent
+/// may serve on, so this is never judged.
+#[inline(always)]
+fn ephemeral_bind(hook: Hook, port: u16) -> bool {
+    matches!(hook, Hook::Bind) && port == 0
+}
+
 struct Target {
     family: u32,
     protocol: u32,
@@ -173,6 +181,9 @@ pub fn judge4(ctx: &SockAddrContext, hook: Hook) -> i32 {
     let protocol = sa.protocol;
     let class = class_of(hook, protocol);
     let port = u16::from_be(sa.user_port as u16);
+    if ephemeral_bind(hook, port) {
+        return ALLOW;
+    }
     // user_ip4 holds the address in network order, so its in-memory bytes
     // are the address bytes.
     let a4 = sa.user_ip4.to_ne_bytes();
@@ -201,6 +212,9 @@ pub fn judge6(ctx: &SockAddrContext, hook: Hook) -> i32 {
     let protocol = sa.protocol;
     let class = class_of(hook, protocol);
     let port = u16::from_be(sa.user_port as u16);
+    if ephemeral_bind(hook, port) {
+        return ALLOW;
+    }
     let w = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
     let mut addr = [0u8; 16];
     addr[0..4].copy_from_slice(&w[0].to_ne_bytes());

@@ -28,8 +28,12 @@ pub fn corral_bin() -> PathBuf {
         .unwrap_or_else(|| workspace().join("target/release/corral"))
 }
 
+/// The probe binary cargo built next to the test executables
+/// (`target/<profile>/deps/<test>` → `target/<profile>/corral-probe`).
 pub fn probe_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_corral-probe"))
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    dir.join("corral-probe")
 }
 
 pub fn workspace() -> PathBuf {

@@ -193,10 +193,10 @@ pub fn tail(client: &Client, a: &TailArgs) -> anyhow::Result<u8> {
             Ok(v) => v,
             Err(_) => return true,
         };
-        if v["kind"] == "hello" {
-            if !json {
-                eprintln!("(streaming; {} events lost in the kernel so far)", v["kernel_lost_so_far"]);
-            }
+        // In JSON mode the hello line is passed on: it tells scripts the
+        // stream is live before anything else happens.
+        if v["kind"] == "hello" && !json {
+            eprintln!("(streaming; {} events lost in the kernel so far)", v["kernel_lost_so_far"]);
             return true;
         }
         let out = if json {
