@@ -37,7 +37,7 @@ pub fn current() -> Option<Subject> {
             break;
         }
         // SAFETY: the value is a plain u32 copied out immediately.
-        if let Some(id) = unsafe { CGROUP_IDENTITY.get(&cg) } {
+        if let Some(id) = unsafe { CGROUP_IDENTITY.get(cg) } {
             found = *id;
         }
         level += 1;
@@ -46,7 +46,7 @@ pub fn current() -> Option<Subject> {
         return None;
     }
     // SAFETY: plain-data value copied out field by field.
-    match unsafe { IDENTITIES.get(&found) } {
+    match unsafe { IDENTITIES.get(found) } {
         Some(st) => Some(Subject {
             identity: found,
             mode: st.mode,

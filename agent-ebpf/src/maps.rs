@@ -20,12 +20,10 @@ pub static IDENTITIES: HashMap<u32, IdentityState> = HashMap::pinned(MAX_IDENTIT
 
 /// Two rule sets (old and new) of every identity must fit during a reload.
 #[map(name = "NET4_RULES")]
-pub static NET4_RULES: LpmTrie<Net4Key, NetRuleList> =
-    LpmTrie::pinned(524288, BPF_F_NO_PREALLOC);
+pub static NET4_RULES: LpmTrie<Net4Key, NetRuleList> = LpmTrie::pinned(524288, BPF_F_NO_PREALLOC);
 
 #[map(name = "NET6_RULES")]
-pub static NET6_RULES: LpmTrie<Net6Key, NetRuleList> =
-    LpmTrie::pinned(524288, BPF_F_NO_PREALLOC);
+pub static NET6_RULES: LpmTrie<Net6Key, NetRuleList> = LpmTrie::pinned(524288, BPF_F_NO_PREALLOC);
 
 /// Size is overridden by the daemon's `--ringbuf-size`.
 #[map(name = "EVENTS")]

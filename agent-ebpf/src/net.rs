@@ -12,9 +12,7 @@ use agent_common::{
         OP_SENDMSG,
     },
 };
-use aya_ebpf::{
-    helpers::bpf_ktime_get_boot_ns, maps::lpm_trie::Key, programs::SockAddrContext,
-};
+use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, maps::lpm_trie::Key, programs::SockAddrContext};
 
 use crate::{
     events::{self, COUNT_ALLOWED, COUNT_AUDITED, COUNT_DENIED},
@@ -215,7 +213,12 @@ pub fn judge6(ctx: &SockAddrContext, hook: Hook) -> i32 {
     if ephemeral_bind(hook, port) {
         return ALLOW;
     }
-    let w = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
+    let w = [
+        sa.user_ip6[0],
+        sa.user_ip6[1],
+        sa.user_ip6[2],
+        sa.user_ip6[3],
+    ];
     let mut addr = [0u8; 16];
     addr[0..4].copy_from_slice(&w[0].to_ne_bytes());
     addr[4..8].copy_from_slice(&w[1].to_ne_bytes());

@@ -17,6 +17,7 @@ mod util;
 #[derive(Parser, Debug)]
 #[command(
     name = "cargo xtask",
+    bin_name = "cargo xtask",
     about = "Corral's build, run and test automation"
 )]
 struct Cli {
@@ -38,7 +39,7 @@ enum Command {
     Test(test::TestArgs),
     /// rustfmt check, clippy on the host crates and on the eBPF crate.
     Lint,
-    /// Benchmarks (none yet).
+    /// Benchmarks: connect() cost and event throughput, with baselines, as ratios.
     Bench,
 }
 

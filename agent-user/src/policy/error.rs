@@ -67,6 +67,9 @@ pub(crate) struct Source<'a> {
     pub file: &'a Path,
     pub text: &'a str,
     line_starts: Vec<usize>,
+    /// In ASCII text a column is a byte distance; counting characters per
+    /// position would be quadratic for a long line of rules.
+    ascii: bool,
 }
 
 impl<'a> Source<'a> {
@@ -78,6 +81,7 @@ impl<'a> Source<'a> {
             file,
             text,
             line_starts,
+            ascii: text.is_ascii(),
         }
     }
 
@@ -87,10 +91,13 @@ impl<'a> Source<'a> {
         let offset = offset.min(self.text.len());
         let line = self.line_starts.partition_point(|&s| s <= offset).max(1);
         let start = self.line_starts[line - 1];
-        let col = self
-            .text
-            .get(start..offset)
-            .map_or(offset - start, |s| s.chars().count());
+        let col = if self.ascii {
+            offset - start
+        } else {
+            self.text
+                .get(start..offset)
+                .map_or(offset - start, |s| s.chars().count())
+        };
         (line, col + 1)
     }
 
