@@ -12,7 +12,9 @@ const OBJECT: &str = "corral-ebpf";
 
 fn main() -> anyhow::Result<()> {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
-    let root = manifest.parent().ok_or_else(|| anyhow!("no workspace root"))?;
+    let root = manifest
+        .parent()
+        .ok_or_else(|| anyhow!("no workspace root"))?;
     let local_linker = root.join(".tools/bpf-linker/bin/bpf-linker");
     println!("cargo:rerun-if-changed={}", local_linker.display());
     println!("cargo:rerun-if-env-changed=CORRAL_EBPF_STUB");

@@ -7,9 +7,12 @@
 #![no_std]
 
 pub mod event;
+pub mod file;
 pub mod identity;
 pub mod maps;
 pub mod net;
+pub mod syscall;
+pub mod unix;
 
 /// Implements `aya::Pod` for wire types when the user side builds this crate.
 #[macro_export]

@@ -18,7 +18,24 @@ pub const EVENTS: &str = "EVENTS";
 pub const EVENT_DROPS: &str = "EVENT_DROPS";
 /// `PerCpuArray<IdentityStats>[MAX_IDENTITIES]`: decisions per identity.
 pub const IDENTITY_STATS: &str = "IDENTITY_STATS";
+/// `HashMap<unix::UnixKey, unix::UnixRuleValue>`: AF_UNIX address rules. Not
+/// in the aya object: the daemon creates and pins it beside the others.
+pub const UNIX_RULES: &str = "UNIX_RULES";
+/// `LpmTrie<file::FileKey, file::FileRuleValue>`: `[files]` rules, keyed by
+/// ruleset + path bytes (BPF LSM `file_open`, `path_link`, `path_rename`).
+pub const FILE_RULES: &str = "FILE_RULES";
+/// `PerCpuArray<FileScratch>[1]`: the LSM programs' path buffer (not pinned).
+pub const FILE_SCRATCH: &str = "FILE_SCRATCH";
 
+/// `HashMap<u32 identity id, syscall::SyscallPolicy>`: each identity's
+/// syscall allowlist. Pinned: `corral run` launchers read it directly
+/// (`BPF_OBJ_GET` on `<pin_dir>/maps/SYSCALL_POLICY`) to answer seccomp
+/// notifications, with or without a daemon running.
+pub const SYSCALL_POLICY: &str = "SYSCALL_POLICY";
+/// `Array<u64>[1]`: generation of the cgroup tags, bumped by the daemon
+/// after every change to `CGROUP_IDENTITY`; `SYSCALL_CG_CACHE` entries of
+/// another generation are stale.
+pub const SYSCALL_TAG_GEN: &str = "SYSCALL_TAG_GEN";
 /// Program names (the Rust function names in agent-ebpf).
 pub const PROG_CONNECT4: &str = "corral_connect4";
 pub const PROG_CONNECT6: &str = "corral_connect6";
@@ -37,5 +54,53 @@ pub const SOCK_ADDR_PROGRAMS: [&str; 6] = [
     PROG_BIND6,
 ];
 
+/// BPF LSM programs: (program name, LSM hook). They load only where the
+/// kernel runs BPF LSM; the daemon treats them as optional and says so.
+pub const PROG_FILE_OPEN: &str = "corral_file_open";
+pub const PROG_PATH_LINK: &str = "corral_path_link";
+pub const PROG_PATH_RENAME: &str = "corral_path_rename";
+pub const PROG_SB_MOUNT: &str = "corral_sb_mount";
+pub const PROG_MOVE_MOUNT: &str = "corral_move_mount";
+pub const PROG_LSM_BPF: &str = "corral_lsm_bpf";
+pub const PROG_TASK_KILL: &str = "corral_task_kill";
+pub const PROG_PTRACE: &str = "corral_ptrace_access_check";
+pub const LSM_PROGRAMS: [(&str, &str); 8] = [
+    (PROG_FILE_OPEN, "file_open"),
+    (PROG_PATH_LINK, "path_link"),
+    (PROG_PATH_RENAME, "path_rename"),
+    (PROG_SB_MOUNT, "sb_mount"),
+    (PROG_MOVE_MOUNT, "move_mount"),
+    (PROG_LSM_BPF, "bpf"),
+    (PROG_TASK_KILL, "task_kill"),
+    (PROG_PTRACE, "ptrace_access_check"),
+];
+
+/// Syscall observers (`tp_btf`): every syscall of every task passes them,
+/// untagged tasks after one cache lookup. Their links are pinned under
+/// `<pin_dir>/links/syscalls/`.
+pub const PROG_SYS_ENTER: &str = "corral_sys_enter";
+pub const PROG_SYS_EXIT: &str = "corral_sys_exit";
+pub const SYSCALL_PROGRAMS: [(&str, &str); 2] =
+    [(PROG_SYS_ENTER, "sys_enter"), (PROG_SYS_EXIT, "sys_exit")];
+
+/// The Landlock-denial observer (tp_btf `sys_enter`/`sys_exit`): reports
+/// failed opens/execs of tagged processes where BPF LSM is unavailable. Its
+/// maps (`FILEOBS_PENDING`, `FILEOBS_CGROUPS`) are private and not pinned.
+pub const PROG_FILEOBS_ENTER: &str = "corral_fileobs_enter";
+pub const PROG_FILEOBS_EXIT: &str = "corral_fileobs_exit";
+/// (program, tracepoint) pairs, in attach order.
+pub const FILEOBS_PROGRAMS: [(&str, &str); 2] = [
+    (PROG_FILEOBS_ENTER, "sys_enter"),
+    (PROG_FILEOBS_EXIT, "sys_exit"),
+];
+
 /// Global overridden at load time with the daemon's tgid (never judged).
 pub const GLOBAL_DAEMON_TGID: &str = "CORRAL_DAEMON_TGID";
+/// Global overridden at load time with `file::KernelOffsets` from BTF.
+pub const GLOBAL_KOFFSETS: &str = "CORRAL_KOFFSETS";
+/// Global overridden at load time with `struct file` → `f_path` (a separate
+/// scalar: `bpf_d_path` needs it as a verifier-known constant).
+pub const GLOBAL_F_PATH_OFF: &str = "CORRAL_F_PATH_OFF";
+/// Global overridden at load time with the offset of `task_struct.seccomp.mode`
+/// from BTF (0: unknown, and then no process is ever killed).
+pub const GLOBAL_SECCOMP_MODE_OFF: &str = "CORRAL_SECCOMP_MODE_OFF";

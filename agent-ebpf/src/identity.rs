@@ -16,6 +16,14 @@ pub struct Subject {
     pub identity: u32,
     pub mode: u32,
     pub ruleset: u32,
+    /// `IdentityState::flags` (e.g. `file::IDENTITY_FLAG_FILES`).
+    pub flags: u32,
+}
+
+/// The daemon's tgid (0 before the loader set it).
+#[inline(always)]
+pub fn daemon_tgid() -> u32 {
+    CORRAL_DAEMON_TGID.load()
 }
 
 /// The identity of the current task: the deepest tagged cgroup among its
@@ -51,6 +59,7 @@ pub fn current() -> Option<Subject> {
             identity: found,
             mode: st.mode,
             ruleset: st.ruleset,
+            flags: st.flags,
         }),
         // Tagged but without state (a half-removed identity): judge it with
         // an empty rule set in enforce mode, i.e. deny everything.
@@ -58,6 +67,7 @@ pub fn current() -> Option<Subject> {
             identity: found,
             mode: MODE_ENFORCE,
             ruleset: 0,
+            flags: 0,
         }),
     }
 }

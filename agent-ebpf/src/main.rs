@@ -8,11 +8,17 @@
 #[cfg(target_arch = "bpf")]
 mod events;
 #[cfg(target_arch = "bpf")]
+mod fileobs;
+#[cfg(target_arch = "bpf")]
 mod identity;
+#[cfg(target_arch = "bpf")]
+mod lsm;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod net;
+#[cfg(target_arch = "bpf")]
+mod syscall;
 
 #[cfg(target_arch = "bpf")]
 mod entry {
@@ -48,6 +54,93 @@ mod entry {
     #[cgroup_sock_addr(bind6)]
     pub fn corral_bind6(ctx: SockAddrContext) -> i32 {
         net::judge6(&ctx, net::Hook::Bind)
+    }
+}
+
+/// BPF LSM entry points (optional: see `lsm`). Names match
+/// `agent_common::maps::LSM_PROGRAMS`.
+#[cfg(target_arch = "bpf")]
+mod lsm_entry {
+    use aya_ebpf::{macros::lsm, programs::LsmContext};
+
+    use crate::lsm::{files, protect};
+
+    #[lsm(hook = "file_open")]
+    pub fn corral_file_open(ctx: LsmContext) -> i32 {
+        files::file_open(&ctx)
+    }
+
+    #[lsm(hook = "path_link")]
+    pub fn corral_path_link(ctx: LsmContext) -> i32 {
+        files::path_link(&ctx)
+    }
+
+    #[lsm(hook = "path_rename")]
+    pub fn corral_path_rename(ctx: LsmContext) -> i32 {
+        files::path_rename(&ctx)
+    }
+
+    #[lsm(hook = "sb_mount")]
+    pub fn corral_sb_mount(ctx: LsmContext) -> i32 {
+        protect::sb_mount(&ctx)
+    }
+
+    #[lsm(hook = "move_mount")]
+    pub fn corral_move_mount(ctx: LsmContext) -> i32 {
+        protect::move_mount(&ctx)
+    }
+
+    #[lsm(hook = "bpf")]
+    pub fn corral_lsm_bpf(ctx: LsmContext) -> i32 {
+        protect::bpf(&ctx)
+    }
+
+    #[lsm(hook = "task_kill")]
+    pub fn corral_task_kill(ctx: LsmContext) -> i32 {
+        protect::task_kill(&ctx)
+    }
+
+    #[lsm(hook = "ptrace_access_check")]
+    pub fn corral_ptrace_access_check(ctx: LsmContext) -> i32 {
+        protect::ptrace_access_check(&ctx)
+    }
+}
+
+/// The Landlock-denial observer (see `fileobs`): attached only where BPF
+/// LSM does not enforce `[files]`. Names match `maps::PROG_FILEOBS_*`.
+#[cfg(target_arch = "bpf")]
+mod fileobs_entry {
+    use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+
+    use crate::fileobs;
+
+    #[btf_tracepoint(function = "sys_enter")]
+    pub fn corral_fileobs_enter(ctx: BtfTracePointContext) -> i32 {
+        fileobs::enter(&ctx)
+    }
+
+    #[btf_tracepoint(function = "sys_exit")]
+    pub fn corral_fileobs_exit(ctx: BtfTracePointContext) -> i32 {
+        fileobs::exit(&ctx)
+    }
+}
+
+/// The syscall observers (see `syscall`): attached system-wide while some
+/// identity has a `[syscalls]` section.
+#[cfg(target_arch = "bpf")]
+mod syscall_entry {
+    use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+
+    use crate::syscall;
+
+    #[btf_tracepoint(function = "sys_enter")]
+    pub fn corral_sys_enter(ctx: BtfTracePointContext) -> i32 {
+        syscall::on_enter(&ctx)
+    }
+
+    #[btf_tracepoint(function = "sys_exit")]
+    pub fn corral_sys_exit(ctx: BtfTracePointContext) -> i32 {
+        syscall::on_exit(&ctx)
     }
 }
 

@@ -2,6 +2,7 @@
 //! module; every map is pinned by name so a restarted daemon re-adopts it.
 
 use agent_common::{
+    file::{FileKey, FileRuleValue},
     identity::{IdentityState, IdentityStats, MAX_IDENTITIES},
     net::{Net4Key, Net6Key, NetRuleList},
 };
@@ -34,3 +35,21 @@ pub static EVENT_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 
 #[map(name = "IDENTITY_STATS")]
 pub static IDENTITY_STATS: PerCpuArray<IdentityStats> = PerCpuArray::pinned(MAX_IDENTITIES, 0);
+
+/// `[files]` rules of every identity: two rule sets (old and new) of a
+/// 100,000-rule policy fit during a reload.
+#[map(name = "FILE_RULES")]
+pub static FILE_RULES: LpmTrie<FileKey, FileRuleValue> =
+    LpmTrie::pinned(262144, BPF_F_NO_PREALLOC);
+
+/// The LSM programs' path buffer (per CPU, not pinned: holds nothing
+/// between runs).
+#[map(name = "FILE_SCRATCH")]
+pub static FILE_SCRATCH: PerCpuArray<crate::lsm::kernel::FileScratch> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// Per-identity syscall allowlists, read by the syscall observers here and
+/// by `corral run` launchers through the pin (see agent-common `syscall`).
+#[map(name = "SYSCALL_POLICY")]
+pub static SYSCALL_POLICY: HashMap<u32, agent_common::syscall::SyscallPolicy> =
+    HashMap::pinned(MAX_IDENTITIES, 0);

@@ -39,7 +39,9 @@ fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
         if post.split_whitespace().next()? != "cgroup2" {
             return None;
         }
-        pre.split_whitespace().nth(4).map(|p| PathBuf::from(unescape(p)))
+        pre.split_whitespace()
+            .nth(4)
+            .map(|p| PathBuf::from(unescape(p)))
     })
 }
 
@@ -148,7 +150,10 @@ mod tests {
         let mi = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
                   40 31 0:37 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd\n\
                   41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        assert_eq!(find_cgroup2(mi), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            find_cgroup2(mi),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
     }
 
     #[test]
@@ -159,6 +164,9 @@ mod tests {
     #[test]
     fn join_refuses_escape() {
         assert!(join(Path::new("/cg"), "../x").is_err());
-        assert_eq!(join(Path::new("/cg"), "/corral/a").unwrap(), PathBuf::from("/cg/corral/a"));
+        assert_eq!(
+            join(Path::new("/cg"), "/corral/a").unwrap(),
+            PathBuf::from("/cg/corral/a")
+        );
     }
 }

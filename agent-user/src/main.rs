@@ -5,6 +5,7 @@ mod cli;
 mod daemon;
 mod event;
 mod policy;
+mod sandbox;
 
 fn main() -> std::process::ExitCode {
     cli::main()

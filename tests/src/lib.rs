@@ -37,7 +37,10 @@ pub fn probe_bin() -> PathBuf {
 }
 
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("root")
+        .to_path_buf()
 }
 
 /// Privileged tests need root; without it they say so and do nothing.
@@ -120,8 +123,21 @@ impl Daemon {
     /// Starts a daemon on existing dirs (e.g. after `stop_keep_pins`).
     /// Returns the daemon's stderr if it exits instead of becoming ready.
     pub fn start_with(dirs: Dirs) -> Result<Daemon, String> {
+        Daemon::start_with_opts(dirs, &[], &[])
+    }
+
+    /// Like `start_with`, with extra `corral daemon` arguments and
+    /// environment variables.
+    pub fn start_with_opts(
+        dirs: Dirs,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Daemon, String> {
         std::fs::create_dir_all(&dirs.state_dir).expect("state dir");
-        let log = dirs.state_dir.join(format!("daemon-{}.log", COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let log = dirs.state_dir.join(format!(
+            "daemon-{}.log",
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
         let logf = std::fs::File::create(&log).expect("log");
         let child = Command::new(corral_bin())
             .arg("--socket")
@@ -135,6 +151,8 @@ impl Daemon {
             .arg(&dirs.pin_dir)
             .arg("--cgroup-parent")
             .arg(&dirs.cgroup_parent)
+            .args(args)
+            .envs(envs.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -181,7 +199,11 @@ impl Daemon {
 
     pub fn cli_json(&self, args: &[&str]) -> Value {
         let out = self.cli(args);
-        assert!(out.status.success(), "corral {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "corral {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("json output")
     }
 
@@ -203,7 +225,9 @@ impl Daemon {
     /// Subscribes to the event stream; returns once the stream is live.
     pub fn tail(&self, identity: Option<&str>) -> Tail {
         let mut cmd = Command::new(corral_bin());
-        cmd.arg("--socket").arg(&self.dirs.socket).args(["tail", "--json"]);
+        cmd.arg("--socket")
+            .arg(&self.dirs.socket)
+            .args(["tail", "--json"]);
         if let Some(i) = identity {
             cmd.args(["--identity", i]);
         }
@@ -365,7 +389,12 @@ impl ProbeRun {
 
 /// Runs the probe directly, outside any identity.
 pub fn probe_outside(steps: &[&str]) -> ProbeRun {
-    ProbeRun::from(Command::new(probe_bin()).args(steps).output().expect("probe"))
+    ProbeRun::from(
+        Command::new(probe_bin())
+            .args(steps)
+            .output()
+            .expect("probe"),
+    )
 }
 
 /// A TCP listener that accepts in the background; gives its port.
@@ -398,4 +427,160 @@ pub fn assert_net_event(ev: &Value, identity: &str, pid: u64, op: &str, addr: &s
     assert_eq!(ev["net"]["op"], op, "{ev:#}");
     assert_eq!(ev["net"]["addr"], addr, "{ev:#}");
     assert_eq!(ev["net"]["port"].as_u64(), Some(port as u64), "{ev:#}");
+}
+
+impl Daemon {
+    /// `start` with extra `corral daemon` arguments and environment.
+    pub fn start_opts(policies: &[(&str, &str)], args: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        let base = tempfile::tempdir().expect("tempdir");
+        let dirs = Dirs::new(base.path());
+        for (name, text) in policies {
+            std::fs::write(dirs.policy_dir.join(format!("{name}.toml")), text).expect("policy");
+        }
+        let mut d = Daemon::start_with_opts(dirs, args, envs).expect("daemon did not start");
+        d._base = Some(base);
+        d
+    }
+
+    /// One API request, raw HTTP/1.1 on the socket (much cheaper than the
+    /// CLI when a test polls): the status code and the JSON body.
+    pub fn api(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        use std::io::{Read as _, Write as _};
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut s = std::os::unix::net::UnixStream::connect(&self.dirs.socket).expect("api socket");
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: corral\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("api request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("api response");
+        let code = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let json = out
+            .split_once("\r\n\r\n")
+            .and_then(|(_, b)| serde_json::from_str(b).ok())
+            .unwrap_or(Value::Null);
+        (code, json)
+    }
+
+    /// `GET /v1/status`.
+    pub fn status(&self) -> Value {
+        self.api("GET", "/v1/status", None).1
+    }
+
+    /// The policy generation in force (successful reloads so far).
+    pub fn generation(&self) -> u64 {
+        self.status()["reload"]["generation"]
+            .as_u64()
+            .expect("generation")
+    }
+
+    /// Waits (up to `within`) until the generation is past `than`; gives it.
+    pub fn wait_generation_past(&self, than: u64, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let g = self.generation();
+            if g > than {
+                return g;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "generation still {g} after {within:?}; status: {:#}\n{}",
+                    self.status(),
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Starts the probe as `identity` in the background; its step lines can
+    /// be waited for one by one while it runs.
+    pub fn spawn_probe_as(&self, identity: &str, steps: &[&str]) -> BgProbe {
+        let mut child = Command::new(corral_bin())
+            .arg("--socket")
+            .arg(&self.dirs.socket)
+            .args(["run", "--identity", identity, "--"])
+            .arg(probe_bin())
+            .args(steps)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("corral run probe");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && tx.send(v).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        BgProbe {
+            child,
+            rx,
+            steps: Vec::new(),
+        }
+    }
+}
+
+/// A probe running in the background (see `Daemon::spawn_probe_as`).
+pub struct BgProbe {
+    child: Child,
+    rx: mpsc::Receiver<Value>,
+    steps: Vec<Value>,
+}
+
+impl BgProbe {
+    /// Waits (up to 30 s) for the probe's next step line with this op.
+    pub fn next_step(&mut self, op: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.rx.recv_timeout(left) {
+                Ok(v) => {
+                    self.steps.push(v.clone());
+                    if v["op"] == op {
+                        return v;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("probe step {op} did not come; got {:#?}", self.steps);
+    }
+
+    /// Waits for the probe to exit; every step it printed.
+    pub fn finish(mut self) -> ProbeRun {
+        let status = self.child.wait().expect("probe wait");
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            use std::io::Read as _;
+            let _ = e.read_to_string(&mut stderr);
+        }
+        let mut steps = std::mem::take(&mut self.steps);
+        while let Ok(v) = self.rx.recv_timeout(Duration::from_secs(5)) {
+            steps.push(v);
+        }
+        ProbeRun {
+            code: status.code(),
+            steps,
+            stderr,
+        }
+    }
+}
+
+impl Drop for BgProbe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -20,8 +20,14 @@ fn restart_keeps_enforcement_without_a_gap_and_readopts_pins() {
     }
     let ok = tcp_listener("127.0.0.1:0");
     let no = tcp_listener("127.0.0.1:0");
-    let d = Daemon::start(&[("steady", &policy("steady", &format!("allow = [\"tcp://127.0.0.1:{ok}\"]")))]);
-    let (t_ok, t_no) = (format!("127.0.0.1:{ok}=allow"), format!("127.0.0.1:{no}=deny"));
+    let d = Daemon::start(&[(
+        "steady",
+        &policy("steady", &format!("allow = [\"tcp://127.0.0.1:{ok}\"]")),
+    )]);
+    let (t_ok, t_no) = (
+        format!("127.0.0.1:{ok}=allow"),
+        format!("127.0.0.1:{no}=deny"),
+    );
     // The prober runs across the restart; any allowed connect to the
     // denied port (or refused allowed one) counts as wrong.
     let prober = Command::new(corral_bin())
@@ -54,14 +60,31 @@ fn restart_keeps_enforcement_without_a_gap_and_readopts_pins() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert!(links.iter().all(|l| !l.ends_with("_new")), "{links:?}");
-    assert_eq!(links.iter().filter(|l| l.as_str() == "corral_connect4").count(), 1, "{links:?}");
+    assert_eq!(
+        links
+            .iter()
+            .filter(|l| l.as_str() == "corral_connect4")
+            .count(),
+        1,
+        "{links:?}"
+    );
     // The same identity id survives, and enforcement still works.
     let tail = d2.tail(Some("steady"));
     let s = no.to_string();
     let r = d2.probe_as("steady", &["pid", "connect", "127.0.0.1", &s]);
     assert_eq!(r.step("connect", 0)["errno"], EPERM);
-    assert_net_event(&tail.expect(|e| e["kind"] == "net"), "steady", r.pid(), "connect", "127.0.0.1", no);
-    assert_eq!(probe_outside(&["connect", "127.0.0.1", &s]).step("connect", 0)["ok"], true);
+    assert_net_event(
+        &tail.expect(|e| e["kind"] == "net"),
+        "steady",
+        r.pid(),
+        "connect",
+        "127.0.0.1",
+        no,
+    );
+    assert_eq!(
+        probe_outside(&["connect", "127.0.0.1", &s]).step("connect", 0)["ok"],
+        true
+    );
 }
 
 #[test]
@@ -83,16 +106,37 @@ fn run_propagates_exit_status_signals_and_stdio() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("run cat");
-    child.stdin.take().expect("stdin").write_all(b"through the corral\n").expect("write");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"through the corral\n")
+        .expect("write");
     let out = child.wait_with_output().expect("cat");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "through the corral\n");
 
     // Tagged from the first instruction, with no_new_privs, as --user.
-    let out = d.cli(&["run", "--identity", "runner", "--user", "nobody", "--", "sh", "-c",
-        "cat /proc/self/cgroup; grep NoNewPrivs /proc/self/status; id -u"]);
+    let out = d.cli(&[
+        "run",
+        "--identity",
+        "runner",
+        "--user",
+        "nobody",
+        "--",
+        "sh",
+        "-c",
+        "cat /proc/self/cgroup; grep NoNewPrivs /proc/self/status; id -u",
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains(&format!("0::/{}/runner", d.dirs.cgroup_parent)), "{text}");
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("0::/{}/runner", d.dirs.cgroup_parent)),
+        "{text}"
+    );
     assert!(text.contains("NoNewPrivs:\t1"), "{text}");
     assert!(text.lines().any(|l| l.trim() == "65534"), "{text}");
 }
@@ -106,17 +150,31 @@ fn unknown_identity_and_dead_daemon_are_clear_errors() {
     let out = d.cli(&["run", "--identity", "nobody-here", "--", "true"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown identity `nobody-here`") && err.contains("known-one"), "{err}");
+    assert!(
+        err.contains("unknown identity `nobody-here`") && err.contains("known-one"),
+        "{err}"
+    );
 
     let started = Instant::now();
     let out = Command::new(corral_bin())
-        .args(["--socket", "/nonexistent/corral.sock", "run", "--identity", "x", "--", "true"])
+        .args([
+            "--socket",
+            "/nonexistent/corral.sock",
+            "run",
+            "--identity",
+            "x",
+            "--",
+            "true",
+        ])
         .output()
         .expect("corral");
     assert!(started.elapsed() < Duration::from_secs(5), "must not hang");
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not reachable") && err.contains("/nonexistent/corral.sock"), "{err}");
+    assert!(
+        err.contains("not reachable") && err.contains("/nonexistent/corral.sock"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -154,18 +212,39 @@ fn assign_pid_puts_a_running_process_under_enforcement() {
     let s = port.to_string();
     // Our own child: connects before and after being assigned.
     let child = Command::new(probe_bin())
-        .args(["pid", "connect", "127.0.0.1", &s, "sleep", "1.5", "connect", "127.0.0.1", &s])
+        .args([
+            "pid",
+            "connect",
+            "127.0.0.1",
+            &s,
+            "sleep",
+            "1.5",
+            "connect",
+            "127.0.0.1",
+            &s,
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .expect("probe");
     let pid = child.id().to_string();
     std::thread::sleep(Duration::from_millis(400));
     let out = d.cli(&["assign", "--identity", "late", "--pid", &pid]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r = ProbeRun::from(child.wait_with_output().expect("probe"));
     assert_eq!(r.step("connect", 0)["ok"], true, "{r:#?}");
     assert_eq!(r.step("connect", 1)["errno"], EPERM, "{r:#?}");
-    assert_net_event(&tail.expect(|e| e["kind"] == "net"), "late", r.pid(), "connect", "127.0.0.1", port);
+    assert_net_event(
+        &tail.expect(|e| e["kind"] == "net"),
+        "late",
+        r.pid(),
+        "connect",
+        "127.0.0.1",
+        port,
+    );
 
     let out = d.cli(&["assign", "--identity", "late", "--pid", "1"]);
     assert!(!out.status.success(), "pid 1 must be refused");
@@ -191,9 +270,17 @@ fn assign_cgroup_outside_the_parent_attaches_there() {
     let d = Daemon::start(&[("unit", &policy("unit", "allow = []"))]);
     let cg = OwnCgroup(cgroup2_root().join(format!("{}-ext", d.dirs.tag)));
     std::fs::create_dir(&cg.0).expect("own cgroup");
-    let rel = cg.0.strip_prefix(cgroup2_root()).expect("rel").to_string_lossy().into_owned();
+    let rel =
+        cg.0.strip_prefix(cgroup2_root())
+            .expect("rel")
+            .to_string_lossy()
+            .into_owned();
     let out = d.cli(&["assign", "--identity", "unit", "--cgroup", &rel]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let tail = d.tail(Some("unit"));
     let s = port.to_string();
@@ -205,8 +292,22 @@ fn assign_cgroup_outside_the_parent_attaches_there() {
     std::fs::write(cg.0.join("cgroup.procs"), child.id().to_string()).expect("move child");
     let r = ProbeRun::from(child.wait_with_output().expect("probe"));
     assert_eq!(r.step("connect", 0)["errno"], EPERM, "{r:#?}");
-    assert_net_event(&tail.expect(|e| e["kind"] == "net"), "unit", r.pid(), "connect", "127.0.0.1", port);
-    assert_eq!(probe_outside(&["connect", "127.0.0.1", &s]).step("connect", 0)["ok"], true);
+    assert_net_event(
+        &tail.expect(|e| e["kind"] == "net"),
+        "unit",
+        r.pid(),
+        "connect",
+        "127.0.0.1",
+        port,
+    );
+    assert_eq!(
+        probe_outside(&["connect", "127.0.0.1", &s]).step("connect", 0)["ok"],
+        true
+    );
     let ids = d.cli_json(&["identities", "--json"]);
-    assert_eq!(ids[0]["assigned_cgroups"][0], cg.0.to_string_lossy().as_ref(), "{ids:#}");
+    assert_eq!(
+        ids[0]["assigned_cgroups"][0],
+        cg.0.to_string_lossy().as_ref(),
+        "{ids:#}"
+    );
 }

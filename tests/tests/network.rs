@@ -14,12 +14,27 @@ fn tcp_connect_allowed_denied_and_untouched_outside() {
     }
     let ok_port = tcp_listener("127.0.0.1:0");
     let no_port = tcp_listener("127.0.0.1:0");
-    let p = policy("web", "enforce", &format!("allow = [\"tcp://127.0.0.1:{ok_port}\"]"));
+    let p = policy(
+        "web",
+        "enforce",
+        &format!("allow = [\"tcp://127.0.0.1:{ok_port}\"]"),
+    );
     let d = Daemon::start(&[("web", &p)]);
     let tail = d.tail(Some("web"));
 
     let (ok, no) = (ok_port.to_string(), no_port.to_string());
-    let r = d.probe_as("web", &["pid", "connect", "127.0.0.1", &ok, "connect", "127.0.0.1", &no]);
+    let r = d.probe_as(
+        "web",
+        &[
+            "pid",
+            "connect",
+            "127.0.0.1",
+            &ok,
+            "connect",
+            "127.0.0.1",
+            &no,
+        ],
+    );
     assert_eq!(r.step("connect", 0)["ok"], true, "{r:#?}");
     assert_eq!(r.step("connect", 1)["errno"], EPERM, "{r:#?}");
 
@@ -28,11 +43,18 @@ fn tcp_connect_allowed_denied_and_untouched_outside() {
     assert_eq!(ev["verdict"], "deny");
     assert_eq!(ev["reason"], "no-rule");
     assert_eq!(ev["net"]["protocol"], "tcp");
-    assert!(ev["exe"].as_str().unwrap_or("").ends_with("corral-probe"), "{ev:#}");
+    assert!(
+        ev["exe"].as_str().unwrap_or("").ends_with("corral-probe"),
+        "{ev:#}"
+    );
     assert!(ev["ppid"].as_u64().is_some(), "{ev:#}");
 
     let outside = probe_outside(&["connect", "127.0.0.1", &no]);
-    assert_eq!(outside.step("connect", 0)["ok"], true, "untagged process must not be judged");
+    assert_eq!(
+        outside.step("connect", 0)["ok"],
+        true,
+        "untagged process must not be judged"
+    );
 }
 
 #[test]
@@ -54,7 +76,13 @@ fn deny_rule_beats_shorter_allow_and_is_named() {
     let ev = tail.expect(|e| e["kind"] == "net");
     assert_net_event(&ev, "svc", r.pid(), "connect", "127.0.0.1", port);
     assert_eq!(ev["reason"], "deny-rule");
-    assert!(ev["rule"].as_str().unwrap_or("").contains("deny tcp://127.0.0.1/32:*"), "{ev:#}");
+    assert!(
+        ev["rule"]
+            .as_str()
+            .unwrap_or("")
+            .contains("deny tcp://127.0.0.1/32:*"),
+        "{ev:#}"
+    );
     assert!(probe_outside(&["connect", "127.0.0.1", &port_s]).step("connect", 0)["ok"] == true);
 }
 
@@ -76,21 +104,49 @@ fn ipv6_and_v4_mapped() {
     );
     let d = Daemon::start(&[("six", &p)]);
     let tail = d.tail(Some("six"));
-    let (a, b, m) = (v6_ok.to_string(), v6_no.to_string(), mapped_port.to_string());
+    let (a, b, m) = (
+        v6_ok.to_string(),
+        v6_no.to_string(),
+        mapped_port.to_string(),
+    );
     let r = d.probe_as(
         "six",
-        &["pid", "connect", "::1", &a, "connect", "::1", &b, "connect", "::ffff:127.0.0.1", &m,
-          "connect", "::ffff:127.0.0.2", &m],
+        &[
+            "pid",
+            "connect",
+            "::1",
+            &a,
+            "connect",
+            "::1",
+            &b,
+            "connect",
+            "::ffff:127.0.0.1",
+            &m,
+            "connect",
+            "::ffff:127.0.0.2",
+            &m,
+        ],
     );
     assert_eq!(r.step("connect", 0)["ok"], true, "{r:#?}");
     assert_eq!(r.step("connect", 1)["errno"], EPERM, "{r:#?}");
-    assert_eq!(r.step("connect", 2)["ok"], true, "v4-mapped must be judged by IPv4 rules: {r:#?}");
+    assert_eq!(
+        r.step("connect", 2)["ok"],
+        true,
+        "v4-mapped must be judged by IPv4 rules: {r:#?}"
+    );
     assert_eq!(r.step("connect", 3)["errno"], EPERM, "{r:#?}");
     let ev = tail.expect(|e| e["kind"] == "net" && e["net"]["port"] == v6_no);
     assert_net_event(&ev, "six", r.pid(), "connect", "::1", v6_no);
     assert_eq!(ev["net"]["family"], "inet6");
     let ev = tail.expect(|e| e["kind"] == "net" && e["net"]["addr"] == "::ffff:127.0.0.2");
-    assert_net_event(&ev, "six", r.pid(), "connect", "::ffff:127.0.0.2", mapped_port);
+    assert_net_event(
+        &ev,
+        "six",
+        r.pid(),
+        "connect",
+        "::ffff:127.0.0.2",
+        mapped_port,
+    );
     let out = probe_outside(&["connect", "::1", &b, "connect", "::ffff:127.0.0.2", &m]);
     assert_eq!(out.step("connect", 0)["ok"], true);
     assert_eq!(out.step("connect", 1)["ok"], true);
@@ -103,17 +159,27 @@ fn udp_sendto_allowed_and_denied() {
     }
     let ok = udp_sink("127.0.0.1:0");
     let no = udp_sink("127.0.0.1:0");
-    let p = policy("dns", "enforce", &format!("allow = [\"udp://127.0.0.1:{ok}\"]"));
+    let p = policy(
+        "dns",
+        "enforce",
+        &format!("allow = [\"udp://127.0.0.1:{ok}\"]"),
+    );
     let d = Daemon::start(&[("dns", &p)]);
     let tail = d.tail(Some("dns"));
     let (a, b) = (ok.to_string(), no.to_string());
-    let r = d.probe_as("dns", &["pid", "sendto", "127.0.0.1", &a, "sendto", "127.0.0.1", &b]);
+    let r = d.probe_as(
+        "dns",
+        &["pid", "sendto", "127.0.0.1", &a, "sendto", "127.0.0.1", &b],
+    );
     assert_eq!(r.step("sendto", 0)["ok"], true, "{r:#?}");
     assert_eq!(r.step("sendto", 1)["errno"], EPERM, "{r:#?}");
     let ev = tail.expect(|e| e["kind"] == "net");
     assert_net_event(&ev, "dns", r.pid(), "sendmsg", "127.0.0.1", no);
     assert_eq!(ev["net"]["protocol"], "udp");
-    assert_eq!(probe_outside(&["sendto", "127.0.0.1", &b]).step("sendto", 0)["ok"], true);
+    assert_eq!(
+        probe_outside(&["sendto", "127.0.0.1", &b]).step("sendto", 0)["ok"],
+        true
+    );
 }
 
 #[test]
@@ -121,18 +187,42 @@ fn bind_allowed_and_denied() {
     if !is_root() {
         return;
     }
-    let free = |a: &str| std::net::TcpListener::bind(a).unwrap().local_addr().unwrap().port();
+    let free = |a: &str| {
+        std::net::TcpListener::bind(a)
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
     let (ok, no) = (free("127.0.0.1:0"), free("127.0.0.1:0"));
-    let p = policy("srv", "enforce", &format!("bind = [\"tcp://127.0.0.1:{ok}\"]"));
+    let p = policy(
+        "srv",
+        "enforce",
+        &format!("bind = [\"tcp://127.0.0.1:{ok}\"]"),
+    );
     let d = Daemon::start(&[("srv", &p)]);
     let tail = d.tail(Some("srv"));
     let (a, b) = (ok.to_string(), no.to_string());
-    let r = d.probe_as("srv", &["pid", "bind-tcp", "127.0.0.1", &a, "bind-tcp", "127.0.0.1", &b]);
+    let r = d.probe_as(
+        "srv",
+        &[
+            "pid",
+            "bind-tcp",
+            "127.0.0.1",
+            &a,
+            "bind-tcp",
+            "127.0.0.1",
+            &b,
+        ],
+    );
     assert_eq!(r.step("bind", 0)["ok"], true, "{r:#?}");
     assert_eq!(r.step("bind", 1)["errno"], EPERM, "{r:#?}");
     let ev = tail.expect(|e| e["kind"] == "net");
     assert_net_event(&ev, "srv", r.pid(), "bind", "127.0.0.1", no);
-    assert_eq!(probe_outside(&["bind-tcp", "127.0.0.1", &b]).step("bind", 0)["ok"], true);
+    assert_eq!(
+        probe_outside(&["bind-tcp", "127.0.0.1", &b]).step("bind", 0)["ok"],
+        true
+    );
 }
 
 #[test]
@@ -145,13 +235,22 @@ fn sub_cgroup_is_still_the_agent() {
     let d = Daemon::start(&[("nest", &p)]);
     let tail = d.tail(Some("nest"));
     let s = port.to_string();
-    let r = d.probe_as("nest", &["pid", "subcgroup", "child", "connect", "127.0.0.1", &s]);
+    let r = d.probe_as(
+        "nest",
+        &["pid", "subcgroup", "child", "connect", "127.0.0.1", &s],
+    );
     assert_eq!(r.step("subcgroup", 0)["ok"], true, "{r:#?}");
     assert_eq!(r.step("connect", 0)["errno"], EPERM, "{r:#?}");
     let ev = tail.expect(|e| e["kind"] == "net");
     assert_net_event(&ev, "nest", r.pid(), "connect", "127.0.0.1", port);
-    assert!(ev["cgroup"].as_str().unwrap_or("").ends_with("/nest/child"), "{ev:#}");
-    assert_eq!(probe_outside(&["connect", "127.0.0.1", &s]).step("connect", 0)["ok"], true);
+    assert!(
+        ev["cgroup"].as_str().unwrap_or("").ends_with("/nest/child"),
+        "{ev:#}"
+    );
+    assert_eq!(
+        probe_outside(&["connect", "127.0.0.1", &s]).step("connect", 0)["ok"],
+        true
+    );
 }
 
 #[test]
@@ -161,13 +260,43 @@ fn two_identities_with_different_rules() {
     }
     let pa = tcp_listener("127.0.0.1:0");
     let pb = tcp_listener("127.0.0.1:0");
-    let a = policy("alpha", "enforce", &format!("allow = [\"tcp://127.0.0.1:{pa}\"]"));
-    let b = policy("beta", "enforce", &format!("allow = [\"tcp://127.0.0.1:{pb}\"]"));
+    let a = policy(
+        "alpha",
+        "enforce",
+        &format!("allow = [\"tcp://127.0.0.1:{pa}\"]"),
+    );
+    let b = policy(
+        "beta",
+        "enforce",
+        &format!("allow = [\"tcp://127.0.0.1:{pb}\"]"),
+    );
     let d = Daemon::start(&[("alpha", &a), ("beta", &b)]);
     let tail = d.tail(None);
     let (sa, sb) = (pa.to_string(), pb.to_string());
-    let ra = d.probe_as("alpha", &["pid", "connect", "127.0.0.1", &sa, "connect", "127.0.0.1", &sb]);
-    let rb = d.probe_as("beta", &["pid", "connect", "127.0.0.1", &sa, "connect", "127.0.0.1", &sb]);
+    let ra = d.probe_as(
+        "alpha",
+        &[
+            "pid",
+            "connect",
+            "127.0.0.1",
+            &sa,
+            "connect",
+            "127.0.0.1",
+            &sb,
+        ],
+    );
+    let rb = d.probe_as(
+        "beta",
+        &[
+            "pid",
+            "connect",
+            "127.0.0.1",
+            &sa,
+            "connect",
+            "127.0.0.1",
+            &sb,
+        ],
+    );
     assert_eq!(ra.step("connect", 0)["ok"], true);
     assert_eq!(ra.step("connect", 1)["errno"], EPERM);
     assert_eq!(rb.step("connect", 0)["errno"], EPERM);
@@ -189,11 +318,18 @@ fn audit_mode_allows_and_reports() {
     let tail = d.tail(Some("watch"));
     let s = port.to_string();
     let r = d.probe_as("watch", &["pid", "connect", "127.0.0.1", &s]);
-    assert_eq!(r.step("connect", 0)["ok"], true, "audit mode must not deny: {r:#?}");
+    assert_eq!(
+        r.step("connect", 0)["ok"],
+        true,
+        "audit mode must not deny: {r:#?}"
+    );
     let ev = tail.expect(|e| e["kind"] == "net");
     assert_net_event(&ev, "watch", r.pid(), "connect", "127.0.0.1", port);
     assert_eq!(ev["verdict"], "audit");
     assert_eq!(ev["mode"], "audit");
     let ids = d.cli_json(&["identities", "--json"]);
-    assert!(ids[0]["counters"]["audited"].as_u64().unwrap_or(0) >= 1, "{ids:#}");
+    assert!(
+        ids[0]["counters"]["audited"].as_u64().unwrap_or(0) >= 1,
+        "{ids:#}"
+    );
 }

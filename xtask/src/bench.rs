@@ -58,7 +58,7 @@ pub fn run(ws: &Path) -> Result<()> {
     b.cleanup();
     let _ = fs::remove_dir_all(&tmp);
     let report = result?;
-    println!("\n{report}");
+    println!("\n{report}\n\n{}", crate::bench_files::run(ws)?);
     Ok(())
 }
 

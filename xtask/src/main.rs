@@ -7,12 +7,14 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_files;
 mod build;
 mod lint;
 mod run;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -41,6 +43,9 @@ enum Command {
     Lint,
     /// Benchmarks: connect() cost and event throughput, with baselines, as ratios.
     Bench,
+    /// The BPF-LSM tests in a QEMU guest booting Debian's cloud kernel
+    /// (also a step of `test`).
+    VmTest(vm::VmArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +58,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(&ws, &args),
         Command::Lint => lint::run(&ws),
         Command::Bench => bench::run(&ws),
+        Command::VmTest(args) => vm::run(&ws, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

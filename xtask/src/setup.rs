@@ -237,7 +237,8 @@ fn dpkg_installed(package: &str) -> Result<bool> {
             .any(|l| l.trim() == "Status: install ok installed"))
 }
 
-fn apt_packages(packages: &[&str]) -> Result<()> {
+/// Installs the Debian packages that are missing (apt-get as root).
+pub fn apt_packages(packages: &[&str]) -> Result<()> {
     if util::which("dpkg").is_none() {
         println!(
             "setup: WARNING: not a Debian-like system (no dpkg); make sure these are \

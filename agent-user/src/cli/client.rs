@@ -23,14 +23,18 @@ pub struct Client {
 }
 
 impl Client {
-    async fn connect(&self) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    async fn connect(
+        &self,
+    ) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
         let stream = match tokio::time::timeout(TIMEOUT, UnixStream::connect(&self.socket)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 let why = match e.kind() {
                     std::io::ErrorKind::NotFound => "no socket there",
                     std::io::ErrorKind::ConnectionRefused => "stale socket, nobody listening",
-                    std::io::ErrorKind::PermissionDenied => "permission denied (run as root or a member of the socket group)",
+                    std::io::ErrorKind::PermissionDenied => {
+                        "permission denied (run as root or a member of the socket group)"
+                    }
                     _ => "cannot connect",
                 };
                 return Err(Unreachable(format!(
@@ -57,7 +61,9 @@ impl Client {
     }
 
     fn request(method: Method, path: &str, body: Option<&Value>) -> Request<Full<Bytes>> {
-        let bytes = body.map(|b| serde_json::to_vec(b).expect("json")).unwrap_or_default();
+        let bytes = body
+            .map(|b| serde_json::to_vec(b).expect("json"))
+            .unwrap_or_default();
         Request::builder()
             .method(method)
             .uri(format!("http://corral{path}"))
@@ -95,7 +101,9 @@ impl Client {
         mut each: impl FnMut(&[u8]) -> bool,
     ) -> anyhow::Result<()> {
         let mut s = self.connect().await?;
-        let resp = s.send_request(Self::request(Method::GET, path, None)).await?;
+        let resp = s
+            .send_request(Self::request(Method::GET, path, None))
+            .await?;
         let status = resp.status();
         let mut body = resp.into_body();
         if !status.is_success() {
@@ -106,7 +114,9 @@ impl Client {
         let mut buf: Vec<u8> = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame?;
-            let Some(data) = frame.data_ref() else { continue };
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
             buf.extend_from_slice(data);
             while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=pos).collect();
@@ -126,7 +136,14 @@ pub fn api_error(status: StatusCode, v: &Value) -> anyhow::Error {
     let mut out = format!("{msg} ({status})");
     if let Some(known) = v["known"].as_array() {
         let names: Vec<&str> = known.iter().filter_map(Value::as_str).collect();
-        out = format!("{msg}; known identities: {}", if names.is_empty() { "(none)".into() } else { names.join(", ") });
+        out = format!(
+            "{msg}; known identities: {}",
+            if names.is_empty() {
+                "(none)".into()
+            } else {
+                names.join(", ")
+            }
+        );
     }
     if let Some(errs) = v["errors"].as_array() {
         for e in errs.iter().filter_map(Value::as_str) {

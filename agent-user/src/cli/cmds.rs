@@ -1,5 +1,5 @@
-//! Client commands that talk to the daemon's API, and the offline policy
-//! commands.
+//! Client commands that talk to the daemon's API (`corral policy` is in
+//! `policy.rs`).
 
 use std::path::PathBuf;
 
@@ -40,28 +40,11 @@ pub struct AssignArgs {
 pub struct TailArgs {
     #[arg(long)]
     pub identity: Option<String>,
-    #[arg(long, value_parser = ["net", "file", "syscall"])]
+    #[arg(long, value_parser = ["net", "unix", "file", "syscall", "lease", "anomaly"])]
     pub kind: Option<String>,
     /// JSON lines (schema in the README).
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(clap::Subcommand, Debug)]
-pub enum PolicyCmd {
-    /// Validate a policy directory or file without a daemon.
-    Check {
-        #[arg(default_value = "/etc/corral/policies")]
-        path: PathBuf,
-    },
-    /// Ask the daemon to reload (its policy dir, or DIR).
-    Apply { dir: Option<PathBuf> },
-    /// The compiled policy of an identity as the daemon enforces it.
-    Show {
-        name: String,
-        #[arg(long)]
-        json: bool,
-    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -106,10 +89,28 @@ pub fn assign(client: &Client, a: &AssignArgs) -> anyhow::Result<u8> {
         (_, Some(cg)) => println!("cgroup {} is now {}", cg.display(), a.identity),
         _ => {}
     }
-    if a.pid.is_some() {
+    // What binds an already running process depends on the file layer.
+    let files = client::block_on(client.call(
+        Method::GET,
+        &format!("/v1/policy/{}", a.identity),
+        None,
+    ))
+    .map(|(_, p)| p["files"]["enforced_by"].as_str().unwrap_or("none").to_string())
+    .unwrap_or_default();
+    if files == "landlock" {
         eprintln!(
-            "note: an assigned process keeps the file and syscall restrictions it had; only \
-             kernel-side rules (network) apply to it. Use `corral run` for full confinement."
+            "warning: `{}` has [files] rules, but BPF LSM is unavailable here and Landlock can \
+             only be applied when a process starts: the assigned processes are NOT \
+             file-confined (network and unix socket rules do apply). Start agents with \
+             `corral run --identity {} -- CMD` for file rules.",
+            a.identity, a.identity
+        );
+    } else {
+        eprintln!(
+            "note: kernel-side rules (network, unix sockets{}) apply to the assigned \
+             processes; launch-time restrictions (syscall filters) do not. Use `corral run` for \
+             full confinement.",
+            if files == "lsm" { ", files" } else { "" }
         );
     }
     Ok(0)
@@ -125,16 +126,21 @@ pub fn identities(client: &Client, a: &JsonFlag) -> anyhow::Result<u8> {
         "{:<20} {:<8} {:>5} {:>6} {:>8} {:>8}  CGROUP",
         "IDENTITY", "MODE", "PROCS", "RULES", "DENIED", "AUDITED"
     );
+    let n = |x: &Value| x.as_u64().unwrap_or(0);
     for i in v.as_array().into_iter().flatten() {
-        let mode = if i["orphaned"] == true { "orphaned" } else { i["mode"].as_str().unwrap_or("?") };
+        let mode = if i["orphaned"] == true {
+            "orphaned"
+        } else {
+            i["mode"].as_str().unwrap_or("?")
+        };
         println!(
             "{:<20} {:<8} {:>5} {:>6} {:>8} {:>8}  {}",
             i["name"].as_str().unwrap_or("?"),
             mode,
-            i["processes"],
-            i["rules"]["network"].as_u64().unwrap_or(0) + i["rules"]["unix"].as_u64().unwrap_or(0),
-            i["counters"]["denied"],
-            i["counters"]["audited"],
+            n(&i["processes"]),
+            n(&i["rules"]["network"]) + n(&i["rules"]["unix"]),
+            n(&i["counters"]["denied"]),
+            n(&i["counters"]["audited"]),
             i["cgroup"].as_str().unwrap_or("?"),
         );
     }
@@ -148,10 +154,26 @@ pub fn status(client: &Client, a: &JsonFlag) -> anyhow::Result<u8> {
         return Ok(0);
     }
     let d = &v["daemon"];
-    println!("corral {} (pid {}), up since {}", d["version"].as_str().unwrap_or("?"), d["pid"], d["started"].as_str().unwrap_or("?"));
+    println!(
+        "corral {} (pid {}), up since {}",
+        d["version"].as_str().unwrap_or("?"),
+        d["pid"],
+        d["started"].as_str().unwrap_or("?")
+    );
     println!("policy dir   {}", d["policy_dir"].as_str().unwrap_or("?"));
-    println!("cgroup       {}", d["cgroup_parent"].as_str().unwrap_or("?"));
-    println!("pins         {}{}", d["pin_dir"].as_str().unwrap_or("?"), if d["adopted_pins"] == true { " (adopted from a previous daemon)" } else { "" });
+    println!(
+        "cgroup       {}",
+        d["cgroup_parent"].as_str().unwrap_or("?")
+    );
+    println!(
+        "pins         {}{}",
+        d["pin_dir"].as_str().unwrap_or("?"),
+        if d["adopted_pins"] == true {
+            " (adopted from a previous daemon)"
+        } else {
+            ""
+        }
+    );
     println!("identities   {}", v["identities"]);
     let e = &v["events"];
     println!(
@@ -164,7 +186,11 @@ pub fn status(client: &Client, a: &JsonFlag) -> anyhow::Result<u8> {
         r["generation"],
         r["last_time"].as_str().unwrap_or("-"),
         r["last_trigger"].as_str().unwrap_or("-"),
-        if r["last_ok"] == true { "ok" } else { "FAILED, previous policy still in force" }
+        if r["last_ok"] == true {
+            "ok"
+        } else {
+            "FAILED, previous policy still in force"
+        }
     );
     for err in r["last_errors"].as_array().into_iter().flatten() {
         println!("             {}", err.as_str().unwrap_or("?"));
@@ -173,7 +199,12 @@ pub fn status(client: &Client, a: &JsonFlag) -> anyhow::Result<u8> {
     for m in d["mechanisms"].as_array().into_iter().flatten() {
         let state = m["state"].as_str().unwrap_or("?");
         let flag = if state == "enforcing" { "  " } else { "!!" };
-        println!("  {flag} {:<16} {} — {}", state, m["name"].as_str().unwrap_or("?"), m["detail"].as_str().unwrap_or(""));
+        println!(
+            "  {flag} {:<16} {} — {}",
+            state,
+            m["name"].as_str().unwrap_or("?"),
+            m["detail"].as_str().unwrap_or("")
+        );
     }
     Ok(0)
 }
@@ -196,7 +227,10 @@ pub fn tail(client: &Client, a: &TailArgs) -> anyhow::Result<u8> {
         // In JSON mode the hello line is passed on: it tells scripts the
         // stream is live before anything else happens.
         if v["kind"] == "hello" && !json {
-            eprintln!("(streaming; {} events lost in the kernel so far)", v["kernel_lost_so_far"]);
+            eprintln!(
+                "(streaming; {} events lost in the kernel so far)",
+                v["kernel_lost_so_far"]
+            );
             return true;
         }
         let out = if json {
@@ -210,7 +244,9 @@ pub fn tail(client: &Client, a: &TailArgs) -> anyhow::Result<u8> {
         use std::io::Write as _;
         let mut stdout = std::io::stdout().lock();
         // A closed pipe (`corral tail | head`) ends the stream quietly.
-        writeln!(stdout, "{out}").and_then(|_| stdout.flush()).is_ok()
+        writeln!(stdout, "{out}")
+            .and_then(|_| stdout.flush())
+            .is_ok()
     }));
     if let Err(e) = &r
         && e.downcast_ref::<client::Unreachable>().is_none()
@@ -221,79 +257,16 @@ pub fn tail(client: &Client, a: &TailArgs) -> anyhow::Result<u8> {
     r.map(|_| 0)
 }
 
-pub fn policy(client: &Client, cmd: PolicyCmd) -> anyhow::Result<u8> {
-    match cmd {
-        PolicyCmd::Check { path } => {
-            let r = if path.is_dir() {
-                crate::daemon::compile_dir(&path).map(|set| set.len())
-            } else {
-                crate::policy::load_file(&path).and_then(|p| {
-                    crate::policy::compile_network(&p).map(|_| 1)
-                })
-            };
-            match r {
-                Ok(n) => {
-                    println!("{}: ok ({n} identit{})", path.display(), if n == 1 { "y" } else { "ies" });
-                    Ok(0)
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    Ok(1)
-                }
-            }
-        }
-        PolicyCmd::Apply { dir } => {
-            let dir = dir.map(|d| std::fs::canonicalize(&d).unwrap_or(d));
-            let body = json!({ "dir": dir });
-            let (status, v) =
-                client::block_on(client.call(Method::POST, "/v1/policy/apply", Some(&body)))?;
-            if !status.is_success() {
-                return Err(client::api_error(status, &v));
-            }
-            let r = &v["report"];
-            println!("applied generation {}", v["generation"]);
-            for (k, label) in [("changed", "changed"), ("unchanged", "unchanged"), ("removed", "removed"), ("orphaned", "orphaned (processes remain, all denied)")] {
-                let names: Vec<&str> = r[k].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-                if !names.is_empty() {
-                    println!("  {label}: {}", names.join(", "));
-                }
-            }
-            Ok(0)
-        }
-        PolicyCmd::Show { name, json } => {
-            let v = get(client, &format!("/v1/policy/{name}"))?;
-            if json {
-                print_json(&v);
-                return Ok(0);
-            }
-            println!("{} ({}) from {}", v["name"].as_str().unwrap_or("?"), v["mode"].as_str().unwrap_or("?"), v["source"].as_str().unwrap_or("?"));
-            for r in v["network"].as_array().into_iter().flatten() {
-                let origin = &r["origin"];
-                println!(
-                    "  #{:<3} {:<5} {:<7} {:<4} {:<24} ports {:<11} {}:{}:{}",
-                    r["id"], r["action"].as_str().unwrap_or("?"), r["direction"].as_str().unwrap_or("?"),
-                    r["proto"].as_str().unwrap_or("?"), r["net"].as_str().unwrap_or("?"),
-                    r["ports"].as_str().unwrap_or("?"), origin["file"].as_str().unwrap_or("?"),
-                    origin["line"], origin["col"],
-                );
-            }
-            for u in v["unix"].as_array().into_iter().flatten() {
-                println!("  #{:<3} unix  {} (NOT ENFORCED on this build)", u["id"], u["path"].as_str().unwrap_or("?"));
-            }
-            let k = &v["kernel_entries"];
-            println!("  kernel: ruleset {}, {} IPv4 + {} IPv6 LPM entries", k["ruleset"], k["v4"], k["v6"]);
-            Ok(0)
-        }
-    }
-}
-
 pub fn unload(a: &UnloadArgs) -> anyhow::Result<u8> {
     crate::daemon::unload(&a.pin_dir)
         .with_context(|| format!("removing pins under {}", a.pin_dir.display()))?;
     let root = crate::cgroup::cgroup2_root()?;
     let parent = crate::cgroup::join(&root, &a.cgroup_parent)?;
     let busy = crate::cgroup::remove_tree(&parent);
-    println!("programs detached, pins under {} removed", a.pin_dir.display());
+    println!(
+        "programs detached, pins under {} removed",
+        a.pin_dir.display()
+    );
     for b in busy {
         println!("kept {} (it still has processes)", b.display());
     }

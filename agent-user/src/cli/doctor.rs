@@ -42,16 +42,30 @@ pub fn run(a: &JsonFlag) -> anyhow::Result<u8> {
         detail: "/sys/kernel/btf/vmlinux".into(),
     });
     let lsms = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+    // Tried for real (a no-op lsm/file_open program, loaded and attached for
+    // an instant): `bpf` in the LSM list is not enough on every kernel.
+    let lsm_probe = crate::daemon::lsm_kernel_probe();
     checks.push(Check {
         name: "BPF LSM",
-        ok: lsms.split(',').any(|l| l.trim() == "bpf"),
-        detail: if lsms.is_empty() {
-            "securityfs not mounted (mount -t securityfs none /sys/kernel/security) or no LSMs".into()
-        } else {
-            format!("active LSMs: {}; file rules need `bpf` in this list (boot with lsm=...,bpf)", lsms.trim())
+        ok: lsm_probe.is_ok(),
+        detail: match &lsm_probe {
+            Ok(()) => format!(
+                "programs load and attach (active LSMs: {}): [files] rules and self-protection \
+                 are enforced in the kernel",
+                lsms.trim()
+            ),
+            Err(why) if lsms.is_empty() => format!(
+                "NOT AVAILABLE: {why}; securityfs not mounted (mount -t securityfs none \
+                 /sys/kernel/security)? [files] rules fall back to Landlock, no self-protection"
+            ),
+            Err(why) => format!(
+                "NOT AVAILABLE: {why}; [files] rules fall back to Landlock (applied by `corral \
+                 run`), no self-protection"
+            ),
         },
     });
-    let seccomp = std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
+    let seccomp =
+        std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
     checks.push(Check {
         name: "seccomp user notification",
         ok: seccomp.contains("user_notif"),
@@ -62,7 +76,11 @@ pub fn run(a: &JsonFlag) -> anyhow::Result<u8> {
     checks.push(Check {
         name: "Landlock",
         ok: abi > 0,
-        detail: if abi > 0 { format!("ABI {abi}") } else { "not available".into() },
+        detail: if abi > 0 {
+            format!("ABI {abi}")
+        } else {
+            "not available".into()
+        },
     });
     let release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
@@ -72,10 +90,18 @@ pub fn run(a: &JsonFlag) -> anyhow::Result<u8> {
         ok: true,
         detail: release,
     });
+    let unix = crate::daemon::unix_kernel_support();
     checks.push(Check {
         name: "unix socket rules",
-        ok: false,
-        detail: "NOT ENFORCED by this build (cgroup connect_unix hook not loadable with aya 0.14)".into(),
+        ok: unix.is_ok(),
+        detail: match &unix {
+            Ok(s) => format!(
+                "cgroup connect_unix/sendmsg_unix hooks available (layout from {}); \
+                 `corral status` shows whether the daemon attached them",
+                s.source
+            ),
+            Err(why) => format!("NOT ENFORCED: {why}"),
+        },
     });
     if a.json {
         let v: Vec<Value> = checks
@@ -85,7 +111,12 @@ pub fn run(a: &JsonFlag) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         for c in &checks {
-            println!("{} {:<26} {}", if c.ok { "ok  " } else { "FAIL" }, c.name, c.detail);
+            println!(
+                "{} {:<26} {}",
+                if c.ok { "ok  " } else { "FAIL" },
+                c.name,
+                c.detail
+            );
         }
     }
     Ok(0)

@@ -4,6 +4,8 @@ mod client;
 mod cmds;
 mod doctor;
 mod install;
+mod lease;
+mod policy;
 mod run;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -14,7 +16,11 @@ use crate::daemon::DaemonArgs;
 use client::{Client, DEFAULT_SOCKET, Unreachable};
 
 #[derive(Parser, Debug)]
-#[command(name = "corral", version, about = "Zero-trust control of AI agents in the kernel")]
+#[command(
+    name = "corral",
+    version,
+    about = "Zero-trust control of AI agents in the kernel"
+)]
 pub struct Cli {
     /// The daemon's API socket.
     #[arg(long, global = true, env = "CORRAL_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -41,11 +47,17 @@ pub enum Cmd {
     Doctor(cmds::JsonFlag),
     /// Check, apply and inspect policies.
     #[command(subcommand)]
-    Policy(cmds::PolicyCmd),
+    Policy(policy::PolicyCmd),
     /// Detach every program and remove pins and empty identity cgroups.
     Unload(cmds::UnloadArgs),
     /// Install the binary, the systemd unit and the policy directory.
     Install(install::InstallArgs),
+    /// Short-lived credential leases: issue, renew, revoke, approve, verify.
+    #[command(subcommand)]
+    Lease(lease::LeaseCmd),
+    /// Release an identity frozen by an anomaly response (and resume its
+    /// lease requests and token rotation).
+    Thaw(lease::ThawArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -61,9 +73,11 @@ pub fn main() -> ExitCode {
         Cmd::Tail(a) => cmds::tail(&client, &a),
         Cmd::Status(a) => cmds::status(&client, &a),
         Cmd::Doctor(a) => doctor::run(&a),
-        Cmd::Policy(p) => cmds::policy(&client, p),
+        Cmd::Policy(p) => policy::run(&client, p),
         Cmd::Unload(a) => cmds::unload(&a),
         Cmd::Install(a) => install::run(&a).map(|_| 0),
+        Cmd::Lease(c) => lease::run(&client, c),
+        Cmd::Thaw(a) => lease::thaw(&client, &a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

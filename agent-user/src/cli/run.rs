@@ -10,7 +10,10 @@ use std::{
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::PathBuf,
     process::Command,
-    sync::atomic::{AtomicI32, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicI32, Ordering},
+    },
 };
 
 use anyhow::{Context as _, bail};
@@ -21,6 +24,7 @@ use nix::{
 };
 
 use super::client::{self, Client};
+use crate::sandbox::Confinement;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -53,9 +57,11 @@ extern "C" fn forward(sig: libc::c_int) {
 }
 
 pub fn run(client: &Client, args: &RunArgs) -> anyhow::Result<u8> {
-    let (status, v) = client::block_on(
-        client.call(Method::GET, &format!("/v1/identities/{}", args.identity), None),
-    )?;
+    let (status, v) = client::block_on(client.call(
+        Method::GET,
+        &format!("/v1/identities/{}", args.identity),
+        None,
+    ))?;
     if status == StatusCode::NOT_FOUND {
         return Err(UnknownIdentity(client::api_error(status, &v).to_string()).into());
     }
@@ -66,6 +72,15 @@ pub fn run(client: &Client, args: &RunArgs) -> anyhow::Result<u8> {
     if v["orphaned"].as_bool() == Some(true) {
         bail!("identity `{}` has no policy file any more", args.identity);
     }
+
+    let (pstatus, policy) =
+        client::block_on(client.call(Method::GET, &format!("/v1/policy/{}", args.identity), None))?;
+    if !pstatus.is_success() {
+        return Err(client::api_error(pstatus, &policy));
+    }
+    // Shared with the pre_exec closure, which must be 'static; taken back
+    // after spawn for supervision.
+    let confinement = Arc::new(Confinement::prepare(&args.identity, &policy)?);
 
     // Everything the child needs is prepared here: between fork and exec
     // only async-signal-safe calls are allowed (no allocation).
@@ -81,10 +96,15 @@ pub fn run(client: &Client, args: &RunArgs) -> anyhow::Result<u8> {
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..]);
     if let Some(u) = &user {
-        cmd.env("HOME", &u.dir).env("USER", &u.name).env("LOGNAME", &u.name);
+        cmd.env("HOME", &u.dir)
+            .env("USER", &u.name)
+            .env("LOGNAME", &u.name);
     }
     let procs_fd = procs.as_raw_fd();
-    let ids = user.as_ref().map(|u| (u.uid.as_raw(), u.gid.as_raw(), groups_of(u)));
+    let conf = confinement.clone();
+    let ids = user
+        .as_ref()
+        .map(|u| (u.uid.as_raw(), u.gid.as_raw(), groups_of(u)));
     // SAFETY: the closure only makes raw syscalls on pre-built data.
     unsafe {
         cmd.pre_exec(move || {
@@ -103,7 +123,7 @@ pub fn run(client: &Client, args: &RunArgs) -> anyhow::Result<u8> {
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            Ok(())
+            conf.apply_in_child()
         });
     }
     // The terminal's SIGINT/SIGQUIT reach the child directly (same process
@@ -112,7 +132,12 @@ pub fn run(client: &Client, args: &RunArgs) -> anyhow::Result<u8> {
     unsafe {
         signal(Signal::SIGINT, SigHandler::SigIgn)?;
         signal(Signal::SIGQUIT, SigHandler::SigIgn)?;
-        for s in [Signal::SIGTERM, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2] {
+        for s in [
+            Signal::SIGTERM,
+            Signal::SIGHUP,
+            Signal::SIGUSR1,
+            Signal::SIGUSR2,
+        ] {
             signal(s, SigHandler::Handler(forward))?;
         }
     }
@@ -121,7 +146,10 @@ pub fn run(client: &Client, args: &RunArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("starting `{}` as {}", args.command[0], args.identity))?;
     CHILD.store(child.id() as i32, Ordering::Relaxed);
     drop(procs);
-    let status = child.wait()?;
+    drop(cmd);
+    let confinement =
+        Arc::into_inner(confinement).expect("the Command held the only other reference");
+    let status = confinement.supervise(&mut child)?;
     use std::os::unix::process::ExitStatusExt as _;
     Ok(match (status.code(), status.signal()) {
         (Some(c), _) => c as u8,

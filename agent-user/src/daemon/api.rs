@@ -30,6 +30,7 @@ use tracing::debug;
 use super::{
     enforcer::Command,
     events::{EventStats, now_rfc3339},
+    inspect,
     reload::{ReloadError, Reloader},
     snapshot::Snapshot,
     status,
@@ -99,7 +100,9 @@ fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn body_json<T: for<'de> Deserialize<'de> + Default>(req: Request<Incoming>) -> Result<T, String> {
+async fn body_json<T: for<'de> Deserialize<'de> + Default>(
+    req: Request<Incoming>,
+) -> Result<T, String> {
     let bytes = req
         .into_body()
         .collect()
@@ -119,9 +122,10 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBody> {
         (Method::GET, ["v1", "status"]) => {
             json_resp(StatusCode::OK, status::status_json(ctx).await)
         }
-        (Method::GET, ["v1", "identities"]) => {
-            json_resp(StatusCode::OK, Value::Array(status::identities_json(ctx).await))
-        }
+        (Method::GET, ["v1", "identities"]) => json_resp(
+            StatusCode::OK,
+            Value::Array(status::identities_json(ctx).await),
+        ),
         (Method::GET, ["v1", "identities", name]) => {
             let all = status::identities_json(ctx).await;
             match all.into_iter().find(|v| v["name"] == *name) {
@@ -132,14 +136,29 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBody> {
         (Method::POST, ["v1", "assign"]) => assign(req, ctx).await,
         (Method::GET, ["v1", "events"]) => events(req, ctx),
         (Method::POST, ["v1", "policy", "apply"]) => apply(req, ctx).await,
+        (Method::POST, ["v1", "policy", "diff"]) => diff(req, ctx).await,
+        (Method::POST, ["v1", "policy", "explain"]) => explain(req, ctx).await,
         (Method::GET, ["v1", "policy", name]) => {
             let snap = ctx.snapshot.borrow().clone();
             match snap.by_name(name) {
-                Some(v) => json_resp(StatusCode::OK, status::policy_json(v)),
+                Some(v) => {
+                    let mut out = status::policy_json(v);
+                    out["hosts"] = json!(ctx.reloader.hosts_of(name));
+                    // Where `corral run` reads the live syscall policy.
+                    out["syscalls"]["map"] = json!(super::syscalls::map_path(&ctx.info.pin_dir));
+                    let resp = json_resp(StatusCode::OK, out);
+                    // A policy with many rules makes a large JSON tree.
+                    super::reload::trim_heap();
+                    resp
+                }
                 None => unknown_identity(ctx, name),
             }
         }
-        _ => error(StatusCode::NOT_FOUND, format!("no route {} {}", req.method(), path)),
+        (_, ["v1", "lease" | "leases" | "thaw", ..]) => super::api_lease::route(req, &parts).await,
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no route {} {}", req.method(), path),
+        ),
     }
 }
 
@@ -233,6 +252,92 @@ async fn apply(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBody> {
     }
 }
 
+#[derive(Deserialize, Default)]
+struct DiffReq {
+    dir: Option<PathBuf>,
+}
+
+/// What a reload of `dir` (default: the policy dir) would change; changes
+/// nothing.
+async fn diff(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBody> {
+    let r: DiffReq = match body_json(req).await {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let dir = r.dir.unwrap_or_else(|| ctx.reloader.policy_dir.clone());
+    let (d, hosts) = (dir.clone(), ctx.reloader.hosts.clone());
+    let compiled = tokio::task::spawn_blocking(move || inspect::compile_for_diff(&d, &hosts)).await;
+    match compiled {
+        Ok(Ok(set)) => {
+            let snap = ctx.snapshot.borrow().clone();
+            let now = inspect::current(&snap);
+            json_resp(
+                StatusCode::OK,
+                json!({ "ok": true, "diff": inspect::diff(&dir, &set, &now) }),
+            )
+        }
+        Ok(Err(errs)) => json_resp(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({
+                "ok": false,
+                "error": format!("policy errors in {}: a reload would change nothing", dir.display()),
+                "errors": errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            }),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct ExplainReq {
+    identity: String,
+    connect: Option<String>,
+    bind: Option<String>,
+    #[serde(default)]
+    udp: bool,
+}
+
+/// Which rule in force decides a connect or bind of an identity.
+async fn explain(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBody> {
+    let r: ExplainReq = match body_json(req).await {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let (op, target) = match (r.connect, r.bind) {
+        (Some(t), None) => (inspect::Op::Connect, t),
+        (None, Some(t)) => (inspect::Op::Bind, t),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "give exactly one of connect or bind",
+            );
+        }
+    };
+    let found = ctx
+        .snapshot
+        .borrow()
+        .by_name(&r.identity)
+        .map(|v| inspect::Subject::from(&**v));
+    let Some(view) = found else {
+        return unknown_identity(ctx, &r.identity);
+    };
+    let (host, port) = match inspect::split_target(&target) {
+        Ok(x) => x,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let udp = r.udp;
+    let answer = tokio::task::spawn_blocking(move || {
+        let addrs = inspect::target_addrs(&host)?;
+        Ok::<_, inspect::ExplainError>(inspect::explain(&view, op, udp, &target, &addrs, port))
+    })
+    .await;
+    match answer {
+        Ok(Ok(e)) => json_resp(StatusCode::OK, json!(e)),
+        Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
 /// A streaming body fed by a channel (one JSON line per chunk).
 struct ChanBody(mpsc::Receiver<Bytes>);
 
@@ -282,7 +387,10 @@ fn events(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBody> {
                 Err(broadcast::error::RecvError::Closed) => return,
             };
             if ev.kind != "lost" {
-                if identity.as_ref().is_some_and(|i| ev.identity.as_ref() != Some(i)) {
+                if identity
+                    .as_ref()
+                    .is_some_and(|i| ev.identity.as_ref() != Some(i))
+                {
                     continue;
                 }
                 if kind.as_ref().is_some_and(|k| &ev.kind != k) {

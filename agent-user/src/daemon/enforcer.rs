@@ -11,6 +11,7 @@ use agent_common::{
     identity::{IDENTITY_NAME_LEN, IdentityState, IdentityStats, MAX_IDENTITIES, MODE_ENFORCE, Mode},
     maps,
     net::{KEY_FIXED_BITS, Net4Key, Net6Key, NetRuleList},
+    unix::UnixKey,
 };
 use aya::{
     Ebpf,
@@ -23,6 +24,7 @@ use tracing::{info, warn};
 use super::{
     loader,
     snapshot::{IdentityView, Snapshot},
+    unix::Unix,
 };
 use crate::{
     cgroup,
@@ -43,6 +45,10 @@ pub enum EnforceError {
     UnknownIdentity { name: String, known: String },
     #[error("refusing to assign pid {0}: {1}")]
     BadPid(u32, &'static str),
+    #[error("lease grants of {0}: {1}")]
+    Grants(String, String),
+    #[error("file rules of {0}: {1}")]
+    Files(String, super::lsm::CompileError),
 }
 
 fn merr(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> EnforceError {
@@ -90,6 +96,13 @@ pub enum Command {
     Counters {
         reply: oneshot::Sender<HashMap<u32, Counters>>,
     },
+    /// The live leases of an identity changed: apply its policy with their
+    /// grants (see `lease::GrantTable`).
+    Grants {
+        identity: String,
+        live: Vec<crate::policy::LiveGrant>,
+        reply: oneshot::Sender<Result<(), EnforceError>>,
+    },
 }
 
 struct Live {
@@ -99,6 +112,9 @@ struct Live {
     policy: Option<Arc<IdentityPolicy>>,
     keys4: Vec<Key<Net4Key>>,
     keys6: Vec<Key<Net6Key>>,
+    unix_keys: Vec<UnixKey>,
+    /// `FILE_RULES` entries (only while BPF LSM enforces `[files]`).
+    file_keys: Vec<super::lsm::FileKeyOf>,
     cgroup: PathBuf,
     assigned: Vec<PathBuf>,
 }
@@ -111,6 +127,14 @@ pub struct Enforcer {
     live: BTreeMap<String, Live>,
     next_ruleset: u32,
     snapshot: watch::Sender<Arc<Snapshot>>,
+    /// AF_UNIX programs and rule map, or why unix rules are not enforced.
+    unix: Result<Unix, String>,
+    /// Lease grants added to each identity's written rules.
+    grants: super::lease::GrantTable,
+    /// BPF LSM `file_open` is attached: `[files]` rules go to `FILE_RULES`.
+    files_lsm: bool,
+    /// `[syscalls]`: the pinned `SYSCALL_POLICY` values and the observers.
+    syscalls: super::syscalls::Syscalls,
 }
 
 impl Enforcer {
@@ -122,7 +146,10 @@ impl Enforcer {
         pin_dir: PathBuf,
         snapshot: watch::Sender<Arc<Snapshot>>,
     ) -> Result<Self, EnforceError> {
+        let mut ebpf = ebpf;
+        let syscalls = super::syscalls::Syscalls::new(&mut ebpf, &pin_dir);
         let mut me = Enforcer {
+            syscalls,
             ebpf,
             parent,
             pin_dir,
@@ -130,6 +157,9 @@ impl Enforcer {
             live: BTreeMap::new(),
             next_ruleset: 1,
             snapshot,
+            unix: Err("unix socket programs not loaded".into()),
+            grants: Default::default(),
+            files_lsm: false,
         };
         let adopted: Vec<(u32, IdentityState)> =
             me.identities()?.iter().filter_map(|r| r.ok()).collect();
@@ -147,6 +177,8 @@ impl Enforcer {
                     policy: None,
                     keys4: Vec::new(),
                     keys6: Vec::new(),
+                    unix_keys: Vec::new(),
+                    file_keys: Vec::new(),
                     cgroup,
                     assigned: Vec::new(),
                 },
@@ -159,7 +191,7 @@ impl Enforcer {
         while let Some(cmd) = rx.recv().await {
             match cmd {
                 Command::Apply { set, reply } => {
-                    let r = self.apply(set);
+                    let r = self.apply(set).and_then(|rep| self.sync_syscalls().map(|()| rep));
                     self.publish();
                     let _ = reply.send(r);
                 }
@@ -176,14 +208,52 @@ impl Enforcer {
                     reply,
                 } => {
                     let r = self.assign_cgroup(&identity, &path);
+                    self.syscalls.tags_changed(&mut self.ebpf);
                     self.publish();
                     let _ = reply.send(r);
                 }
                 Command::Counters { reply } => {
                     let _ = reply.send(self.counters());
                 }
+                Command::Grants {
+                    identity,
+                    live,
+                    reply,
+                } => {
+                    let known = self.live.get(&identity).is_some_and(|l| l.policy.is_some());
+                    let r = match self.grants.set(&identity, live) {
+                        Some(Ok(c)) if known => self.apply_one(c),
+                        Some(Err(e)) if known => Err(e),
+                        _ => Ok(()),
+                    };
+                    self.publish();
+                    let _ = reply.send(r);
+                }
             }
         }
+    }
+
+    /// `SYSCALL_POLICY` and the syscall observers follow the live set (one
+    /// map update per changed identity), after every apply.
+    fn sync_syscalls(&mut self) -> Result<(), EnforceError> {
+        let live: Vec<super::syscalls::LiveIdentity> = self
+            .live
+            .iter()
+            .map(|(name, l)| super::syscalls::LiveIdentity {
+                id: l.id,
+                name: name.clone(),
+                ruleset: l.ruleset,
+                policy: l.policy.clone(),
+            })
+            .collect();
+        self.syscalls
+            .sync(&mut self.ebpf, &live)
+            .map_err(merr(maps::SYSCALL_POLICY))
+    }
+
+    /// What `corral status` lists for `[syscalls]`.
+    pub fn syscall_mechanisms(&self) -> Vec<super::status::Mechanism> {
+        self.syscalls.mechanisms()
     }
 
     fn identities(&mut self) -> Result<BpfHashMap<&mut MapData, u32, IdentityState>, EnforceError> {
@@ -213,12 +283,16 @@ impl Enforcer {
         let mut report = ApplyReport::default();
         let wanted: HashSet<String> = set.iter().map(|c| c.policy.name.clone()).collect();
         for c in set {
+            let c = self.grants.augment(c)?;
             let name = c.policy.name.clone();
-            if self
+            if let Some(l) = self
                 .live
-                .get(&name)
-                .is_some_and(|l| l.digest == Some(c.policy.digest) && l.policy.is_some())
+                .get_mut(&name)
+                .filter(|l| l.digest == Some(c.policy.digest) && l.policy.is_some())
             {
+                // The kernel is not touched; the policy is still refreshed
+                // for where its rules are written (events, explain).
+                l.policy = Some(c.policy);
                 report.unchanged.push(name);
                 continue;
             }
@@ -262,10 +336,31 @@ impl Enforcer {
                 return Err(e);
             }
         };
+        let unix_keys = match &mut self.unix {
+            Ok(u) => match u.write(ruleset, &c.policy.network.unix) {
+                Ok(k) => k,
+                Err(e) => {
+                    let _ = self.collect_garbage();
+                    return Err(EnforceError::Map(maps::UNIX_RULES, e));
+                }
+            },
+            Err(_) => Vec::new(),
+        };
+        let file_keys = match self.write_files(ruleset, &c.policy) {
+            Ok(k) => k,
+            Err(e) => {
+                let _ = self.collect_garbage();
+                return Err(e);
+            }
+        };
         let state = IdentityState {
             ruleset,
             mode: c.policy.mode.into(),
-            flags: 0,
+            flags: if c.policy.files.confined {
+                agent_common::file::IDENTITY_FLAG_FILES
+            } else {
+                0
+            },
             _pad: 0,
             name: name_bytes(&name),
         };
@@ -279,7 +374,12 @@ impl Enforcer {
         let old = self.live.remove(&name);
         let assigned = old.as_ref().map(|o| o.assigned.clone()).unwrap_or_default();
         if let Some(old) = old {
+            // A program that read the old ruleset id just before the flip
+            // may still look it up: let every such run finish first.
+            rcu_grace_period();
             self.delete_rules(&old.keys4, &old.keys6);
+            self.delete_unix(&old.unix_keys);
+            super::lsm::delete_rules(&mut self.ebpf, &old.file_keys);
         }
         info!(
             identity = %name, id, ruleset, mode = ?c.policy.mode,
@@ -294,6 +394,8 @@ impl Enforcer {
                 policy: Some(c.policy),
                 keys4,
                 keys6,
+                unix_keys,
+                file_keys,
                 cgroup: cg,
                 assigned,
             },
@@ -371,8 +473,23 @@ impl Enforcer {
             .collect();
         if !stale4.is_empty() || !stale6.is_empty() {
             info!(v4 = stale4.len(), v6 = stale6.len(), "removing stale rule entries");
+            // Stale entries may be a ruleset flipped away from just now.
+            rcu_grace_period();
         }
         self.delete_rules(&stale4, &stale6);
+        if let Ok(u) = &mut self.unix {
+            let stale = u.stale(&active);
+            if !stale.is_empty() {
+                info!(unix = stale.len(), "removing stale unix rule entries");
+            }
+            u.delete(&stale);
+        }
+        let stale_files = super::lsm::stale_rules(&mut self.ebpf, &active);
+        if !stale_files.is_empty() {
+            info!(files = stale_files.len(), "removing stale file rule entries");
+            rcu_grace_period();
+            super::lsm::delete_rules(&mut self.ebpf, &stale_files);
+        }
         let live_ids: HashSet<u32> = self.live.values().map(|l| l.id).collect();
         let stale_tags: Vec<u64> = self
             .cgroup_map()?
@@ -411,10 +528,14 @@ impl Enforcer {
             .map_err(merr(maps::IDENTITIES))?;
         let l = self.live.get_mut(name).expect("checked above");
         let (k4, k6) = (std::mem::take(&mut l.keys4), std::mem::take(&mut l.keys6));
+        let ku = std::mem::take(&mut l.unix_keys);
+        let kf = std::mem::take(&mut l.file_keys);
         l.ruleset = 0;
         l.policy = None;
         l.digest = None;
         self.delete_rules(&k4, &k6);
+        self.delete_unix(&ku);
+        super::lsm::delete_rules(&mut self.ebpf, &kf);
         if procs > 0 {
             warn!(
                 identity = %name, processes = procs,
@@ -466,6 +587,7 @@ impl Enforcer {
         let cg = self.known(name)?.cgroup.clone();
         cgroup::move_pid(&cg, pid)?;
         info!(identity = %name, pid, "process assigned");
+        super::fileobs::warn_assign(name, self.known(name)?.policy.as_deref(), &format!("pid {pid}"));
         Ok(cg)
     }
 
@@ -477,6 +599,9 @@ impl Enforcer {
         if !path.starts_with(&self.parent) {
             let links = loader::links_dir(&self.pin_dir, cg_id);
             loader::attach_sock_addr(&mut self.ebpf, path, &links)?;
+            if let Ok(u) = &self.unix {
+                u.attach(path, &links)?;
+            }
         }
         self.cgroup_map()?
             .insert(cg_id, id, 0)
@@ -486,6 +611,7 @@ impl Enforcer {
             l.assigned.push(path.to_path_buf());
         }
         info!(identity = %name, cgroup = %path.display(), "cgroup assigned");
+        super::fileobs::warn_assign(name, l.policy.as_deref(), &format!("cgroup {}", path.display()));
         Ok(path.to_path_buf())
     }
 
@@ -523,11 +649,70 @@ impl Enforcer {
             if let Some(path) = find_cgroup_by_id(cg_root, cg_id) {
                 let links = loader::links_dir(&self.pin_dir, cg_id);
                 loader::attach_sock_addr(&mut self.ebpf, &path, &links)?;
+                self.attach_unix(&path, &links);
             }
         }
         let links = loader::links_dir(&self.pin_dir, parent_id);
         loader::attach_sock_addr(&mut self.ebpf, &self.parent.clone(), &links)?;
+        self.attach_unix(&self.parent.clone(), &links);
         Ok(())
+    }
+
+    /// Unix rules unavailable means no unix program of ours stays attached
+    /// (one left by a previous daemon would judge against rules nobody
+    /// updates any more).
+    pub fn set_unix(&mut self, unix: Result<Unix, String>) {
+        if let Err(why) = &unix {
+            warn!("unix socket rules are NOT ENFORCED: {why}");
+            super::unix::detach_all(&self.pin_dir);
+        }
+        self.unix = unix;
+    }
+
+    /// Why `unix = [...]` rules are not enforced; `None` when they are.
+    pub fn unix_unavailable(&self) -> Option<String> {
+        self.unix.as_ref().err().cloned()
+    }
+
+    /// Start-up attach of the unix programs. A failure leaves unix rules
+    /// unenforced and says so (status, doctor), rather than stopping the
+    /// network enforcement that did attach.
+    fn attach_unix(&mut self, cgroup: &Path, links: &Path) {
+        if let Ok(u) = &self.unix
+            && let Err(e) = u.attach(cgroup, links)
+        {
+            self.set_unix(Err(format!("attaching at {}: {e}", cgroup.display())));
+        }
+    }
+
+    /// Whether BPF LSM enforces `[files]` (set once at start-up): only then
+    /// are file rules compiled into `FILE_RULES`.
+    pub fn set_files_lsm(&mut self, on: bool) {
+        self.files_lsm = on;
+    }
+
+    /// Compiles and writes an identity's `[files]` rules under `ruleset`.
+    fn write_files(
+        &mut self,
+        ruleset: u32,
+        policy: &IdentityPolicy,
+    ) -> Result<Vec<super::lsm::FileKeyOf>, EnforceError> {
+        if !self.files_lsm {
+            return Ok(Vec::new());
+        }
+        let Some(rules) = super::lsm::compile::rules_of(&policy.files) else {
+            return Ok(Vec::new());
+        };
+        let entries = super::lsm::compile(&rules)
+            .map_err(|e| EnforceError::Files(policy.name.clone(), e))?;
+        super::lsm::write_rules(&mut self.ebpf, ruleset, &entries)
+            .map_err(merr(maps::FILE_RULES))
+    }
+
+    fn delete_unix(&mut self, keys: &[UnixKey]) {
+        if let Ok(u) = &mut self.unix {
+            u.delete(keys);
+        }
     }
 
     fn publish(&self) {
@@ -550,10 +735,26 @@ impl Enforcer {
                     ruleset: l.ruleset,
                     v4_entries: l.keys4.len(),
                     v6_entries: l.keys6.len(),
+                    unix_entries: l.unix_keys.len(),
+                    file_entries: l.file_keys.len(),
+                    unix_enforced: self.unix.is_ok(),
                 }),
             );
         }
         self.snapshot.send_replace(Arc::new(s));
+    }
+}
+
+/// Waits until every BPF program run that started before the call has
+/// finished (`membarrier(MEMBARRIER_CMD_GLOBAL)` is `synchronize_rcu()`;
+/// programs run under the RCU read lock). Falls back to a sleep far longer
+/// than any program run where membarrier is unavailable.
+fn rcu_grace_period() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: plain syscall without pointer arguments.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if r != 0 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 

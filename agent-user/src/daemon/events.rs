@@ -64,6 +64,8 @@ pub async fn run(
     snapshot: watch::Receiver<Arc<Snapshot>>,
     tx: broadcast::Sender<Arc<Event>>,
     stats: Arc<EventStats>,
+    // Lease correlation and anomaly counting (`lease::Watch::observe`).
+    leases: Option<Arc<super::lease::Watch>>,
 ) -> anyhow::Result<()> {
     // SAFETY: the ring buffer's fd stays open for as long as the AsyncFd,
     // which owns the ring buffer.
@@ -86,7 +88,10 @@ pub async fn run(
                     stats.received.fetch_add(1, Ordering::Relaxed);
                     match Raw::decode(&item) {
                         Ok(raw) => {
-                            let ev = enrich(&raw, &snap, &clock, &mut cache);
+                            let mut ev = enrich(&raw, &snap, &clock, &mut cache);
+                            if let Some(w) = &leases {
+                                w.observe(&mut ev, clock.wall(raw.hdr.ts_ns), raw.hdr.ts_ns);
+                            }
                             let _ = tx.send(Arc::new(ev));
                         }
                         Err(e) => {
@@ -175,10 +180,15 @@ fn enrich(raw: &Raw, snap: &Snapshot, clock: &Clock, cache: &mut HashMap<u32, Pr
     let h = &raw.hdr;
     let view = snap.by_id.get(&h.identity);
     let p = proc_info(h.tgid, cache);
-    let (kind, net) = match &raw.body {
-        RawBody::Net(n) => ("net", Some(event::net_info(n))),
+    let (kind, net, unix, file) = match &raw.body {
+        RawBody::Net(n) => ("net", Some(event::net_info(n)), None, None),
+        RawBody::Unix(u) => ("unix", None, Some(event::unix_info(u)), None),
+        RawBody::File(_) => ("file", None, None, None),
+        RawBody::FileOp(x) => ("file", None, None, Some(event::file_op_info(x))),
+        RawBody::Protect(_) => ("protect", None, None, None),
+        RawBody::Syscall(_) => ("syscall", None, None, None),
     };
-    Event {
+    let mut ev = Event {
         schema: SCHEMA,
         time: humantime::format_rfc3339_nanos(clock.wall(h.ts_ns)).to_string(),
         kind: kind.into(),
@@ -203,6 +213,25 @@ fn enrich(raw: &Raw, snap: &Snapshot, clock: &Clock, cache: &mut HashMap<u32, Pr
             .or_else(|| view.map(|v| v.cgroup.display().to_string())),
         cgroup_id: Some(h.cgroup_id),
         net,
+        unix,
+        file,
         lost: None,
+        leases: None,
+        lease: None,
+        anomaly: None,
+        protect: None,
+        syscall: None,
+    };
+    if let RawBody::Syscall(x) = &raw.body {
+        // Name, layer, and the `deny` entry that refused it.
+        super::syscalls::complete(&mut ev, x, view.and_then(|v| v.policy.as_deref()));
     }
+    if let RawBody::Protect(x) = &raw.body {
+        ev.protect = Some(event::protect_info(x));
+    }
+    if let RawBody::File(x) = &raw.body {
+        // Path, and for Landlock the rule replayed in userspace.
+        super::fileobs::complete(&mut ev, x, view.and_then(|v| v.policy.as_deref()));
+    }
+    ev
 }

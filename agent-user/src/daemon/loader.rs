@@ -129,10 +129,20 @@ pub fn load(pin_dir: &Path, ringbuf_size: u32, daemon_tgid: u32) -> Result<Ebpf,
     if has_pins(pin_dir) {
         check_layouts(&mdir)?;
     }
+    // Offsets the BPF LSM programs need (zeros when BTF is unusable; those
+    // programs are then not attached, see `lsm::load_and_attach`).
+    let (lsm_offsets, lsm_f_path) = super::lsm::globals();
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&mdir)
         .map_max_entries(maps::EVENTS, ringbuf_size)
         .override_global(maps::GLOBAL_DAEMON_TGID, &daemon_tgid, true)
+        .override_global(
+            maps::GLOBAL_SECCOMP_MODE_OFF,
+            &super::syscalls::seccomp_mode_offset(),
+            true,
+        )
+        .override_global(maps::GLOBAL_KOFFSETS, &lsm_offsets, true)
+        .override_global(maps::GLOBAL_F_PATH_OFF, &lsm_f_path, true)
         .load(OBJECT)?;
     if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
         // The programs log nothing today; a missing log map is not an error.
@@ -157,7 +167,12 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupS
 /// Pins from another build of corral must not be reused blindly: a changed
 /// value layout would be read as garbage by the new programs.
 fn check_layouts(mdir: &Path) -> Result<(), LoadError> {
-    let expect: [(&'static str, u32, u32); 5] = [
+    let expect: [(&'static str, u32, u32); 7] = [
+        (
+            maps::FILE_RULES,
+            4 + size_of::<agent_common::file::FileKey>() as u32,
+            size_of::<agent_common::file::FileRuleValue>() as u32,
+        ),
         (maps::CGROUP_IDENTITY, 8, 4),
         (maps::IDENTITIES, 4, size_of::<IdentityState>() as u32),
         (
@@ -171,6 +186,11 @@ fn check_layouts(mdir: &Path) -> Result<(), LoadError> {
             size_of::<NetRuleList>() as u32,
         ),
         (maps::IDENTITY_STATS, 4, size_of::<IdentityStats>() as u32),
+        (
+            maps::SYSCALL_POLICY,
+            4,
+            size_of::<agent_common::syscall::SyscallPolicy>() as u32,
+        ),
     ];
     for (name, k, v) in expect {
         let path = mdir.join(name);
@@ -209,10 +229,6 @@ pub fn attach_sock_addr(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Res
         source,
     })?;
     for name in maps::SOCK_ADDR_PROGRAMS {
-        let pin = links_dir.join(name);
-        // bpffs refuses names with a dot.
-        let staging = links_dir.join(format!("{name}_new"));
-        let _ = fs::remove_file(&staging);
         let prog = program(ebpf, name)?;
         let id = prog
             .attach(&cg, CgroupAttachMode::Single)
@@ -222,27 +238,67 @@ pub fn attach_sock_addr(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Res
             .map_err(|source| LoadError::Program { name, source })?
             .try_into()
             .map_err(|e: aya::programs::links::LinkError| LoadError::Link {
-                path: pin.clone(),
+                path: links_dir.join(name),
                 message: e.to_string(),
             })?;
-        link.pin(&staging).map_err(|e| LoadError::Link {
-            path: staging.clone(),
-            message: format!("pinning: {}", std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string())),
-        })?;
-        // The new link runs now; only then retire the old one.
-        if pin.exists() {
-            match PinnedLink::from_pin(&pin) {
-                Ok(old) => match old.unpin() {
-                    Ok(fd_link) => drop(fd_link),
-                    Err(e) => warn!("unpinning old link {}: {e}", pin.display()),
-                },
-                Err(e) => warn!("old link pin {} unreadable: {e}", pin.display()),
-            }
-            let _ = fs::remove_file(&pin);
-            info!(link = %pin.display(), "replaced link left by a previous daemon");
-        }
-        rename(&staging, &pin)?;
+        pin_replacing(link, links_dir, name)?;
     }
+    Ok(())
+}
+
+/// Loads and attaches the Landlock-denial observer (tp_btf `sys_enter` /
+/// `sys_exit`, see agent-ebpf `fileobs`), pinning its links under
+/// `<pin_dir>/links/fileobs` like the others. Optional: the caller reports
+/// a failure and carries on (denials then do not reach `corral tail`).
+pub fn attach_fileobs(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<(), LoadError> {
+    let dir = pin_dir.join("links").join("fileobs");
+    fs::create_dir_all(&dir).map_err(|source| LoadError::PinDir {
+        path: dir.clone(),
+        source,
+    })?;
+    let btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Link {
+        path: "/sys/kernel/btf/vmlinux".into(),
+        message: e.to_string(),
+    })?;
+    for (name, tracepoint) in maps::FILEOBS_PROGRAMS {
+        let perr = |source| LoadError::Program { name, source };
+        let prog: &mut aya::programs::BtfTracePoint = ebpf
+            .program_mut(name)
+            .ok_or(perr(aya::programs::ProgramError::UnexpectedProgramType))?
+            .try_into()
+            .map_err(perr)?;
+        prog.load(tracepoint, &btf).map_err(perr)?;
+        let id = prog.attach().map_err(perr)?;
+        let link: FdLink = prog.take_link(id).map_err(perr)?.into();
+        pin_replacing(link, &dir, name)?;
+    }
+    Ok(())
+}
+
+/// Pins `link` as `links_dir/name`, retiring a link a previous daemon pinned
+/// there only once the new one runs (no gap).
+pub(super) fn pin_replacing(link: FdLink, links_dir: &Path, name: &str) -> Result<(), LoadError> {
+    let pin = links_dir.join(name);
+    // bpffs refuses names with a dot.
+    let staging = links_dir.join(format!("{name}_new"));
+    let _ = fs::remove_file(&staging);
+    link.pin(&staging).map_err(|e| LoadError::Link {
+        path: staging.clone(),
+        message: format!("pinning: {}", std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string())),
+    })?;
+    // The new link runs now; only then retire the old one.
+    if pin.exists() {
+        match PinnedLink::from_pin(&pin) {
+            Ok(old) => match old.unpin() {
+                Ok(fd_link) => drop(fd_link),
+                Err(e) => warn!("unpinning old link {}: {e}", pin.display()),
+            },
+            Err(e) => warn!("old link pin {} unreadable: {e}", pin.display()),
+        }
+        let _ = fs::remove_file(&pin);
+        info!(link = %pin.display(), "replaced link left by a previous daemon");
+    }
+    rename(&staging, &pin)?;
     Ok(())
 }
 
@@ -263,6 +319,8 @@ fn rename(from: &Path, to: &Path) -> Result<(), LoadError> {
 /// Removes every pinned link and map: enforcement ends. Used by
 /// `corral unload` and by `--unload-on-exit`.
 pub fn unload(pin_dir: &Path) -> io::Result<()> {
+    // Launchers still holding the syscall map must refuse from now on.
+    super::syscalls::empty_pinned_policy(pin_dir)?;
     let links = pin_dir.join("links");
     if links.exists() {
         for cg in fs::read_dir(&links)?.flatten() {

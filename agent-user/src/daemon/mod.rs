@@ -2,12 +2,21 @@
 //! directory, serves the API and streams events.
 
 mod api;
+mod api_lease;
+mod dns;
 mod enforcer;
 mod events;
+mod fileobs;
+mod inspect;
+pub mod lease;
 mod loader;
+mod lsm;
 mod reload;
 mod snapshot;
 mod status;
+mod syscalls;
+mod unix;
+mod watch;
 
 use std::{
     os::unix::fs::PermissionsExt as _,
@@ -21,11 +30,13 @@ use aya::maps::{PerCpuArray, RingBuf};
 use tokio::{
     net::UnixListener,
     signal::unix::{SignalKind, signal},
-    sync::{mpsc, watch},
+    sync::mpsc,
 };
 use tracing::{error, info, warn};
 
 pub use loader::{object_is_stub, unload};
+pub use lsm::kernel_probe as lsm_kernel_probe;
+pub use unix::kernel_support as unix_kernel_support;
 pub use reload::compile_dir;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -55,6 +66,29 @@ pub struct DaemonArgs {
     /// upgrade) — the default for a service.
     #[arg(long)]
     pub unload_on_exit: bool,
+    /// Do not watch the policy dir (reload with SIGHUP or `corral policy
+    /// apply` only).
+    #[arg(long)]
+    pub no_watch: bool,
+    /// Quiet time that ends a burst of policy dir changes (one reload per
+    /// burst).
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub watch_debounce: std::time::Duration,
+    /// How often host names in rules are resolved again (clamped to
+    /// 5s..10min; `CORRAL_DNS_REFRESH_FLOOR` lowers the floor, for tests). A
+    /// name that stops resolving keeps its last addresses for 10 intervals
+    /// (at most 1h), then its allow rules are dropped.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub dns_refresh: std::time::Duration,
+    /// The agent socket, where processes of an identity ask for their own
+    /// leases (mode 0666: the kernel attests the caller). Default:
+    /// `lease.sock` beside the control socket.
+    #[arg(long)]
+    pub lease_socket: Option<PathBuf>,
+    /// Start with an empty lease store when it is missing or corrupt,
+    /// instead of refusing to start (every lease is dropped).
+    #[arg(long)]
+    pub reset_leases: bool,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
@@ -120,33 +154,108 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
     if adopted {
         info!(pin_dir = %args.pin_dir.display(), "adopting maps and links left by a previous daemon");
     }
+    // BPF LSM (`[files]` in the kernel, self-protection): optional; the
+    // report says loudly what this kernel could not run.
+    let lsm_report = lsm::load_and_attach(&mut ebpf, &args.pin_dir);
+    lsm::log_report(&lsm_report);
+    lsm::set_report(lsm_report.clone());
+    fileobs::set_files_lsm(lsm_report.files_enforced());
+    // Landlock-denial observer, only where the BPF-LSM file layer is not in
+    // force (it reports its own denials): whoever attaches that layer calls
+    // `fileobs::set_files_lsm(true)` before this point.
+    // `CORRAL_NO_FILE_OBSERVER=1` leaves it out (benchmarks measure Landlock
+    // alone with it).
+    if !fileobs::files_layer_lsm() && std::env::var_os("CORRAL_NO_FILE_OBSERVER").is_none() {
+        let r = loader::attach_fileobs(&mut ebpf, &args.pin_dir);
+        if let Err(e) = &r {
+            warn!("file denial observer not attached: Landlock denials will not reach `corral tail`: {e}");
+        }
+        fileobs::set_observer(r.map_err(|e| e.to_string()));
+    }
     let ring = RingBuf::try_from(ebpf.take_map(maps::EVENTS).context("EVENTS map")?)?;
     let drops =
         PerCpuArray::<_, u64>::try_from(ebpf.take_map(maps::EVENT_DROPS).context("EVENT_DROPS")?)?;
 
-    let (snap_tx, snap_rx) = watch::channel(Arc::default());
+    let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::default());
     let mut enforcer =
         enforcer::Enforcer::new(ebpf, parent.clone(), args.pin_dir.clone(), snap_tx)?;
+    // AF_UNIX rules: programs aya 0.14 cannot load, assembled and loaded by
+    // hand against the pinned maps; attached by readopt_links like the rest.
+    enforcer.set_unix(unix::Unix::load(&args.pin_dir, std::process::id()));
+    enforcer.set_files_lsm(lsm_report.files_enforced());
     enforcer.readopt_links(&cg_root)?;
+    let unix_unavailable = enforcer.unix_unavailable();
+    let syscall_mechanisms = enforcer.syscall_mechanisms();
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let mut actor = tokio::spawn(enforcer.run(cmd_rx));
 
     let hub = events::Hub::new();
+    // Leases: a missing or corrupt store stops the start-up here, before
+    // the first policy apply changes anything in the kernel.
+    let leases = Arc::new(lease::Leases::open(
+        &lease::Options {
+            state_dir: args.state_dir.clone(),
+            reset: args.reset_leases,
+            cg_root: cg_root.clone(),
+        },
+        cmd_tx.clone(),
+        snap_rx.clone(),
+        hub.tx.clone(),
+    )?);
+    let (trip_tx, trip_rx) = mpsc::unbounded_channel();
+    let lease_watch = Arc::new(lease::Watch {
+        corr: leases.corr.clone(),
+        snapshot: snap_rx.clone(),
+        trips: trip_tx,
+    });
     let mut reader = tokio::spawn(events::run(
         ring,
         drops,
         snap_rx.clone(),
         hub.tx.clone(),
         hub.stats.clone(),
+        Some(lease_watch),
     ));
 
-    let reloader = Arc::new(reload::Reloader::new(args.policy_dir.clone(), cmd_tx.clone()));
+    let reloader = Arc::new(reload::Reloader::new(
+        args.policy_dir.clone(),
+        cmd_tx.clone(),
+        dns::Config::new(args.dns_refresh),
+    ));
+    // Watches are set before the first apply, so no edit in between is lost.
+    let watcher = if args.no_watch {
+        None
+    } else {
+        match watch::Watcher::new(&args.policy_dir, args.watch_debounce) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(dir = %args.policy_dir.display(), "cannot watch the policy dir ({e}): reload with SIGHUP or `corral policy apply`");
+                None
+            }
+        }
+    };
+    // Live grants reach the enforcer before the first apply, so a restart
+    // never drops one.
+    leases.prime().await;
     reloader
         .reload(None, "start")
         .await
         .map_err(|e| anyhow::anyhow!("initial policy apply failed: {e}"))?;
+    let lease_socket = args
+        .lease_socket
+        .clone()
+        .unwrap_or_else(|| socket.with_file_name("lease.sock"));
+    let agent_listener = api_lease::bind_agent(&lease_socket)?;
+    api_lease::install(leases.clone());
+    tokio::spawn(leases.clone().run(trip_rx));
+    let agent_server = tokio::spawn(api_lease::serve_agent(agent_listener, leases.clone()));
+    if let Some(w) = watcher {
+        tokio::spawn(w.run(reloader.clone()));
+    }
+    tokio::spawn(reload::refresh_hosts(reloader.clone()));
 
-    let mechanisms = status::mechanisms(true);
+    let mut mechanisms = status::mechanisms(true, unix_unavailable.as_deref());
+    mechanisms.extend(syscall_mechanisms);
     for m in &mechanisms {
         if m.state == "enforcing" {
             info!(mechanism = m.name, "{}", m.detail);
@@ -198,6 +307,8 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
     sd_notify("STOPPING=1");
     server.abort();
     let _ = std::fs::remove_file(&socket);
+    agent_server.abort();
+    let _ = std::fs::remove_file(&lease_socket);
     match &outcome {
         Ok(sig) => info!("{sig}: shutting down"),
         Err(e) => error!("{e}"),

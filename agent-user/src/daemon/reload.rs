@@ -1,18 +1,24 @@
-//! The one reload path (start-up, SIGHUP, `corral policy apply`): parse,
-//! validate and compile everything first; only a fully valid set reaches the
-//! enforcer, so a bad edit changes nothing that is in force.
+//! The one reload path (start-up, SIGHUP, `corral policy apply`, the policy
+//! dir watcher, host name refreshes): parse, validate and compile everything
+//! first; only a fully valid set reaches the enforcer, so a bad edit changes
+//! nothing that is in force.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
+    time::Instant,
 };
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info};
 
-use super::enforcer::{ApplyReport, Command, Compiled, EnforceError};
-use crate::policy::{self, PolicyErrors};
+use super::{
+    dns::{self, HostCache, HostView},
+    enforcer::{ApplyReport, Command, Compiled, EnforceError},
+};
+use crate::policy::{self, PolicyErrors, PolicySet, PolicySource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -30,22 +36,47 @@ pub struct ReloadStatus {
     pub generation: u64,
     pub last_time: Option<String>,
     pub last_ok: bool,
+    /// `start`, `SIGHUP`, `api`, `watch` or `dns`.
     pub last_trigger: Option<String>,
     /// Errors of the last attempt (file:line:col each), empty when it worked.
     pub last_errors: Vec<String>,
     pub last_report: Option<serde_json::Value>,
+    /// Parse + compile + apply of the last attempt, in milliseconds.
+    pub last_duration_ms: Option<f64>,
+}
+
+/// The policy in force: the texts it was compiled from (so host name
+/// refreshes recompile exactly it, whatever the files say meanwhile) and the
+/// host names each identity's rules use.
+struct InForce {
+    dir: PathBuf,
+    sources: Vec<PolicySource>,
+    hosts: BTreeMap<String, Vec<String>>,
+}
+
+enum Input {
+    Dir(PathBuf),
+    InForce,
 }
 
 pub struct Reloader {
     pub policy_dir: PathBuf,
+    /// The resolver cache every load of the daemon goes through.
+    pub hosts: Arc<HostCache>,
     enforcer: mpsc::Sender<Command>,
     status: Mutex<ReloadStatus>,
+    in_force: Mutex<Option<Arc<InForce>>>,
     serial: tokio::sync::Mutex<()>,
 }
 
-/// Parses and compiles every file of a directory (blocking).
+/// Parses and compiles every file of a directory with the system resolver
+/// (blocking): `corral policy check` and the daemon's start-up check.
 pub fn compile_dir(dir: &Path) -> Result<Vec<Compiled>, PolicyErrors> {
-    let set = policy::load_dir(dir)?;
+    compile_set(policy::load_dir(dir)?)
+}
+
+/// Compiles every identity of a loaded set, collecting every error.
+pub fn compile_set(set: PolicySet) -> Result<Vec<Compiled>, PolicyErrors> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for (_, p) in set.identities {
@@ -65,11 +96,13 @@ pub fn compile_dir(dir: &Path) -> Result<Vec<Compiled>, PolicyErrors> {
 }
 
 impl Reloader {
-    pub fn new(policy_dir: PathBuf, enforcer: mpsc::Sender<Command>) -> Reloader {
+    pub fn new(policy_dir: PathBuf, enforcer: mpsc::Sender<Command>, dns: dns::Config) -> Reloader {
         Reloader {
             policy_dir,
+            hosts: HostCache::new(dns),
             enforcer,
             status: Mutex::default(),
+            in_force: Mutex::default(),
             serial: tokio::sync::Mutex::new(()),
         }
     }
@@ -78,34 +111,93 @@ impl Reloader {
         self.status.lock().expect("status lock").clone()
     }
 
+    /// Reloads `dir` (default: the daemon's policy dir) from disk.
     pub async fn reload(
         &self,
         dir: Option<PathBuf>,
         trigger: &str,
     ) -> Result<ApplyReport, ReloadError> {
-        let _one_at_a_time = self.serial.lock().await;
         let dir = dir.unwrap_or_else(|| self.policy_dir.clone());
-        let d = dir.clone();
-        let compiled = tokio::task::spawn_blocking(move || compile_dir(&d))
-            .await
-            .expect("policy compile task panicked");
-        let result = match compiled {
-            Err(e) => Err(ReloadError::Policy(e)),
-            Ok(set) => {
-                let (reply, rx) = oneshot::channel();
-                self.enforcer
-                    .send(Command::Apply { set, reply })
-                    .await
-                    .map_err(|_| ReloadError::EnforcerGone)?;
-                match rx.await {
-                    Ok(r) => r.map_err(ReloadError::from),
-                    Err(_) => Err(ReloadError::EnforcerGone),
+        self.run(Input::Dir(dir), trigger).await
+    }
+
+    /// Compiles the policy in force again, with the host cache's current
+    /// answers, and applies it: what a host name refresh does. Unchanged
+    /// identities are left alone by the enforcer, as always.
+    pub async fn reapply(&self, trigger: &str) -> Result<ApplyReport, ReloadError> {
+        self.run(Input::InForce, trigger).await
+    }
+
+    /// What each host name used by `identity`'s rules resolves to now.
+    pub fn hosts_of(&self, identity: &str) -> Vec<HostView> {
+        let in_force = self.in_force.lock().expect("in force lock").clone();
+        let Some(f) = in_force else {
+            return Vec::new();
+        };
+        f.hosts
+            .get(identity)
+            .into_iter()
+            .flatten()
+            .filter_map(|h| self.hosts.view(h))
+            .collect()
+    }
+
+    async fn run(&self, input: Input, trigger: &str) -> Result<ApplyReport, ReloadError> {
+        let _one_at_a_time = self.serial.lock().await;
+        let started = Instant::now();
+        let (dir, earlier) = match input {
+            Input::Dir(d) => (d, None),
+            Input::InForce => {
+                let f = self.in_force.lock().expect("in force lock").clone();
+                match f {
+                    Some(f) => (f.dir.clone(), Some(f)),
+                    // Nothing applied yet: nothing to refresh.
+                    None => return Ok(ApplyReport::default()),
                 }
             }
         };
+        let hosts = self.hosts.clone();
+        let d = dir.clone();
+        let compiled = tokio::task::spawn_blocking(move || {
+            let used = Mutex::default();
+            let resolve = |h: &str| hosts.for_load(h, &used);
+            let (set, sources) = match earlier {
+                None => policy::load_dir_sources(&d, &resolve)?,
+                Some(f) => (
+                    policy::load_sources(&d, &f.sources, &resolve)?,
+                    f.sources.clone(),
+                ),
+            };
+            let set = compile_set(set)?;
+            Ok::<_, PolicyErrors>((set, sources, used.into_inner().expect("used lock")))
+        })
+        .await
+        .expect("policy compile task panicked");
+
+        let result = match compiled {
+            Err(e) => Err(ReloadError::Policy(e)),
+            Ok((set, sources, used)) => {
+                let hosts = hosts_by_identity(&set, &sources);
+                match self.apply(set).await {
+                    Ok(report) => {
+                        self.hosts.retain(&used);
+                        *self.in_force.lock().expect("in force lock") = Some(Arc::new(InForce {
+                            dir: dir.clone(),
+                            sources,
+                            hosts,
+                        }));
+                        Ok(report)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let took = started.elapsed();
+        trim_heap();
         let mut st = self.status.lock().expect("status lock");
         st.last_time = Some(super::events::now_rfc3339());
         st.last_trigger = Some(trigger.to_string());
+        st.last_duration_ms = Some(took.as_secs_f64() * 1000.0);
         match &result {
             Ok(report) => {
                 st.generation += 1;
@@ -114,6 +206,7 @@ impl Reloader {
                 st.last_report = serde_json::to_value(report).ok();
                 info!(
                     trigger, dir = %dir.display(), generation = st.generation,
+                    took_ms = took.as_millis() as u64,
                     changed = ?report.changed, removed = ?report.removed,
                     orphaned = ?report.orphaned, "policy reloaded"
                 );
@@ -124,9 +217,70 @@ impl Reloader {
                     ReloadError::Policy(p) => p.0.iter().map(|e| e.to_string()).collect(),
                     other => vec![other.to_string()],
                 };
-                error!(trigger, "reload failed, the previous policy stays in force: {e}");
+                error!(
+                    trigger, dir = %dir.display(),
+                    "reload failed, the previous policy stays in force: {e}"
+                );
             }
         }
         result
+    }
+
+    async fn apply(&self, set: Vec<Compiled>) -> Result<ApplyReport, ReloadError> {
+        let (reply, rx) = oneshot::channel();
+        self.enforcer
+            .send(Command::Apply { set, reply })
+            .await
+            .map_err(|_| ReloadError::EnforcerGone)?;
+        match rx.await {
+            Ok(r) => r.map_err(ReloadError::from),
+            Err(_) => Err(ReloadError::EnforcerGone),
+        }
+    }
+}
+
+/// Host names per identity, from the texts its policies were compiled from.
+fn hosts_by_identity(set: &[Compiled], sources: &[PolicySource]) -> BTreeMap<String, Vec<String>> {
+    let texts: BTreeMap<&Path, &str> = sources
+        .iter()
+        .map(|s| (s.path.as_path(), s.text.as_str()))
+        .collect();
+    set.iter()
+        .filter_map(|c| {
+            let text = texts.get(c.policy.source.as_path())?;
+            let names = policy::host_names(text);
+            (!names.is_empty()).then(|| (c.policy.name.clone(), names))
+        })
+        .collect()
+}
+
+/// Re-resolves host names every refresh interval and re-applies the policy
+/// in force when an answer changed. Runs for the daemon's lifetime.
+pub async fn refresh_hosts(reloader: Arc<Reloader>) {
+    let every = reloader.hosts.config().refresh;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let hosts = reloader.hosts.clone();
+        let changed = tokio::task::spawn_blocking(move || hosts.refresh())
+            .await
+            .unwrap_or(false);
+        if changed {
+            // Errors are logged and land in `corral status`.
+            let _ = reloader.reapply("dns").await;
+        }
+    }
+}
+
+/// Hands memory freed by a big transient job (loading a large policy,
+/// serialising it for the API) back to the system: glibc keeps it in its
+/// per-thread arenas otherwise, so the daemon would hold its peak forever.
+pub fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: glibc call without pointer arguments.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -27,6 +27,11 @@ pub struct IdentityView {
     pub ruleset: u32,
     pub v4_entries: usize,
     pub v6_entries: usize,
+    pub unix_entries: usize,
+    /// `FILE_RULES` entries written for this identity (BPF LSM only).
+    pub file_entries: usize,
+    /// Whether the kernel judges this identity's `unix = [...]` rules.
+    pub unix_enforced: bool,
 }
 
 impl Snapshot {
@@ -48,5 +53,13 @@ impl Snapshot {
             .iter()
             .find(|r| r.id == rule_id)
             .map(|r| r.describe())
+            .or_else(|| {
+                let u = policy.network.unix.iter().find(|u| u.id == rule_id)?;
+                Some(u.describe())
+            })
+            .or_else(|| {
+                let f = policy.files.rules.iter().find(|f| f.id == rule_id)?;
+                Some(f.describe())
+            })
     }
 }

@@ -31,7 +31,7 @@ pub struct DaemonInfo {
 #[derive(Debug, Clone, Serialize)]
 pub struct Mechanism {
     pub name: &'static str,
-    /// `enforcing`, `unavailable` or `not-implemented`.
+    /// `enforcing`, `fallback` (weaker, said why), `unavailable` or `not-implemented`.
     pub state: &'static str,
     pub detail: String,
 }
@@ -68,8 +68,13 @@ pub async fn identities_json(ctx: &Ctx) -> Vec<Value> {
                 "processes": processes,
                 "orphaned": v.policy.is_none(),
                 "source": v.policy.as_ref().map(|p| p.source.clone()),
-                "rules": { "network": net, "unix": unix },
-                "kernel_entries": { "v4": v.v4_entries, "v6": v.v6_entries, "ruleset": v.ruleset },
+                "rules": { "network": net, "unix": unix,
+                    "files": v.policy.as_ref().map_or(0, |p| p.files.rules.len()) },
+                "files": v.policy.as_ref().map(|p| {
+                    let (layer, note) = super::fileobs::files_layer(&p.files, p.mode);
+                    json!({ "enforced_by": layer, "note": note })
+                }),
+                "kernel_entries": { "v4": v.v4_entries, "v6": v.v6_entries, "unix": v.unix_entries, "files": v.file_entries, "ruleset": v.ruleset },
                 "counters": c,
             })
         })
@@ -121,14 +126,18 @@ pub fn policy_json(v: &IdentityView) -> Value {
         "digest": format!("{:016x}", p.digest),
         "network": rules,
         "unix": p.network.unix.iter().map(|u| json!({"id": u.id, "path": u.path, "origin": u.origin})).collect::<Vec<_>>(),
-        "kernel_entries": { "v4": v.v4_entries, "v6": v.v6_entries, "ruleset": v.ruleset },
+        "unix_enforced": v.unix_enforced,
+        "files": super::fileobs::files_json(p),
+        "identity_id": v.id,
+        "syscalls": super::syscalls::policy_json(p),
+        "kernel_entries": { "v4": v.v4_entries, "v6": v.v6_entries, "unix": v.unix_entries, "files": v.file_entries, "ruleset": v.ruleset },
     })
 }
 
 /// What this kernel and build can enforce, probed at start-up.
-pub fn mechanisms(sock_addr_attached: bool) -> Vec<Mechanism> {
-    let lsms = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
-    vec![
+/// `unix_unavailable`: why the unix programs are not attached, if they are not.
+pub fn mechanisms(sock_addr_attached: bool, unix_unavailable: Option<&str>) -> Vec<Mechanism> {
+    let mut v = vec![
         Mechanism {
             name: "network (cgroup sock_addr: connect/sendmsg/bind, IPv4+IPv6)",
             state: if sock_addr_attached { "enforcing" } else { "unavailable" },
@@ -140,19 +149,25 @@ pub fn mechanisms(sock_addr_attached: bool) -> Vec<Mechanism> {
         },
         Mechanism {
             name: "unix socket paths",
-            state: "not-implemented",
-            detail: "NOT ENFORCED: `unix = [...]` rules are parsed but AF_UNIX connects are not \
-                     judged yet (needs the cgroup connect_unix hook, which aya 0.14 cannot load)"
-                .into(),
-        },
-        Mechanism {
-            name: "bpf lsm",
-            state: if lsms.split(',').any(|l| l.trim() == "bpf") { "enforcing" } else { "unavailable" },
-            detail: if lsms.is_empty() {
-                "securityfs not mounted or no LSM list".into()
+            state: if unix_unavailable.is_none() {
+                "enforcing"
             } else {
-                format!("active LSMs: {}", lsms.trim())
+                "unavailable"
+            },
+            detail: match unix_unavailable {
+                None => "cgroup connect_unix/sendmsg_unix attached at the corral cgroup parent \
+                         (pathnames exact; abstract names as @name)"
+                    .into(),
+                Some(why) => format!("NOT ENFORCED: {why}"),
             },
         },
-    ]
+        // `[files]` rules: "lsm" once the BPF-LSM file programs attached
+        // (their loader calls `fileobs::set_files_lsm(true)` first), else
+        // "landlock (fallback, applied by corral run at launch)".
+        super::fileobs::mechanism(),
+    ];
+    // BPF LSM: what the programs could do here (loaded, or why not), not
+    // merely whether `bpf` is in the LSM list.
+    v.extend(super::lsm::mechanisms());
+    v
 }

@@ -39,6 +39,17 @@ pub struct NetTables {
 }
 
 pub fn compile_network(p: &IdentityPolicy) -> Result<NetTables, PolicyErrors> {
+    compile_with(p, false)
+}
+
+/// Like [`compile_network`], but expiring rules never hide one another: the
+/// largest lists any combination of expiry times can produce (the load-time
+/// check of lease grants, `leases::check_fit`).
+pub(crate) fn compile_worst_case(p: &IdentityPolicy) -> Result<NetTables, PolicyErrors> {
+    compile_with(p, true)
+}
+
+fn compile_with(p: &IdentityPolicy, worst_case: bool) -> Result<NetTables, PolicyErrors> {
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
     let mut errors = Vec::new();
@@ -57,12 +68,12 @@ pub fn compile_network(p: &IdentityPolicy) -> Result<NetTables, PolicyErrors> {
             continue;
         }
         match addr {
-            IpAddr::V4(a) => v4.push(Item::new(rule, len, a.octets())),
-            IpAddr::V6(a) => v6.push(Item::new(rule, len, a.octets())),
+            IpAddr::V4(a) => v4.push(Item::new(rule, len, a.octets(), p)),
+            IpAddr::V6(a) => v6.push(Item::new(rule, len, a.octets(), p)),
         }
     }
-    let v4 = compile_family(&v4, &mut errors);
-    let v6 = compile_family(&v6, &mut errors);
+    let v4 = compile_family(&v4, worst_case, &mut errors);
+    let v6 = compile_family(&v6, worst_case, &mut errors);
     if errors.is_empty() {
         Ok(NetTables { v4, v6 })
     } else {
@@ -76,16 +87,34 @@ struct Item<'a, const N: usize> {
     class: u32,
     len: u8,
     addr: [u8; N],
+    /// `CLOCK_BOOTTIME` ns at which the rule stops applying; 0 = never.
+    expires: u64,
 }
 
 impl<'a, const N: usize> Item<'a, N> {
-    fn new(rule: &'a NetRule, len: u8, addr: [u8; N]) -> Self {
+    fn new(rule: &'a NetRule, len: u8, addr: [u8; N], p: &IdentityPolicy) -> Self {
         Self {
             rule,
             class: rule.class(),
             len,
             addr: mask_bytes(addr, u32::from(len)),
+            expires: p.network.expires.get(&rule.id).copied().unwrap_or(0),
         }
+    }
+
+    /// When the rule ends, for ordering: never (0) is the latest of all.
+    fn end(&self) -> u64 {
+        if self.expires == 0 { u64::MAX } else { self.expires }
+    }
+
+    /// Whether `self`, placed before `later` in a list, makes `later`
+    /// unreachable: its port range holds `later`'s, and it applies for at
+    /// least as long. An expiring rule never hides a rule that outlives it.
+    fn hides(&self, later: &Item<'_, N>, worst_case: bool) -> bool {
+        let (lo, hi) = (later.rule.port_lo, later.rule.port_hi);
+        let range = self.rule.port_lo <= lo && hi <= self.rule.port_hi;
+        let lasts = self.expires == 0 || (!worst_case && later.end() <= self.end());
+        range && lasts
     }
 }
 
@@ -93,6 +122,7 @@ type Key<const N: usize> = (u32, u8, [u8; N]);
 
 fn compile_family<const N: usize>(
     items: &[Item<'_, N>],
+    worst_case: bool,
     errors: &mut Vec<PolicyError>,
 ) -> Vec<LpmEntry<N>> {
     let mut own: HashMap<Key<N>, Vec<usize>> = HashMap::new();
@@ -137,10 +167,14 @@ fn compile_family<const N: usize>(
                 Reverse(it.len),
                 r.port_hi.saturating_sub(r.port_lo),
                 r.action != Action::Deny,
+                // Among otherwise equal rules the longest-lived comes first,
+                // so the others (e.g. one grant held by several leases) hide
+                // behind it.
+                Reverse(it.end()),
                 r.id,
             )
         });
-        let (kept, more) = drop_shadowed(&candidates);
+        let (kept, more) = drop_shadowed(&candidates, worst_case);
         if kept.len() > MAX_PORT_RULES {
             overflowed.insert(key);
             if !inherits_overflow {
@@ -154,7 +188,7 @@ fn compile_family<const N: usize>(
             rules: [PortRule::default(); MAX_PORT_RULES],
         };
         for (slot, it) in list.rules.iter_mut().zip(&kept) {
-            *slot = port_rule(it.rule);
+            *slot = port_rule(it.rule, it.expires);
         }
         entries.push(LpmEntry {
             class,
@@ -171,21 +205,21 @@ fn compile_family<const N: usize>(
 /// The kernel takes the first entry whose range holds the port, so an entry
 /// whose range lies inside an earlier one's can never be taken: dropping it
 /// changes no decision (this also collapses exact duplicates) and leaves
-/// room under `MAX_PORT_RULES`. Correct only because compiled entries never
-/// expire: once rules can expire, an expiring rule must not shadow others.
+/// room under `MAX_PORT_RULES`. With expiring rules (lease grants) that
+/// holds only while the earlier entry lives: an entry is dropped only behind
+/// one that never expires or expires no earlier than it does (see
+/// `Item::hides`), so an expiring grant never hides a policy rule, and a
+/// grant is never hidden by one that ends first.
 ///
 /// Stops one past the limit, since the list is then rejected anyway; the
 /// second value counts candidates left unexamined, for the error message.
 fn drop_shadowed<'a, 'b, const N: usize>(
     sorted: &[&'b Item<'a, N>],
+    worst_case: bool,
 ) -> (Vec<&'b Item<'a, N>>, usize) {
     let mut kept: Vec<&Item<'_, N>> = Vec::new();
     for (i, it) in sorted.iter().enumerate() {
-        let (lo, hi) = (it.rule.port_lo, it.rule.port_hi);
-        if kept
-            .iter()
-            .any(|k| k.rule.port_lo <= lo && hi <= k.rule.port_hi)
-        {
+        if kept.iter().any(|k| k.hides(it, worst_case)) {
             continue;
         }
         kept.push(it);
@@ -249,7 +283,7 @@ fn class_name(class: u32) -> &'static str {
     }
 }
 
-fn port_rule(r: &NetRule) -> PortRule {
+fn port_rule(r: &NetRule, expires_ns: u64) -> PortRule {
     PortRule {
         port_lo: r.port_lo,
         port_hi: r.port_hi,
@@ -259,7 +293,7 @@ fn port_rule(r: &NetRule) -> PortRule {
         },
         rule_id: r.id,
         _pad: 0,
-        expires_ns: 0,
+        expires_ns,
     }
 }
 
@@ -281,8 +315,8 @@ fn mask_bytes<const N: usize>(mut addr: [u8; N], len: u32) -> [u8; N] {
 /// matches (default deny).
 ///
 /// Linear in the table size: fine for explaining one connection, not meant
-/// for a hot path. Compiled entries never expire, so `expires_ns` is only
-/// honoured in the sense that a nonzero value is treated as still live.
+/// for a hot path. Expiring entries (lease grants) are treated as live: the
+/// daemon removes a lease's grants when it ends, and explains what is in force.
 pub fn decide(t: &NetTables, class: u32, ip: IpAddr, port: u16) -> Option<(Action, u32)> {
     // Mapped destinations are judged by the IPv4 rules, as in the kernel.
     let list = match ip.to_canonical() {
@@ -345,6 +379,10 @@ pub(crate) fn digest(p: &IdentityPolicy, t: &NetTables) -> u64 {
     entries(&mut h, &t.v4);
     entries(&mut h, &t.v6);
     h.u32(p.network.unix.len() as u32);
+    let leases = super::leases::fingerprint(p);
+    if !leases.is_empty() {
+        h.bytes(leases.as_bytes());
+    }
     for u in &p.network.unix {
         h.u32(u.id);
         h.bytes(u.path.as_bytes());

@@ -195,7 +195,12 @@ fn many_rules(n: u32) -> IdentityPolicy {
         network: NetworkPolicy {
             rules,
             unix: Vec::new(),
+            expires: Default::default(),
         },
+        files: Default::default(),
+        leases: None,
+        anomaly: None,
+        syscalls: None,
         digest: 0,
     }
 }

@@ -13,6 +13,7 @@ use agent_common::identity::Mode;
 use toml::Spanned;
 
 use super::compile::{compile_network, digest};
+use super::files;
 use super::error::{PolicyError, PolicyErrors, Source};
 use super::raw::{RawNetwork, RawPolicy};
 use super::rule::{self, Target};
@@ -39,22 +40,58 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyErrors> {
 /// Loads every `*.toml` of `dir` (not hidden, not editor backups). An empty
 /// directory is a valid policy set with no identities.
 pub fn load_dir_with(dir: &Path, resolve: Resolve<'_>) -> Result<PolicySet, PolicyErrors> {
+    load_dir_sources(dir, resolve).map(|(set, _)| set)
+}
+
+/// One policy file's text as it was read for a load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySource {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+/// Like [`load_dir_with`], and also returns the texts it loaded, so the same
+/// policy can be compiled again later (e.g. with re-resolved host names)
+/// without re-reading files that may have changed since.
+pub fn load_dir_sources(
+    dir: &Path,
+    resolve: Resolve<'_>,
+) -> Result<(PolicySet, Vec<PolicySource>), PolicyErrors> {
     let mut errors = Vec::new();
-    let paths = policy_files(dir, &mut errors);
+    let mut sources = Vec::new();
+    for path in policy_files(dir, &mut errors) {
+        match fs::read_to_string(&path) {
+            Ok(text) => sources.push(PolicySource { path, text }),
+            Err(e) => errors.push(PolicyError::whole_file(&path, format!("cannot read: {e}"))),
+        }
+    }
+    let set = load_sources_after(dir, &sources, resolve, errors)?;
+    Ok((set, sources))
+}
+
+/// Loads policy texts read earlier (see [`load_dir_sources`]) as the set of
+/// `dir`.
+pub fn load_sources(
+    dir: &Path,
+    sources: &[PolicySource],
+    resolve: Resolve<'_>,
+) -> Result<PolicySet, PolicyErrors> {
+    load_sources_after(dir, sources, resolve, Vec::new())
+}
+
+fn load_sources_after(
+    dir: &Path,
+    sources: &[PolicySource],
+    resolve: Resolve<'_>,
+    mut errors: Vec<PolicyError>,
+) -> Result<PolicySet, PolicyErrors> {
     let mut hosts = HostCache::new(resolve);
     let mut identities: BTreeMap<String, IdentityPolicy> = BTreeMap::new();
     // Where each name was first defined, to name both files of a duplicate.
     let mut defined: HashMap<String, Origin> = HashMap::new();
 
-    for path in paths {
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) => {
-                errors.push(PolicyError::whole_file(&path, format!("cannot read: {e}")));
-                continue;
-            }
-        };
-        let parsed = parse(&Source::new(&path, &text), &mut hosts);
+    for PolicySource { path, text } in sources {
+        let parsed = parse(&Source::new(path, text), &mut hosts);
         let mut duplicate = false;
         if let Some((name, at)) = &parsed.name {
             if let Some(first) = defined.get(name) {
@@ -150,10 +187,29 @@ pub fn parse_str(
         .map_err(PolicyErrors)
 }
 
+/// What a resolver returns, wrapped in `io::Error::other`, for a name it
+/// knew but that has not resolved for longer than its owner keeps stale
+/// answers. Not an error for the load: the name's allow and bind rules are
+/// dropped (fail closed) and its deny rules keep `last` (still denied).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("host `{host}` stopped resolving and its last addresses expired")]
+pub struct HostExpired {
+    pub host: String,
+    pub last: Vec<IpAddr>,
+}
+
+/// A host name's addresses for one load.
+#[derive(Debug, Clone)]
+enum HostAddrs {
+    Live(Vec<IpAddr>),
+    /// See [`HostExpired`]: the last addresses it had.
+    Expired(Vec<IpAddr>),
+}
+
 /// Resolves each host name once per load, however many rules use it.
 struct HostCache<'a> {
     resolve: Resolve<'a>,
-    seen: HashMap<String, Result<Vec<IpAddr>, String>>,
+    seen: HashMap<String, Result<HostAddrs, String>>,
 }
 
 impl<'a> HostCache<'a> {
@@ -166,21 +222,27 @@ impl<'a> HostCache<'a> {
 
     /// Sorted, deduplicated addresses (a resolver returns one per socket
     /// type), IPv4-mapped ones as IPv4.
-    fn lookup(&mut self, host: &str) -> Result<Vec<IpAddr>, String> {
+    fn lookup(&mut self, host: &str) -> Result<HostAddrs, String> {
+        fn canonical(addrs: Vec<IpAddr>) -> Vec<IpAddr> {
+            let mut addrs: Vec<IpAddr> = addrs.into_iter().map(|a| a.to_canonical()).collect();
+            addrs.sort();
+            addrs.dedup();
+            addrs
+        }
         let resolve = self.resolve;
         self.seen
             .entry(host.to_string())
             .or_insert_with(|| match resolve(host) {
-                Err(e) => Err(format!("cannot resolve host `{host}`: {e}")),
+                Err(e) => match e.get_ref().and_then(|i| i.downcast_ref::<HostExpired>()) {
+                    Some(x) => Ok(HostAddrs::Expired(canonical(x.last.clone()))),
+                    None => Err(format!("cannot resolve host `{host}`: {e}")),
+                },
                 Ok(addrs) => {
-                    let mut addrs: Vec<IpAddr> =
-                        addrs.into_iter().map(|a| a.to_canonical()).collect();
-                    addrs.sort();
-                    addrs.dedup();
+                    let addrs = canonical(addrs);
                     if addrs.is_empty() {
                         Err(format!("host `{host}` resolved to no addresses"))
                     } else {
-                        Ok(addrs)
+                        Ok(HostAddrs::Live(addrs))
                     }
                 }
             })
@@ -240,7 +302,30 @@ fn parse(src: &Source<'_>, hosts: &mut HostCache<'_>) -> Parsed {
         }
     };
 
+    // File rule ids continue after every network and unix rule as written.
+    let last_net_id = raw.network.as_ref().map_or(0, |n| {
+        (n.allow.len() + n.deny.len() + n.bind.len() + n.unix.len()) as u32
+    });
     let network = build_network(src, &raw.network.unwrap_or_default(), hosts, &mut errors);
+    let (files, _) = files::build_files(src, raw.files.as_ref(), last_net_id, &mut errors);
+    let (leases, anomaly) = super::leases::build(
+        src,
+        raw.leases.as_ref(),
+        raw.anomaly.as_ref(),
+        &mut |list| {
+            let mut errs = Vec::new();
+            let only_allow = RawNetwork {
+                allow: list.to_vec(),
+                ..RawNetwork::default()
+            };
+            (build_network(src, &only_allow, hosts, &mut errs).rules, errs)
+        },
+        &mut errors,
+    );
+    let syscalls = raw
+        .syscalls
+        .as_ref()
+        .map(|s| super::syscalls::build(src, s, &mut errors));
 
     let result = if errors.is_empty() {
         let mut policy = IdentityPolicy {
@@ -248,11 +333,17 @@ fn parse(src: &Source<'_>, hosts: &mut HostCache<'_>) -> Parsed {
             mode,
             source: src.file.to_path_buf(),
             network,
+            files,
+            leases,
+            anomaly,
+            syscalls,
             digest: 0,
         };
-        match compile_network(&policy) {
+        match compile_network(&policy).and_then(|t| super::leases::check_fit(&policy).map(|_| t)) {
             Ok(tables) => {
-                policy.digest = digest(&policy, &tables);
+                policy.digest = files::fold_digest(digest(&policy, &tables), &policy.files);
+                policy.digest =
+                    super::syscalls::fold_digest(policy.digest, policy.syscalls.as_ref());
                 Ok(policy)
             }
             Err(es) => Err(es.0),
@@ -298,7 +389,10 @@ fn build_network(
                 ],
                 Target::Net { addr, prefix_len } => vec![(addr, prefix_len, None)],
                 Target::Host { name, at } => match hosts.lookup(&name) {
-                    Ok(addrs) => addrs
+                    // Fail closed: an expired name allows nothing, and what
+                    // it denied stays denied.
+                    Ok(HostAddrs::Expired(_)) if action != Action::Deny => Vec::new(),
+                    Ok(HostAddrs::Live(addrs) | HostAddrs::Expired(addrs)) => addrs
                         .into_iter()
                         .map(|a| (a, if a.is_ipv4() { 32 } else { 128 }, Some(name.clone())))
                         .collect(),
@@ -358,4 +452,25 @@ fn error_in(
     message: impl Into<String>,
 ) -> PolicyError {
     src.error_at(src.offset_in_string(&s.span(), s.get_ref(), inner), message)
+}
+
+/// Host names the network rules of a policy text mention, sorted, without
+/// resolving them (for `corral policy show`); empty when the text does not
+/// parse.
+pub fn host_names(text: &str) -> Vec<String> {
+    let Ok(raw) = toml::from_str::<RawPolicy>(text) else {
+        return Vec::new();
+    };
+    let net = raw.network.unwrap_or_default();
+    let mut names: Vec<String> = [&net.allow, &net.deny, &net.bind]
+        .into_iter()
+        .flatten()
+        .filter_map(|r| match rule::parse_rule(r.get_ref()).ok()?.target {
+            Target::Host { name, .. } => Some(name),
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }

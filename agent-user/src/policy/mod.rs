@@ -14,9 +14,12 @@ mod compile;
 #[cfg(test)]
 mod compile_tests;
 mod error;
+mod files;
+mod leases;
 mod load;
 mod raw;
 mod rule;
+pub mod syscalls;
 #[cfg(test)]
 mod tests;
 
@@ -30,7 +33,15 @@ use agent_common::net::{CLASS_BIND_TCP, CLASS_BIND_UDP, CLASS_TCP, CLASS_UDP};
 
 pub use compile::{LpmEntry, NetTables, compile_network, decide};
 pub use error::{PolicyError, PolicyErrors};
-pub use load::{load_dir, load_dir_with, load_file, parse_str};
+pub use files::{
+    ACCESS_ALL, ACCESS_EXEC, ACCESS_READ, ACCESS_WRITE, FileList, FilePolicy, FileRule,
+    decide_file, deciding_rule, is_dir as files_is_dir,
+};
+pub use leases::{AnomalyAction, AnomalyPolicy, LeasePolicy, LiveGrant, with_grants};
+pub use load::{
+    HostExpired, PolicySource, host_names, load_dir, load_dir_sources, load_dir_with, load_file,
+    load_sources, parse_str,
+};
 
 /// Every identity of a policy directory, by name.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -46,6 +57,15 @@ pub struct IdentityPolicy {
     pub mode: Mode,
     pub source: PathBuf,
     pub network: NetworkPolicy,
+    /// `[files]`: confined when the section is written (see `files.rs`).
+    pub files: FilePolicy,
+    /// `[leases]`: scopes this identity may hold and what they grant.
+    pub leases: Option<LeasePolicy>,
+    /// `[anomaly]`: the response to a burst of denials.
+    pub anomaly: Option<AnomalyPolicy>,
+    /// `[syscalls]`: `None` when the section is absent (no syscall
+    /// confinement at all).
+    pub syscalls: Option<syscalls::SyscallsPolicy>,
     /// Hash of everything that reaches the kernel (name, mode, compiled
     /// tables, unix paths), so a reload can skip identities that did not
     /// change. Stable across runs and builds (FNV-1a over a fixed encoding).
@@ -56,6 +76,11 @@ pub struct IdentityPolicy {
 pub struct NetworkPolicy {
     pub rules: Vec<NetRule>,
     pub unix: Vec<UnixRule>,
+    /// `CLOCK_BOOTTIME` expiry (ns) of rules that end on their own, by rule
+    /// id: the grants of live leases, added by the daemon (never written in
+    /// a file). Rules not listed never expire.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub expires: BTreeMap<u32, u64>,
 }
 
 impl NetworkPolicy {
@@ -67,7 +92,7 @@ impl NetworkPolicy {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Action {
     Allow,
@@ -161,8 +186,24 @@ pub struct UnixRule {
     pub origin: Origin,
 }
 
+impl UnixRule {
+    /// e.g. `allow unix:/run/nscd/socket (agent.toml:7:10)`.
+    pub fn describe(&self) -> String {
+        let file = self
+            .origin
+            .file
+            .file_name()
+            .unwrap_or(self.origin.file.as_os_str())
+            .to_string_lossy();
+        format!(
+            "allow unix:{} ({file}:{}:{})",
+            self.path, self.origin.line, self.origin.col
+        )
+    }
+}
+
 /// Where a rule was written (1-based line and column of its first character).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Origin {
     pub file: PathBuf,
     pub line: usize,

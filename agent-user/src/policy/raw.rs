@@ -17,6 +17,14 @@ pub struct RawPolicy {
     pub identity: RawIdentity,
     #[serde(default)]
     pub network: Option<RawNetwork>,
+    #[serde(default)]
+    pub files: Option<RawFiles>,
+    #[serde(default)]
+    pub leases: Option<RawLeases>,
+    #[serde(default)]
+    pub anomaly: Option<RawAnomaly>,
+    #[serde(default)]
+    pub syscalls: Option<RawSyscalls>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,4 +48,91 @@ pub struct RawNetwork {
     pub bind: Vec<Spanned<String>>,
     #[serde(default)]
     pub unix: Vec<Spanned<String>>,
+}
+
+/// `[files]`: see `files.rs`. `exec` is an `Option` because an absent list
+/// (anything readable may be executed) differs from an empty one (nothing).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFiles {
+    #[serde(default)]
+    pub read: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub write: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub exec: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
+}
+
+/// `[leases]`: see `leases.rs`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLeases {
+    #[serde(default)]
+    pub max_ttl: Option<Spanned<String>>,
+    #[serde(default)]
+    pub scopes: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub approval: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub approval_timeout: Option<Spanned<String>>,
+    /// `[[leases.grant]]` tables.
+    #[serde(default)]
+    pub grant: Vec<RawGrant>,
+    #[serde(default)]
+    pub rotate: Option<RawRotate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrant {
+    pub scope: Spanned<String>,
+    /// Rules in the `[network] allow` grammar.
+    #[serde(default)]
+    pub network: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub files: Option<RawGrantFiles>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrantFiles {
+    #[serde(default)]
+    pub read: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub write: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRotate {
+    pub scopes: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub ttl: Option<Spanned<String>>,
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+}
+
+/// `[anomaly]`: see `leases.rs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnomaly {
+    pub max_denials: Spanned<i64>,
+    pub window: Spanned<String>,
+    #[serde(default)]
+    pub actions: Vec<Spanned<String>>,
+}
+
+/// `[syscalls]`: see `syscalls/mod.rs`. `assigned` is a string for our own
+/// message, like `mode`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSyscalls {
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub assigned: Option<Spanned<String>>,
 }

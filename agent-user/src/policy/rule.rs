@@ -306,12 +306,18 @@ const UNIX_PATH_MAX: usize = 107;
 
 /// Unix socket paths are compared byte for byte with what a process passes
 /// to connect(), so only one spelling of a path can be allowed: absolute and
-/// lexically normal.
+/// lexically normal. `@name` is the abstract address `\0name`.
 pub(crate) fn check_unix_path(path: &str) -> Result<(), ValueError> {
+    if let Some(name) = path.strip_prefix('@') {
+        return check_abstract_name(name);
+    }
     if !path.starts_with('/') {
         return err(
             0,
-            format!("unix socket path `{path}` must be absolute (start with /)"),
+            format!(
+                "unix socket path `{path}` must be absolute (start with /), or `@name` for an \
+                 abstract socket"
+            ),
         );
     }
     if let Some(i) = path.find('\0') {
@@ -340,6 +346,31 @@ pub(crate) fn check_unix_path(path: &str) -> Result<(), ValueError> {
             format!(
                 "unix socket path `{path}` is not normalised (no `//`, `.`, `..` or trailing `/`); write `{}`",
                 normalise(path)
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// An abstract socket name (after the `@`): 1 to 107 bytes of printable
+/// ASCII without spaces, matched exactly (the kernel takes the name's length
+/// from the address length, so no other spelling reaches the same socket).
+fn check_abstract_name(name: &str) -> Result<(), ValueError> {
+    if name.is_empty() {
+        return err(0, "abstract unix socket `@` needs a name after the @");
+    }
+    if let Some(i) = name.bytes().position(|b| !b.is_ascii_graphic()) {
+        return err(
+            1 + i,
+            "abstract unix socket names may only hold printable ASCII without spaces",
+        );
+    }
+    if name.len() > UNIX_PATH_MAX {
+        return err(
+            1 + UNIX_PATH_MAX,
+            format!(
+                "abstract unix socket name is {} bytes, over the {UNIX_PATH_MAX} a sockaddr_un holds",
+                name.len()
             ),
         );
     }
@@ -518,5 +549,22 @@ mod tests {
             );
         }
         assert!(check_unix_path("/a/b/../c").is_err_and(|e| e.message.ends_with("write `/a/c`")));
+    }
+
+    #[test]
+    fn abstract_unix_names() {
+        assert!(check_unix_path("@corral-test").is_ok());
+        assert!(check_unix_path("@/tmp/.X11-unix/X0").is_ok());
+        assert!(check_unix_path(&format!("@{}", "a".repeat(107))).is_ok());
+        assert!(
+            check_unix_path(&format!("@{}", "a".repeat(108)))
+                .is_err_and(|e| e.message.contains("108 bytes") && e.at == 108)
+        );
+        assert!(check_unix_path("@").is_err_and(|e| e.message.contains("needs a name")));
+        assert!(
+            check_unix_path("@a b").is_err_and(|e| e.at == 2 && e.message.contains("printable"))
+        );
+        assert!(check_unix_path("@a\u{e9}").is_err_and(|e| e.message.contains("printable")));
+        assert!(check_unix_path("x").is_err_and(|e| e.message.contains("`@name`")));
     }
 }

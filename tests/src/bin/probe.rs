@@ -3,9 +3,27 @@
 //!
 //! probe connect ADDR PORT | sendto ADDR PORT | bind-tcp ADDR PORT |
 //!       subcgroup NAME (then the remaining steps run in that child cgroup) |
-//!       pid | exit CODE | kill SIG | sleep SECS |
-//!       loop ADDR:PORT=allow|deny ... SECS   (tight connect loop; counts wrong answers)
+//!       pid | exit CODE | kill SIG | sleep SECS | wait-file PATH |
+//!       loop ADDR:PORT=allow|deny ... SECS   (tight connect loop; counts wrong answers) |
+//!       unix-connect PATH | unix-sendto PATH   (AF_UNIX stream connect / datagram send;
+//!       `@name` is an abstract address) |
+//!       unix-dgram-connect PATH |
+//!       unix-connect-padded PATH   (addrlen = sizeof(sockaddr_un), garbage after the NUL) |
+//!       unix-loop PATH=allow|deny ... SECS   (like loop, for unix connects; ns per connect)
+//!       file steps: see `probe_steps/files.rs` (open, exec, link, rename, ...)
+//!       BPF-LSM steps: see `probe_steps/lsm.rs` (openat2, uring-open, bpf-map, signal, ...)
+//!       lease steps: see `probe_steps/lease.rs` (lease-call, lease-exit-race, watch-deny, burst, ...)
+//!       syscall steps: see `probe_steps/syscalls.rs` (sys, sys-thread, sys-exec, socket, ...)
 //! Steps chain: `probe pid connect 127.0.0.1 80 exit 3`.
+
+#[path = "probe_steps/files.rs"]
+mod file_steps;
+#[path = "probe_steps/lease.rs"]
+mod lease_steps;
+#[path = "probe_steps/lsm.rs"]
+mod lsm_steps;
+#[path = "probe_steps/syscalls.rs"]
+mod syscall_steps;
 
 use std::{
     io::Write as _,
@@ -58,8 +76,56 @@ fn main() {
                 i += 3;
             }
             "bind-tcp" => {
-                emit("bind", TcpListener::bind(addr(&args[i + 1], &args[i + 2])).map(drop));
+                emit(
+                    "bind",
+                    TcpListener::bind(addr(&args[i + 1], &args[i + 2])).map(drop),
+                );
                 i += 3;
+            }
+            "unix-connect" => {
+                emit("unix-connect", unix_connect(&args[i + 1]));
+                i += 2;
+            }
+            "unix-dgram-connect" => {
+                let r = std::os::unix::net::UnixDatagram::unbound()
+                    .and_then(|s| s.connect_addr(&unix_addr(&args[i + 1])?));
+                emit("unix-dgram-connect", r);
+                i += 2;
+            }
+            "unix-connect-padded" => {
+                emit("unix-connect-padded", unix_connect_padded(&args[i + 1]));
+                i += 2;
+            }
+            "unix-sendto" => {
+                let r = std::os::unix::net::UnixDatagram::unbound()
+                    .and_then(|s| s.send_to_addr(b"corral", &unix_addr(&args[i + 1])?))
+                    .map(drop);
+                emit("unix-sendto", r);
+                i += 2;
+            }
+            "unix-loop" => {
+                // unix-loop PATH=allow|deny ... SECS
+                let mut targets = Vec::new();
+                let mut j = i + 1;
+                while let Some((t, want)) = args.get(j).and_then(|a| a.rsplit_once('=')) {
+                    targets.push((t.to_string(), want == "allow"));
+                    j += 1;
+                }
+                let secs: f64 = args[j].parse().expect("secs");
+                let start = Instant::now();
+                let end = start + Duration::from_secs_f64(secs);
+                let (mut n, mut wrong) = (0u64, 0u64);
+                while Instant::now() < end {
+                    for (t, allow) in &targets {
+                        if unix_connect(t).is_ok() != *allow {
+                            wrong += 1;
+                        }
+                        n += 1;
+                    }
+                }
+                let ns = start.elapsed().as_nanos() as u64 / n.max(1);
+                println!(r#"{{"op":"unix-loop","attempts":{n},"wrong":{wrong},"ns_per_op":{ns}}}"#);
+                i = j + 1;
             }
             "subcgroup" => {
                 let own = std::fs::read_to_string("/proc/self/cgroup").expect("cgroup");
@@ -77,6 +143,15 @@ fn main() {
                 // SAFETY: plain syscall.
                 unsafe { libc::kill(std::process::id() as i32, sig) };
                 std::thread::sleep(Duration::from_secs(5));
+                i += 2;
+            }
+            "wait-file" => {
+                // Blocks until PATH exists (at most 60 s): lets a test act
+                // between two steps of a running probe.
+                let end = Instant::now() + Duration::from_secs(60);
+                while !std::path::Path::new(&args[i + 1]).exists() && Instant::now() < end {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 i += 2;
             }
             "sleep" => {
@@ -106,9 +181,60 @@ fn main() {
                 println!(r#"{{"op":"loop","attempts":{n},"wrong":{wrong}}}"#);
                 i = j + 1;
             }
+            op if file_steps::is_step(op) => i = file_steps::step(&args, i),
+            op if lease_steps::is_step(op) => i = lease_steps::step(&args, i),
+            op if lsm_steps::is_step(op) => i = lsm_steps::step(&args, i),
+            op if syscall_steps::is_step(op) => i = syscall_steps::step(&args, i),
             other => panic!("unknown probe step {other}"),
         }
     }
+}
+
+fn unix_addr(path: &str) -> std::io::Result<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt as _;
+    match path.strip_prefix('@') {
+        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name),
+        None => std::os::unix::net::SocketAddr::from_pathname(path),
+    }
+}
+
+fn unix_connect(path: &str) -> std::io::Result<()> {
+    std::os::unix::net::UnixStream::connect_addr(&unix_addr(path)?).map(drop)
+}
+
+/// connect() the way some C programs do: the whole `sockaddr_un` as the
+/// length, bytes after the path's NUL not zeroed.
+fn unix_connect_padded(path: &str) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // SAFETY: plain syscall; the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_un is plain data; all zeroes is valid.
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sa.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    sa.sun_path.fill(b'X' as libc::c_char);
+    let b = path.as_bytes();
+    assert!(b.len() < sa.sun_path.len(), "path too long");
+    for (d, s) in sa.sun_path.iter_mut().zip(b) {
+        *d = *s as libc::c_char;
+    }
+    sa.sun_path[b.len()] = 0;
+    // SAFETY: sa is a valid sockaddr_un for the length given.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_un).cast(),
+            size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn cgroup2_root() -> String {

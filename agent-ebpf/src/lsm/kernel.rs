@@ -1,0 +1,239 @@
+//! Reading kernel structs without CO-RE: member offsets come from the
+//! running kernel's BTF at load time (`CORRAL_KOFFSETS`), reads go through
+//! `bpf_probe_read_kernel`. Also the path builder for hooks where
+//! `bpf_d_path` is not allowed (`path_link`, `path_rename`, `move_mount`).
+
+use agent_common::file::KernelOffsets;
+use aya_ebpf::{Global, helpers::bpf_probe_read_kernel};
+
+use crate::maps::{CGROUP_IDENTITY, FILE_SCRATCH};
+
+/// Member offsets, overridden by the loader (all zero in the object: the
+/// loader refuses to attach the LSM programs without real values).
+#[unsafe(no_mangle)]
+static CORRAL_KOFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
+    file_f_path: 0,
+    file_f_inode: 0,
+    file_f_mode: 0,
+    file_f_flags: 0,
+    path_mnt: 0,
+    path_dentry: 0,
+    dentry_d_parent: 0,
+    dentry_d_name: 0,
+    dentry_d_inode: 0,
+    qstr_name: 0,
+    qstr_len: 0,
+    inode_i_mode: 0,
+    inode_i_sb: 0,
+    sb_s_magic: 0,
+    vfsmount_mnt_root: 0,
+    mount_mnt: 0,
+    mount_mnt_parent: 0,
+    mount_mnt_mountpoint: 0,
+    task_tgid: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_level: 0,
+    cgroup_kn: 0,
+    cgroup_ancestors: 0,
+    kernfs_node_id: 0,
+    _pad: 0,
+});
+
+/// `struct file` → `f_path`, separately: `bpf_d_path` needs `file + off` to
+/// be a trusted pointer, so the verifier must see `off` as a constant (a
+/// scalar global read straight from the frozen `.rodata` map).
+#[unsafe(no_mangle)]
+static CORRAL_F_PATH_OFF: Global<u32> = Global::new(0);
+
+#[inline(always)]
+pub fn offsets() -> KernelOffsets {
+    CORRAL_KOFFSETS.load()
+}
+
+#[inline(always)]
+pub fn f_path_off() -> u32 {
+    CORRAL_F_PATH_OFF.load()
+}
+
+/// Bytes of the path buffer; `bpf_d_path`'s limit and ours.
+pub const PATH_BUF: usize = 4096;
+/// Room after `PATH_BUF` so a bounded write at any offset below `PATH_BUF`
+/// stays inside the buffer (the verifier checks offset + size).
+const PATH_SLACK: usize = 256;
+/// Path components the builder collects (power of two, used as a mask).
+pub const MAX_DEPTH: usize = 64;
+/// Steps of the walk, mount crossings included.
+const MAX_WALK: u32 = 96;
+const NAME_MAX: u32 = 255;
+
+/// The per-CPU scratch area. Its first 260 bytes are an LPM key
+/// (`Key<FileKey>`): prefix length, ruleset, then the path, so a resolved
+/// path is looked up in place without copying.
+#[repr(C)]
+pub struct FileScratch {
+    pub prefix_len: u32,
+    pub ruleset_be: u32,
+    pub path: [u8; PATH_BUF + PATH_SLACK],
+    names: [u64; MAX_DEPTH],
+    lens: [u32; MAX_DEPTH],
+}
+
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut FileScratch> {
+    // SAFETY: per-CPU slot; a program run does not migrate and the slot is
+    // only used within one run.
+    FILE_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+pub fn read<T: Copy>(base: u64, off: u32) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel tolerates any address; a bad one is an
+    // error, not a fault.
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
+}
+
+#[inline(always)]
+pub fn read_ptr(base: u64, off: u32) -> u64 {
+    read::<u64>(base, off).unwrap_or(0)
+}
+
+pub const S_IFMT: u16 = 0o170000;
+pub const S_IFDIR: u16 = 0o040000;
+
+/// Whether a dentry's inode is a directory (false for negative dentries).
+#[inline(always)]
+pub fn dentry_is_dir(o: &KernelOffsets, dentry: u64) -> bool {
+    let inode = read_ptr(dentry, o.dentry_d_inode);
+    read::<u16>(inode, o.inode_i_mode).is_some_and(|m| m & S_IFMT == S_IFDIR)
+}
+
+/// Outcome of building a path.
+pub enum Built {
+    /// Length in bytes (no NUL) of the path now at `scratch.path`.
+    Ok(u32),
+    /// Deeper than `MAX_DEPTH` components or longer than `PATH_BUF`.
+    TooLong,
+}
+
+/// Writes the absolute path of (`mnt`, `dentry`) into `s.path` by walking
+/// `d_parent` and crossing mounts (`mnt_mountpoint`), as `d_path` would
+/// from the mount namespace's root.
+#[inline(always)]
+pub fn build_path(o: &KernelOffsets, s: &mut FileScratch, mnt: u64, dentry: u64) -> Built {
+    let mut mnt = mnt;
+    let mut dentry = dentry;
+    let mut root = read_ptr(mnt, o.vfsmount_mnt_root);
+    let mut n: usize = 0;
+    let mut step: u32 = 0;
+    let mut complete = false;
+    while step < MAX_WALK {
+        step += 1;
+        if dentry == 0 {
+            break;
+        }
+        if dentry == root {
+            // At the root of this mount: continue in the parent mount.
+            let mount = mnt - o.mount_mnt as u64;
+            let parent = read_ptr(mount, o.mount_mnt_parent);
+            if parent == 0 || parent == mount {
+                complete = true;
+                break;
+            }
+            dentry = read_ptr(mount, o.mount_mnt_mountpoint);
+            mnt = parent + o.mount_mnt as u64;
+            root = read_ptr(mnt, o.vfsmount_mnt_root);
+            continue;
+        }
+        let parent = read_ptr(dentry, o.dentry_d_parent);
+        if parent == 0 || parent == dentry {
+            complete = true;
+            break;
+        }
+        if n >= MAX_DEPTH {
+            return Built::TooLong;
+        }
+        let name = read_ptr(dentry, o.dentry_d_name + o.qstr_name);
+        let len = read::<u32>(dentry, o.dentry_d_name + o.qstr_len).unwrap_or(0);
+        s.names[n & (MAX_DEPTH - 1)] = name;
+        s.lens[n & (MAX_DEPTH - 1)] = len;
+        n += 1;
+        dentry = parent;
+    }
+    if !complete {
+        return Built::TooLong;
+    }
+    let base = s.path.as_mut_ptr();
+    let mut pos: usize = 0;
+    let mut i: usize = 0;
+    while i < MAX_DEPTH {
+        if i >= n {
+            break;
+        }
+        let k = (n - 1 - i) & (MAX_DEPTH - 1);
+        let len = s.lens[k];
+        if len == 0 || len > NAME_MAX || pos + 1 + len as usize >= PATH_BUF {
+            return Built::TooLong;
+        }
+        // SAFETY: pos < PATH_BUF, and the buffer has PATH_SLACK bytes more.
+        unsafe { *base.add(pos & (PATH_BUF - 1)) = b'/' };
+        pos += 1;
+        let dst = unsafe { base.add(pos & (PATH_BUF - 1)) };
+        // SAFETY: dst + len (≤ NAME_MAX) stays inside path; the source is a
+        // kernel pointer read by the helper.
+        let r = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                dst.cast(),
+                len & NAME_MAX,
+                s.names[k] as *const core::ffi::c_void,
+            )
+        };
+        if r != 0 {
+            return Built::TooLong;
+        }
+        pos += len as usize;
+        i += 1;
+    }
+    if pos == 0 {
+        // The root itself.
+        unsafe { *base = b'/' };
+        pos = 1;
+    }
+    Built::Ok(pos as u32)
+}
+
+/// Identity of another task (`task_kill`, `ptrace_access_check`): its
+/// default-hierarchy cgroup's ancestors, deepest tagged one wins, as
+/// `identity::current()` does for the calling task.
+#[inline(always)]
+pub fn task_identity(o: &KernelOffsets, task: u64) -> u32 {
+    let cset = read_ptr(task, o.task_cgroups);
+    let cgrp = read_ptr(cset, o.css_set_dfl_cgrp);
+    let level = read::<i32>(cgrp, o.cgroup_level).unwrap_or(0);
+    let mut found: u32 = 0;
+    let mut l: i32 = 0;
+    while l < agent_common::identity::CGROUP_MAX_DEPTH {
+        if l > level {
+            break;
+        }
+        let anc = read_ptr(cgrp, o.cgroup_ancestors + 8 * l as u32);
+        let kn = read_ptr(anc, o.cgroup_kn);
+        let id = read::<u64>(kn, o.kernfs_node_id).unwrap_or(0);
+        if id != 0 {
+            // SAFETY: plain u32 value copied out at once.
+            if let Some(v) = unsafe { CGROUP_IDENTITY.get(id) } {
+                found = *v;
+            }
+        }
+        l += 1;
+    }
+    found
+}
+
+#[inline(always)]
+pub fn task_tgid(o: &KernelOffsets, task: u64) -> u32 {
+    read::<i32>(task, o.task_tgid).unwrap_or(0) as u32
+}

@@ -1,0 +1,353 @@
+//! Syscall observers: `tp_btf/sys_enter` and `tp_btf/sys_exit`.
+//!
+//! They run for every syscall of every task on the host, so they only ever
+//! observe (and, for a tagged process without Corral's seccomp filter whose
+//! policy says `assigned = "kill"`, kill). An untagged task costs one cache
+//! lookup: `SC_CG_CACHE` maps the task's cgroup to its identity (0 =
+//! untagged), filled by one ancestor walk per cgroup and invalidated as a
+//! whole when the daemon bumps `SYSCALL_TAG_GEN` after changing tags.
+//!
+//! Seccomp runs before the `sys_enter` tracepoint and skips it for a call
+//! it refuses, but `sys_exit` still fires. So a tagged task's `sys_exit`
+//! without a matching `sys_enter` (`SC_PENDING`), returning EPERM or
+//! ENOSYS, is a call the seccomp filter refused: in the kernel (a `deny`
+//! entry) or through the launcher's answer to a notification. That is how
+//! both layers report through one path.
+
+use agent_common::{
+    event::{
+        COMM_LEN, EventHeader, KIND_SYSCALL, REASON_DENY_RULE, REASON_FAIL_CLOSED, REASON_NO_RULE, VERDICT_AUDIT,
+        VERDICT_DENY, VERDICT_KILL,
+    },
+    identity::{CGROUP_MAX_DEPTH, MODE_AUDIT},
+    syscall::{
+        BITMAP_BITS, FLAG_ASSIGNED_KILL, LAYER_KERNEL, LAYER_KILL, LAYER_NOTIFY, LAYER_OBSERVED,
+        NR_SECCOMP, NR_SOCKET, SECCOMP_FILTER_FLAG_NEW_LISTENER, SyscallEvent, SyscallPolicy,
+    },
+};
+use aya_ebpf::{
+    Global,
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns,
+        bpf_probe_read_kernel, generated::bpf_send_signal,
+    },
+    macros::map,
+    maps::{Array, LruHashMap},
+    programs::BtfTracePointContext,
+};
+
+use crate::{
+    events::{self, COUNT_AUDITED, COUNT_DENIED},
+    maps::{CGROUP_IDENTITY, EVENTS, SYSCALL_POLICY},
+};
+
+/// Offset of `task_struct.seccomp.mode`, from the running kernel's BTF; 0
+/// when unknown (then no task counts as unfiltered and nothing is killed).
+#[unsafe(no_mangle)]
+static CORRAL_SECCOMP_MODE_OFF: Global<u32> = Global::new(0);
+
+/// Cached identity of one cgroup, valid for one tag generation.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CgIdentity {
+    pub identity: u32,
+    pub generation: u32,
+}
+
+/// `Array<u64>[1]`: the tag generation (see agent-common `maps`).
+#[map(name = "SYSCALL_TAG_GEN")]
+pub static SYSCALL_TAG_GEN: Array<u64> = Array::with_max_entries(1, 0);
+
+/// `LruHashMap<u64 cgroup id, CgIdentity>`: the task's own cgroup → the
+/// identity of its deepest tagged ancestor (0: untagged).
+#[map(name = "SC_CG_CACHE")]
+static CG_CACHE: LruHashMap<u64, CgIdentity> = LruHashMap::with_max_entries(16384, 0);
+
+/// `LruHashMap<u32 tid, u32>`: 1 between a tagged thread's `sys_enter` and
+/// its `sys_exit`.
+#[map(name = "SC_PENDING")]
+static PENDING: LruHashMap<u32, u32> = LruHashMap::with_max_entries(65536, 0);
+
+/// `LruHashMap<u64 tgid << 32 | nr, u32 generation>`: audit events already
+/// sent (one per process, syscall and policy generation).
+#[map(name = "SC_AUDITED")]
+static AUDITED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
+
+const SECCOMP_MODE_FILTER: i32 = 2;
+const SIGKILL: u32 = 9;
+const EPERM: i64 = 1;
+const ENOSYS: i64 = 38;
+/// Syscall numbers at or above this are the x32 ABI (the filter refuses them).
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// Byte offsets in x86_64 `struct pt_regs` (a fixed layout).
+const REGS_DX: usize = 12 * 8;
+const REGS_SI: usize = 13 * 8;
+const REGS_DI: usize = 14 * 8;
+const REGS_ORIG_AX: usize = 15 * 8;
+
+#[inline(always)]
+fn walk() -> u32 {
+    // Plain scalar accumulator: an Option accumulator upset the verifier.
+    let mut found: u32 = 0;
+    let mut level: i32 = 0;
+    while level < CGROUP_MAX_DEPTH {
+        // SAFETY: helper with no pointer arguments.
+        let cg = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if cg == 0 {
+            break;
+        }
+        // SAFETY: the value is a plain u32 copied out immediately.
+        if let Some(id) = unsafe { CGROUP_IDENTITY.get(cg) } {
+            found = *id;
+        }
+        level += 1;
+    }
+    found
+}
+
+/// The current task's identity id, 0 when untagged.
+#[inline(always)]
+fn tagged_identity() -> u32 {
+    // SAFETY: helper without arguments.
+    let cg = unsafe { bpf_get_current_cgroup_id() };
+    let generation = match SYSCALL_TAG_GEN.get(0) {
+        Some(g) => *g as u32,
+        None => 0,
+    };
+    // SAFETY: plain-data value copied out field by field.
+    if let Some(e) = unsafe { CG_CACHE.get(cg) }
+        && e.generation == generation
+    {
+        return e.identity;
+    }
+    let identity = walk();
+    let _ = CG_CACHE.insert(
+        cg,
+        CgIdentity {
+            identity,
+            generation,
+        },
+        0,
+    );
+    identity
+}
+
+#[inline(always)]
+fn reg(regs: *const u8, off: usize) -> u64 {
+    // SAFETY: a probe read of a kernel pointer the tracepoint passed.
+    unsafe { bpf_probe_read_kernel(regs.wrapping_add(off) as *const u64) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn args_of(regs: *const u8) -> [u64; 3] {
+    [reg(regs, REGS_DI), reg(regs, REGS_SI), reg(regs, REGS_DX)]
+}
+
+/// Whether the current task runs under a seccomp filter (`None`: unknown).
+#[inline(always)]
+fn has_seccomp_filter() -> Option<bool> {
+    let off = CORRAL_SECCOMP_MODE_OFF.load();
+    if off == 0 {
+        return None;
+    }
+    // SAFETY: helper without arguments; the pointer is only probe-read.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    // SAFETY: probe read of the current task's own field.
+    let mode = unsafe { bpf_probe_read_kernel(task.wrapping_add(off as usize) as *const i32) };
+    mode.ok().map(|m| m == SECCOMP_MODE_FILTER)
+}
+
+struct Seen {
+    identity: u32,
+    mode: u32,
+    verdict: u32,
+    reason: u32,
+    nr: u32,
+    layer: u32,
+    errno: u32,
+    args: [u64; 3],
+}
+
+#[inline(always)]
+fn emit(e: &Seen) {
+    events::count(
+        e.identity,
+        if e.verdict == VERDICT_AUDIT {
+            COUNT_AUDITED
+        } else {
+            COUNT_DENIED
+        },
+    );
+    let pid_tgid = bpf_get_current_pid_tgid();
+    match EVENTS.reserve::<SyscallEvent>(0) {
+        Some(mut slot) => {
+            slot.write(SyscallEvent {
+                hdr: EventHeader {
+                    kind: KIND_SYSCALL,
+                    identity: e.identity,
+                    // SAFETY: helpers without pointer arguments.
+                    ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+                    cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+                    pid: pid_tgid as u32,
+                    tgid: (pid_tgid >> 32) as u32,
+                    comm: bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]),
+                    verdict: e.verdict,
+                    mode: e.mode,
+                    reason: e.reason,
+                    rule_id: 0,
+                },
+                nr: e.nr,
+                layer: e.layer,
+                errno: e.errno,
+                _pad: 0,
+                args: e.args,
+            });
+            slot.submit(0);
+        }
+        None => events::count_drop(),
+    }
+}
+
+/// First audit of this syscall by this process under this policy
+/// generation (audit events are reported once, not per call).
+#[inline(always)]
+fn first_audit(tgid: u32, nr: u32, generation: u32) -> bool {
+    let key = ((tgid as u64) << 32) | nr as u64;
+    // SAFETY: plain u32 copied out.
+    if let Some(g) = unsafe { AUDITED.get(key) }
+        && *g == generation
+    {
+        return false;
+    }
+    let _ = AUDITED.insert(key, generation, 0);
+    true
+}
+
+#[inline(always)]
+fn reason_for(pol: &SyscallPolicy, nr: u32) -> u32 {
+    if pol.denied_bit(nr) {
+        REASON_DENY_RULE
+    } else {
+        REASON_NO_RULE
+    }
+}
+
+pub fn on_enter(ctx: &BtfTracePointContext) -> i32 {
+    let identity = tagged_identity();
+    if identity == 0 {
+        return 0;
+    }
+    // SAFETY: plain-data value, read in place.
+    let Some(pol) = (unsafe { SYSCALL_POLICY.get(identity) }) else {
+        return 0;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    match PENDING.get_ptr_mut(tid) {
+        // SAFETY: this thread's own slot.
+        Some(p) => unsafe { *p = 1 },
+        None => {
+            let _ = PENDING.insert(tid, 1, 0);
+        }
+    }
+    if !pol.confined() {
+        return 0;
+    }
+    let id: i64 = ctx.arg(1);
+    if id < 0 || id >= BITMAP_BITS as i64 {
+        return 0;
+    }
+    let nr = id as u32;
+    if pol.allowed_bit(nr) && nr != NR_SOCKET {
+        return 0;
+    }
+    let regs: *const u8 = ctx.arg(0);
+    let args = args_of(regs);
+    if pol.allows(nr, &args) {
+        return 0;
+    }
+    // The call runs although the policy does not allow it.
+    let audit = pol.mode == MODE_AUDIT;
+    let (layer, verdict) = match has_seccomp_filter() {
+        // Audit mode: the launcher let it through. Enforce mode: the filter
+        // compiled at launch allows it in the kernel (a hot syscall the
+        // policy has dropped since), or a policy change raced the answer.
+        Some(true) if audit => (LAYER_NOTIFY, VERDICT_AUDIT),
+        Some(true) => (LAYER_KERNEL, VERDICT_AUDIT),
+        Some(false) if !audit && pol.flags & FLAG_ASSIGNED_KILL != 0 => (LAYER_KILL, VERDICT_KILL),
+        _ => (LAYER_OBSERVED, VERDICT_AUDIT),
+    };
+    if verdict == VERDICT_KILL {
+        // SAFETY: helper with a plain signal number; it signals the current
+        // process, which is tagged and whose policy asked for this.
+        unsafe { bpf_send_signal(SIGKILL) };
+    } else if !first_audit((pid_tgid >> 32) as u32, nr, pol.generation) {
+        return 0;
+    }
+    emit(&Seen {
+        identity,
+        mode: pol.mode,
+        verdict,
+        reason: reason_for(pol, nr),
+        nr,
+        layer,
+        errno: 0,
+        args,
+    });
+    0
+}
+
+pub fn on_exit(ctx: &BtfTracePointContext) -> i32 {
+    let identity = tagged_identity();
+    if identity == 0 {
+        return 0;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let entered = match PENDING.get_ptr_mut(tid) {
+        // SAFETY: this thread's own slot.
+        Some(p) => unsafe {
+            let v = *p;
+            *p = 0;
+            v
+        },
+        None => 0,
+    };
+    if entered != 0 {
+        return 0;
+    }
+    let ret: i64 = ctx.arg(1);
+    if ret != -EPERM && ret != -ENOSYS {
+        return 0;
+    }
+    // SAFETY: plain-data value, read in place.
+    let Some(pol) = (unsafe { SYSCALL_POLICY.get(identity) }) else {
+        return 0;
+    };
+    let regs: *const u8 = ctx.arg(0);
+    let nr = reg(regs, REGS_ORIG_AX) as u32;
+    let args = args_of(regs);
+    let in_kernel = nr >= X32_SYSCALL_BIT
+        || pol.denied_bit(nr)
+        || (nr == NR_SECCOMP && args[1] & SECCOMP_FILTER_FLAG_NEW_LISTENER != 0);
+    let (layer, reason) = if ret == -ENOSYS {
+        // Notified, and nobody answers: the launcher is gone (closed).
+        (LAYER_NOTIFY, REASON_FAIL_CLOSED)
+    } else if in_kernel {
+        (LAYER_KERNEL, reason_for(pol, nr))
+    } else {
+        (LAYER_NOTIFY, reason_for(pol, nr))
+    };
+    emit(&Seen {
+        identity,
+        mode: pol.mode,
+        verdict: VERDICT_DENY,
+        reason,
+        nr,
+        layer,
+        errno: (-ret) as u32,
+        args,
+    });
+    0
+}

@@ -1,0 +1,342 @@
+//! `corral policy`: check (offline), apply, diff, show and explain.
+
+use std::path::PathBuf;
+
+use hyper::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::{
+    client::{self, Client},
+    cmds::UsageError,
+};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum PolicyCmd {
+    /// Validate a policy directory or file without a daemon.
+    Check {
+        #[arg(default_value = "/etc/corral/policies")]
+        path: PathBuf,
+    },
+    /// Ask the daemon to reload (its policy dir, or DIR).
+    Apply { dir: Option<PathBuf> },
+    /// What a reload of DIR (default: the daemon's policy dir) would change,
+    /// per identity. Changes nothing.
+    Diff {
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The compiled policy of an identity as the daemon enforces it, with
+    /// what each host name in its rules resolves to.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Whether an operation of an identity is allowed, and the rule that
+    /// decides, judged against the policy in force.
+    Explain(ExplainArgs),
+}
+
+#[derive(clap::Args, Debug)]
+#[command(group(
+    clap::ArgGroup::new("op").required(true).args(["connect", "bind", "open", "syscall"])
+))]
+pub struct ExplainArgs {
+    #[arg(long)]
+    pub identity: String,
+    /// A connect (or UDP send with --udp) to HOST:PORT; HOST may be a name,
+    /// resolved by the daemon; IPv6 as [ADDR]:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub connect: Option<String>,
+    /// A bind to ADDR:PORT.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub bind: Option<String>,
+    /// UDP instead of TCP (with --connect or --bind).
+    #[arg(long)]
+    pub udp: bool,
+    /// Opening a file (file rules).
+    #[arg(long, value_name = "PATH")]
+    pub open: Option<PathBuf>,
+    /// With --open: for writing.
+    #[arg(long, requires = "open")]
+    pub write: bool,
+    /// A system call (syscall rules).
+    #[arg(long, value_name = "NAME")]
+    pub syscall: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(client: &Client, cmd: PolicyCmd) -> anyhow::Result<u8> {
+    match cmd {
+        PolicyCmd::Check { path } => check(&path),
+        PolicyCmd::Apply { dir } => apply(client, dir),
+        PolicyCmd::Diff { dir, json } => diff(client, dir, json),
+        PolicyCmd::Show { name, json } => show(client, &name, json),
+        PolicyCmd::Explain(a) => explain(client, &a),
+    }
+}
+
+fn call(
+    client: &Client,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<Value> {
+    let (status, v) = client::block_on(client.call(method, path, body))?;
+    if status == StatusCode::NOT_FOUND && v.get("known").is_some() {
+        return Err(UsageError(client::api_error(status, &v).to_string()).into());
+    }
+    if !status.is_success() {
+        return Err(client::api_error(status, &v));
+    }
+    Ok(v)
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).expect("json"));
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("?")
+}
+
+fn strs(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+/// A directory given to the daemon, which may run elsewhere in the tree.
+fn absolute(dir: Option<PathBuf>) -> Option<PathBuf> {
+    dir.map(|d| std::fs::canonicalize(&d).unwrap_or(d))
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<u8> {
+    let r = if path.is_dir() {
+        crate::daemon::compile_dir(path).map(|set| set.len())
+    } else {
+        crate::policy::load_file(path).and_then(|p| crate::policy::compile_network(&p).map(|_| 1))
+    };
+    match r {
+        Ok(n) => {
+            println!(
+                "{}: ok ({n} identit{})",
+                path.display(),
+                if n == 1 { "y" } else { "ies" }
+            );
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(1)
+        }
+    }
+}
+
+fn apply(client: &Client, dir: Option<PathBuf>) -> anyhow::Result<u8> {
+    let body = json!({ "dir": absolute(dir) });
+    let v = call(client, Method::POST, "/v1/policy/apply", Some(&body))?;
+    let r = &v["report"];
+    println!("applied generation {}", v["generation"]);
+    for (k, label) in [
+        ("changed", "changed"),
+        ("unchanged", "unchanged"),
+        ("removed", "removed"),
+        ("orphaned", "orphaned (processes remain, all denied)"),
+    ] {
+        let names = strs(&r[k]);
+        if !names.is_empty() {
+            println!("  {label}: {}", names.join(", "));
+        }
+    }
+    Ok(0)
+}
+
+fn diff(client: &Client, dir: Option<PathBuf>, json: bool) -> anyhow::Result<u8> {
+    let body = json!({ "dir": absolute(dir) });
+    let v = call(client, Method::POST, "/v1/policy/diff", Some(&body))?;
+    let d = &v["diff"];
+    if json {
+        print_json(d);
+        return Ok(0);
+    }
+    let rules = |i: &Value| {
+        for (k, sign) in [("rules_added", '+'), ("rules_removed", '-')] {
+            for r in i[k].as_array().into_iter().flatten() {
+                println!("    {sign} {}  ({})", s(&r["rule"]), s(&r["origin"]));
+            }
+        }
+    };
+    let mut any = false;
+    for i in d["added"].as_array().into_iter().flatten() {
+        any = true;
+        println!(
+            "+ {} ({}, new identity and cgroup) from {}",
+            s(&i["name"]),
+            s(&i["mode"][0]),
+            s(&i["source"])
+        );
+        rules(i);
+    }
+    for i in d["changed"].as_array().into_iter().flatten() {
+        any = true;
+        println!("~ {} from {}", s(&i["name"]), s(&i["source"]));
+        if let Some([was, now]) = i["mode"].as_array().map(Vec::as_slice) {
+            println!("    mode {} -> {}", s(was), s(now));
+        }
+        rules(i);
+    }
+    for i in d["removed"].as_array().into_iter().flatten() {
+        any = true;
+        println!(
+            "- {} ({} processes): {}",
+            s(&i["name"]),
+            i["processes"],
+            s(&i["outcome"])
+        );
+    }
+    let same = strs(&d["unchanged"]);
+    if !same.is_empty() {
+        println!("  unchanged: {}", same.join(", "));
+    }
+    if !any {
+        println!(
+            "no changes: a reload of {} would leave everything as it is",
+            s(&d["dir"])
+        );
+    }
+    Ok(0)
+}
+
+fn show(client: &Client, name: &str, json: bool) -> anyhow::Result<u8> {
+    let v = call(client, Method::GET, &format!("/v1/policy/{name}"), None)?;
+    if json {
+        print_json(&v);
+        return Ok(0);
+    }
+    if v["orphaned"] == true {
+        println!("{} (orphaned): {}", s(&v["name"]), s(&v["note"]));
+        return Ok(0);
+    }
+    println!(
+        "{} ({}) from {}",
+        s(&v["name"]),
+        s(&v["mode"]),
+        s(&v["source"])
+    );
+    for r in v["network"].as_array().into_iter().flatten() {
+        let origin = &r["origin"];
+        println!(
+            "  #{:<3} {:<5} {:<7} {:<4} {:<24} ports {:<11} {}:{}:{}",
+            r["id"],
+            s(&r["action"]),
+            s(&r["direction"]),
+            s(&r["proto"]),
+            s(&r["net"]),
+            s(&r["ports"]),
+            s(&origin["file"]),
+            origin["line"],
+            origin["col"],
+        );
+    }
+    let unix_note = if v["unix_enforced"] == true {
+        ""
+    } else {
+        " (NOT ENFORCED: see `corral status`)"
+    };
+    for u in v["unix"].as_array().into_iter().flatten() {
+        println!("  #{:<3} unix  {}{unix_note}", u["id"], s(&u["path"]));
+    }
+    for h in v["hosts"].as_array().into_iter().flatten() {
+        let addrs: Vec<String> = h["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| s(a).to_string())
+            .collect();
+        let state = match s(&h["state"]) {
+            "ok" => format!("resolved {}", s(&h["resolved_at"])),
+            "failing" => format!(
+                "NOT RESOLVING since {} ({}): keeping these until {}",
+                s(&h["failing_since"]),
+                s(&h["error"]),
+                s(&h["keep_until"])
+            ),
+            "expired" => format!(
+                "EXPIRED: not resolving since {} ({}); its allow rules are dropped, \
+                 its deny rules keep these addresses",
+                s(&h["failing_since"]),
+                s(&h["error"])
+            ),
+            other => other.to_string(),
+        };
+        println!(
+            "  host {} -> {} ({state}; refreshed every {})",
+            s(&h["name"]),
+            addrs.join(", "),
+            s(&h["refresh_every"])
+        );
+    }
+    let k = &v["kernel_entries"];
+    println!(
+        "  kernel: ruleset {}, {} IPv4 + {} IPv6 LPM entries",
+        k["ruleset"], k["v4"], k["v6"]
+    );
+    Ok(0)
+}
+
+fn explain(client: &Client, a: &ExplainArgs) -> anyhow::Result<u8> {
+    if a.open.is_some() {
+        return Err(UsageError(
+            "not supported yet: file rules are not implemented, so `--open` cannot be explained"
+                .into(),
+        )
+        .into());
+    }
+    if a.syscall.is_some() {
+        return Err(UsageError(
+            "not supported yet: syscall rules are not implemented, so `--syscall` cannot be \
+             explained"
+                .into(),
+        )
+        .into());
+    }
+    let body = json!({
+        "identity": a.identity,
+        "connect": a.connect,
+        "bind": a.bind,
+        "udp": a.udp,
+    });
+    let v = call(client, Method::POST, "/v1/policy/explain", Some(&body))?;
+    if a.json {
+        print_json(&v);
+        return Ok(0);
+    }
+    println!(
+        "{} ({}): {} {} {}",
+        s(&v["identity"]),
+        s(&v["mode"]),
+        s(&v["op"]),
+        s(&v["proto"]),
+        s(&v["target"])
+    );
+    for ans in v["answers"].as_array().into_iter().flatten() {
+        let addr = s(&ans["address"]);
+        let shown = if addr.contains(':') {
+            format!("[{addr}]:{}", ans["port"])
+        } else {
+            format!("{addr}:{}", ans["port"])
+        };
+        println!(
+            "  {shown}: {} -> {}",
+            s(&ans["decision"]).to_uppercase(),
+            s(&ans["outcome"])
+        );
+        println!("    {}", s(&ans["reason"]));
+    }
+    Ok(0)
+}

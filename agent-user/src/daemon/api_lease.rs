@@ -1,0 +1,391 @@
+//! Lease routes, on two sockets:
+//!
+//! - the control socket (operators; `api.rs` hands `/v1/leases…`,
+//!   `/v1/lease/…` and `/v1/thaw/…` here): issue for any identity, approve,
+//!   deny, revoke, thaw, list everything;
+//! - the agent socket (`--lease-socket`, mode 0666): processes of an
+//!   identity ask for their own leases. The caller is attested by the
+//!   kernel (`lease::attest`), never by what it sends; it may only request,
+//!   wait for, renew, revoke and see leases of its own identity.
+//!
+//! Routes (both sockets unless marked):
+//! `POST /v1/leases` `{identity (control only), scopes, ttl, wait}` ·
+//! `GET /v1/leases[?identity=&all=1]` · `GET /v1/leases/ID` ·
+//! `GET /v1/leases/ID/wait?timeout=30s` · `POST /v1/leases/ID/renew {ttl}` ·
+//! `POST /v1/leases/ID/revoke` · `POST /v1/leases/ID/approve|deny` (control) ·
+//! `POST /v1/leases/revoke {identity}` (control) · `POST /v1/thaw/NAME`
+//! (control) · `GET /v1/leases/pubkey` (also `/v1/lease/pubkey`) ·
+//! `GET /v1/leases/jwks` · `GET /v1/whoami` (agent).
+
+use std::{
+    convert::Infallible,
+    os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
+    path::Path,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::UnixListener;
+use tracing::{debug, info};
+
+use super::{
+    api::RespBody,
+    lease::{
+        Actor, IssueReq, LeaseError, Leases, Requester,
+        attest::{self, Peer},
+    },
+};
+
+/// The control API has no field for the lease service (its `Ctx` belongs to
+/// `api.rs`); the daemon installs it here once at start-up.
+static SERVICE: OnceLock<Arc<Leases>> = OnceLock::new();
+
+pub fn install(leases: Arc<Leases>) {
+    let _ = SERVICE.set(leases);
+}
+
+const MAX_WAIT: Duration = Duration::from_secs(600);
+
+fn resp(code: StatusCode, v: Value) -> Response<RespBody> {
+    let mut body = serde_json::to_vec_pretty(&v).expect("json");
+    body.push(b'\n');
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)).boxed())
+        .expect("response")
+}
+
+fn err(code: StatusCode, msg: impl ToString) -> Response<RespBody> {
+    resp(code, json!({ "error": msg.to_string() }))
+}
+
+fn lease_err(e: LeaseError, leases: &Leases) -> Response<RespBody> {
+    match &e {
+        LeaseError::BadRequest(_) => err(StatusCode::BAD_REQUEST, e),
+        LeaseError::Forbidden(_) => err(StatusCode::FORBIDDEN, e),
+        LeaseError::NotFound(_) => err(StatusCode::NOT_FOUND, e),
+        LeaseError::UnknownIdentity(_) => resp(
+            StatusCode::NOT_FOUND,
+            json!({ "error": e.to_string(), "known": leases.known_identities() }),
+        ),
+        LeaseError::Conflict(_) => err(StatusCode::CONFLICT, e),
+        LeaseError::Internal(_) => err(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then(|| v.to_string())
+    })
+}
+
+/// A duration as `"10m"` or a number of seconds.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged)]
+enum Dur {
+    Secs(u64),
+    Text(String),
+}
+
+fn dur(d: &Option<Dur>) -> Result<Option<Duration>, String> {
+    match d {
+        None => Ok(None),
+        Some(Dur::Secs(s)) => Ok(Some(Duration::from_secs(*s))),
+        Some(Dur::Text(t)) => humantime::parse_duration(t)
+            .map(Some)
+            .map_err(|e| format!("bad duration `{t}`: {e}")),
+    }
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct IssueBody {
+    identity: Option<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    ttl: Option<Dur>,
+    /// Wait this long for an approval before answering.
+    wait: Option<Dur>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct TtlBody {
+    ttl: Option<Dur>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    identity: Option<String>,
+    reason: Option<String>,
+}
+
+async fn body<T: for<'de> Deserialize<'de> + Default>(req: Request<Incoming>) -> Result<T, String> {
+    let bytes = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| format!("bad JSON body: {e}"))
+}
+
+/// Who is asking: the operator, or an attested process of `identity`.
+enum Caller {
+    Operator,
+    Agent {
+        identity: String,
+        requester: Requester,
+    },
+}
+
+impl Caller {
+    fn actor(&self) -> Actor {
+        match self {
+            Caller::Operator => Actor::Operator,
+            Caller::Agent { identity, .. } => Actor::Agent(identity.clone()),
+        }
+    }
+}
+
+/// Control-socket entry point (from `api.rs`).
+pub async fn route(req: Request<Incoming>, parts: &[&str]) -> Response<RespBody> {
+    let Some(leases) = SERVICE.get().cloned() else {
+        return err(StatusCode::SERVICE_UNAVAILABLE, "the lease service is not running");
+    };
+    handle(req, parts, &leases, Caller::Operator).await
+}
+
+async fn handle(req: Request<Incoming>, parts: &[&str], l: &Leases, caller: Caller) -> Response<RespBody> {
+    let op = matches!(caller, Caller::Operator);
+    let method = req.method().clone();
+    let rest: &[&str] = match parts {
+        ["v1", "lease" | "leases", rest @ ..] => rest,
+        ["v1", "thaw", name] if op && method == Method::POST => {
+            return match l.thaw(name).await {
+                Ok(v) => resp(StatusCode::OK, v),
+                Err(e) => lease_err(e, l),
+            };
+        }
+        ["v1", "whoami"] if method == Method::GET => {
+            return match &caller {
+                Caller::Agent { identity, requester } => {
+                    resp(StatusCode::OK, json!({ "identity": identity, "caller": requester }))
+                }
+                Caller::Operator => resp(StatusCode::OK, json!({ "operator": true })),
+            };
+        }
+        _ => return err(StatusCode::NOT_FOUND, format!("no route {method} /{}", parts.join("/"))),
+    };
+    let actor = caller.actor();
+    let r = match (method.clone(), rest) {
+        (Method::GET, ["pubkey"]) => {
+            let k = l.public_key();
+            Ok(json!({ "kid": k.kid, "alg": "EdDSA", "pem": k.to_pem(), "jwk": k.to_jwk() }))
+        }
+        (Method::GET, ["jwks"]) => Ok(json!({ "keys": [l.public_key().to_jwk()] })),
+        (Method::GET, []) => {
+            let identity = match &caller {
+                Caller::Agent { identity, .. } => Some(identity.clone()),
+                Caller::Operator => query(&req, "identity"),
+            };
+            let all = query(&req, "all").is_some_and(|v| v != "0" && v != "false");
+            Ok(json!(l.list(identity.as_deref(), all)))
+        }
+        (Method::POST, []) => return issue(req, l, caller).await,
+        (Method::POST, ["revoke"]) if op => match body::<RevokeBody>(req).await {
+            Err(e) => Err(LeaseError::BadRequest(e)),
+            Ok(RevokeBody { identity: None, .. }) => Err(LeaseError::BadRequest("give `identity`".into())),
+            Ok(RevokeBody { identity: Some(i), reason }) => {
+                let reason = reason.unwrap_or_else(|| "revoked by the operator".into());
+                l.revoke_identity(&i, "operator", &reason)
+                    .await
+                    .map(|ids| json!({ "identity": i, "revoked": ids, "suspended": true }))
+            }
+        },
+        (Method::GET, [id]) => l.show(id, &actor),
+        (Method::GET, [id, "wait"]) => {
+            let t = query(&req, "timeout").map(|t| humantime::parse_duration(&t));
+            match t {
+                Some(Err(e)) => Err(LeaseError::BadRequest(format!("bad timeout: {e}"))),
+                t => {
+                    let t = t.and_then(Result::ok).unwrap_or(Duration::from_secs(30)).min(MAX_WAIT);
+                    l.wait(id, t, &actor).await
+                }
+            }
+        }
+        (Method::POST, [id, "renew"]) => match body::<TtlBody>(req).await.and_then(|b| dur(&b.ttl)) {
+            Err(e) => Err(LeaseError::BadRequest(e)),
+            Ok(ttl) => l.renew(id, ttl, &actor).await,
+        },
+        (Method::POST, [id, "revoke"]) => match body::<RevokeBody>(req).await {
+            Err(e) => Err(LeaseError::BadRequest(e)),
+            Ok(b) => {
+                let by = if op { "operator" } else { "the agent itself" };
+                let reason = b.reason.unwrap_or_else(|| format!("revoked by {by}"));
+                l.revoke(id, &actor, &reason).await
+            }
+        },
+        (Method::POST, [id, d @ ("approve" | "deny")]) if op => l.decide(id, *d == "approve", "operator").await,
+        (_, ["revoke"] | [_, "approve" | "deny"]) => Err(LeaseError::Forbidden(
+            "operators only: use the control socket".into(),
+        )),
+        _ => return err(StatusCode::NOT_FOUND, format!("no route {method} /{}", parts.join("/"))),
+    };
+    match r {
+        Ok(v) => resp(StatusCode::OK, v),
+        Err(e) => lease_err(e, l),
+    }
+}
+
+async fn issue(req: Request<Incoming>, l: &Leases, caller: Caller) -> Response<RespBody> {
+    let b: IssueBody = match body(req).await {
+        Ok(b) => b,
+        Err(e) => return err(StatusCode::BAD_REQUEST, e),
+    };
+    let (ttl, wait) = match (dur(&b.ttl), dur(&b.wait)) {
+        (Ok(t), Ok(w)) => (t, w),
+        (Err(e), _) | (_, Err(e)) => return err(StatusCode::BAD_REQUEST, e),
+    };
+    let actor = caller.actor();
+    let (identity, requester) = match caller {
+        Caller::Operator => match b.identity {
+            Some(i) => (i, Requester::Operator),
+            None => return err(StatusCode::BAD_REQUEST, "give `identity`"),
+        },
+        Caller::Agent { identity, requester } => {
+            if b.identity.as_ref().is_some_and(|i| *i != identity) {
+                return err(
+                    StatusCode::FORBIDDEN,
+                    format!("the caller is attested as `{identity}`: it may only get leases for its own identity"),
+                );
+            }
+            (identity, requester)
+        }
+    };
+    let req = IssueReq {
+        identity,
+        scopes: b.scopes,
+        ttl,
+        requester,
+    };
+    let v = match l.issue(req).await {
+        Ok(v) => v,
+        Err(e) => return lease_err(e, l),
+    };
+    let v = match wait {
+        Some(w) if v["state"] == "pending" => {
+            let id = v["id"].as_str().unwrap_or("").to_string();
+            match l.wait(&id, w.min(MAX_WAIT), &actor).await {
+                Ok(v) => v,
+                Err(e) => return lease_err(e, l),
+            }
+        }
+        _ => v,
+    };
+    let code = match v["state"].as_str() {
+        Some("active") => StatusCode::OK,
+        Some("pending") => StatusCode::ACCEPTED,
+        _ => StatusCode::FORBIDDEN,
+    };
+    resp(code, v)
+}
+
+/// Binds the agent socket: any local process may connect (mode 0666); the
+/// kernel says who it is.
+pub fn bind_agent(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("another corral daemon is already serving {}", path.display());
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+/// Serves the agent socket: each connection's peer is pinned at accept and
+/// attested again on every request.
+pub async fn serve_agent(listener: UnixListener, leases: Arc<Leases>) {
+    info!("agent lease socket ready");
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                debug!("accept: {e}");
+                continue;
+            }
+        };
+        let peer = attest::peer_of(stream.as_raw_fd());
+        if let Ok(p) = &peer {
+            debug!(pid = p.pid, uid = p.uid, via = p.via, "agent connection");
+        }
+        let peer = Arc::new(peer);
+        let leases = leases.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let (peer, leases) = (peer.clone(), leases.clone());
+                async move { Ok::<_, Infallible>(agent_request(req, &peer, &leases).await) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                debug!("agent connection: {e}");
+            }
+        });
+    }
+}
+
+async fn agent_request(
+    req: Request<Incoming>,
+    peer: &Result<Peer, attest::AttestError>,
+    leases: &Leases,
+) -> Response<RespBody> {
+    let attested = match peer {
+        Ok(p) => attest::attest(p),
+        Err(e) => Err(e.clone()),
+    };
+    let a = match attested {
+        Ok(a) => a,
+        Err(e) => return err(StatusCode::FORBIDDEN, format!("attestation failed: {e}")),
+    };
+    let Some((identity, _)) = leases.identity_of_cgroup(&a.cgroup) else {
+        return err(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the caller (pid {}, cgroup {}) is in no identity's cgroup: leases are for agents",
+                a.pid, a.cgroup
+            ),
+        );
+    };
+    let caller = Caller::Agent {
+        identity,
+        requester: Requester::Agent {
+            pid: a.pid,
+            uid: a.uid,
+            exe: a.exe,
+            cgroup: a.cgroup,
+        },
+    };
+    let path = req.uri().path().trim_end_matches('/').to_string();
+    let parts: Vec<&str> = path.split('/').skip(1).collect();
+    handle(req, &parts, leases, caller).await
+}

@@ -1,0 +1,196 @@
+//! File events: making a refused open readable, and replaying the policy
+//! for the Landlock layer, whose observer only sees an errno.
+
+use std::path::{Path, PathBuf};
+
+use agent_common::file::{DIRFD_CWD, FILE_REASON_OBSERVED, FileEvent, LAYER_LANDLOCK};
+
+use crate::{
+    event::{self, Event},
+    policy::{Action, IdentityPolicy, decide_file},
+};
+
+/// Fills `ev.file` and, for Landlock events, `reason` and `rule` from the
+/// identity's current policy (`reason` is `deny-rule`, `no-rule`, or
+/// `not-by-policy` when the policy allows the path: then file permissions
+/// refused it, or a Landlock limit did — a file created after launch in an
+/// expanded directory, a rule path missing at launch).
+pub fn complete(ev: &mut Event, x: &FileEvent, policy: Option<&IdentityPolicy>) {
+    let raw = event::file_path_str(&x.path, x.path_len);
+    let path = if x.layer == LAYER_LANDLOCK {
+        absolute(&raw, x.hdr.tgid, x.dirfd).unwrap_or(raw)
+    } else {
+        raw
+    };
+    if x.layer == LAYER_LANDLOCK && x.reason == FILE_REASON_OBSERVED {
+        let decided = policy
+            .filter(|p| p.files.confined && path.starts_with('/'))
+            .map(|p| {
+                let is_dir = crate::policy::files_is_dir(Path::new(&path));
+                (p, decide_file(&p.files, &path, is_dir, x.access))
+            });
+        let (reason, rule) = match decided {
+            Some((p, Some((Action::Deny, id)))) => ("deny-rule", describe(p, id)),
+            Some((_, None)) => ("no-rule", None),
+            _ => ("not-by-policy", None),
+        };
+        ev.reason = Some(reason.into());
+        ev.rule = rule;
+    }
+    ev.file = Some(event::file_info(x, path));
+}
+
+fn describe(p: &IdentityPolicy, id: u32) -> Option<String> {
+    p.files
+        .rules
+        .iter()
+        .find(|r| r.id == id)
+        .map(|r| r.describe())
+}
+
+/// A relative path as the process meant it, from its working directory or
+/// the directory fd it passed (read from procfs now: racy if the process
+/// changed directory since, and then left relative).
+fn absolute(path: &str, tgid: u32, dirfd: i32) -> Option<String> {
+    if path.starts_with('/') {
+        return None;
+    }
+    let base: PathBuf = if dirfd == DIRFD_CWD {
+        std::fs::read_link(format!("/proc/{tgid}/cwd")).ok()?
+    } else if dirfd >= 0 {
+        std::fs::read_link(format!("/proc/{tgid}/fd/{dirfd}")).ok()?
+    } else {
+        return None;
+    };
+    let joined = base.join(path);
+    // Lexically: `a/../b` as the kernel would walk it (symlinks aside).
+    let mut out = PathBuf::from("/");
+    for c in joined.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    Some(out.display().to_string())
+}
+
+/// Whether Corral's BPF-LSM file programs are attached (set once at
+/// start-up by the code that attaches them). False: `[files]` rules are
+/// applied by `corral run` with Landlock.
+static FILES_LSM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// For the BPF-LSM file enforcement: call with `true` once its programs
+/// are attached (before `status::mechanisms` runs). Everything that reports
+/// or decides the file layer reads it through [`files_layer_lsm`].
+pub fn set_files_lsm(attached: bool) {
+    FILES_LSM.store(attached, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn files_layer_lsm() -> bool {
+    FILES_LSM.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Which layer enforces an identity's `[files]` rules, and what that means:
+/// (`lsm` | `landlock` | `none`, note).
+pub fn files_layer(
+    files: &crate::policy::FilePolicy,
+    mode: agent_common::identity::Mode,
+) -> (&'static str, &'static str) {
+    use agent_common::identity::Mode;
+    if !files.confined {
+        return ("none", "no [files] section: file access is not confined");
+    }
+    if files_layer_lsm() {
+        return (
+            "lsm",
+            "BPF LSM file_open: judged in the kernel on every open; policy changes apply at once",
+        );
+    }
+    if mode == Mode::Audit {
+        return (
+            "none",
+            "audit mode without BPF LSM: Landlock can only refuse, so file rules are neither \
+             enforced nor reported",
+        );
+    }
+    (
+        "landlock",
+        "fallback (BPF LSM unavailable): applied by `corral run` at launch with Landlock, fixed \
+         for the life of the process tree (policy changes reach new launches only); processes \
+         added with `corral assign` are not file-confined",
+    )
+}
+
+/// The `files` section of `GET /v1/policy/NAME` (what `corral run` reads)
+/// and of `policy show`.
+pub fn files_json(p: &IdentityPolicy) -> serde_json::Value {
+    let (layer, note) = files_layer(&p.files, p.mode);
+    let mut v = serde_json::to_value(&p.files).unwrap_or_default();
+    v["enforced_by"] = layer.into();
+    v["note"] = note.into();
+    v
+}
+
+/// How the Landlock-denial observer came up (`None`: not tried yet).
+static OBSERVER: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+
+/// Records whether the observer attached (once, at start-up).
+pub fn set_observer(r: Result<(), String>) {
+    let _ = OBSERVER.set(r);
+}
+
+/// The `files` line of `corral status` / the daemon log.
+pub fn mechanism() -> super::status::Mechanism {
+    let abi = crate::sandbox::landlock::abi();
+    let observer = match OBSERVER.get() {
+        Some(Ok(())) => "denials reach `corral tail` through the syscall observer \
+                         (tp_btf sys_enter/sys_exit)"
+            .to_string(),
+        Some(Err(e)) => format!("denials are NOT reported: the observer did not attach ({e})"),
+        None => "denial observer not loaded".to_string(),
+    };
+    if files_layer_lsm() {
+        super::status::Mechanism {
+            name: "files",
+            state: "enforcing",
+            detail: "lsm: BPF LSM file_open judges every open of a tagged process".into(),
+        }
+    } else if abi >= 1 {
+        super::status::Mechanism {
+            name: "files",
+            state: "fallback",
+            detail: format!(
+                "landlock (fallback, applied by corral run at launch; Landlock ABI {abi}): BPF \
+                 LSM is unavailable, so [files] rules bind only processes started with `corral \
+                 run`, fixed at launch; `corral assign`ed processes are not file-confined; \
+                 {observer}"
+            ),
+        }
+    } else {
+        super::status::Mechanism {
+            name: "files",
+            state: "unavailable",
+            detail: "NOT ENFORCED: neither BPF LSM nor Landlock is available; `corral run` \
+                     refuses identities with [files] rules"
+                .into(),
+        }
+    }
+}
+
+/// `corral assign` cannot give a running process Landlock: without BPF LSM
+/// its `[files]` rules do not bind it. Said loudly in the daemon log (the
+/// CLI says it too).
+pub fn warn_assign(identity: &str, policy: Option<&IdentityPolicy>, what: &str) {
+    let Some(p) = policy else { return };
+    if p.files.confined && !files_layer_lsm() {
+        tracing::warn!(
+            identity,
+            "{what} assigned WITHOUT file confinement: BPF LSM is unavailable and Landlock can \
+             only be applied at launch; its [files] rules do not bind it (network rules do). \
+             Start agents with `corral run` for file rules"
+        );
+    }
+}

@@ -1,0 +1,412 @@
+//! Short-lived credential leases (SPIRE-style attestation, Vault-style TTL,
+//! renew and revoke) whose scopes open kernel-enforced network grants.
+//!
+//! - `store`: lease records and their atomic persistence;
+//! - `token`: the host Ed25519 key and the JWT each lease is presented as;
+//! - `attest`: who is calling on the agent socket (pidfd-pinned peer);
+//! - `grants`: the enforcer's table of live grants per identity;
+//! - `anomaly`: lease correlation of denials, bursts of denials;
+//! - `ops`: issue, renew, revoke, approve, wait (one [`Leases`] service);
+//! - `manager`: expiry, approval timeouts, rotation, anomaly response.
+//!
+//! Routes are in `daemon/api_lease.rs`; the CLI in `cli/lease.rs`.
+
+mod anomaly;
+pub mod attest;
+mod grants;
+mod manager;
+mod ops;
+mod store;
+pub mod token;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+pub use anomaly::{Correlator, Trip, Watch};
+pub use grants::GrantTable;
+pub use ops::{Actor, IssueReq};
+use serde_json::{Value, json};
+pub use store::{Requester, boot_ns};
+use store::{Lease, LeaseState, STORE_VERSION, StoreFile, now_ms, rfc3339};
+use tokio::sync::{broadcast, mpsc, watch};
+use token::{Claims, HostKey};
+use tracing::{info, warn};
+
+use super::{enforcer::Command, snapshot::Snapshot};
+use crate::event::Event;
+
+pub const KEY_FILE: &str = "lease-signing-key.pem";
+pub const STORE_FILE: &str = "leases.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("no lease `{0}`")]
+    NotFound(String),
+    #[error("unknown identity `{0}`")]
+    UnknownIdentity(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// How the daemon starts its lease state.
+pub struct Options {
+    pub state_dir: PathBuf,
+    /// Start with an empty store (and a new key if the old one is unusable)
+    /// instead of refusing to start on a missing or corrupt one.
+    pub reset: bool,
+    pub cg_root: PathBuf,
+}
+
+pub struct Leases {
+    key: HostKey,
+    host: String,
+    store_path: PathBuf,
+    tokens_dir: PathBuf,
+    cg_root: PathBuf,
+    state: Mutex<StoreFile>,
+    /// One change at a time, from the store write to the kernel apply, so
+    /// grant sets reach the enforcer in the order they were decided.
+    serial: tokio::sync::Mutex<()>,
+    enforcer: mpsc::Sender<Command>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    events: broadcast::Sender<Arc<Event>>,
+    pub corr: Arc<Correlator>,
+    /// Bumped after every change; long-polls wait on it.
+    changed: watch::Sender<u64>,
+    /// Identities whose rotated token file was last written for this lease.
+    rotated: Mutex<HashMap<String, String>>,
+}
+
+fn refuse(what: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{what}; refusing to start: a lost lease store would forget revocations, suspended \
+         identities and frozen agents. Restore it, or start once with --reset-leases (drops every \
+         lease; tokens already handed out stay verifiable until they expire)"
+    )
+}
+
+impl Leases {
+    /// Loads (or on first start creates) the host key and the lease store.
+    pub fn open(
+        opts: &Options,
+        enforcer: mpsc::Sender<Command>,
+        snapshot: watch::Receiver<Arc<Snapshot>>,
+        events: broadcast::Sender<Arc<Event>>,
+    ) -> anyhow::Result<Leases> {
+        let key_path = opts.state_dir.join(KEY_FILE);
+        let store_path = opts.state_dir.join(STORE_FILE);
+        let (key, store) = match (key_path.exists(), store_path.exists()) {
+            (false, false) => {
+                let key = HostKey::generate()?;
+                key.save(&key_path)?;
+                info!(key = %key_path.display(), kid = %key.public().kid, "created the lease signing key");
+                let s = StoreFile {
+                    version: STORE_VERSION,
+                    boot_id: store::boot_id(),
+                    ..Default::default()
+                };
+                (key, s)
+            }
+            _ if opts.reset => reset(&key_path, &store_path)?,
+            (true, true) => {
+                let key = HostKey::load(&key_path).map_err(|e| refuse(&e.to_string()))?;
+                let s = StoreFile::load(&store_path).map_err(|e| refuse(&e.to_string()))?;
+                (key, s)
+            }
+            (true, false) => {
+                return Err(refuse(&format!(
+                    "lease store {} is missing but the signing key exists",
+                    store_path.display()
+                )));
+            }
+            (false, true) => {
+                return Err(refuse(&format!(
+                    "lease signing key {} is missing but the store exists",
+                    key_path.display()
+                )));
+            }
+        };
+        let (changed, _) = watch::channel(0);
+        let me = Leases {
+            key,
+            host: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "localhost".into()),
+            store_path,
+            tokens_dir: opts.state_dir.join("tokens"),
+            cg_root: opts.cg_root.clone(),
+            state: Mutex::new(store),
+            serial: tokio::sync::Mutex::new(()),
+            enforcer,
+            snapshot,
+            events,
+            corr: Arc::default(),
+            changed,
+            rotated: Mutex::default(),
+        };
+        me.after_load();
+        me.save().map_err(|e| anyhow::anyhow!("writing the lease store: {e}"))?;
+        Ok(me)
+    }
+
+    /// Maps expiries to this boot's clock (a reboot resets `CLOCK_BOOTTIME`).
+    fn after_load(&self) {
+        let mut st = self.state.lock().expect("lease state");
+        let boot = store::boot_id();
+        if st.boot_id != boot {
+            for l in st.leases.iter_mut() {
+                if let Some(exp) = l.expires_ms {
+                    l.expires_boot_ns = store::wall_ms_to_boot_ns(exp);
+                }
+            }
+            st.boot_id = boot;
+        }
+        let live = st.leases.iter().filter(|l| l.state == LeaseState::Active).count();
+        let pending = st.leases.iter().filter(|l| l.state == LeaseState::Pending).count();
+        if live + pending > 0 {
+            info!(active = live, pending, "lease store loaded");
+        }
+    }
+
+    /// Writes the store (atomically).
+    fn save(&self) -> Result<(), LeaseError> {
+        let bytes = {
+            let mut st = self.state.lock().expect("lease state");
+            st.prune(now_ms());
+            serde_json::to_vec_pretty(&*st).expect("json")
+        };
+        store::write_atomic(&self.store_path, &bytes).map_err(|e| LeaseError::Internal(e.to_string()))
+    }
+
+    pub fn public_key(&self) -> &token::PublicKey {
+        self.key.public()
+    }
+
+    fn token(&self, l: &Lease) -> Option<String> {
+        if l.state != LeaseState::Active {
+            return None;
+        }
+        let (iat, exp) = (l.issued_ms? / 1000, l.expires_ms? / 1000);
+        Some(self.key.sign(&Claims {
+            iss: format!("corral@{}", self.host),
+            sub: l.identity.clone(),
+            jti: l.id.clone(),
+            iat,
+            nbf: iat,
+            exp,
+            host: self.host.clone(),
+            identity: l.identity.clone(),
+            cgroup_id: l.cgroup_id,
+            scopes: l.scopes.clone(),
+        }))
+    }
+
+    /// A lease as the API shows it; `with_token` adds the signed token.
+    fn view(&self, l: &Lease, with_token: bool) -> Value {
+        let now = now_ms();
+        let t = |ms: Option<u64>| ms.map(rfc3339);
+        let mut v = json!({
+            "id": l.id, "identity": l.identity, "state": l.state.name(), "scopes": l.scopes,
+            "cgroup_id": l.cgroup_id, "requested_by": l.requested_by,
+            "requested": rfc3339(l.requested_ms), "ttl_s": l.ttl_s, "ttl_capped": l.ttl_capped,
+            "issued": t(l.issued_ms), "expires": t(l.expires_ms),
+            "expires_in_s": l.expires_ms.filter(|_| l.state == LeaseState::Active)
+                .map(|e| e.saturating_sub(now) / 1000),
+            "max_expires": t(l.max_expires_ms), "renewals": l.renewals,
+            "approval_scopes": l.approval_scopes, "approval_deadline": t(l.approval_deadline_ms),
+            "decided_by": l.decided_by, "ended": t(l.ended_ms), "end_reason": l.end_reason,
+            "denials": l.denials,
+        });
+        let (grants, warnings) = self.grants_view(l);
+        v["grants"] = grants;
+        if !warnings.is_empty() {
+            v["warnings"] = json!(warnings);
+        }
+        if with_token && let Some(tok) = self.token(l) {
+            v["token"] = json!(tok);
+        }
+        v
+    }
+
+    /// What the lease's scopes grant under the policy in force, and what of
+    /// it is not enforced.
+    fn grants_view(&self, l: &Lease) -> (Value, Vec<String>) {
+        let snap = self.snapshot.borrow().clone();
+        let Some(lp) = snap
+            .by_name(&l.identity)
+            .and_then(|v| v.policy.clone())
+            .and_then(|p| p.leases.clone())
+        else {
+            return (json!([]), Vec::new());
+        };
+        let mut warnings = Vec::new();
+        let mut out = Vec::new();
+        for scope in &l.scopes {
+            for g in lp.grants_of(scope) {
+                let files = !g.files_read.is_empty() || !g.files_write.is_empty();
+                if files {
+                    warnings.push(format!(
+                        "file grants of scope `{scope}` are NOT ENFORCED: file rules have no \
+                         expiry (Landlock is fixed at launch; BPF LSM file maps have no \
+                         per-rule time), so granting them would outlive the lease"
+                    ));
+                }
+                out.push(json!({
+                    "scope": scope,
+                    "network": g.network.iter().map(|r| r.text.clone()).collect::<Vec<_>>(),
+                    "files": { "read": g.files_read, "write": g.files_write },
+                    "files_enforced": false,
+                }));
+            }
+        }
+        warnings.dedup();
+        (json!(out), warnings)
+    }
+
+    /// Live grants of `identity`, in issue order, as the kernel needs them.
+    fn live_grants(&self, identity: &str) -> Vec<crate::policy::LiveGrant> {
+        let now = boot_ns();
+        let st = self.state.lock().expect("lease state");
+        st.leases
+            .iter()
+            .filter(|l| l.identity == identity && l.state == LeaseState::Active)
+            .filter(|l| l.expires_boot_ns > now)
+            .map(|l| crate::policy::LiveGrant {
+                lease: l.id.clone(),
+                scopes: l.scopes.clone(),
+                expires_ns: l.expires_boot_ns,
+            })
+            .collect()
+    }
+
+    /// Publishes the leases of `identity` to the kernel (grants) and to the
+    /// event correlation.
+    async fn push(&self, identity: &str) -> Result<(), LeaseError> {
+        let spans: Vec<anomaly::Span> = {
+            let st = self.state.lock().expect("lease state");
+            st.leases
+                .iter()
+                .filter(|l| l.identity == identity)
+                .filter_map(|l| {
+                    let (start, exp) = (l.issued_ms?, l.expires_ms?);
+                    Some(anomaly::Span {
+                        id: l.id.clone(),
+                        scopes: l.scopes.clone(),
+                        start_ms: start,
+                        end_ms: l.ended_ms.unwrap_or(u64::MAX).min(exp),
+                    })
+                })
+                .collect()
+        };
+        self.corr.set_spans(identity, spans);
+        let live = self.live_grants(identity);
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let cmd = Command::Grants {
+            identity: identity.to_string(),
+            live,
+            reply,
+        };
+        if self.enforcer.send(cmd).await.is_err() {
+            return Err(LeaseError::Internal("the enforcer task is gone".into()));
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(LeaseError::Internal(format!("applying lease grants: {e}"))),
+            Err(_) => Err(LeaseError::Internal("the enforcer task is gone".into())),
+        }
+    }
+
+    /// Hands every identity's live grants to the enforcer before the first
+    /// policy apply, so a restart never drops a live grant, even briefly.
+    pub async fn prime(&self) {
+        let identities: Vec<String> = {
+            let st = self.state.lock().expect("lease state");
+            let mut v: Vec<String> = st.leases.iter().map(|l| l.identity.clone()).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        for i in identities {
+            if let Err(e) = self.push(&i).await {
+                warn!(identity = %i, "lease grants: {e}");
+            }
+        }
+    }
+
+    fn emit(&self, kind: &str, identity: &str, detail: Value) {
+        let mut ev = Event::notice(kind, super::events::now_rfc3339());
+        ev.identity = Some(identity.to_string());
+        if kind == "anomaly" {
+            ev.anomaly = Some(detail);
+        } else {
+            ev.lease = Some(detail);
+        }
+        let _ = self.events.send(Arc::new(ev));
+    }
+
+    /// The identity of a process in cgroup `rel` (relative to the cgroup v2
+    /// root): the deepest identity or assigned cgroup containing it.
+    pub fn identity_of_cgroup(&self, rel: &str) -> Option<(String, PathBuf)> {
+        let abs = self.cg_root.join(rel.trim_start_matches('/'));
+        let snap = self.snapshot.borrow().clone();
+        snap.by_id
+            .values()
+            .filter(|v| v.policy.is_some())
+            .flat_map(|v| {
+                std::iter::once(&v.cgroup)
+                    .chain(v.assigned.iter())
+                    .map(move |c| (v.name.clone(), c.clone()))
+            })
+            .filter(|(_, c)| abs.starts_with(c))
+            .max_by_key(|(_, c)| c.components().count())
+    }
+
+    pub fn known_identities(&self) -> Vec<String> {
+        self.snapshot.borrow().names()
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|g| *g += 1);
+    }
+}
+
+/// `--reset-leases`: keep a usable key, set aside what cannot be read.
+fn reset(key_path: &Path, store_path: &Path) -> anyhow::Result<(HostKey, StoreFile)> {
+    let aside = |p: &Path| {
+        if p.exists() {
+            let to = p.with_extension(format!("bad-{}", now_ms()));
+            let _ = std::fs::rename(p, &to);
+            warn!(from = %p.display(), to = %to.display(), "set aside");
+        }
+    };
+    let key = match HostKey::load(key_path) {
+        Ok(k) => k,
+        Err(e) => {
+            warn!("--reset-leases: signing key unusable ({e}); creating a new one");
+            aside(key_path);
+            let _ = std::fs::remove_file(key_path.with_extension("pub.pem"));
+            let k = HostKey::generate()?;
+            k.save(key_path)?;
+            k
+        }
+    };
+    aside(store_path);
+    warn!("--reset-leases: starting with an empty lease store");
+    Ok((
+        key,
+        StoreFile {
+            version: STORE_VERSION,
+            boot_id: store::boot_id(),
+            ..Default::default()
+        },
+    ))
+}

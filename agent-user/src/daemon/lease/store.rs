@@ -1,0 +1,277 @@
+//! Leases as records, and their persistence in the state dir.
+//!
+//! The whole store is one JSON file, replaced atomically (write a temp file,
+//! fsync, rename, fsync the directory), so a crash leaves either the old or
+//! the new store. A store that cannot be read is an error for the daemon:
+//! it refuses to start rather than forget revocations, suspensions and
+//! frozen identities (see `Leases::open`).
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write as _,
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+pub const STORE_VERSION: u32 = 1;
+/// Ended leases are kept this long for `corral lease show`, then dropped.
+const KEEP_ENDED_MS: u64 = 24 * 3600 * 1000;
+const KEEP_ENDED_MAX: usize = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LeaseState {
+    /// Waiting for `corral lease approve` (or deny, or the timeout).
+    Pending,
+    Active,
+    /// Approval denied or timed out.
+    Denied,
+    Revoked,
+    Expired,
+}
+
+impl LeaseState {
+    pub fn name(self) -> &'static str {
+        match self {
+            LeaseState::Pending => "pending",
+            LeaseState::Active => "active",
+            LeaseState::Denied => "denied",
+            LeaseState::Revoked => "revoked",
+            LeaseState::Expired => "expired",
+        }
+    }
+
+    pub fn ended(self) -> bool {
+        !matches!(self, LeaseState::Pending | LeaseState::Active)
+    }
+}
+
+/// Who asked for a lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Requester {
+    /// Through the control socket (`corral lease issue`).
+    Operator,
+    /// A process of the identity, attested through the agent socket.
+    Agent {
+        pid: u32,
+        uid: u32,
+        exe: Option<String>,
+        cgroup: String,
+    },
+    /// The daemon's own token rotation.
+    Rotation,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Lease {
+    pub id: String,
+    pub identity: String,
+    /// The identity's cgroup id when the lease was requested.
+    pub cgroup_id: u64,
+    pub scopes: Vec<String>,
+    pub state: LeaseState,
+    pub requested_by: Requester,
+    /// Unix milliseconds.
+    pub requested_ms: u64,
+    /// The lifetime asked for, after the `max_ttl` cap, seconds.
+    pub ttl_s: u64,
+    pub ttl_capped: bool,
+    /// Scopes of this lease that needed an approval.
+    #[serde(default)]
+    pub approval_scopes: Vec<String>,
+    /// Pending requests are denied at this time (unix ms).
+    pub approval_deadline_ms: Option<u64>,
+    /// Who approved or denied, when someone did.
+    pub decided_by: Option<String>,
+    /// When the lease became active (unix ms).
+    pub issued_ms: Option<u64>,
+    /// When it ends unless renewed or revoked (unix ms, whole seconds).
+    pub expires_ms: Option<u64>,
+    /// `expires_ms` on this boot's `CLOCK_BOOTTIME` (ns): what the kernel
+    /// compares. Mapped once per activation or renewal (and again after a
+    /// reboot), so re-applies do not churn.
+    #[serde(default)]
+    pub expires_boot_ns: u64,
+    /// Renewals never go past this (issue + max_ttl, unix ms).
+    pub max_expires_ms: Option<u64>,
+    pub renewals: u32,
+    /// When it ended (revoked, expired, denied), unix ms, and why.
+    pub ended_ms: Option<u64>,
+    pub end_reason: Option<String>,
+    /// Denials of the identity while the lease was active.
+    #[serde(default)]
+    pub denials: u64,
+}
+
+/// Lease-related state of one identity.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IdentityState {
+    /// Set by an anomaly response or `corral lease revoke --identity`: the
+    /// identity's processes may not request leases and rotation pauses,
+    /// until `corral thaw`.
+    #[serde(default)]
+    pub suspended: bool,
+    /// Its cgroups were frozen by an anomaly response.
+    #[serde(default)]
+    pub frozen: bool,
+    #[serde(default)]
+    pub anomalies: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StoreFile {
+    pub version: u32,
+    /// The kernel boot the lease expiries were mapped for.
+    pub boot_id: String,
+    pub leases: Vec<Lease>,
+    #[serde(default)]
+    pub identities: BTreeMap<String, IdentityState>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is corrupt: {why}")]
+    Corrupt { path: PathBuf, why: String },
+}
+
+impl StoreFile {
+    pub fn load(path: &Path) -> Result<StoreFile, StoreError> {
+        let text = fs::read(path).map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let s: StoreFile = serde_json::from_slice(&text).map_err(|e| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        })?;
+        if s.version != STORE_VERSION {
+            return Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                why: format!("version {} (this corral reads {STORE_VERSION})", s.version),
+            });
+        }
+        Ok(s)
+    }
+
+    /// Drops leases that ended long ago.
+    pub fn prune(&mut self, now_ms: u64) {
+        self.leases
+            .retain(|l| l.ended_ms.is_none_or(|e| now_ms.saturating_sub(e) < KEEP_ENDED_MS));
+        let ended = self.leases.iter().filter(|l| l.state.ended()).count();
+        if ended > KEEP_ENDED_MAX {
+            let mut drop = ended - KEEP_ENDED_MAX;
+            self.leases.retain(|l| {
+                if drop > 0 && l.state.ended() {
+                    drop -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+    }
+}
+
+/// Atomically replaces `path` with `bytes` (mode 0600).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| StoreError::Io { path: p, source }
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+    ));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(io(path))?;
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// `CLOCK_BOOTTIME` now, in nanoseconds (the kernel programs' clock).
+pub fn boot_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// Maps a wall-clock time (unix ms) to `CLOCK_BOOTTIME` ns, through the
+/// current offset between the two clocks.
+pub fn wall_ms_to_boot_ns(ms: u64) -> u64 {
+    let boot = boot_ns() as i128;
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0);
+    (ms as i128 * 1_000_000 - wall + boot).max(1) as u64
+}
+
+/// RFC 3339 of a unix ms time.
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_and_corrupt_detection() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("leases.json");
+        let s = StoreFile {
+            version: STORE_VERSION,
+            ..Default::default()
+        };
+        write_atomic(&p, &serde_json::to_vec(&s).unwrap()).expect("write");
+        assert!(StoreFile::load(&p).is_ok());
+        fs::write(&p, b"{\"version\":1,\"leases\":[{").unwrap();
+        assert!(matches!(StoreFile::load(&p), Err(StoreError::Corrupt { .. })));
+        fs::remove_file(&p).unwrap();
+        assert!(matches!(StoreFile::load(&p), Err(StoreError::Io { .. })));
+    }
+
+    #[test]
+    fn boot_mapping_is_close() {
+        let now = now_ms();
+        let b = wall_ms_to_boot_ns(now + 1000);
+        let d = b as i128 - boot_ns() as i128;
+        assert!((900_000_000..1_100_000_000).contains(&d), "{d}");
+    }
+}

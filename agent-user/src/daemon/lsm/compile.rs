@@ -1,0 +1,470 @@
+//! `[files]` rules → `FILE_RULES` LPM entries.
+//!
+//! Semantics (the kernel replays exactly this, see [`decide`]):
+//! - a path ending in `/` covers the directory and everything beneath it
+//!   (the kernel looks a directory up with a `/` appended, so `/srv/kb/`
+//!   covers `/srv/kb` and never `/srv/kbx`); any other path is exactly that
+//!   path (file or directory), and beats a `/`-rule of the same path;
+//! - for each access (read, write, exec) separately, the most specific rule
+//!   that speaks about that access decides; at equal specificity deny wins;
+//! - the access bits of a rule are already effective (`policy::FileRule`:
+//!   write grants read, exec lists are optional, deny rules speak about every
+//!   bit);
+//! - no rule: denied (an identity with a `[files]` section is default-deny).
+//!
+//! `policy::decide_file` is the reference; a test checks this compiler
+//! against it.
+//!
+//! Every ancestor directory of every rule becomes an entry too, carrying the
+//! decisions it inherits. That makes inheritance a parent lookup, lets the
+//! kernel's single longest-prefix match decide, and marks directories with
+//! rules beneath them (`FILE_VALUE_RULES_BELOW`: such a directory cannot be
+//! renamed away from its rules).
+
+use std::collections::{BTreeMap, HashSet};
+
+use agent_common::{
+    file::{
+        ACCESS_EXEC, ACCESS_IDX_EXEC, ACCESS_IDX_READ, ACCESS_IDX_WRITE, ACCESS_READ, ACCESS_WRITE,
+        FILE_KEY_PATH_LEN, FILE_VALUE_EXACT, FILE_VALUE_RULES_BELOW, FileDecision, FileRuleValue,
+    },
+    net::{ACTION_ALLOW, ACTION_DENY},
+};
+
+/// One validated rule as the compiler needs it (an adapter from the policy
+/// model's `FileRule`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleIn {
+    /// Absolute and normalised; a trailing `/` means "beneath".
+    pub path: String,
+    /// `ACCESS_*` bits the rule speaks about (granted, or refused if deny).
+    pub access: u32,
+    pub deny: bool,
+    /// Rule id, echoed in events.
+    pub id: u32,
+}
+
+/// One `FILE_RULES` entry (the ruleset is added when it is written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEntry {
+    pub path: Vec<u8>,
+    pub value: FileRuleValue,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CompileError {
+    #[error(
+        "file rule `{0}` is longer than the {FILE_KEY_PATH_LEN} bytes the kernel's path trie holds"
+    )]
+    TooLong(String),
+    #[error("file rule `{0}` is not an absolute path")]
+    NotAbsolute(String),
+}
+
+const IDX: [(u32, usize); 3] = [
+    (ACCESS_READ, ACCESS_IDX_READ),
+    (ACCESS_WRITE, ACCESS_IDX_WRITE),
+    (ACCESS_EXEC, ACCESS_IDX_EXEC),
+];
+
+/// The parent directory entry of a path: `/a/b/` → `/a/`, `/a/b` → `/a/`,
+/// `/` → none.
+fn parent_dir(p: &str) -> Option<&str> {
+    let trimmed = p.strip_suffix('/').unwrap_or(p);
+    let i = trimmed.rfind('/')?;
+    Some(&p[..=i])
+}
+
+pub fn compile(rules: &[RuleIn]) -> Result<Vec<FileEntry>, CompileError> {
+    if rules.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Decisions written at each rule path.
+    let mut at: BTreeMap<&str, [FileDecision; 3]> = BTreeMap::new();
+    for r in rules {
+        if !r.path.starts_with('/') {
+            return Err(CompileError::NotAbsolute(r.path.clone()));
+        }
+        if r.path.len() > FILE_KEY_PATH_LEN {
+            return Err(CompileError::TooLong(r.path.clone()));
+        }
+        let d = at.entry(r.path.as_str()).or_default();
+        let (bits, action) = if r.deny {
+            (r.access, ACTION_DENY)
+        } else {
+            (r.access, ACTION_ALLOW)
+        };
+        for (bit, idx) in IDX {
+            if bits & bit == 0 {
+                continue;
+            }
+            let cur = &mut d[idx];
+            // Deny wins at equal specificity; otherwise the first rule.
+            if cur.action == 0 || (action == ACTION_DENY && cur.action == ACTION_ALLOW) {
+                *cur = FileDecision {
+                    action,
+                    rule_id: r.id,
+                };
+            }
+        }
+    }
+    // Every ancestor directory of every rule is an entry.
+    let mut dirs: HashSet<String> = HashSet::new();
+    let mut below: HashSet<String> = HashSet::new();
+    for p in at.keys() {
+        let mut cur: &str = p;
+        while let Some(parent) = parent_dir(cur) {
+            below.insert(parent.to_string());
+            if !dirs.insert(parent.to_string()) {
+                break;
+            }
+            cur = parent;
+        }
+    }
+    // Effective decisions of directory entries, parents first (a parent is
+    // always shorter than its child).
+    let mut all_dirs: Vec<String> = dirs
+        .into_iter()
+        .chain(
+            at.keys()
+                .filter(|p| p.ends_with('/'))
+                .map(|p| p.to_string()),
+        )
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    all_dirs.sort_by_key(|d| d.len());
+    let mut eff: std::collections::HashMap<String, [FileDecision; 3]> =
+        std::collections::HashMap::with_capacity(all_dirs.len());
+    for d in &all_dirs {
+        let inherited = parent_dir(d)
+            .and_then(|p| eff.get(p).copied())
+            .unwrap_or_default();
+        let own = at.get(d.as_str()).copied().unwrap_or_default();
+        let mut e = inherited;
+        for i in 0..3 {
+            if own[i].action != 0 {
+                e[i] = own[i];
+            }
+        }
+        eff.insert(d.clone(), e);
+    }
+    let mut out = Vec::with_capacity(all_dirs.len() + at.len());
+    for d in &all_dirs {
+        let e = eff[d];
+        // The directory itself: an exact rule of the same path beats it.
+        let mut own = e;
+        if d.len() > 1
+            && let Some(x) = at.get(&d[..d.len() - 1])
+        {
+            for i in 0..3 {
+                if x[i].action != 0 {
+                    own[i] = x[i];
+                }
+            }
+        }
+        out.push(FileEntry {
+            path: d.as_bytes().to_vec(),
+            value: FileRuleValue {
+                flags: if below.contains(d) {
+                    FILE_VALUE_RULES_BELOW
+                } else {
+                    0
+                },
+                len: d.len() as u32,
+                exact: own,
+                beneath: e,
+            },
+        });
+    }
+    for (p, own) in &at {
+        if p.ends_with('/') {
+            continue;
+        }
+        let inherited = parent_dir(p)
+            .and_then(|d| eff.get(d).copied())
+            .unwrap_or_default();
+        let mut exact = inherited;
+        for i in 0..3 {
+            if own[i].action != 0 {
+                exact[i] = own[i];
+            }
+        }
+        out.push(FileEntry {
+            path: p.as_bytes().to_vec(),
+            value: FileRuleValue {
+                flags: FILE_VALUE_EXACT,
+                len: p.len() as u32,
+                exact,
+                beneath: inherited,
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// The kernel's decision replayed (agent-ebpf `lsm::files::decide`):
+/// (action, rule_id) for `access` (one `ACCESS_*` bit) on `path`; a
+/// directory is looked up with a trailing `/` (the root is `/`).
+#[cfg(test)]
+pub fn decide(entries: &[FileEntry], path: &str, access: u32) -> (u32, u32) {
+    let idx = IDX
+        .iter()
+        .find(|(b, _)| *b == access)
+        .map_or(0, |(_, i)| *i);
+    let is_dir = path.ends_with('/');
+    let key = &path.as_bytes()[..path.len().min(FILE_KEY_PATH_LEN)];
+    let best = entries
+        .iter()
+        .filter(|e| key.starts_with(&e.path))
+        .max_by_key(|e| e.path.len());
+    let Some(e) = best else { return (0, 0) };
+    let v = &e.value;
+    let len = path.len() as u32;
+    let own = v.len == len || (is_dir && v.flags & FILE_VALUE_EXACT != 0 && v.len + 1 == len);
+    let d = if own { v.exact[idx] } else { v.beneath[idx] };
+    (d.action, d.rule_id)
+}
+
+/// The compiler's input from a policy: `None` when the identity has no
+/// `[files]` section (its opens are not judged).
+pub fn rules_of(files: &crate::policy::FilePolicy) -> Option<Vec<RuleIn>> {
+    if !files.confined {
+        return None;
+    }
+    Some(
+        files
+            .rules
+            .iter()
+            .map(|r| RuleIn {
+                path: r.path.clone(),
+                access: r.access,
+                deny: r.action == crate::policy::Action::Deny,
+                id: r.id,
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const R: u32 = ACCESS_READ;
+    const W: u32 = ACCESS_READ | ACCESS_WRITE;
+    const X: u32 = ACCESS_READ | ACCESS_EXEC;
+    const ALL: u32 = ACCESS_READ | ACCESS_WRITE | ACCESS_EXEC;
+
+    fn r(path: &str, access: u32, deny: bool, id: u32) -> RuleIn {
+        RuleIn {
+            path: path.into(),
+            access,
+            deny,
+            id,
+        }
+    }
+
+    fn allowed(e: &[FileEntry], path: &str, access: u32) -> bool {
+        decide(e, path, access).0 == ACTION_ALLOW
+    }
+
+    /// The issue's example policy, with an exec list (so read rules do not
+    /// grant exec).
+    fn example() -> Vec<FileEntry> {
+        compile(&[
+            r("/usr/", R, false, 1),
+            r("/etc/ssl/", R, false, 2),
+            r("/srv/kb/", R, false, 3),
+            r("/etc/hostname", R, false, 4),
+            r("/srv/tickets/", W, false, 5),
+            r("/usr/bin/", X, false, 6),
+            r("/srv/tickets/vip/", ALL, true, 7),
+            r("/etc/shadow", ALL, true, 8),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn beneath_rules_cover_the_directory_itself_and_no_siblings() {
+        let e = example();
+        assert!(allowed(&e, "/srv/kb/", R), "the directory itself");
+        assert!(allowed(&e, "/srv/kb/a/b.md", R));
+        assert!(!allowed(&e, "/srv/kbx", R));
+        assert!(!allowed(&e, "/srv/kbx/", R));
+        assert!(!allowed(&e, "/srv/kb.md", R));
+        assert_eq!(decide(&e, "/srv/kbx", R), (0, 0), "no rule");
+    }
+
+    #[test]
+    fn exact_rules_cover_one_path() {
+        let e = example();
+        assert_eq!(decide(&e, "/etc/hostname", R), (ACTION_ALLOW, 4));
+        assert!(!allowed(&e, "/etc/hostname.bak", R));
+        assert!(
+            allowed(&e, "/etc/hostname/", R),
+            "a directory of that name too"
+        );
+        assert!(!allowed(&e, "/etc/hostname/x", R));
+        assert!(!allowed(&e, "/etc/hostname", ACCESS_WRITE));
+        assert!(allowed(&e, "/etc/ssl/certs/x.pem", R));
+        // An exact rule beats the beneath rule of the same path for the
+        // directory itself, not beneath it.
+        let both = compile(&[r("/d/", W, false, 1), r("/d", ALL, true, 2)]).unwrap();
+        assert_eq!(decide(&both, "/d/", R), (ACTION_DENY, 2));
+        assert_eq!(decide(&both, "/d/f", ACCESS_WRITE), (ACTION_ALLOW, 1));
+    }
+
+    #[test]
+    fn most_specific_decides_and_deny_wins_ties() {
+        let e = example();
+        assert!(allowed(&e, "/srv/tickets/1.txt", ACCESS_WRITE));
+        assert_eq!(decide(&e, "/srv/tickets/vip/1.txt", R), (ACTION_DENY, 7));
+        assert_eq!(decide(&e, "/srv/tickets/vip/", R), (ACTION_DENY, 7));
+        assert_eq!(decide(&e, "/etc/shadow", R), (ACTION_DENY, 8));
+        let tie = compile(&[
+            r("/a/", R, false, 1),
+            r("/a/", R, true, 2),
+            r("/a/", R, false, 3),
+        ])
+        .unwrap();
+        assert_eq!(decide(&tie, "/a/x", R), (ACTION_DENY, 2));
+        // A longer allow under a deny wins: it is more specific.
+        let nested = compile(&[r("/a/", ALL, true, 1), r("/a/b/", R, false, 2)]).unwrap();
+        assert_eq!(decide(&nested, "/a/b/c", R), (ACTION_ALLOW, 2));
+        assert_eq!(decide(&nested, "/a/c", R), (ACTION_DENY, 1));
+    }
+
+    #[test]
+    fn accesses_are_decided_separately() {
+        let e = example();
+        assert!(allowed(&e, "/srv/tickets/t", R));
+        assert!(!allowed(&e, "/srv/kb/x", ACCESS_WRITE));
+        assert!(allowed(&e, "/usr/bin/ls", ACCESS_EXEC));
+        assert!(!allowed(&e, "/usr/lib/x.so", ACCESS_EXEC));
+        assert!(!allowed(&e, "/srv/tickets/run.sh", ACCESS_EXEC));
+        // A read rule under a write rule does not take writing away.
+        let e = compile(&[r("/w/", W, false, 1), r("/w/ro/", R, false, 2)]).unwrap();
+        assert_eq!(decide(&e, "/w/ro/f", ACCESS_WRITE), (ACTION_ALLOW, 1));
+        assert_eq!(decide(&e, "/w/ro/f", R), (ACTION_ALLOW, 2));
+    }
+
+    #[test]
+    fn root_rule_and_rules_below_flags() {
+        let e = compile(&[r("/", R, false, 1), r("/home/u/secret/", ALL, true, 2)]).unwrap();
+        assert!(allowed(&e, "/etc/passwd", R));
+        assert!(allowed(&e, "/", R));
+        assert!(!allowed(&e, "/home/u/secret/k", R));
+        let flag = |p: &str| {
+            e.iter()
+                .find(|x| x.path == p.as_bytes())
+                .map(|x| x.value.flags & FILE_VALUE_RULES_BELOW != 0)
+        };
+        assert_eq!(flag("/home/"), Some(true));
+        assert_eq!(flag("/home/u/"), Some(true));
+        assert_eq!(flag("/home/u/secret/"), Some(false));
+        assert_eq!(flag("/etc/"), None);
+    }
+
+    #[test]
+    fn long_paths_are_judged_by_their_first_bytes() {
+        let e = compile(&[r("/a/", R, false, 1)]).unwrap();
+        let long = format!("/a/{}", "x".repeat(600));
+        assert!(allowed(&e, &long, R));
+        let too_long = format!("/{}", "y".repeat(FILE_KEY_PATH_LEN));
+        assert!(matches!(
+            compile(&[r(&too_long, R, false, 1)]),
+            Err(CompileError::TooLong(_))
+        ));
+    }
+
+    #[test]
+    fn many_rules_compile_quickly() {
+        let rules: Vec<RuleIn> = (0..100_000)
+            .map(|i| r(&format!("/srv/d{}/f{i}", i % 100), R, false, i + 1))
+            .collect();
+        let t = std::time::Instant::now();
+        let e = compile(&rules).unwrap();
+        assert_eq!(e.len(), 100_000 + 100 + 2);
+        assert!(t.elapsed().as_secs() < 5);
+    }
+
+    /// The compiled entries decide exactly as the policy model's reference
+    /// (`policy::decide_file`), bit by bit, over a grid of paths.
+    #[test]
+    fn agrees_with_the_policy_model() {
+        let text = r#"
+[identity]
+name = "t"
+[files]
+read  = ["/usr/", "/lib/", "/etc/ssl/", "/srv/kb/", "/etc/hostname", "/d/", "/"]
+write = ["/srv/tickets/", "/tmp/", "/w/"]
+exec  = ["/usr/bin/", "/usr/local/bin/", "/w/bin"]
+deny  = ["/srv/tickets/vip/", "/etc/shadow", "/d", "/w/ro/", "/"]
+"#;
+        let no_dns = |_: &str| -> std::io::Result<Vec<std::net::IpAddr>> { Ok(vec![]) };
+        let p = crate::policy::parse_str(std::path::Path::new("t.toml"), text, &no_dns)
+            .expect("policy");
+        let entries = compile(&rules_of(&p.files).expect("confined")).expect("compile");
+        let paths = [
+            "/",
+            "/usr",
+            "/usr/bin",
+            "/usr/bin/ls",
+            "/usr/binx",
+            "/usr/lib/x.so",
+            "/lib",
+            "/etc",
+            "/etc/ssl",
+            "/etc/ssl/a",
+            "/etc/hostname",
+            "/etc/hostname.bak",
+            "/etc/shadow",
+            "/srv",
+            "/srv/kb",
+            "/srv/kbx",
+            "/srv/kb/x",
+            "/srv/tickets",
+            "/srv/tickets/a",
+            "/srv/tickets/vip",
+            "/srv/tickets/vip/a",
+            "/srv/tickets/vipx",
+            "/tmp",
+            "/tmp/x",
+            "/d",
+            "/d/x",
+            "/w",
+            "/w/bin",
+            "/w/bin/x",
+            "/w/ro",
+            "/w/ro/f",
+            "/w/rox",
+            "/other",
+        ];
+        for path in paths {
+            for is_dir in [false, true] {
+                for bit in [ACCESS_READ, ACCESS_WRITE, ACCESS_EXEC] {
+                    let want = crate::policy::deciding_rule(&p.files, path, is_dir, bit)
+                        .map(|r| {
+                            let a = if r.action == crate::policy::Action::Deny {
+                                ACTION_DENY
+                            } else {
+                                ACTION_ALLOW
+                            };
+                            (a, r.id)
+                        })
+                        .unwrap_or((0, 0));
+                    let looked = if is_dir && path != "/" {
+                        format!("{path}/")
+                    } else {
+                        path.to_string()
+                    };
+                    assert_eq!(
+                        decide(&entries, &looked, bit),
+                        want,
+                        "{path} dir={is_dir} bit={bit}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! The BPF LSM half: `[files]` rules in the kernel (`file_open`,
+//! `path_link`, `path_rename`) and self-protection (`bpf`, `task_kill`,
+//! `ptrace_access_check`, `sb_mount`, `move_mount`; cgroupfs writes and
+//! bpffs opens in `file_open`).
+//!
+//! The programs are optional: many kernels cannot run them (BPF LSM not in
+//! the boot `lsm=` list, or no BPF trampolines, as on our PVM dev machines).
+//! `load_and_attach` tries, and the daemon reports what it got in its log,
+//! `corral status` and `corral doctor`. Links are pinned under
+//! `<pin_dir>/links/lsm` and handed over without a gap on restart.
+
+mod btf;
+pub mod compile;
+
+use std::{
+    collections::HashSet,
+    fs,
+    path::{Path, PathBuf},
+    sync::OnceLock,
+};
+
+use agent_common::{
+    file::{FILE_KEY_FIXED_BITS, FILE_KEY_PATH_LEN, FileKey, FileRuleValue, KernelOffsets},
+    maps,
+};
+use aya::{
+    Ebpf,
+    maps::{LpmTrie, MapData, MapError, lpm_trie::Key},
+    programs::{Lsm, ProgramError, links::FdLink},
+};
+use tracing::{info, warn};
+
+pub use compile::{CompileError, FileEntry, compile};
+
+/// What the LSM programs could do on this kernel, decided at start-up.
+#[derive(Debug, Clone)]
+pub struct LsmReport {
+    /// `Ok` when `file_open` (and the link/rename closers) are attached;
+    /// otherwise why `[files]` rules are not enforced in the kernel.
+    pub files: Result<(), String>,
+    /// `Ok` when every self-protection hook is attached; otherwise which
+    /// are not, and why.
+    pub protect: Result<(), String>,
+}
+
+impl LsmReport {
+    pub fn unavailable(why: String) -> LsmReport {
+        LsmReport {
+            files: Err(why.clone()),
+            protect: Err(why),
+        }
+    }
+
+    pub fn files_enforced(&self) -> bool {
+        self.files.is_ok()
+    }
+}
+
+/// Kernel struct offsets from BTF, read once per process.
+pub fn offsets() -> Result<KernelOffsets, String> {
+    static CELL: OnceLock<Result<KernelOffsets, String>> = OnceLock::new();
+    CELL.get_or_init(|| {
+        btf::Btf::from_sys_fs()
+            .and_then(|b| b.kernel_offsets())
+            .map_err(|e| e.to_string())
+    })
+    .clone()
+}
+
+/// The values the loader passes as `CORRAL_KOFFSETS` / `CORRAL_F_PATH_OFF`
+/// (zeros when BTF is unreadable: the programs are then not attached).
+pub fn globals() -> (KernelOffsets, u32) {
+    let o = offsets().unwrap_or_default();
+    (o, o.file_f_path)
+}
+
+pub fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links").join("lsm")
+}
+
+/// Removes LSM links a previous daemon pinned (used when this daemon cannot
+/// run the programs: a leftover would judge with nobody maintaining it).
+pub fn detach_all(pin_dir: &Path) {
+    let dir = links_dir(pin_dir);
+    if let Ok(rd) = fs::read_dir(&dir) {
+        for e in rd.flatten() {
+            let _ = fs::remove_file(e.path());
+        }
+        let _ = fs::remove_dir(&dir);
+        info!(dir = %dir.display(), "removed LSM links left by a previous daemon");
+    }
+}
+
+/// Loads and attaches every LSM program. Never fails: what could not be
+/// loaded is in the report (and the log), and the rest of Corral carries on.
+pub fn load_and_attach(ebpf: &mut Ebpf, pin_dir: &Path) -> LsmReport {
+    if let Err(e) = offsets() {
+        let why = format!("kernel BTF unusable for the LSM programs: {e}");
+        detach_all(pin_dir);
+        return LsmReport::unavailable(why);
+    }
+    let btf = match aya::Btf::from_sys_fs() {
+        Ok(b) => b,
+        Err(e) => {
+            detach_all(pin_dir);
+            return LsmReport::unavailable(format!("kernel BTF: {e}"));
+        }
+    };
+    let dir = links_dir(pin_dir);
+    if let Err(e) = fs::create_dir_all(&dir) {
+        return LsmReport::unavailable(format!("creating {}: {e}", dir.display()));
+    }
+    let mut failed: Vec<(&'static str, String)> = Vec::new();
+    for (name, hook) in maps::LSM_PROGRAMS {
+        if let Err(e) = load_one(ebpf, name, hook, &btf, &dir) {
+            // The first failure is usually the kernel refusing BPF LSM as a
+            // whole: do not try the others.
+            let whole = name == maps::PROG_FILE_OPEN;
+            failed.push((hook, e));
+            if whole {
+                break;
+            }
+        }
+    }
+    let why_all = failed
+        .iter()
+        .find(|(h, _)| *h == "file_open")
+        .map(|(_, e)| e.clone());
+    if let Some(why) = why_all {
+        detach_all(pin_dir);
+        return LsmReport::unavailable(why);
+    }
+    let files_hooks = ["path_link", "path_rename"];
+    let files_failed: Vec<String> = failed
+        .iter()
+        .filter(|(h, _)| files_hooks.contains(h))
+        .map(|(h, e)| format!("{h}: {e}"))
+        .collect();
+    let protect_failed: Vec<String> = failed
+        .iter()
+        .filter(|(h, _)| !files_hooks.contains(h))
+        .map(|(h, e)| format!("{h}: {e}"))
+        .collect();
+    LsmReport {
+        files: if files_failed.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "file_open attached but not the link/rename closers ({})",
+                files_failed.join("; ")
+            ))
+        },
+        protect: if protect_failed.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("hooks not attached: {}", protect_failed.join("; ")))
+        },
+    }
+}
+
+fn load_one(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    hook: &'static str,
+    btf: &aya::Btf,
+    dir: &Path,
+) -> Result<(), String> {
+    let prog: &mut Lsm = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the object"))?
+        .try_into()
+        .map_err(|e: ProgramError| e.to_string())?;
+    prog.load(hook, btf).map_err(|e| describe(&e))?;
+    let id = prog.attach().map_err(|e| describe(&e))?;
+    let link: FdLink = prog.take_link(id).map_err(|e| e.to_string())?.into();
+    super::loader::pin_replacing(link, dir, name).map_err(|e| e.to_string())
+}
+
+/// A load error in one line, with the part of the verifier log that says
+/// why (the kernel's EPERM for BPF LSM comes with an empty log).
+fn describe(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().rev().take(6).collect();
+            let mut s = format!("BPF_PROG_LOAD: {io_error}");
+            if io_error.raw_os_error() == Some(libc::EPERM) && log.trim().is_empty() {
+                let lsms = fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+                s.push_str(if lsms.split(',').any(|l| l.trim() == "bpf") {
+                    " (BPF LSM is in the boot lsm= list, but this kernel refuses the programs: \
+                     no BPF trampolines, e.g. a PVM or otherwise restricted guest)"
+                } else {
+                    " (BPF LSM is not active: boot with lsm=...,bpf)"
+                });
+            } else if !tail.is_empty() {
+                s.push_str(": ");
+                s.push_str(&tail.into_iter().rev().collect::<Vec<_>>().join(" | "));
+            }
+            s
+        }
+        other => {
+            let mut s = other.to_string();
+            let mut src = std::error::Error::source(other);
+            while let Some(e) = src {
+                s.push_str(&format!(": {e}"));
+                src = e.source();
+            }
+            s
+        }
+    }
+}
+
+// --- rules ---------------------------------------------------------------------
+
+pub type FileKeyOf = Key<FileKey>;
+
+fn trie(ebpf: &mut Ebpf) -> Result<LpmTrie<&mut MapData, FileKey, FileRuleValue>, MapError> {
+    let m = ebpf
+        .map_mut(maps::FILE_RULES)
+        .ok_or_else(|| MapError::InvalidName {
+            name: maps::FILE_RULES.into(),
+        })?;
+    LpmTrie::try_from(m)
+}
+
+pub fn key(ruleset: u32, path: &[u8]) -> FileKeyOf {
+    let mut data = FileKey {
+        ruleset_be: ruleset.to_be(),
+        path: [0; FILE_KEY_PATH_LEN],
+    };
+    let n = path.len().min(FILE_KEY_PATH_LEN);
+    data.path[..n].copy_from_slice(&path[..n]);
+    Key::new(FILE_KEY_FIXED_BITS + 8 * n as u32, data)
+}
+
+/// Writes compiled entries under `ruleset`; returns the keys (for deletion).
+/// On error the keys written so far are returned in the error's place by
+/// the caller's GC (they belong to a ruleset nothing points at).
+pub fn write_rules(
+    ebpf: &mut Ebpf,
+    ruleset: u32,
+    entries: &[FileEntry],
+) -> Result<Vec<FileKeyOf>, MapError> {
+    let mut m = trie(ebpf)?;
+    let mut keys = Vec::with_capacity(entries.len());
+    for e in entries {
+        let k = key(ruleset, &e.path);
+        m.insert(&k, e.value, 0)?;
+        keys.push(k);
+    }
+    Ok(keys)
+}
+
+pub fn delete_rules(ebpf: &mut Ebpf, keys: &[FileKeyOf]) {
+    if let Ok(mut m) = trie(ebpf) {
+        for k in keys {
+            let _ = m.remove(k);
+        }
+    }
+}
+
+/// Keys of rulesets no identity points at.
+pub fn stale_rules(ebpf: &mut Ebpf, active: &HashSet<u32>) -> Vec<FileKeyOf> {
+    let Ok(m) = trie(ebpf) else {
+        return Vec::new();
+    };
+    m.keys()
+        .filter_map(Result::ok)
+        .filter(|k| !active.contains(&u32::from_be(k.data().ruleset_be)))
+        .collect()
+}
+
+/// Logs what the LSM half does on this kernel, loudly when it cannot.
+pub fn log_report(r: &LsmReport) {
+    match &r.files {
+        Ok(()) => info!(
+            mechanism = "files (BPF LSM)",
+            "file rules enforced in the kernel"
+        ),
+        Err(why) => warn!(
+            mechanism = "files (BPF LSM)",
+            "[files] rules are NOT ENFORCED IN THE KERNEL: {why}; `corral run` applies them with \
+             Landlock where it can"
+        ),
+    }
+    match &r.protect {
+        Ok(()) => info!(mechanism = "self-protection (BPF LSM)", "enforced"),
+        Err(why) => warn!(
+            mechanism = "self-protection (BPF LSM)",
+            "NOT ENFORCED: {why}"
+        ),
+    }
+}
+
+// --- reporting -------------------------------------------------------------------
+
+static REPORT: OnceLock<LsmReport> = OnceLock::new();
+
+/// Records what `load_and_attach` got (once, at start-up), for status.
+pub fn set_report(r: LsmReport) {
+    let _ = REPORT.set(r);
+}
+
+/// `corral status` / daemon log entries for the BPF LSM half.
+pub fn mechanisms() -> Vec<super::status::Mechanism> {
+    let r = REPORT
+        .get()
+        .cloned()
+        .unwrap_or_else(|| LsmReport::unavailable("not loaded yet".into()));
+    let lsms = fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+    vec![
+        super::status::Mechanism {
+            name: "bpf lsm: files",
+            state: if r.files.is_ok() {
+                "enforcing"
+            } else {
+                "unavailable"
+            },
+            detail: match &r.files {
+                Ok(()) => format!(
+                    "file_open, path_link, path_rename attached: [files] rules judged in the \
+                     kernel on every open, link and rename (active LSMs: {})",
+                    lsms.trim()
+                ),
+                Err(why) => format!("NOT ENFORCED: {why}"),
+            },
+        },
+        super::status::Mechanism {
+            name: "bpf lsm: self-protection",
+            state: if r.protect.is_ok() {
+                "enforcing"
+            } else {
+                "unavailable"
+            },
+            detail: match &r.protect {
+                Ok(()) => "tagged processes: no bpf(), no signals or ptrace outside their \
+                           identity or to the daemon, no cgroupfs writes, no bpffs access, no \
+                           mounts"
+                    .into(),
+                Err(why) => format!("NOT ENFORCED: {why}"),
+            },
+        },
+    ]
+}
+
+/// Whether this kernel runs BPF LSM programs, without a daemon (`corral
+/// doctor`): loads a no-op `lsm/file_open` program, attaches it, and lets
+/// both go at once.
+pub fn kernel_probe() -> Result<(), String> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    let lsms = fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+    let btf = btf::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+    let id = btf
+        .lsm_func_id("bpf_lsm_file_open")
+        .ok_or("no bpf_lsm_file_open in the kernel's BTF (built without CONFIG_BPF_LSM)")?;
+    // r0 = 0; exit
+    let insns: [u8; 16] = [0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0];
+    let license = b"GPL\0";
+    let mut attr = [0u8; 128];
+    let put32 =
+        |a: &mut [u8; 128], off: usize, v: u32| a[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+    let put64 =
+        |a: &mut [u8; 128], off: usize, v: u64| a[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+    put32(&mut attr, 0, 29); // BPF_PROG_TYPE_LSM
+    put32(&mut attr, 4, 2);
+    put64(&mut attr, 8, insns.as_ptr() as u64);
+    put64(&mut attr, 16, license.as_ptr() as u64);
+    put32(&mut attr, 68, 27); // BPF_LSM_MAC
+    put32(&mut attr, 108, id);
+    // SAFETY: attr and what it points at outlive the call; 5 = BPF_PROG_LOAD.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 5, attr.as_ptr(), attr.len()) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(
+            if e.raw_os_error() == Some(libc::EPERM) && lsms.split(',').any(|l| l.trim() == "bpf") {
+                format!(
+                    "BPF_PROG_LOAD: {e}: bpf is in the active LSM list ({}) but this kernel refuses BPF LSM programs (no BPF trampolines, e.g. a PVM guest)",
+                    lsms.trim()
+                )
+            } else {
+                format!("BPF_PROG_LOAD: {e}")
+            },
+        );
+    }
+    // SAFETY: a fresh fd we own.
+    let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut open = [0u8; 128];
+    put32(&mut open, 8, std::os::fd::AsRawFd::as_raw_fd(&prog) as u32);
+    // SAFETY: as above; 17 = BPF_RAW_TRACEPOINT_OPEN (attaches an LSM program).
+    let link = unsafe { libc::syscall(libc::SYS_bpf, 17, open.as_ptr(), open.len()) };
+    if link < 0 {
+        return Err(format!("attaching: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh fd we own; dropping it detaches the no-op program.
+    drop(unsafe { OwnedFd::from_raw_fd(link as i32) });
+    if !lsms.split(',').any(|l| l.trim() == "bpf") {
+        return Err(format!(
+            "programs load, but bpf is not in the active LSM list ({}): boot with lsm=...,bpf",
+            lsms.trim()
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,651 @@
+//! The `[files]` section: which paths an identity may read, write and
+//! execute, checked at load and decided by [`decide_file`].
+//!
+//! ```toml
+//! [files]
+//! read  = ["/usr/", "/etc/ssl/", "/etc/hostname"]  # trailing "/" = beneath; else exact
+//! write = ["/srv/tickets/", "/tmp/"]               # write implies read
+//! exec  = ["/usr/bin/"]    # optional; absent = whatever may be read may be executed
+//! deny  = ["/srv/tickets/vip/", "/etc/shadow"]
+//! ```
+//!
+//! The model every enforcement layer implements (BPF LSM, Landlock) and
+//! `decide_file` replays in userspace:
+//! - A rule names a real path (after symlinks are resolved, as the kernel
+//!   sees an opened file). `"/a/b/"` covers `/a/b` itself and everything
+//!   beneath it; `"/a/b"` covers exactly that path.
+//! - Each access bit (read, write, exec) is decided separately by the most
+//!   specific rule that speaks about that bit: a longer path beats a shorter
+//!   one, an exact rule beats a beneath rule of the same path, and at equal
+//!   specificity deny wins. Deny rules speak about every bit. No rule: denied.
+//! - `write` grants read too; `exec` grants read too (the kernel opens a
+//!   binary for reading to execute it); without an `exec` list, every
+//!   `read`/`write` rule also grants exec.
+//!
+//! Rule ids continue the identity's numbering after its network and unix
+//! rules, in the order read, write, exec, deny, so one id names one rule.
+
+use std::path::Path;
+
+pub use agent_common::file::{ACCESS_ALL, ACCESS_EXEC, ACCESS_READ, ACCESS_WRITE};
+use toml::Spanned;
+
+use super::error::{PolicyError, Source};
+use super::raw::RawFiles;
+use super::{Action, Origin};
+
+/// Longest path the kernel accepts, terminating NUL included.
+pub const PATH_MAX: usize = 4096;
+/// Longest file name (one path component).
+pub const NAME_MAX: usize = 255;
+
+/// The `[files]` rules of one identity.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FilePolicy {
+    /// A `[files]` section was written: file access is confined to its
+    /// rules (default deny). Without one, no layer restricts files and
+    /// [`decide_file`] is not consulted.
+    pub confined: bool,
+    /// In id order (read, write, exec, deny; each in file order).
+    pub rules: Vec<FileRule>,
+    /// An `exec` list was written: only its paths may be executed. When
+    /// false, `read` and `write` rules carry `ACCESS_EXEC` too.
+    pub exec_restricted: bool,
+}
+
+/// Which list a rule was written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileList {
+    Read,
+    Write,
+    Exec,
+    Deny,
+}
+
+impl FileList {
+    pub fn name(self) -> &'static str {
+        match self {
+            FileList::Read => "read",
+            FileList::Write => "write",
+            FileList::Exec => "exec",
+            FileList::Deny => "deny",
+        }
+    }
+}
+
+/// One written file rule, as every layer enforces it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileRule {
+    /// Unique within the identity (shared numbering with network rules).
+    pub id: u32,
+    /// Absolute and normal. Ends with `/` exactly when `beneath` (and `/`
+    /// alone is the beneath rule of the root), so the bytes are the prefix a
+    /// path-keyed table matches; the directory itself is the same bytes
+    /// without the final `/`.
+    pub path: String,
+    pub beneath: bool,
+    /// `ACCESS_*` bits this rule speaks about: granted for allow rules,
+    /// refused for deny rules (always `ACCESS_ALL`).
+    pub access: u32,
+    pub action: Action,
+    pub list: FileList,
+    /// The rule exactly as written.
+    pub text: String,
+    pub origin: Origin,
+}
+
+impl FileRule {
+    /// The path without the trailing `/` of a beneath rule (`/` for the root).
+    pub fn base(&self) -> &str {
+        base_of(&self.path)
+    }
+
+    /// Whether this rule covers `path` (absolute, normal, no trailing `/`).
+    pub fn matches(&self, path: &str, is_dir: bool) -> bool {
+        if !self.beneath {
+            return path == self.path;
+        }
+        if self.path == "/" {
+            return true;
+        }
+        // "/a/b/" covers "/a/b/..." and the directory "/a/b" itself, but
+        // never the sibling "/a/bx".
+        path.starts_with(self.path.as_str()) || (is_dir && path == self.base())
+    }
+
+    /// Specificity: longer paths first, then exact before beneath.
+    fn rank(&self) -> (usize, bool) {
+        (self.base().len(), !self.beneath)
+    }
+
+    /// e.g. `deny /srv/tickets/vip/ (support-agent.toml:31:5)`.
+    pub fn describe(&self) -> String {
+        let file = self
+            .origin
+            .file
+            .file_name()
+            .unwrap_or(self.origin.file.as_os_str())
+            .to_string_lossy();
+        format!(
+            "{} {} ({file}:{}:{})",
+            self.list.name(),
+            self.text,
+            self.origin.line,
+            self.origin.col
+        )
+    }
+}
+
+fn base_of(path: &str) -> &str {
+    if path.len() > 1 {
+        path.strip_suffix('/').unwrap_or(path)
+    } else {
+        path
+    }
+}
+
+/// The userspace twin of the kernel's file decision: may `access`
+/// (`ACCESS_*` bits) be had on `path` (absolute and normal; a trailing `/`
+/// is ignored)? `is_dir` says whether the path is a directory (a beneath
+/// rule covers its own directory).
+///
+/// `None`: some requested bit has no rule (denied by default).
+/// `Some((Deny, id))`: the rule that refuses (the first refused bit in the
+/// order write, exec, read). `Some((Allow, id))`: every bit is granted; `id`
+/// decided the first bit in that order.
+pub fn decide_file(
+    policy: &FilePolicy,
+    path: &str,
+    is_dir: bool,
+    access: u32,
+) -> Option<(Action, u32)> {
+    let path = base_of(path);
+    let mut allowed_by = None;
+    for bit in [ACCESS_WRITE, ACCESS_EXEC, ACCESS_READ] {
+        if access & bit == 0 {
+            continue;
+        }
+        let r = deciding_rule(policy, path, is_dir, bit)?;
+        if r.action == Action::Deny {
+            return Some((Action::Deny, r.id));
+        }
+        allowed_by.get_or_insert(r.id);
+    }
+    allowed_by.map(|id| (Action::Allow, id))
+}
+
+/// The most specific rule speaking about `bit` that covers `path`; at equal
+/// specificity deny wins, then the lower id.
+pub fn deciding_rule<'a>(
+    policy: &'a FilePolicy,
+    path: &str,
+    is_dir: bool,
+    bit: u32,
+) -> Option<&'a FileRule> {
+    policy
+        .rules
+        .iter()
+        .filter(|r| r.access & bit != 0 && r.matches(path, is_dir))
+        .max_by(|a, b| {
+            (a.rank(), a.action == Action::Deny, std::cmp::Reverse(a.id)).cmp(&(
+                b.rank(),
+                b.action == Action::Deny,
+                std::cmp::Reverse(b.id),
+            ))
+        })
+}
+
+/// Checks and numbers the `[files]` rules; ids start after `last_id`.
+/// Returns the policy and the last id used.
+pub(crate) fn build_files(
+    src: &Source<'_>,
+    raw: Option<&RawFiles>,
+    last_id: u32,
+    errors: &mut Vec<PolicyError>,
+) -> (FilePolicy, u32) {
+    let Some(raw) = raw else {
+        return (FilePolicy::default(), last_id);
+    };
+    let exec_restricted = raw.exec.is_some();
+    let implied_exec = if exec_restricted { 0 } else { ACCESS_EXEC };
+    let no_exec = Vec::new();
+    let lists = [
+        (&raw.read, FileList::Read, ACCESS_READ | implied_exec),
+        (
+            &raw.write,
+            FileList::Write,
+            ACCESS_READ | ACCESS_WRITE | implied_exec,
+        ),
+        (
+            raw.exec.as_ref().unwrap_or(&no_exec),
+            FileList::Exec,
+            ACCESS_READ | ACCESS_EXEC,
+        ),
+        (&raw.deny, FileList::Deny, ACCESS_ALL),
+    ];
+    let mut files = FilePolicy {
+        confined: true,
+        rules: Vec::new(),
+        exec_restricted,
+    };
+    let mut id = last_id;
+    for (list, kind, access) in lists {
+        for text in list {
+            id += 1;
+            match check_file_path(text.get_ref()) {
+                Ok(beneath) => files.rules.push(FileRule {
+                    id,
+                    path: text.get_ref().clone(),
+                    beneath,
+                    access,
+                    action: if kind == FileList::Deny {
+                        Action::Deny
+                    } else {
+                        Action::Allow
+                    },
+                    list: kind,
+                    text: text.get_ref().clone(),
+                    origin: origin(src, text),
+                }),
+                Err((at, message)) => errors.push(src.error_at(
+                    src.offset_in_string(&text.span(), text.get_ref(), at),
+                    message,
+                )),
+            }
+        }
+    }
+    (files, id)
+}
+
+fn origin(src: &Source<'_>, s: &Spanned<String>) -> Origin {
+    let (line, col) = src.line_col(src.offset_in_string(&s.span(), s.get_ref(), 0));
+    Origin {
+        file: src.file.to_path_buf(),
+        line,
+        col,
+    }
+}
+
+/// Checks one rule path; `Ok(beneath)`, or the byte offset of the problem
+/// in the value and a message.
+pub(crate) fn check_file_path(path: &str) -> Result<bool, (usize, String)> {
+    if !path.starts_with('/') {
+        return Err((
+            0,
+            format!(
+                "file path `{path}` must be absolute (start with /); a trailing / means \
+                 everything beneath a directory"
+            ),
+        ));
+    }
+    if let Some(i) = path.find('\0') {
+        return Err((i, "file path contains a NUL byte".into()));
+    }
+    if path.len() >= PATH_MAX {
+        let at = (0..PATH_MAX)
+            .rev()
+            .find(|&i| path.is_char_boundary(i))
+            .unwrap_or(0);
+        return Err((
+            at,
+            format!(
+                "file path is {} bytes, over the {} a path can have (PATH_MAX {PATH_MAX} with \
+                 its NUL)",
+                path.len(),
+                PATH_MAX - 1
+            ),
+        ));
+    }
+    let beneath = path.ends_with('/');
+    let body = &path[1..path.len() - usize::from(beneath && path.len() > 1)];
+    if path == "/" {
+        return Ok(true);
+    }
+    let mut at = 1;
+    for c in body.split('/') {
+        if c.is_empty() || c == "." || c == ".." {
+            return Err((
+                0,
+                format!(
+                    "file path `{path}` is not normalised (no `//`, `/./` or `..`); write `{}`",
+                    normalise(path)
+                ),
+            ));
+        }
+        if c.len() > NAME_MAX {
+            return Err((
+                at,
+                format!(
+                    "a component of `{}…` is {} bytes, over the {NAME_MAX} a file name can have",
+                    &path[..at],
+                    c.len()
+                ),
+            ));
+        }
+        at += c.len() + 1;
+    }
+    Ok(beneath)
+}
+
+/// Lexical normal form for the error message, keeping a trailing `/`.
+fn normalise(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    let beneath = path.ends_with('/') || path.ends_with("/.") || path.ends_with("/..");
+    match (parts.is_empty(), beneath) {
+        (true, _) => "/".into(),
+        (false, true) => format!("/{}/", parts.join("/")),
+        (false, false) => format!("/{}", parts.join("/")),
+    }
+}
+
+/// Folds the file rules into an identity's digest (FNV-1a continued from
+/// `h`, same encoding rules as `compile::digest`): a reload that changes only
+/// `[files]` is a change.
+pub(crate) fn fold_digest(mut h: u64, files: &FilePolicy) -> u64 {
+    let mut raw = |b: &[u8]| {
+        for &x in b {
+            h ^= u64::from(x);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    raw(&(files.rules.len() as u64).to_le_bytes());
+    raw(&[u8::from(files.confined), u8::from(files.exec_restricted)]);
+    for r in &files.rules {
+        raw(&r.id.to_le_bytes());
+        raw(&r.access.to_le_bytes());
+        raw(&[u8::from(r.action == Action::Deny), u8::from(r.beneath)]);
+        raw(&(r.path.len() as u64).to_le_bytes());
+        raw(r.path.as_bytes());
+    }
+    h
+}
+
+/// Whether `path` names a directory right now (for callers of
+/// [`decide_file`] that judge real paths, e.g. `corral policy explain`).
+pub fn is_dir(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_dir())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::policy::{PolicyErrors, parse_str};
+
+    fn no_dns(h: &str) -> std::io::Result<Vec<std::net::IpAddr>> {
+        panic!("no DNS in file tests ({h})")
+    }
+
+    fn load(files: &str) -> Result<crate::policy::IdentityPolicy, PolicyErrors> {
+        let text = format!(
+            "[identity]\nname = \"t\"\n[network]\nallow = [\"tcp://10.0.0.0/8:443\"]\n\
+             unix = [\"/run/x.sock\"]\n[files]\n{files}"
+        );
+        parse_str(Path::new("p/t.toml"), &text, &no_dns)
+    }
+
+    fn files(files: &str) -> FilePolicy {
+        load(files).unwrap_or_else(|e| panic!("{e}")).files
+    }
+
+    fn error(files: &str) -> String {
+        match load(files) {
+            Ok(p) => panic!("parsed: {:?}", p.files),
+            Err(PolicyErrors(es)) => {
+                assert_eq!(es.len(), 1, "{es:?}");
+                es[0].to_string()
+            }
+        }
+    }
+
+    const ISSUE: &str = r#"read  = ["/usr/", "/lib/", "/etc/ssl/", "/srv/kb/", "/etc/hostname"]
+write = ["/srv/tickets/", "/tmp/"]
+exec  = ["/usr/bin/", "/usr/local/bin/"]
+deny  = ["/srv/tickets/vip/", "/etc/shadow"]
+"#;
+
+    fn d(p: &FilePolicy, path: &str, access: u32) -> Option<(Action, u32)> {
+        decide_file(p, path, false, access)
+    }
+
+    #[test]
+    fn parses_lists_ids_and_access() {
+        let f = files(ISSUE);
+        assert!(f.exec_restricted);
+        // Network rule 1, unix rule 2: files start at 3.
+        let ids: Vec<(u32, &str, FileList)> = f
+            .rules
+            .iter()
+            .map(|r| (r.id, r.path.as_str(), r.list))
+            .collect();
+        assert_eq!(ids[0], (3, "/usr/", FileList::Read));
+        assert_eq!(ids[5], (8, "/srv/tickets/", FileList::Write));
+        assert_eq!(ids[7], (10, "/usr/bin/", FileList::Exec));
+        assert_eq!(ids[10], (13, "/etc/shadow", FileList::Deny));
+        let r = |i: usize| (f.rules[i].beneath, f.rules[i].access, f.rules[i].action);
+        assert_eq!(r(0), (true, ACCESS_READ, Action::Allow));
+        assert_eq!(r(4), (false, ACCESS_READ, Action::Allow));
+        assert_eq!(r(5), (true, ACCESS_READ | ACCESS_WRITE, Action::Allow));
+        assert_eq!(r(7), (true, ACCESS_READ | ACCESS_EXEC, Action::Allow));
+        assert_eq!(r(10), (false, ACCESS_ALL, Action::Deny));
+        let o = &f.rules[5].origin;
+        assert_eq!((o.line, o.col), (8, 11));
+        assert_eq!(
+            f.rules[9].describe(),
+            "deny /srv/tickets/vip/ (t.toml:10:11)"
+        );
+    }
+
+    #[test]
+    fn without_exec_list_readable_means_executable() {
+        let f = files("read = [\"/usr/\"]\nwrite = [\"/tmp/\"]\n");
+        assert!(!f.exec_restricted);
+        assert_eq!(f.rules[0].access, ACCESS_READ | ACCESS_EXEC);
+        assert_eq!(
+            d(&f, "/usr/bin/ls", ACCESS_EXEC),
+            Some((Action::Allow, f.rules[0].id))
+        );
+        assert_eq!(
+            d(&f, "/tmp/x", ACCESS_EXEC),
+            Some((Action::Allow, f.rules[1].id))
+        );
+        // An empty exec list is a list: nothing may be executed.
+        let f = files("read = [\"/usr/\"]\nexec = []\n");
+        assert!(f.exec_restricted);
+        assert_eq!(d(&f, "/usr/bin/ls", ACCESS_EXEC), None);
+        assert!(d(&f, "/usr/bin/ls", ACCESS_READ).is_some());
+    }
+
+    #[test]
+    fn precedence() {
+        let f = files(ISSUE);
+        let id = |p: &str| f.rules.iter().find(|r| r.path == p).expect(p).id;
+        let allow = |p: &str| Some((Action::Allow, id(p)));
+        let deny = |p: &str| Some((Action::Deny, id(p)));
+        assert_eq!(d(&f, "/usr/share/doc/x", ACCESS_READ), allow("/usr/"));
+        assert_eq!(d(&f, "/usr/share/doc/x", ACCESS_WRITE), None);
+        // exec needs the exec list, which is more specific for reads too.
+        assert_eq!(d(&f, "/usr/bin/ls", ACCESS_EXEC), allow("/usr/bin/"));
+        assert_eq!(d(&f, "/usr/bin/ls", ACCESS_READ), allow("/usr/bin/"));
+        assert_eq!(d(&f, "/usr/lib/libc.so", ACCESS_EXEC), None);
+        // write implies read.
+        assert_eq!(d(&f, "/srv/tickets/1", ACCESS_READ), allow("/srv/tickets/"));
+        assert_eq!(
+            d(&f, "/srv/tickets/1", ACCESS_READ | ACCESS_WRITE),
+            allow("/srv/tickets/")
+        );
+        // A longer deny beats a shorter allow, for every bit.
+        assert_eq!(
+            d(&f, "/srv/tickets/vip/1", ACCESS_READ),
+            deny("/srv/tickets/vip/")
+        );
+        assert_eq!(
+            d(&f, "/srv/tickets/vip/1", ACCESS_WRITE),
+            deny("/srv/tickets/vip/")
+        );
+        // Exact rules.
+        assert_eq!(d(&f, "/etc/hostname", ACCESS_READ), allow("/etc/hostname"));
+        assert_eq!(d(&f, "/etc/hostname", ACCESS_WRITE), None);
+        assert_eq!(d(&f, "/etc/hostname2", ACCESS_READ), None);
+        assert_eq!(d(&f, "/etc/shadow", ACCESS_READ), deny("/etc/shadow"));
+        assert_eq!(d(&f, "/etc/passwd", ACCESS_READ), None);
+        // Unlisted: default deny.
+        assert_eq!(d(&f, "/root/.ssh/id_ed25519", ACCESS_READ), None);
+        // Read allowed, write refused by the deny: the deny is named.
+        let f2 = files("read = [\"/a/\"]\ndeny = [\"/a/b\"]\nwrite = [\"/a/\"]\n");
+        assert_eq!(
+            d(&f2, "/a/b", ACCESS_READ | ACCESS_WRITE),
+            Some((Action::Deny, f2.rules[2].id))
+        );
+    }
+
+    #[test]
+    fn equal_specificity_deny_wins_and_deeper_allow_reopens() {
+        let f = files("read = [\"/a/\", \"/a/b/c/\"]\ndeny = [\"/a/\", \"/a/b/\"]\n");
+        let deny_a = f.rules[2].id;
+        assert_eq!(d(&f, "/a/x", ACCESS_READ), Some((Action::Deny, deny_a)));
+        assert_eq!(
+            d(&f, "/a/b/x", ACCESS_READ),
+            Some((Action::Deny, f.rules[3].id))
+        );
+        assert_eq!(
+            d(&f, "/a/b/c/x", ACCESS_READ),
+            Some((Action::Allow, f.rules[1].id))
+        );
+        // Exact beats beneath at the same path, whatever the action.
+        let f = files("read = [\"/d\"]\ndeny = [\"/d/\"]\n");
+        assert_eq!(
+            decide_file(&f, "/d", true, ACCESS_READ),
+            Some((Action::Allow, f.rules[0].id))
+        );
+        assert_eq!(
+            d(&f, "/d/x", ACCESS_READ),
+            Some((Action::Deny, f.rules[1].id))
+        );
+    }
+
+    #[test]
+    fn no_sibling_prefix_leak() {
+        let f = files("read = [\"/srv/kb/\"]\n");
+        assert!(d(&f, "/srv/kb/a", ACCESS_READ).is_some());
+        assert_eq!(d(&f, "/srv/kbx", ACCESS_READ), None);
+        assert_eq!(d(&f, "/srv/kbx/a", ACCESS_READ), None);
+        assert_eq!(decide_file(&f, "/srv/kbx", true, ACCESS_READ), None);
+        assert_eq!(d(&f, "/srv", ACCESS_READ), None);
+        // An exact rule is not a prefix either.
+        let f = files("read = [\"/etc/hostname\"]\n");
+        assert_eq!(d(&f, "/etc/hostname.bak", ACCESS_READ), None);
+        assert_eq!(d(&f, "/etc/hostname/x", ACCESS_READ), None);
+    }
+
+    #[test]
+    fn directory_rule_covers_the_directory_itself() {
+        let f = files("read = [\"/srv/kb/\"]\n");
+        let id = f.rules[0].id;
+        assert_eq!(
+            decide_file(&f, "/srv/kb", true, ACCESS_READ),
+            Some((Action::Allow, id))
+        );
+        assert_eq!(
+            decide_file(&f, "/srv/kb/", true, ACCESS_READ),
+            Some((Action::Allow, id))
+        );
+        // A regular file of that name is not "beneath" anything.
+        assert_eq!(decide_file(&f, "/srv/kb", false, ACCESS_READ), None);
+        let f = files("read = [\"/\"]\ndeny = [\"/root/\"]\n");
+        assert!(decide_file(&f, "/", true, ACCESS_READ).is_some());
+        assert!(d(&f, "/etc/passwd", ACCESS_READ).is_some());
+        assert_eq!(
+            decide_file(&f, "/root", true, ACCESS_READ),
+            Some((Action::Deny, f.rules[1].id))
+        );
+    }
+
+    #[test]
+    fn errors_name_file_line_col_and_suggest_the_normal_form() {
+        assert_eq!(
+            error("read = [\"/usr/../etc/\"]\n"),
+            "p/t.toml:7:10: file path `/usr/../etc/` is not normalised (no `//`, `/./` or `..`); \
+             write `/etc/`"
+        );
+        assert!(error("read = [\"/usr//lib\"]\n").ends_with("write `/usr/lib`"));
+        assert!(error("write = [\"/tmp/./x/\"]\n").ends_with("write `/tmp/x/`"));
+        assert!(error("deny = [\"/a/..\"]\n").ends_with("write `/`"));
+        let e = error("read = [\"/ok/\",\n  \"usr/\"]\n");
+        assert!(
+            e.starts_with("p/t.toml:8:4: file path `usr/` must be absolute"),
+            "{e}"
+        );
+        let e = error("exec = [\"\"]\n");
+        assert!(e.contains("must be absolute"), "{e}");
+        // Over-long: a component, then the whole path.
+        let long = format!("/srv/{}/x", "n".repeat(256));
+        let e = error(&format!("read = [\"{long}\"]\n"));
+        assert!(e.starts_with("p/t.toml:7:15:"), "{e}");
+        assert!(e.contains("256 bytes, over the 255"), "{e}");
+        let deep = "/d".repeat(2048);
+        let e = error(&format!("read = [\"{deep}\"]\n"));
+        assert!(e.contains("4096 bytes, over the 4095"), "{e}");
+        assert!(load(&format!("read = [\"{}\"]\n", &deep[..4094])).is_ok());
+        // Unknown keys are errors with a position.
+        let e = error("raed = [\"/usr/\"]\n");
+        assert!(e.starts_with("p/t.toml:7:1: unknown field `raed`"), "{e}");
+        // All errors are reported, each at its own value.
+        let Err(PolicyErrors(es)) = load("read = [\"a\", \"/b//\"]\ndeny = [\"/./\"]\n") else {
+            panic!("parsed")
+        };
+        let at: Vec<(usize, usize)> = es.iter().map(|e| (e.line, e.col)).collect();
+        assert_eq!(at, [(7, 10), (7, 15), (8, 10)]);
+    }
+
+    #[test]
+    fn check_file_path_forms() {
+        assert_eq!(check_file_path("/"), Ok(true));
+        assert_eq!(check_file_path("/a"), Ok(false));
+        assert_eq!(check_file_path("/a/b/"), Ok(true));
+        assert_eq!(check_file_path("/a b/c\u{e9}"), Ok(false));
+        assert!(check_file_path("//").is_err());
+        assert!(check_file_path("/a\0b").is_err_and(|e| e.0 == 2));
+        assert_eq!(normalise("/a/b/.."), "/a/");
+        assert_eq!(normalise("/a//b"), "/a/b");
+    }
+
+    #[test]
+    fn digest_sees_file_rules() {
+        let a = load("read = [\"/usr/\"]\n").expect("loads");
+        let b = load("read = [\"/usr/\"]\ndeny = [\"/usr/x\"]\n").expect("loads");
+        let c = load("read = [\"/usr/\"]\nexec = []\n").expect("loads");
+        let none = load("").expect("loads");
+        assert!(none.files.confined && none.files.rules.is_empty());
+        let absent = parse_str(
+            Path::new("p/t.toml"),
+            "[identity]\nname = \"t\"\n[network]\nallow = [\"tcp://10.0.0.0/8:443\"]\n\
+             unix = [\"/run/x.sock\"]\n",
+            &no_dns,
+        )
+        .expect("loads");
+        assert!(!absent.files.confined);
+        assert_ne!(absent.digest, none.digest);
+        let digests = [a.digest, b.digest, c.digest, none.digest];
+        for (i, x) in digests.iter().enumerate() {
+            for y in &digests[i + 1..] {
+                assert_ne!(x, y);
+            }
+        }
+        assert_eq!(
+            a.digest,
+            load("read = [\"/usr/\"]\n").expect("loads").digest
+        );
+    }
+}

@@ -1,0 +1,273 @@
+//! The seccomp filter `corral run` installs in its child before `execve`.
+//!
+//! Classic BPF, compiled in the parent from the identity's policy at
+//! launch:
+//! 1. any ABI but x86_64, and x32 numbers: EPERM;
+//! 2. `seccomp()` asking for a notification listener: EPERM (an agent's own
+//!    listener would receive its notifications before Corral's: the newest
+//!    filter wins ties);
+//! 3. per syscall number, by a balanced search over runs of numbers with
+//!    the same action: `deny` entries EPERM (enforce mode), hot allowed
+//!    syscalls ALLOW, everything else USER_NOTIF, answered by the launcher
+//!    from the live policy (see `supervisor`).
+//!
+//! The filter is inherited by every thread and child and survives
+//! `execve`; it cannot be removed. Decisions in the filter look at the
+//! syscall number and at `seccomp()`'s flags only (values, not pointers).
+
+use std::{io, os::fd::RawFd};
+
+use agent_common::syscall::{NR_SECCOMP, SECCOMP_FILTER_FLAG_NEW_LISTENER};
+
+use crate::policy::syscalls::SyscallSet;
+
+pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+/// Numbers the bitmap covers; every number above is notified (and refused).
+const TABLE_END: u32 = agent_common::syscall::BITMAP_BITS;
+
+const BPF_LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+const BPF_JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+const BPF_JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+const BPF_JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+const BPF_JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
+const BPF_RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+
+/// `struct seccomp_data` offsets.
+const OFF_NR: u32 = 0;
+const OFF_ARCH: u32 = 4;
+/// Low 32 bits of `args[1]` (little endian).
+const OFF_ARG1_LO: u32 = 16 + 8;
+
+pub const RET_ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
+pub const RET_EPERM: u32 = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+pub const RET_NOTIFY: u32 = libc::SECCOMP_RET_USER_NOTIF;
+
+fn stmt(code: u16, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+/// Never allowed by the filter itself, whatever the policy: `socket` (its
+/// family is checked live), `seccomp` (live, besides the listener check),
+/// and `execve`/`execveat`: the launcher takes the listener while the child
+/// waits in its first `execve` (see `supervisor`).
+const NEVER_IN_FILTER: [u32; 4] = [agent_common::syscall::NR_SOCKET, NR_SECCOMP, 59, 322];
+
+/// The action the filter takes for `nr` (below `TABLE_END`).
+pub fn action(nr: u32, hot_allowed: &SyscallSet, denied: &SyscallSet, enforce: bool) -> u32 {
+    if enforce && denied.contains(nr) {
+        RET_EPERM
+    } else if hot_allowed.contains(nr) && !NEVER_IN_FILTER.contains(&nr) {
+        RET_ALLOW
+    } else {
+        RET_NOTIFY
+    }
+}
+
+/// A compiled filter, ready to install.
+pub struct Filter {
+    prog: Vec<libc::sock_filter>,
+}
+
+impl Filter {
+    /// `hot_allowed`: what the filter allows itself; `denied`: what it
+    /// refuses itself when `enforce` (in audit mode the supervisor sees
+    /// those too, and allows them).
+    pub fn compile(hot_allowed: &SyscallSet, denied: &SyscallSet, enforce: bool) -> Filter {
+        // Runs of equal action: (first number, action). The last run goes
+        // on to 2^32 (numbers past the bitmap are notified).
+        let mut runs: Vec<(u32, u32)> = Vec::new();
+        for nr in 0..TABLE_END {
+            let a = action(nr, hot_allowed, denied, enforce);
+            if runs.last().map(|r| r.1) != Some(a) {
+                runs.push((nr, a));
+            }
+        }
+        if runs.last().map(|r| r.1) != Some(RET_NOTIFY) {
+            runs.push((TABLE_END, RET_NOTIFY));
+        }
+        let mut prog = vec![
+            stmt(BPF_LD_W_ABS, OFF_ARCH),
+            jump(BPF_JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
+            stmt(BPF_RET_K, RET_EPERM),
+            stmt(BPF_LD_W_ABS, OFF_NR),
+            jump(BPF_JGE_K, X32_SYSCALL_BIT, 0, 1),
+            stmt(BPF_RET_K, RET_EPERM),
+            jump(BPF_JEQ_K, NR_SECCOMP, 0, 4),
+            stmt(BPF_LD_W_ABS, OFF_ARG1_LO),
+            jump(BPF_JSET_K, SECCOMP_FILTER_FLAG_NEW_LISTENER as u32, 0, 1),
+            stmt(BPF_RET_K, RET_EPERM),
+            stmt(BPF_LD_W_ABS, OFF_NR),
+        ];
+        prog.extend(tree(&runs));
+        Filter { prog }
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.prog.len()
+    }
+
+    /// Runs the filter on `(arch, nr, args[1])` the way the kernel would.
+    #[cfg(test)]
+    pub fn eval(&self, arch: u32, nr: u32, arg1: u64) -> u32 {
+        let mut a: u32 = 0;
+        let mut pc = 0usize;
+        while let Some(i) = self.prog.get(pc) {
+            pc += 1;
+            match i.code {
+                BPF_LD_W_ABS => {
+                    a = match i.k {
+                        OFF_NR => nr,
+                        OFF_ARCH => arch,
+                        OFF_ARG1_LO => arg1 as u32,
+                        _ => 0,
+                    }
+                }
+                BPF_JEQ_K | BPF_JGE_K | BPF_JSET_K => {
+                    let t = match i.code {
+                        BPF_JEQ_K => a == i.k,
+                        BPF_JGE_K => a >= i.k,
+                        _ => a & i.k != 0,
+                    };
+                    pc += usize::from(if t { i.jt } else { i.jf });
+                }
+                BPF_JA => pc += i.k as usize,
+                BPF_RET_K => return i.k,
+                _ => return 0,
+            }
+        }
+        0
+    }
+
+    /// Installs the filter on the calling thread and returns the listener
+    /// fd. Runs in the child between fork and exec: one or two raw
+    /// syscalls, no allocation. `no_new_privs` must already be set.
+    pub fn install(&self) -> io::Result<RawFd> {
+        let fprog = libc::sock_fprog {
+            len: self.prog.len() as u16,
+            filter: self.prog.as_ptr().cast_mut(),
+        };
+        let mut flags =
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER | libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
+        loop {
+            // SAFETY: `fprog` points at the live program for the call.
+            let fd = unsafe {
+                libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    flags,
+                    &fprog as *const libc::sock_fprog,
+                )
+            };
+            if fd >= 0 {
+                return Ok(fd as RawFd);
+            }
+            let e = io::Error::last_os_error();
+            // WAIT_KILLABLE_RECV is Linux 5.19+; older kernels get the
+            // plain listener (a signal then restarts a notified syscall).
+            if e.raw_os_error() == Some(libc::EINVAL)
+                && flags & libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV != 0
+            {
+                flags &= !libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
+                continue;
+            }
+            return Err(e);
+        }
+    }
+}
+
+/// A balanced search over `runs` (sorted by first number; A holds the
+/// number). Jump offsets are 8-bit, so a left subtree longer than 255
+/// instructions is skipped through a `ja`.
+fn tree(runs: &[(u32, u32)]) -> Vec<libc::sock_filter> {
+    if runs.len() == 1 {
+        return vec![stmt(BPF_RET_K, runs[0].1)];
+    }
+    let mid = runs.len() / 2;
+    let left = tree(&runs[..mid]);
+    let right = tree(&runs[mid..]);
+    let mut out = Vec::with_capacity(left.len() + right.len() + 2);
+    match u8::try_from(left.len()) {
+        Ok(n) => out.push(jump(BPF_JGE_K, runs[mid].0, n, 0)),
+        Err(_) => {
+            out.push(jump(BPF_JGE_K, runs[mid].0, 0, 1));
+            out.push(stmt(BPF_JA, left.len() as u32));
+        }
+    }
+    out.extend(left);
+    out.extend(right);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::syscalls::{hot_set, nr_of};
+
+    fn set(names: &[&str]) -> SyscallSet {
+        let mut s = SyscallSet::default();
+        for n in names {
+            s.insert(nr_of(n).expect(n));
+        }
+        s
+    }
+
+    #[test]
+    fn filter_matches_the_action_table_everywhere() {
+        let allowed = hot_set();
+        let denied = set(&["ptrace", "mount", "bpf", "kexec_load", "io_uring_setup"]);
+        let f = Filter::compile(&allowed, &denied, true);
+        assert!(f.len() < 4096, "{}", f.len());
+        for nr in 0..TABLE_END {
+            assert_eq!(
+                f.eval(AUDIT_ARCH_X86_64, nr, 0),
+                action(nr, &allowed, &denied, true),
+                "nr {nr}"
+            );
+        }
+        assert_eq!(f.eval(AUDIT_ARCH_X86_64, 0, 0), RET_ALLOW);
+        assert_eq!(f.eval(AUDIT_ARCH_X86_64, 101, 0), RET_EPERM);
+        assert_eq!(f.eval(AUDIT_ARCH_X86_64, 83, 0), RET_NOTIFY, "mkdir is live");
+        assert_eq!(f.eval(AUDIT_ARCH_X86_64, 100_000, 0), RET_NOTIFY);
+        assert_eq!(f.eval(AUDIT_ARCH_X86_64, u32::MAX, 0), RET_EPERM);
+        assert_eq!(f.eval(AUDIT_ARCH_X86_64, 0x4000_0000, 0), RET_EPERM, "x32");
+        assert_eq!(f.eval(0x4000_0003, 0, 0), RET_EPERM, "i386");
+        assert_eq!(f.eval(AUDIT_ARCH_X86_64, NR_SECCOMP, 8), RET_EPERM, "listener");
+        assert_eq!(f.eval(AUDIT_ARCH_X86_64, NR_SECCOMP, 0), RET_NOTIFY);
+        assert_eq!(f.eval(AUDIT_ARCH_X86_64, 41, 0), RET_NOTIFY, "socket checks args live");
+        let mut all = hot_set();
+        all.insert(59);
+        let f = Filter::compile(&all, &SyscallSet::default(), true);
+        assert_eq!(f.eval(AUDIT_ARCH_X86_64, 59, 0), RET_NOTIFY, "execve hands over");
+    }
+
+    #[test]
+    fn audit_mode_notifies_the_deny_list_and_long_trees_jump_far() {
+        // Every other number allowed: the worst case for runs.
+        let mut alternate = SyscallSet::default();
+        for nr in (0..TABLE_END).step_by(2) {
+            alternate.insert(nr);
+        }
+        let denied = set(&["ptrace"]);
+        let f = Filter::compile(&alternate, &denied, false);
+        assert!(f.len() > 512, "{}", f.len());
+        for nr in 0..TABLE_END {
+            assert_eq!(
+                f.eval(AUDIT_ARCH_X86_64, nr, 0),
+                action(nr, &alternate, &denied, false),
+                "nr {nr}"
+            );
+        }
+        assert_eq!(f.eval(AUDIT_ARCH_X86_64, 101, 0), RET_NOTIFY);
+    }
+}

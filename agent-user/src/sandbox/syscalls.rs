@@ -1,0 +1,106 @@
+//! `[syscalls]` for `corral run`: the three sandbox phases.
+//!
+//! - prepare (parent): read the identity's value from the pinned
+//!   `SYSCALL_POLICY` (the same value the supervisor will answer from, so
+//!   the filter and the answers start from one policy), compile the filter,
+//!   start the supervisor thread;
+//! - in the child: install the filter, publish the listener (see
+//!   `supervisor`);
+//! - after spawn: nothing; the supervisor thread answers until the launcher
+//!   exits (when the child does).
+
+use std::{os::fd::RawFd, path::PathBuf, sync::Arc};
+
+use agent_common::{identity::MODE_ENFORCE, syscall::SyscallPolicy};
+use anyhow::{Context as _, bail};
+
+use super::{
+    seccomp::Filter,
+    supervisor::{Handshake, PolicyMap, Supervisor},
+};
+use crate::policy::syscalls::{SyscallSet, hot_set, name_bytes, nr_of, ALWAYS_ALLOWED};
+
+pub struct SyscallConfinement {
+    filter: Filter,
+    handshake: Arc<Handshake>,
+}
+
+/// `None` when the identity has no `[syscalls]` section.
+pub fn prepare(identity: &str, policy: &serde_json::Value) -> anyhow::Result<Option<SyscallConfinement>> {
+    let s = &policy["syscalls"];
+    if s["confined"] != true {
+        return Ok(None);
+    }
+    let map_path = PathBuf::from(
+        s["map"]
+            .as_str()
+            .context("the daemon did not say where SYSCALL_POLICY is pinned")?,
+    );
+    let id = policy["identity_id"]
+        .as_u64()
+        .context("the daemon did not send the identity id")? as u32;
+    let avail = std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
+    if !avail.split_whitespace().any(|a| a == "user_notif") {
+        bail!(
+            "identity `{identity}` has a [syscalls] section, but this kernel has no seccomp user \
+             notification (actions: {}): refusing to run it unconfined",
+            avail.trim()
+        );
+    }
+    let map = PolicyMap::open(&map_path).with_context(|| {
+        format!(
+            "opening {} (the identity's syscall policy; `corral run` reads it directly)",
+            map_path.display()
+        )
+    })?;
+    let value: SyscallPolicy = map
+        .lookup(id)
+        .with_context(|| format!("reading {}", map_path.display()))?
+        .with_context(|| format!("no syscall policy for `{identity}` (id {id}) in {}", map_path.display()))?;
+    let name = name_bytes(identity);
+    if value.name != name {
+        bail!("{} holds another identity under id {id}; retry", map_path.display());
+    }
+    if !value.confined() {
+        // A reload removed the section since the daemon answered.
+        return Ok(None);
+    }
+    let allowed = SyscallSet(value.allow);
+    let mut hot = hot_set();
+    for n in ALWAYS_ALLOWED {
+        hot.insert(nr_of(n).expect("in the table"));
+    }
+    let filter = Filter::compile(
+        &allowed.intersect(&hot),
+        &SyscallSet(value.deny),
+        value.mode == MODE_ENFORCE,
+    );
+    let handshake = Arc::new(Handshake::new().context("mapping the handshake page")?);
+    let sup = Supervisor {
+        map,
+        identity_id: id,
+        name,
+    };
+    let h = handshake.clone();
+    std::thread::Builder::new()
+        .name("seccomp-supervisor".into())
+        .spawn(move || sup.run(&h))
+        .context("starting the seccomp supervisor")?;
+    // An agent running as the launcher's user must not ptrace it or write
+    // its memory (it answers for the agent).
+    // SAFETY: plain prctl on ourselves.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    Ok(Some(SyscallConfinement { filter, handshake }))
+}
+
+impl SyscallConfinement {
+    /// In the child, last before exec: no allocation, no syscall after the
+    /// filter is installed.
+    pub fn apply_in_child(&self) -> std::io::Result<()> {
+        // SAFETY: getpid has no arguments.
+        let pid = unsafe { libc::getpid() };
+        let fd: RawFd = self.filter.install()?;
+        self.handshake.publish(pid, fd);
+        Ok(())
+    }
+}

@@ -1,0 +1,411 @@
+//! Probe steps for the BPF-LSM tests (bypass closers, self-protection):
+//!
+//! hold PATH   (open O_RDONLY and keep the fd; prints {"op":"hold","fd":N}) |
+//! reopen-fd FD   (open /proc/self/fd/FD for reading) | read-fd FD |
+//! o-path-reopen PATH   (O_PATH open, then a read re-open through /proc/self/fd) |
+//! openat2 PATH | uring-open PATH   (io_uring IORING_OP_OPENAT, read-only) |
+//! append PATH   (O_WRONLY|O_APPEND) | ro-trunc PATH   (O_RDONLY|O_TRUNC) |
+//! chdir-deep NAME N   (chdir NAME, N times, relative) |
+//! join-cgroup DIR   (write "0" to DIR/cgroup.procs) | write-file PATH DATA |
+//! bpf-map   (bpf(BPF_MAP_CREATE) of a tiny array) | signal PID SIG | ptrace PID |
+//! mount-tmpfs DIR | landlock-read PATH... --   (Landlock: read+exec beneath each)
+
+use std::{ffi::CString, io, os::unix::ffi::OsStrExt as _, path::Path};
+
+use super::emit;
+
+pub fn is_step(op: &str) -> bool {
+    matches!(
+        op,
+        "hold"
+            | "reopen-fd"
+            | "read-fd"
+            | "o-path-reopen"
+            | "openat2"
+            | "uring-open"
+            | "append"
+            | "ro-trunc"
+            | "chdir-deep"
+            | "join-cgroup"
+            | "write-file"
+            | "bpf-map"
+            | "signal"
+            | "ptrace"
+            | "mount-tmpfs"
+            | "landlock-read"
+    )
+}
+
+fn cstr(p: &str) -> CString {
+    CString::new(Path::new(p).as_os_str().as_bytes()).expect("no NUL")
+}
+
+fn check(rc: i64) -> io::Result<i64> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn open_fd(path: &str, flags: i32) -> io::Result<i32> {
+    let c = cstr(path);
+    // SAFETY: valid NUL-terminated path.
+    check(unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, 0o644) } as i64)
+        .map(|fd| fd as i32)
+}
+
+fn close(fd: i32) {
+    // SAFETY: our own fd.
+    unsafe { libc::close(fd) };
+}
+
+fn open_close(path: &str, flags: i32) -> io::Result<()> {
+    open_fd(path, flags).map(close)
+}
+
+/// `struct open_how` of openat2(2).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+fn openat2(path: &str) -> io::Result<()> {
+    let c = cstr(path);
+    let how = OpenHow {
+        flags: (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: 0,
+    };
+    // SAFETY: valid path and open_how for the duration of the call.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            &how as *const OpenHow,
+            size_of::<OpenHow>(),
+        )
+    })?;
+    close(fd as i32);
+    Ok(())
+}
+
+// --- io_uring, by hand (no crate): one IORING_OP_OPENAT -----------------------
+
+#[repr(C)]
+#[derive(Default)]
+struct SqOffsets {
+    head: u32,
+    tail: u32,
+    ring_mask: u32,
+    ring_entries: u32,
+    flags: u32,
+    dropped: u32,
+    array: u32,
+    resv1: u32,
+    user_addr: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CqOffsets {
+    head: u32,
+    tail: u32,
+    ring_mask: u32,
+    ring_entries: u32,
+    overflow: u32,
+    cqes: u32,
+    flags: u32,
+    resv1: u32,
+    user_addr: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct UringParams {
+    sq_entries: u32,
+    cq_entries: u32,
+    flags: u32,
+    sq_thread_cpu: u32,
+    sq_thread_idle: u32,
+    features: u32,
+    wq_fd: u32,
+    resv: [u32; 3],
+    sq_off: SqOffsets,
+    cq_off: CqOffsets,
+}
+
+const IORING_OFF_SQ_RING: i64 = 0;
+const IORING_OFF_CQ_RING: i64 = 0x800_0000;
+const IORING_OFF_SQES: i64 = 0x1000_0000;
+const IORING_OP_OPENAT: u8 = 18;
+const IORING_ENTER_GETEVENTS: u32 = 1;
+
+fn map(fd: i32, len: usize, off: i64) -> io::Result<*mut u8> {
+    // SAFETY: a fresh shared mapping of the ring fd.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            fd,
+            off,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(p.cast())
+}
+
+/// Opens `path` read-only through io_uring; the CQE's result is the errno.
+fn uring_open(path: &str) -> io::Result<()> {
+    let c = cstr(path);
+    let mut p = UringParams::default();
+    // SAFETY: params outlive the call.
+    let fd =
+        check(unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, &mut p as *mut _) })? as i32;
+    let sq_len = p.sq_off.array as usize + p.sq_entries as usize * 4;
+    let cq_len = p.cq_off.cqes as usize + p.cq_entries as usize * 16;
+    let r = (|| {
+        let sq = map(fd, sq_len, IORING_OFF_SQ_RING)?;
+        let cq = map(fd, cq_len, IORING_OFF_CQ_RING)?;
+        let sqes = map(fd, 64 * p.sq_entries as usize, IORING_OFF_SQES)?;
+        // SAFETY: offsets come from the kernel for these mappings; one
+        // entry, written before the tail is published.
+        unsafe {
+            std::ptr::write_bytes(sqes, 0, 64);
+            *sqes = IORING_OP_OPENAT;
+            *(sqes.add(4) as *mut i32) = libc::AT_FDCWD;
+            *(sqes.add(16) as *mut u64) = c.as_ptr() as u64;
+            *(sqes.add(28) as *mut u32) = (libc::O_RDONLY | libc::O_CLOEXEC) as u32;
+            *(sqes.add(32) as *mut u64) = 0xc0ffee;
+            let mask = *(sq.add(p.sq_off.ring_mask as usize) as *const u32);
+            let tail_p = sq.add(p.sq_off.tail as usize) as *const std::sync::atomic::AtomicU32;
+            let tail = (*tail_p).load(std::sync::atomic::Ordering::Acquire);
+            *(sq.add(p.sq_off.array as usize) as *mut u32).add((tail & mask) as usize) = 0;
+            (*tail_p).store(tail + 1, std::sync::atomic::Ordering::Release);
+            check(libc::syscall(
+                libc::SYS_io_uring_enter,
+                fd,
+                1u32,
+                1u32,
+                IORING_ENTER_GETEVENTS,
+                std::ptr::null::<u8>(),
+                0usize,
+            ))?;
+            let cmask = *(cq.add(p.cq_off.ring_mask as usize) as *const u32);
+            let head_p = cq.add(p.cq_off.head as usize) as *const std::sync::atomic::AtomicU32;
+            let head = (*head_p).load(std::sync::atomic::Ordering::Acquire);
+            let cqe = cq.add(p.cq_off.cqes as usize + 16 * (head & cmask) as usize);
+            let res = *(cqe.add(8) as *const i32);
+            (*head_p).store(head + 1, std::sync::atomic::Ordering::Release);
+            if res < 0 {
+                return Err(io::Error::from_raw_os_error(-res));
+            }
+            close(res);
+        }
+        Ok(())
+    })();
+    close(fd);
+    r
+}
+
+// --- Landlock (benchmark baseline) ---------------------------------------------
+
+#[repr(C)]
+struct RulesetAttr {
+    handled_access_fs: u64,
+}
+
+#[repr(C, packed)]
+struct PathBeneath {
+    allowed_access: u64,
+    parent_fd: i32,
+}
+
+/// Restricts this process to reading and executing beneath `paths` (ABI 1
+/// file accesses; everything else refused).
+fn landlock_read(paths: &[String]) -> io::Result<()> {
+    const ALL_V1: u64 = (1 << 13) - 1;
+    const READ: u64 = (1 << 0) | (1 << 2) | (1 << 3); // EXECUTE, READ_FILE, READ_DIR
+    let attr = RulesetAttr {
+        handled_access_fs: ALL_V1,
+    };
+    // SAFETY: attr outlives the call.
+    let rs = check(unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            &attr as *const RulesetAttr,
+            size_of::<RulesetAttr>(),
+            0u32,
+        )
+    })? as i32;
+    for p in paths {
+        let dir = open_fd(p, libc::O_PATH)?;
+        let rule = PathBeneath {
+            allowed_access: READ,
+            parent_fd: dir,
+        };
+        // SAFETY: rule outlives the call; 1 = LANDLOCK_RULE_PATH_BENEATH.
+        let r = check(unsafe {
+            libc::syscall(
+                libc::SYS_landlock_add_rule,
+                rs,
+                1u32,
+                &rule as *const PathBeneath,
+                0u32,
+            )
+        });
+        close(dir);
+        r?;
+    }
+    // SAFETY: plain prctl and syscall.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } as i64)?;
+    let r = check(unsafe { libc::syscall(libc::SYS_landlock_restrict_self, rs, 0u32) });
+    close(rs);
+    r.map(drop)
+}
+
+/// Runs step `args[i]`; returns the index of the next step.
+pub fn step(args: &[String], i: usize) -> usize {
+    let a = |k: usize| args[i + k].as_str();
+    match a(0) {
+        "hold" => {
+            match open_fd(a(1), libc::O_RDONLY) {
+                Ok(fd) => println!(r#"{{"op":"hold","ok":true,"errno":0,"fd":{fd}}}"#),
+                Err(e) => emit("hold", Err(e)),
+            }
+            i + 2
+        }
+        "reopen-fd" => {
+            emit(
+                "reopen-fd",
+                open_close(&format!("/proc/self/fd/{}", a(1)), libc::O_RDONLY),
+            );
+            i + 2
+        }
+        "read-fd" => {
+            let fd: i32 = a(1).parse().expect("fd");
+            let mut b = [0u8; 16];
+            // SAFETY: reads into our own buffer.
+            let r = check(unsafe { libc::pread(fd, b.as_mut_ptr().cast(), b.len(), 0) } as i64);
+            emit("read-fd", r.map(drop));
+            i + 2
+        }
+        "o-path-reopen" => {
+            match open_fd(a(1), libc::O_PATH) {
+                Ok(fd) => {
+                    emit("o-path", Ok(()));
+                    emit(
+                        "o-path-reopen",
+                        open_close(&format!("/proc/self/fd/{fd}"), libc::O_RDONLY),
+                    );
+                    close(fd);
+                }
+                Err(e) => emit("o-path", Err(e)),
+            }
+            i + 2
+        }
+        "openat2" => {
+            emit("openat2", openat2(a(1)));
+            i + 2
+        }
+        "uring-open" => {
+            emit("uring-open", uring_open(a(1)));
+            i + 2
+        }
+        "append" => {
+            emit("append", open_close(a(1), libc::O_WRONLY | libc::O_APPEND));
+            i + 2
+        }
+        "ro-trunc" => {
+            emit("ro-trunc", open_close(a(1), libc::O_RDONLY | libc::O_TRUNC));
+            i + 2
+        }
+        "chdir-deep" => {
+            let n: usize = a(2).parse().expect("count");
+            let r = (0..n).try_for_each(|_| std::env::set_current_dir(a(1)));
+            emit("chdir-deep", r);
+            i + 3
+        }
+        "join-cgroup" => {
+            emit(
+                "join-cgroup",
+                std::fs::write(format!("{}/cgroup.procs", a(1)), "0"),
+            );
+            i + 2
+        }
+        "write-file" => {
+            let r = std::fs::OpenOptions::new()
+                .write(true)
+                .open(a(1))
+                .and_then(|mut f| std::io::Write::write_all(&mut f, a(2).as_bytes()));
+            emit("write-file", r);
+            i + 3
+        }
+        "bpf-map" => {
+            // union bpf_attr for BPF_MAP_CREATE: type, key size, value size,
+            // max entries (the rest zero).
+            let mut attr = [0u32; 32];
+            attr[0] = 2; // BPF_MAP_TYPE_ARRAY
+            attr[1] = 4;
+            attr[2] = 4;
+            attr[3] = 1;
+            // SAFETY: attr outlives the call; 0 = BPF_MAP_CREATE.
+            let r = check(unsafe {
+                libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), size_of_val(&attr))
+            });
+            emit("bpf-map", r.map(|fd| close(fd as i32)));
+            i + 1
+        }
+        "signal" => {
+            let pid: i32 = a(1).parse().expect("pid");
+            let sig: i32 = a(2).parse().expect("signal");
+            // SAFETY: plain syscall.
+            emit(
+                "signal",
+                check(unsafe { libc::kill(pid, sig) } as i64).map(drop),
+            );
+            i + 3
+        }
+        "ptrace" => {
+            let pid: i32 = a(1).parse().expect("pid");
+            // SAFETY: PTRACE_SEIZE does not stop the target; detach at once.
+            let r = check(unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0usize, 0usize) });
+            if r.is_ok() {
+                unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0usize, 0usize) };
+            }
+            emit("ptrace", r.map(drop));
+            i + 2
+        }
+        "mount-tmpfs" => {
+            let dir = cstr(a(1));
+            let fs = cstr("tmpfs");
+            // SAFETY: valid strings for the duration of the call.
+            let r = check(unsafe {
+                libc::mount(fs.as_ptr(), dir.as_ptr(), fs.as_ptr(), 0, std::ptr::null())
+            } as i64);
+            if r.is_ok() {
+                unsafe { libc::umount(dir.as_ptr()) };
+            }
+            emit("mount-tmpfs", r.map(drop));
+            i + 2
+        }
+        "landlock-read" => {
+            let mut j = i + 1;
+            let mut paths = Vec::new();
+            while j < args.len() && args[j] != "--" {
+                paths.push(args[j].clone());
+                j += 1;
+            }
+            emit("landlock-read", landlock_read(&paths));
+            j + 1
+        }
+        other => unreachable!("not an lsm step: {other}"),
+    }
+}

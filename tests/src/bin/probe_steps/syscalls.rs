@@ -1,0 +1,165 @@
+//! Syscall steps of the probe (for the `[syscalls]` tests). Each makes the
+//! named syscall itself (`syscall(2)`, no libc wrapper in between) and
+//! prints `{"op":..,"name":..,"ok":..,"errno":N}`:
+//!
+//! sys NAME [PATH]        one call: mkdir PATH, rmdir PATH, getpgrp, getppid,
+//!                        uname, sysinfo, kcmp, personality |
+//! sys-thread NAME [PATH] the same from a new thread |
+//! sys-exec STEPS...      execve the probe itself with STEPS (the filter and
+//!                        the identity must survive exec) |
+//! io-uring-setup         io_uring_setup(8, ..) |
+//! socket FAMILY          socket(): packet, raw (AF_INET SOCK_RAW ICMP),
+//!                        netlink-route, netlink-generic, vsock, unix, inet |
+//! sys-loop NAME N        N calls of getppid or getpgrp; ns per call
+
+use std::{ffi::CString, io, os::unix::process::CommandExt as _, time::Instant};
+
+pub fn is_step(op: &str) -> bool {
+    matches!(
+        op,
+        "sys" | "sys-thread" | "sys-exec" | "io-uring-setup" | "socket" | "sys-loop"
+    )
+}
+
+fn print(op: &str, name: &str, r: io::Result<i64>) {
+    let line = match r {
+        Ok(v) => format!(r#"{{"op":"{op}","name":"{name}","ok":true,"errno":0,"ret":{v}}}"#),
+        Err(e) => format!(
+            r#"{{"op":"{op}","name":"{name}","ok":false,"errno":{}}}"#,
+            e.raw_os_error().unwrap_or(-1)
+        ),
+    };
+    println!("{line}");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+}
+
+fn ret(r: libc::c_long) -> io::Result<i64> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as i64)
+    }
+}
+
+/// Whether `name` takes a path argument.
+fn takes_path(name: &str) -> bool {
+    matches!(name, "mkdir" | "rmdir")
+}
+
+/// One raw syscall by name.
+pub fn call(name: &str, path: Option<&str>) -> io::Result<i64> {
+    let c = path.map(|p| CString::new(p).expect("no NUL"));
+    let p = c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+    // SAFETY: each call gets valid pointers (path, or a buffer of the size
+    // the kernel writes) or plain integers.
+    unsafe {
+        match name {
+            "mkdir" => ret(libc::syscall(libc::SYS_mkdir, p, 0o755)),
+            "rmdir" => ret(libc::syscall(libc::SYS_rmdir, p)),
+            "getpgrp" => ret(libc::syscall(libc::SYS_getpgrp)),
+            "getppid" => ret(libc::syscall(libc::SYS_getppid)),
+            "uname" => {
+                let mut u: libc::utsname = std::mem::zeroed();
+                ret(libc::syscall(libc::SYS_uname, &mut u as *mut libc::utsname))
+            }
+            "sysinfo" => {
+                let mut s: libc::sysinfo = std::mem::zeroed();
+                ret(libc::syscall(libc::SYS_sysinfo, &mut s as *mut libc::sysinfo))
+            }
+            "kcmp" => {
+                let me = libc::getpid();
+                ret(libc::syscall(libc::SYS_kcmp, me, me, 0 /* KCMP_FILE */, 0, 0))
+            }
+            "personality" => ret(libc::syscall(libc::SYS_personality, 0xffff_ffffu64)),
+            other => panic!("probe: no raw call for `{other}`"),
+        }
+    }
+}
+
+fn socket(kind: &str) -> io::Result<i64> {
+    let (family, ty, proto) = match kind {
+        "packet" => (libc::AF_PACKET, libc::SOCK_RAW, (libc::ETH_P_ALL as u16).to_be() as i32),
+        "raw" => (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
+        "netlink-route" => (libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE),
+        "netlink-generic" => (libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_GENERIC),
+        "vsock" => (libc::AF_VSOCK, libc::SOCK_STREAM, 0),
+        "unix" => (libc::AF_UNIX, libc::SOCK_STREAM, 0),
+        "inet" => (libc::AF_INET, libc::SOCK_STREAM, 0),
+        other => panic!("probe: unknown socket kind `{other}`"),
+    };
+    // SAFETY: plain syscalls; the fd is closed at once.
+    unsafe {
+        let fd = ret(libc::syscall(
+            libc::SYS_socket,
+            family,
+            ty | libc::SOCK_CLOEXEC,
+            proto,
+        ))?;
+        libc::close(fd as i32);
+        Ok(0)
+    }
+}
+
+/// Runs the step at `args[i]`; returns the index of the next step.
+pub fn step(args: &[String], i: usize) -> usize {
+    let op = args[i].as_str();
+    match op {
+        "sys" | "sys-thread" => {
+            let name = args[i + 1].clone();
+            let path = takes_path(&name).then(|| args[i + 2].clone());
+            let r = if op == "sys" {
+                call(&name, path.as_deref())
+            } else {
+                let n = name.clone();
+                std::thread::spawn(move || call(&n, path.as_deref()))
+                    .join()
+                    .expect("thread")
+            };
+            print(op, &name, r);
+            i + 2 + usize::from(takes_path(&name))
+        }
+        "sys-exec" => {
+            let exe = std::env::current_exe().expect("exe");
+            let e = std::process::Command::new(exe).args(&args[i + 1..]).exec();
+            print(op, "execve", Err(e));
+            args.len()
+        }
+        "io-uring-setup" => {
+            let mut params = [0u8; 120];
+            // SAFETY: `params` is a zeroed io_uring_params (120 bytes).
+            let r = unsafe {
+                ret(libc::syscall(
+                    libc::SYS_io_uring_setup,
+                    8,
+                    params.as_mut_ptr(),
+                ))
+            };
+            if let Ok(fd) = r {
+                // SAFETY: closing the ring we just made.
+                unsafe { libc::close(fd as i32) };
+            }
+            print(op, "io_uring_setup", r);
+            i + 1
+        }
+        "socket" => {
+            print(op, &args[i + 1], socket(&args[i + 1]));
+            i + 2
+        }
+        "sys-loop" => {
+            let name = args[i + 1].as_str();
+            let n: u64 = args[i + 2].parse().expect("iterations");
+            let mut errors = 0u64;
+            let start = Instant::now();
+            for _ in 0..n {
+                errors += u64::from(call(name, None).is_err());
+            }
+            let ns = start.elapsed().as_nanos() as u64 / n.max(1);
+            println!(
+                r#"{{"op":"sys-loop","name":"{name}","iters":{n},"ns_per_call":{ns},"errors":{errors}}}"#
+            );
+            i + 3
+        }
+        other => panic!("unknown syscall step {other}"),
+    }
+}
