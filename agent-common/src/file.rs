@@ -84,9 +84,19 @@ pub const FILE_OP_RENAME_SOURCE: u32 = 3;
 pub const FILE_OP_RENAME_TARGET: u32 = 4;
 pub const FILE_OP_MOUNT: u32 = 5;
 pub const FILE_OP_MOVE_MOUNT: u32 = 6;
+/// Creating a file (`O_CREAT`, mknod): write access to the new path.
+pub const FILE_OP_CREATE: u32 = 7;
+pub const FILE_OP_MKDIR: u32 = 8;
+pub const FILE_OP_SYMLINK: u32 = 9;
+pub const FILE_OP_UNLINK: u32 = 10;
+pub const FILE_OP_RMDIR: u32 = 11;
+/// truncate(2) by path.
+pub const FILE_OP_TRUNCATE: u32 = 12;
 
-/// A hard link, rename or mount of a tagged process refused by the BPF LSM
-/// programs (`event::KIND_FILE_OP`). `path` is the side that was refused.
+/// A change to a directory entry (create, mkdir, symlink, unlink, rmdir,
+/// truncate by path, hard link, rename) or a mount of a tagged process,
+/// refused by the BPF LSM programs (`event::KIND_FILE_OP`). `path` is the
+/// side that was refused.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct FileOpEvent {

@@ -64,10 +64,22 @@ pub const PROG_MOVE_MOUNT: &str = "corral_move_mount";
 pub const PROG_LSM_BPF: &str = "corral_lsm_bpf";
 pub const PROG_TASK_KILL: &str = "corral_task_kill";
 pub const PROG_PTRACE: &str = "corral_ptrace_access_check";
-pub const LSM_PROGRAMS: [(&str, &str); 8] = [
+pub const PROG_PATH_MKNOD: &str = "corral_path_mknod";
+pub const PROG_PATH_MKDIR: &str = "corral_path_mkdir";
+pub const PROG_PATH_SYMLINK: &str = "corral_path_symlink";
+pub const PROG_PATH_UNLINK: &str = "corral_path_unlink";
+pub const PROG_PATH_RMDIR: &str = "corral_path_rmdir";
+pub const PROG_PATH_TRUNCATE: &str = "corral_path_truncate";
+pub const LSM_PROGRAMS: [(&str, &str); 14] = [
     (PROG_FILE_OPEN, "file_open"),
     (PROG_PATH_LINK, "path_link"),
     (PROG_PATH_RENAME, "path_rename"),
+    (PROG_PATH_MKNOD, "path_mknod"),
+    (PROG_PATH_MKDIR, "path_mkdir"),
+    (PROG_PATH_SYMLINK, "path_symlink"),
+    (PROG_PATH_UNLINK, "path_unlink"),
+    (PROG_PATH_RMDIR, "path_rmdir"),
+    (PROG_PATH_TRUNCATE, "path_truncate"),
     (PROG_SB_MOUNT, "sb_mount"),
     (PROG_MOVE_MOUNT, "move_mount"),
     (PROG_LSM_BPF, "bpf"),
@@ -88,10 +100,27 @@ pub const SYSCALL_PROGRAMS: [(&str, &str); 2] =
 /// maps (`FILEOBS_PENDING`, `FILEOBS_CGROUPS`) are private and not pinned.
 pub const PROG_FILEOBS_ENTER: &str = "corral_fileobs_enter";
 pub const PROG_FILEOBS_EXIT: &str = "corral_fileobs_exit";
-/// (program, tracepoint) pairs, in attach order.
+/// (program, tracepoint) pairs of the generic fallback (tp_btf), in attach
+/// order.
 pub const FILEOBS_PROGRAMS: [(&str, &str); 2] = [
     (PROG_FILEOBS_ENTER, "sys_enter"),
     (PROG_FILEOBS_EXIT, "sys_exit"),
+];
+/// (program, `syscalls:` tracepoint) pairs of the preferred form: one per
+/// observed syscall, so no other syscall runs a program.
+pub const FILEOBS_TP_PROGRAMS: [(&str, &str); 12] = [
+    ("corral_fo_enter_open", "sys_enter_open"),
+    ("corral_fo_exit_open", "sys_exit_open"),
+    ("corral_fo_enter_openat", "sys_enter_openat"),
+    ("corral_fo_exit_openat", "sys_exit_openat"),
+    ("corral_fo_enter_openat2", "sys_enter_openat2"),
+    ("corral_fo_exit_openat2", "sys_exit_openat2"),
+    ("corral_fo_enter_creat", "sys_enter_creat"),
+    ("corral_fo_exit_creat", "sys_exit_creat"),
+    ("corral_fo_enter_execve", "sys_enter_execve"),
+    ("corral_fo_exit_execve", "sys_exit_execve"),
+    ("corral_fo_enter_execveat", "sys_enter_execveat"),
+    ("corral_fo_exit_execveat", "sys_exit_execveat"),
 ];
 
 /// Global overridden at load time with the daemon's tgid (never judged).

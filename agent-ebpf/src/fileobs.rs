@@ -26,7 +26,7 @@ use aya_ebpf::{
     },
     macros::map,
     maps::LruHashMap,
-    programs::BtfTracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
 };
 
 use crate::{
@@ -37,7 +37,7 @@ use crate::{
 
 /// x86_64 syscall numbers (the `pt_regs` field names below are x86_64's
 /// too, so another architecture fails to build rather than misread).
-mod nr {
+pub mod nr {
     pub const OPEN: i64 = 2;
     pub const CREAT: i64 = 85;
     pub const OPENAT: i64 = 257;
@@ -158,29 +158,26 @@ fn access_of_flags(flags: u64) -> u32 {
     a
 }
 
-/// `sys_enter(struct pt_regs *regs, long id)`.
-pub fn enter(ctx: &BtfTracePointContext) -> i32 {
-    let id: i64 = ctx.arg(1);
-    if id != nr::OPENAT
-        && id != nr::OPEN
-        && id != nr::OPENAT2
-        && id != nr::CREAT
-        && id != nr::EXECVE
-        && id != nr::EXECVEAT
-    {
-        return 0;
-    }
-    let _ = try_enter(ctx, id);
-    0
+#[inline(always)]
+fn is_observed_syscall(id: i64) -> bool {
+    id == nr::OPENAT
+        || id == nr::OPEN
+        || id == nr::OPENAT2
+        || id == nr::CREAT
+        || id == nr::EXECVE
+        || id == nr::EXECVEAT
 }
 
-#[inline(always)]
-fn try_enter(ctx: &BtfTracePointContext, id: i64) -> Result<(), i64> {
-    let Some(s) = observed() else {
-        return Ok(());
-    };
+/// Generic `sys_enter(struct pt_regs *regs, long id)` (tp_btf): runs for
+/// every syscall, so the syscall number is checked first.
+pub fn enter_btf(ctx: &BtfTracePointContext) -> i32 {
+    let id: i64 = ctx.arg(1);
+    if !is_observed_syscall(id) {
+        return 0;
+    }
     let regs: *const pt_regs = ctx.arg(0);
-    // SAFETY: the tracepoint's own pt_regs; probe reads tolerate anything.
+    // SAFETY: the tracepoint's own pt_regs, read with the probe helper
+    // (only for the few syscalls observed).
     let arg = |i: u32| -> Result<u64, i64> {
         let r = unsafe {
             match i {
@@ -190,6 +187,28 @@ fn try_enter(ctx: &BtfTracePointContext, id: i64) -> Result<(), i64> {
             }
         };
         r.map(|v| v as u64).map_err(|e| e as i64)
+    };
+    let _ = record(id, arg);
+    0
+}
+
+/// Per-syscall `syscalls:sys_enter_<name>` tracepoint: runs only for that
+/// syscall (`id`); its arguments are 8-byte fields from offset 16.
+pub fn enter_tp(ctx: &TracePointContext, id: i64) -> i32 {
+    let arg = |i: u32| -> Result<u64, i64> {
+        // SAFETY: offsets inside the tracepoint record (format file).
+        unsafe { ctx.read_at::<u64>(16 + 8 * i as usize) }.map_err(|e| e as i64)
+    };
+    let _ = record(id, arg);
+    0
+}
+
+/// At entry of an observed syscall: remembers the path pointer and access
+/// of a task that is observed (one LRU lookup for everyone else).
+#[inline(always)]
+fn record(id: i64, arg: impl Fn(u32) -> Result<u64, i64>) -> Result<(), i64> {
+    let Some(s) = observed() else {
+        return Ok(());
     };
     let (path, dirfd, access) = if id == nr::OPEN {
         (arg(0)?, DIRFD_CWD, access_of_flags(arg(1)?))
@@ -221,30 +240,37 @@ fn try_enter(ctx: &BtfTracePointContext, id: i64) -> Result<(), i64> {
     FILEOBS_PENDING.insert(&key, &p, 0).map_err(|e| e as i64)
 }
 
-/// `sys_exit(struct pt_regs *regs, long ret)`.
-pub fn exit(ctx: &BtfTracePointContext) -> i32 {
+/// Generic `sys_exit(struct pt_regs *regs, long ret)` (tp_btf).
+pub fn exit_btf(ctx: &BtfTracePointContext) -> i32 {
     let regs: *const pt_regs = ctx.arg(0);
-    // SAFETY: the tracepoint's own pt_regs, read with the probe helper.
-    let id = match unsafe { bpf_probe_read_kernel(&(*regs).orig_rax) } {
-        Ok(v) => v as i64,
-        Err(_) => return 0,
-    };
-    if id != nr::OPENAT
-        && id != nr::OPEN
-        && id != nr::OPENAT2
-        && id != nr::CREAT
-        && id != nr::EXECVE
-        && id != nr::EXECVEAT
-    {
+    // SAFETY: a BTF-typed tracepoint argument: the verifier turns this load
+    // into a fault-tolerant one, without the cost of a helper call (this
+    // runs on every syscall exit of every task).
+    let id = unsafe { (*regs).orig_rax } as i64;
+    if !is_observed_syscall(id) {
         return 0;
     }
+    finish(ctx.arg(1))
+}
+
+/// Per-syscall `syscalls:sys_exit_<name>` tracepoint: `ret` at offset 16.
+pub fn exit_tp(ctx: &TracePointContext) -> i32 {
+    // SAFETY: an offset inside the tracepoint record (format file).
+    match unsafe { ctx.read_at::<i64>(16) } {
+        Ok(ret) => finish(ret),
+        Err(_) => 0,
+    }
+}
+
+/// At exit: reports the observed syscall if it failed with EACCES/EPERM.
+#[inline(always)]
+fn finish(ret: i64) -> i32 {
     let key = bpf_get_current_pid_tgid();
     // SAFETY: plain data copied out before the delete.
     let Some(p) = (unsafe { FILEOBS_PENDING.get(&key) }).copied() else {
         return 0;
     };
     let _ = FILEOBS_PENDING.remove(&key);
-    let ret: i64 = ctx.arg(1);
     if ret != -EACCES && ret != -EPERM {
         return 0;
     }

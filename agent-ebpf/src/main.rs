@@ -80,6 +80,36 @@ mod lsm_entry {
         files::path_rename(&ctx)
     }
 
+    #[lsm(hook = "path_mknod")]
+    pub fn corral_path_mknod(ctx: LsmContext) -> i32 {
+        files::path_mknod(&ctx)
+    }
+
+    #[lsm(hook = "path_mkdir")]
+    pub fn corral_path_mkdir(ctx: LsmContext) -> i32 {
+        files::path_mkdir(&ctx)
+    }
+
+    #[lsm(hook = "path_symlink")]
+    pub fn corral_path_symlink(ctx: LsmContext) -> i32 {
+        files::path_symlink(&ctx)
+    }
+
+    #[lsm(hook = "path_unlink")]
+    pub fn corral_path_unlink(ctx: LsmContext) -> i32 {
+        files::path_unlink(&ctx)
+    }
+
+    #[lsm(hook = "path_rmdir")]
+    pub fn corral_path_rmdir(ctx: LsmContext) -> i32 {
+        files::path_rmdir(&ctx)
+    }
+
+    #[lsm(hook = "path_truncate")]
+    pub fn corral_path_truncate(ctx: LsmContext) -> i32 {
+        files::path_truncate(&ctx)
+    }
+
     #[lsm(hook = "sb_mount")]
     pub fn corral_sb_mount(ctx: LsmContext) -> i32 {
         protect::sb_mount(&ctx)
@@ -107,40 +137,50 @@ mod lsm_entry {
 }
 
 /// The Landlock-denial observer (see `fileobs`): attached only where BPF
-/// LSM does not enforce `[files]`. Names match `maps::PROG_FILEOBS_*`.
+/// LSM does not enforce `[files]`. Names match `maps::PROG_FILEOBS_*` and
+/// `maps::FILEOBS_TP_PROGRAMS`. Preferred: one tracepoint per observed
+/// syscall (`syscalls:sys_{enter,exit}_*`), so other syscalls never run a
+/// program; fallback: tp_btf `sys_enter`/`sys_exit` for all syscalls.
 #[cfg(target_arch = "bpf")]
 mod fileobs_entry {
-    use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+    use aya_ebpf::{
+        macros::{btf_tracepoint, tracepoint},
+        programs::{BtfTracePointContext, TracePointContext},
+    };
 
-    use crate::fileobs;
+    use crate::fileobs::{self, nr};
 
     #[btf_tracepoint(function = "sys_enter")]
     pub fn corral_fileobs_enter(ctx: BtfTracePointContext) -> i32 {
-        fileobs::enter(&ctx)
+        fileobs::enter_btf(&ctx)
     }
 
     #[btf_tracepoint(function = "sys_exit")]
     pub fn corral_fileobs_exit(ctx: BtfTracePointContext) -> i32 {
-        fileobs::exit(&ctx)
-    }
-}
-
-/// The syscall observers (see `syscall`): attached system-wide while some
-/// identity has a `[syscalls]` section.
-#[cfg(target_arch = "bpf")]
-mod syscall_entry {
-    use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-
-    use crate::syscall;
-
-    #[btf_tracepoint(function = "sys_enter")]
-    pub fn corral_sys_enter(ctx: BtfTracePointContext) -> i32 {
-        syscall::on_enter(&ctx)
+        fileobs::exit_btf(&ctx)
     }
 
-    #[btf_tracepoint(function = "sys_exit")]
-    pub fn corral_sys_exit(ctx: BtfTracePointContext) -> i32 {
-        syscall::on_exit(&ctx)
+    macro_rules! per_syscall {
+        ($($enter:ident $exit:ident = $nr:expr;)*) => {$(
+            #[tracepoint]
+            pub fn $enter(ctx: TracePointContext) -> u32 {
+                fileobs::enter_tp(&ctx, $nr) as u32
+            }
+
+            #[tracepoint]
+            pub fn $exit(ctx: TracePointContext) -> u32 {
+                fileobs::exit_tp(&ctx) as u32
+            }
+        )*};
+    }
+
+    per_syscall! {
+        corral_fo_enter_open corral_fo_exit_open = nr::OPEN;
+        corral_fo_enter_openat corral_fo_exit_openat = nr::OPENAT;
+        corral_fo_enter_openat2 corral_fo_exit_openat2 = nr::OPENAT2;
+        corral_fo_enter_creat corral_fo_exit_creat = nr::CREAT;
+        corral_fo_enter_execve corral_fo_exit_execve = nr::EXECVE;
+        corral_fo_enter_execveat corral_fo_exit_execveat = nr::EXECVEAT;
     }
 }
 

@@ -131,9 +131,10 @@ pub struct FileInfo {
     /// the kernel could not resolve it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
-    /// For a refused hard link, rename or mount (BPF LSM): `link-source`,
-    /// `link-target`, `rename-source`, `rename-target`, `mount`,
-    /// `move-mount`. Absent for opens and execs.
+    /// For a refused change to a directory entry or a mount (BPF LSM):
+    /// `create`, `mkdir`, `symlink`, `unlink`, `rmdir`, `truncate`,
+    /// `link-source`, `link-target`, `rename-source`, `rename-target`,
+    /// `mount`, `move-mount`. Absent for opens and execs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub op: Option<String>,
 }
@@ -463,8 +464,9 @@ fn file_note(reason: u32, path_len: u32) -> Option<String> {
 /// A refused link, rename or mount (BPF LSM) in its JSON form.
 pub fn file_op_info(e: &FileOpEvent) -> FileInfo {
     use agent_common::file::{
-        FILE_OP_LINK_SOURCE, FILE_OP_LINK_TARGET, FILE_OP_MOUNT, FILE_OP_MOVE_MOUNT,
-        FILE_OP_RENAME_SOURCE, FILE_OP_RENAME_TARGET,
+        FILE_OP_CREATE, FILE_OP_LINK_SOURCE, FILE_OP_LINK_TARGET, FILE_OP_MKDIR, FILE_OP_MOUNT,
+        FILE_OP_MOVE_MOUNT, FILE_OP_RENAME_SOURCE, FILE_OP_RENAME_TARGET, FILE_OP_RMDIR,
+        FILE_OP_SYMLINK, FILE_OP_TRUNCATE, FILE_OP_UNLINK,
     };
     let op = match e.op {
         FILE_OP_LINK_SOURCE => "link-source",
@@ -473,6 +475,12 @@ pub fn file_op_info(e: &FileOpEvent) -> FileInfo {
         FILE_OP_RENAME_TARGET => "rename-target",
         FILE_OP_MOUNT => "mount",
         FILE_OP_MOVE_MOUNT => "move-mount",
+        FILE_OP_CREATE => "create",
+        FILE_OP_MKDIR => "mkdir",
+        FILE_OP_SYMLINK => "symlink",
+        FILE_OP_UNLINK => "unlink",
+        FILE_OP_RMDIR => "rmdir",
+        FILE_OP_TRUNCATE => "truncate",
         _ => "unknown",
     };
     FileInfo {

@@ -541,6 +541,12 @@ pub struct BgProbe {
 }
 
 impl BgProbe {
+    /// The `corral run` launcher's pid (the probe's parent and, for
+    /// `[syscalls]`, its seccomp supervisor).
+    pub fn launcher_pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits (up to 30 s) for the probe's next step line with this op.
     pub fn next_step(&mut self, op: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);

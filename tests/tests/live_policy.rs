@@ -604,6 +604,12 @@ fn host_name_rules_follow_the_address_and_expire_when_it_stops_resolving() {
     );
     assert_eq!(h["addresses"], serde_json::json!(["127.0.0.2"]), "{h:#}");
 
+    // A broken edit on disk: not in force, and host name refreshes go on
+    // re-applying the policy that is (its sources as they were loaded).
+    let before = d.status()["reload"]["last_time"].clone();
+    d.write_policy("dns", "[identity]\nname = \"dns\"\n[network]\nallow = [\n");
+    let broken = wait_failed_reload(&d, &before)["reload"]["last_errors"][0].clone();
+
     // The name moves: within a refresh interval the new address is allowed
     // and the old one denied.
     let g = d.generation();
@@ -614,7 +620,16 @@ fn host_name_rules_follow_the_address_and_expire_when_it_stops_resolving() {
     });
     d.wait_generation_past(g, Duration::from_secs(5));
     eprintln!("address change applied after {:?}", moved.elapsed());
-    assert_eq!(d.status()["reload"]["last_trigger"], "dns");
+    let r = &d.status()["reload"];
+    assert_eq!(
+        (&r["last_trigger"], &r["last_ok"]),
+        (&Value::from("dns"), &Value::Bool(true)),
+        "{r:#}"
+    );
+    assert_eq!(
+        r["policy_dir_errors"][0], broken,
+        "the broken file stays reported: {r:#}"
+    );
     assert_allowed(&d, "dns", "127.0.0.3", port);
     assert_denied(&d, &tail, "dns", "127.0.0.2", port);
     let show = String::from_utf8_lossy(&d.cli(&["policy", "show", "dns"]).stdout).into_owned();
@@ -792,4 +807,81 @@ fn measure_reload_time_and_memory() {
         rss_kib(pid, "VmRSS:"),
         rss_kib(pid, "VmHWM:")
     );
+}
+
+#[test]
+fn without_the_watcher_only_sighup_and_apply_reload() {
+    if !is_root() {
+        return;
+    }
+    let ok = tcp_listener("127.0.0.1:0");
+    let no = tcp_listener("127.0.0.1:0");
+    let d = Daemon::start_opts(
+        &[(
+            "hup",
+            &policy(
+                "hup",
+                "enforce",
+                &format!("allow = [\"tcp://127.0.0.1:{ok}\"]"),
+            ),
+        )],
+        &["--no-watch"],
+        &[],
+    );
+    let tail = d.tail(Some("hup"));
+    let g0 = d.generation();
+    d.write_policy(
+        "hup",
+        &policy(
+            "hup",
+            "enforce",
+            &format!("allow = [\"tcp://127.0.0.1:{no}\"]"),
+        ),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        d.generation(),
+        g0,
+        "--no-watch: a file change alone changes nothing"
+    );
+    assert_allowed(&d, "hup", "127.0.0.1", ok);
+    // `policy diff` shows what a reload would do.
+    let diff = d.cli_json(&["policy", "diff", "--json"]);
+    let c = &diff["changed"][0];
+    assert_eq!(
+        c["rules_added"][0]["rule"],
+        format!("allow tcp://127.0.0.1:{no}"),
+        "{diff:#}"
+    );
+    assert_eq!(
+        c["rules_removed"][0]["rule"],
+        format!("allow tcp://127.0.0.1:{ok}"),
+        "{diff:#}"
+    );
+
+    let pid = d.status()["daemon"]["pid"].as_i64().unwrap();
+    // SAFETY: plain syscall on the test's own daemon.
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    let g1 = d.wait_generation_past(g0, Duration::from_secs(5));
+    assert_eq!(d.status()["reload"]["last_trigger"], "SIGHUP");
+    assert_allowed(&d, "hup", "127.0.0.1", no);
+    assert_denied(&d, &tail, "hup", "127.0.0.1", ok);
+
+    d.write_policy(
+        "hup",
+        &policy(
+            "hup",
+            "audit",
+            &format!("allow = [\"tcp://127.0.0.1:{no}\"]"),
+        ),
+    );
+    let out = d.cli(&["policy", "apply"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("changed: hup"),
+        "{out:?}"
+    );
+    assert_eq!(d.generation(), g1 + 1);
+    assert_eq!(d.status()["reload"]["last_trigger"], "api");
+    assert_eq!(d.cli_json(&["identities", "--json"])[0]["mode"], "audit");
 }

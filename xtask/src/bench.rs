@@ -59,6 +59,7 @@ pub fn run(ws: &Path) -> Result<()> {
     let _ = fs::remove_dir_all(&tmp);
     let report = result?;
     println!("\n{report}\n\n{}", crate::bench_files::run(ws)?);
+    println!("\n{}", crate::bench_syscall::run(ws)?);
     Ok(())
 }
 

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_files;
+mod bench_syscall;
 mod build;
 mod lint;
 mod run;

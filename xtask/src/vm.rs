@@ -57,6 +57,10 @@ pub struct VmArgs {
     /// Skip `cargo xtask setup` and the builds (use what target/ holds).
     #[arg(long)]
     pub no_build: bool,
+    /// Debugging: run this shell command in the guest instead of the tests
+    /// (its exit status is the result).
+    #[arg(long, value_name = "SH")]
+    pub exec: Option<String>,
 }
 
 /// `cargo xtask vm-test`.
@@ -474,6 +478,9 @@ fn initramfs(stage: &Path, t: &Tests, args: &VmArgs) -> Result<PathBuf> {
                 vec![("CORRAL_VM_BENCH".into(), "1".into())],
             ));
         }
+    }
+    if let Some(cmd) = &args.exec {
+        runs = vec![("sh".into(), vec!["-c".into(), cmd.clone()], Vec::new())];
     }
     let mut libs: BTreeSet<PathBuf> = BTreeSet::new();
     for (host, guest) in &bins {

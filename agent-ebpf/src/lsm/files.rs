@@ -14,11 +14,13 @@ use agent_common::{
     },
     file::{
         ACCESS_EXEC, ACCESS_IDX_EXEC, ACCESS_IDX_READ, ACCESS_IDX_WRITE, ACCESS_READ, ACCESS_WRITE,
-        FILE_KEY_FIXED_BITS, FILE_KEY_PATH_LEN, FILE_OP_LINK_SOURCE, FILE_OP_LINK_TARGET,
-        FILE_OP_RENAME_SOURCE, FILE_OP_RENAME_TARGET, FILE_PATH_LEN, FILE_REASON_NONE,
-        FILE_REASON_PATH_TOO_LONG, FILE_REASON_PROTECTED, FILE_REASON_RULES_BELOW,
-        FILE_REASON_UNRESOLVED, FILE_VALUE_EXACT, FILE_VALUE_RULES_BELOW, FileEvent, FileKey,
-        FileOpEvent, FileRuleValue, IDENTITY_FLAG_FILES, KernelOffsets, LAYER_LSM,
+        FILE_KEY_FIXED_BITS, FILE_KEY_PATH_LEN, FILE_OP_CREATE, FILE_OP_LINK_SOURCE,
+        FILE_OP_LINK_TARGET, FILE_OP_MKDIR, FILE_OP_RENAME_SOURCE, FILE_OP_RENAME_TARGET,
+        FILE_OP_RMDIR, FILE_OP_SYMLINK, FILE_OP_TRUNCATE, FILE_OP_UNLINK, FILE_PATH_LEN,
+        FILE_REASON_NONE, FILE_REASON_PATH_TOO_LONG, FILE_REASON_PROTECTED,
+        FILE_REASON_RULES_BELOW, FILE_REASON_UNRESOLVED, FILE_VALUE_EXACT, FILE_VALUE_RULES_BELOW,
+        FileEvent, FileKey, FileOpEvent, FileRuleValue, IDENTITY_FLAG_FILES, KernelOffsets,
+        LAYER_LSM,
     },
     identity::MODE_AUDIT,
     net::ACTION_ALLOW,
@@ -148,7 +150,7 @@ fn copy_path(dst: *mut u8, s: &FileScratch, len: u32) -> u32 {
         unsafe {
             bpf_probe_read_kernel(
                 dst.cast(),
-                n & (FILE_PATH_LEN as u32 * 2 - 1),
+                kernel::bounded(n as usize, FILE_PATH_LEN * 2 - 1) as u32,
                 s.path.as_ptr().cast(),
             )
         };
@@ -383,7 +385,12 @@ pub fn file_open(ctx: &LsmContext) -> i32 {
     }
     let is_dir = imode & S_IFMT == S_IFDIR;
     if is_dir && len > 1 && (len as usize) < PATH_BUF {
-        sc.path[len as usize & (PATH_BUF - 1)] = b'/';
+        // SAFETY: bounded below PATH_BUF.
+        unsafe {
+            *sc.path
+                .as_mut_ptr()
+                .add(kernel::bounded(len as usize, PATH_BUF - 1)) = b'/'
+        };
         len += 1;
     }
     let v = lookup(sc, s.ruleset, len);
@@ -417,7 +424,12 @@ fn judge_side(
         }
     };
     if dir && len > 1 && (len as usize) < PATH_BUF {
-        sc.path[len as usize & (PATH_BUF - 1)] = b'/';
+        // SAFETY: bounded below PATH_BUF.
+        unsafe {
+            *sc.path
+                .as_mut_ptr()
+                .add(kernel::bounded(len as usize, PATH_BUF - 1)) = b'/'
+        };
         len += 1;
     }
     let v = lookup(sc, s.ruleset, len);
@@ -539,6 +551,70 @@ pub fn path_rename(ctx: &LsmContext) -> i32 {
         FILE_OP_RENAME_TARGET,
         new_is_dir,
     )
+}
+
+/// A change to the directory entry `dentry` in `dir` (create, mkdir,
+/// symlink, unlink, rmdir): needs write access to the entry's path.
+#[inline(always)]
+fn entry_change(ctx: &LsmContext, op: u32, dir_entry: bool) -> i32 {
+    let Some(s) = identity::current() else {
+        return 0;
+    };
+    if s.flags & IDENTITY_FLAG_FILES == 0 {
+        return 0;
+    }
+    let dir: u64 = ctx.arg(0);
+    let dentry: u64 = ctx.arg(1);
+    let o = kernel::offsets();
+    let Some(sc) = kernel::scratch() else {
+        return 0;
+    };
+    let mnt = kernel::read_ptr(dir, o.path_mnt);
+    judge_side(&s, &o, sc, mnt, dentry, dir_entry, op, false)
+}
+
+/// `lsm/path_mknod(dir, dentry, mode, dev)`: also every `O_CREAT` open that
+/// creates (the kernel asks before creating, so nothing is left behind).
+pub fn path_mknod(ctx: &LsmContext) -> i32 {
+    entry_change(ctx, FILE_OP_CREATE, false)
+}
+
+/// `lsm/path_mkdir(dir, dentry, mode)`.
+pub fn path_mkdir(ctx: &LsmContext) -> i32 {
+    entry_change(ctx, FILE_OP_MKDIR, true)
+}
+
+/// `lsm/path_symlink(dir, dentry, old_name)`.
+pub fn path_symlink(ctx: &LsmContext) -> i32 {
+    entry_change(ctx, FILE_OP_SYMLINK, false)
+}
+
+/// `lsm/path_unlink(dir, dentry)`.
+pub fn path_unlink(ctx: &LsmContext) -> i32 {
+    entry_change(ctx, FILE_OP_UNLINK, false)
+}
+
+/// `lsm/path_rmdir(dir, dentry)`.
+pub fn path_rmdir(ctx: &LsmContext) -> i32 {
+    entry_change(ctx, FILE_OP_RMDIR, true)
+}
+
+/// `lsm/path_truncate(path)`: truncate(2) by path never opens the file.
+pub fn path_truncate(ctx: &LsmContext) -> i32 {
+    let Some(s) = identity::current() else {
+        return 0;
+    };
+    if s.flags & IDENTITY_FLAG_FILES == 0 {
+        return 0;
+    }
+    let path: u64 = ctx.arg(0);
+    let o = kernel::offsets();
+    let Some(sc) = kernel::scratch() else {
+        return 0;
+    };
+    let mnt = kernel::read_ptr(path, o.path_mnt);
+    let dentry = kernel::read_ptr(path, o.path_dentry);
+    judge_side(&s, &o, sc, mnt, dentry, false, FILE_OP_TRUNCATE, false)
 }
 
 /// Path of a `struct path *` into the scratch buffer for an event (mounts).

@@ -46,6 +46,17 @@ static CORRAL_KOFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
 #[unsafe(no_mangle)]
 static CORRAL_F_PATH_OFF: Global<u32> = Global::new(0);
 
+/// `v & mask`, with the mask kept: LLVM drops a mask it can prove
+/// redundant from an earlier comparison, but the verifier may not have
+/// tracked that comparison on the register used for the access. A volatile
+/// read hides the value, so the mask is emitted and the verifier sees a
+/// bounded offset.
+#[inline(always)]
+pub fn bounded(v: usize, mask: usize) -> usize {
+    // SAFETY: reads a local.
+    unsafe { core::ptr::read_volatile(&v) & mask }
+}
+
 #[inline(always)]
 pub fn offsets() -> KernelOffsets {
     CORRAL_KOFFSETS.load()
@@ -158,8 +169,12 @@ pub fn build_path(o: &KernelOffsets, s: &mut FileScratch, mnt: u64, dentry: u64)
         }
         let name = read_ptr(dentry, o.dentry_d_name + o.qstr_name);
         let len = read::<u32>(dentry, o.dentry_d_name + o.qstr_len).unwrap_or(0);
-        s.names[n & (MAX_DEPTH - 1)] = name;
-        s.lens[n & (MAX_DEPTH - 1)] = len;
+        let k = bounded(n, MAX_DEPTH - 1);
+        // SAFETY: k < MAX_DEPTH.
+        unsafe {
+            *s.names.as_mut_ptr().add(k) = name;
+            *s.lens.as_mut_ptr().add(k) = len;
+        }
         n += 1;
         dentry = parent;
     }
@@ -173,22 +188,23 @@ pub fn build_path(o: &KernelOffsets, s: &mut FileScratch, mnt: u64, dentry: u64)
         if i >= n {
             break;
         }
-        let k = (n - 1 - i) & (MAX_DEPTH - 1);
-        let len = s.lens[k];
+        let k = bounded(n - 1 - i, MAX_DEPTH - 1);
+        // SAFETY: k < MAX_DEPTH.
+        let (len, name) = unsafe { (*s.lens.as_ptr().add(k), *s.names.as_ptr().add(k)) };
         if len == 0 || len > NAME_MAX || pos + 1 + len as usize >= PATH_BUF {
             return Built::TooLong;
         }
         // SAFETY: pos < PATH_BUF, and the buffer has PATH_SLACK bytes more.
-        unsafe { *base.add(pos & (PATH_BUF - 1)) = b'/' };
+        unsafe { *base.add(bounded(pos, PATH_BUF - 1)) = b'/' };
         pos += 1;
-        let dst = unsafe { base.add(pos & (PATH_BUF - 1)) };
+        let dst = unsafe { base.add(bounded(pos, PATH_BUF - 1)) };
         // SAFETY: dst + len (≤ NAME_MAX) stays inside path; the source is a
         // kernel pointer read by the helper.
         let r = unsafe {
             aya_ebpf::helpers::generated::bpf_probe_read_kernel(
                 dst.cast(),
-                len & NAME_MAX,
-                s.names[k] as *const core::ffi::c_void,
+                bounded(len as usize, NAME_MAX as usize) as u32,
+                name as *const core::ffi::c_void,
             )
         };
         if r != 0 {

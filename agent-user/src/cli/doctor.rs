@@ -77,7 +77,10 @@ pub fn run(a: &JsonFlag) -> anyhow::Result<u8> {
         name: "Landlock",
         ok: abi > 0,
         detail: if abi > 0 {
-            format!("ABI {abi}")
+            format!(
+                "ABI {abi}: the [files] fallback where BPF LSM is unavailable (applied by `corral \
+                 run` at launch; fixed for the process tree)"
+            )
         } else {
             "not available".into()
         },

@@ -114,7 +114,12 @@ pub struct ThawArgs {
     pub name: String,
 }
 
-fn call(client: &Client, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<(StatusCode, Value)> {
+fn call(
+    client: &Client,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<(StatusCode, Value)> {
     let (status, v) = client::block_on(client.call(method, path, body))?;
     if status == StatusCode::NOT_FOUND && v.get("known").is_some() {
         return Err(UsageError(client::api_error(status, &v).to_string()).into());
@@ -136,7 +141,12 @@ fn warnings(v: &Value) {
 }
 
 fn summary(v: &Value) -> String {
-    let scopes: Vec<&str> = v["scopes"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let scopes: Vec<&str> = v["scopes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
     let mut s = format!(
         "lease {} {} for {} [{}]",
         v["id"].as_str().unwrap_or("?"),
@@ -153,7 +163,13 @@ fn summary(v: &Value) -> String {
     if v["state"] == "pending" {
         s.push_str(&format!(
             "; needs approval for [{}] (`corral lease approve {}`), until {}",
-            v["approval_scopes"].as_array().into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(", "),
+            v["approval_scopes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
             v["id"].as_str().unwrap_or("?"),
             v["approval_deadline"].as_str().unwrap_or("?")
         ));
@@ -176,16 +192,30 @@ pub fn run(client: &Client, cmd: LeaseCmd) -> anyhow::Result<u8> {
         }
         LeaseCmd::Renew { id, ttl, json } => {
             let body = json!({ "ttl": ttl });
-            let (_, v) = call(client, Method::POST, &format!("/v1/leases/{id}/renew"), Some(&body))?;
+            let (_, v) = call(
+                client,
+                Method::POST,
+                &format!("/v1/leases/{id}/renew"),
+                Some(&body),
+            )?;
             if v["renew_capped"] == true {
-                eprintln!("note: capped at issue + max_ttl ({})", v["max_expires"].as_str().unwrap_or("?"));
+                eprintln!(
+                    "note: capped at issue + max_ttl ({})",
+                    v["max_expires"].as_str().unwrap_or("?")
+                );
             }
             show_issued(&v, json)
         }
         LeaseCmd::Revoke(a) => {
             let (path, body) = match (&a.id, &a.identity) {
-                (Some(id), _) => (format!("/v1/leases/{id}/revoke"), json!({ "reason": a.reason })),
-                (None, Some(i)) => ("/v1/leases/revoke".to_string(), json!({ "identity": i, "reason": a.reason })),
+                (Some(id), _) => (
+                    format!("/v1/leases/{id}/revoke"),
+                    json!({ "reason": a.reason }),
+                ),
+                (None, Some(i)) => (
+                    "/v1/leases/revoke".to_string(),
+                    json!({ "identity": i, "reason": a.reason }),
+                ),
                 _ => unreachable!("clap requires one"),
             };
             let started = Instant::now();
@@ -209,7 +239,11 @@ pub fn run(client: &Client, cmd: LeaseCmd) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        LeaseCmd::List { identity, all, json } => {
+        LeaseCmd::List {
+            identity,
+            all,
+            json,
+        } => {
             let mut q = Vec::new();
             if let Some(i) = &identity {
                 q.push(format!("identity={i}"));
@@ -217,12 +251,20 @@ pub fn run(client: &Client, cmd: LeaseCmd) -> anyhow::Result<u8> {
             if all {
                 q.push("all=1".into());
             }
-            let (_, v) = call(client, Method::GET, &format!("/v1/leases?{}", q.join("&")), None)?;
+            let (_, v) = call(
+                client,
+                Method::GET,
+                &format!("/v1/leases?{}", q.join("&")),
+                None,
+            )?;
             if json {
                 print_json(&v);
                 return Ok(0);
             }
-            println!("{:<13} {:<20} {:<8} {:<25} {:>7}  SCOPES", "LEASE", "IDENTITY", "STATE", "EXPIRES", "DENIALS");
+            println!(
+                "{:<13} {:<20} {:<8} {:<25} {:>7}  SCOPES",
+                "LEASE", "IDENTITY", "STATE", "EXPIRES", "DENIALS"
+            );
             for l in v.as_array().into_iter().flatten() {
                 println!(
                     "{:<13} {:<20} {:<8} {:<25} {:>7}  {}",
@@ -231,7 +273,13 @@ pub fn run(client: &Client, cmd: LeaseCmd) -> anyhow::Result<u8> {
                     l["state"].as_str().unwrap_or("?"),
                     l["expires"].as_str().unwrap_or("-"),
                     l["denials"],
-                    l["scopes"].as_array().into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(",")
+                    l["scopes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(",")
                 );
             }
             Ok(0)
@@ -243,9 +291,16 @@ pub fn run(client: &Client, cmd: LeaseCmd) -> anyhow::Result<u8> {
                 return Ok(0);
             }
             println!("{}", summary(&v));
-            println!("requested {} by {}", v["requested"].as_str().unwrap_or("?"), v["requested_by"]);
+            println!(
+                "requested {} by {}",
+                v["requested"].as_str().unwrap_or("?"),
+                v["requested_by"]
+            );
             for g in v["grants"].as_array().into_iter().flatten() {
-                println!("grant {}: network {} files {} (files not enforced)", g["scope"], g["network"], g["files"]);
+                println!(
+                    "grant {}: network {} files {} (files not enforced)",
+                    g["scope"], g["network"], g["files"]
+                );
             }
             println!("denials under this lease: {}", v["denials"]);
             for e in v["recent_denials"].as_array().into_iter().flatten() {
@@ -261,7 +316,8 @@ pub fn run(client: &Client, cmd: LeaseCmd) -> anyhow::Result<u8> {
         LeaseCmd::Approve { id } => decide(client, &id, "approve"),
         LeaseCmd::Deny { id } => decide(client, &id, "deny"),
         LeaseCmd::Wait { id, timeout } => {
-            let t = humantime::parse_duration(&timeout).map_err(|e| UsageError(format!("bad --timeout: {e}")))?;
+            let t = humantime::parse_duration(&timeout)
+                .map_err(|e| UsageError(format!("bad --timeout: {e}")))?;
             let v = wait(client, &id, t)?;
             show_issued(&v, true)
         }
@@ -295,7 +351,12 @@ fn show_issued(v: &Value, json: bool) -> anyhow::Result<u8> {
 }
 
 fn decide(client: &Client, id: &str, what: &str) -> anyhow::Result<u8> {
-    let (_, v) = call(client, Method::POST, &format!("/v1/leases/{id}/{what}"), None)?;
+    let (_, v) = call(
+        client,
+        Method::POST,
+        &format!("/v1/leases/{id}/{what}"),
+        None,
+    )?;
     eprintln!("{}", summary(&v));
     Ok(0)
 }
@@ -306,7 +367,12 @@ fn wait(client: &Client, id: &str, total: Duration) -> anyhow::Result<Value> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let slice = left.min(Duration::from_secs(45)).as_secs().max(1);
-        let (_, v) = call(client, Method::GET, &format!("/v1/leases/{id}/wait?timeout={slice}s"), None)?;
+        let (_, v) = call(
+            client,
+            Method::GET,
+            &format!("/v1/leases/{id}/wait?timeout={slice}s"),
+            None,
+        )?;
         if v["state"] != "pending" || Instant::now() >= deadline {
             return Ok(v);
         }
@@ -320,17 +386,22 @@ fn verify(client: &Client, a: &VerifyArgs) -> anyhow::Result<u8> {
             std::io::stdin().read_to_string(&mut s)?;
             s
         }
-        t if t.starts_with('@') => std::fs::read_to_string(&t[1..]).with_context(|| format!("reading {}", &t[1..]))?,
+        t if t.starts_with('@') => {
+            std::fs::read_to_string(&t[1..]).with_context(|| format!("reading {}", &t[1..]))?
+        }
         t => t.to_string(),
     };
     let key = match &a.pubkey {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            PublicKey::parse(&text, None).map_err(|e| UsageError(format!("{}: {e}", p.display())))?
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            PublicKey::parse(&text, None)
+                .map_err(|e| UsageError(format!("{}: {e}", p.display())))?
         }
         None => {
             let (_, v) = call(client, Method::GET, "/v1/leases/pubkey", None)?;
-            PublicKey::parse(v["pem"].as_str().unwrap_or(""), None).map_err(|e| anyhow!("daemon key: {e}"))?
+            PublicKey::parse(v["pem"].as_str().unwrap_or(""), None)
+                .map_err(|e| anyhow!("daemon key: {e}"))?
         }
     };
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
@@ -367,7 +438,11 @@ pub fn thaw(client: &Client, a: &ThawArgs) -> anyhow::Result<u8> {
     eprintln!(
         "{} thawed ({}); lease requests and rotation resumed",
         a.name,
-        if v["was_frozen"] == true { "it was frozen" } else { "it was not frozen" }
+        if v["was_frozen"] == true {
+            "it was frozen"
+        } else {
+            "it was not frozen"
+        }
     );
     for f in v["failed"].as_array().into_iter().flatten() {
         eprintln!("warning: {}", f.as_str().unwrap_or(""));

@@ -108,10 +108,6 @@ pub fn run(client: &Client, args: &RunArgs) -> anyhow::Result<u8> {
     // SAFETY: the closure only makes raw syscalls on pre-built data.
     unsafe {
         cmd.pre_exec(move || {
-            // "0" moves the writing process itself.
-            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -123,7 +119,17 @@ pub fn run(client: &Client, args: &RunArgs) -> anyhow::Result<u8> {
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            conf.apply_in_child()
+            conf.apply_in_child()?;
+            // Joining the cgroup is the last step before exec: the
+            // launcher's own set-up calls above are not the agent's (the
+            // syscall observers would report them, or kill for them), and
+            // the program's first instruction still runs tagged. The fd was
+            // opened by the launcher, whose credentials the kernel checks.
+            // "0" moves the writing process itself.
+            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
         });
     }
     // The terminal's SIGINT/SIGQUIT reach the child directly (same process

@@ -28,7 +28,9 @@ use std::{
 use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use hyper::{Method, Request, Response, StatusCode, body::Incoming, server::conn::http1, service::service_fn};
+use hyper::{
+    Method, Request, Response, StatusCode, body::Incoming, server::conn::http1, service::service_fn,
+};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -164,12 +166,20 @@ impl Caller {
 /// Control-socket entry point (from `api.rs`).
 pub async fn route(req: Request<Incoming>, parts: &[&str]) -> Response<RespBody> {
     let Some(leases) = SERVICE.get().cloned() else {
-        return err(StatusCode::SERVICE_UNAVAILABLE, "the lease service is not running");
+        return err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the lease service is not running",
+        );
     };
     handle(req, parts, &leases, Caller::Operator).await
 }
 
-async fn handle(req: Request<Incoming>, parts: &[&str], l: &Leases, caller: Caller) -> Response<RespBody> {
+async fn handle(
+    req: Request<Incoming>,
+    parts: &[&str],
+    l: &Leases,
+    caller: Caller,
+) -> Response<RespBody> {
     let op = matches!(caller, Caller::Operator);
     let method = req.method().clone();
     let rest: &[&str] = match parts {
@@ -182,13 +192,22 @@ async fn handle(req: Request<Incoming>, parts: &[&str], l: &Leases, caller: Call
         }
         ["v1", "whoami"] if method == Method::GET => {
             return match &caller {
-                Caller::Agent { identity, requester } => {
-                    resp(StatusCode::OK, json!({ "identity": identity, "caller": requester }))
-                }
+                Caller::Agent {
+                    identity,
+                    requester,
+                } => resp(
+                    StatusCode::OK,
+                    json!({ "identity": identity, "caller": requester }),
+                ),
                 Caller::Operator => resp(StatusCode::OK, json!({ "operator": true })),
             };
         }
-        _ => return err(StatusCode::NOT_FOUND, format!("no route {method} /{}", parts.join("/"))),
+        _ => {
+            return err(
+                StatusCode::NOT_FOUND,
+                format!("no route {method} /{}", parts.join("/")),
+            );
+        }
     };
     let actor = caller.actor();
     let r = match (method.clone(), rest) {
@@ -208,8 +227,13 @@ async fn handle(req: Request<Incoming>, parts: &[&str], l: &Leases, caller: Call
         (Method::POST, []) => return issue(req, l, caller).await,
         (Method::POST, ["revoke"]) if op => match body::<RevokeBody>(req).await {
             Err(e) => Err(LeaseError::BadRequest(e)),
-            Ok(RevokeBody { identity: None, .. }) => Err(LeaseError::BadRequest("give `identity`".into())),
-            Ok(RevokeBody { identity: Some(i), reason }) => {
+            Ok(RevokeBody { identity: None, .. }) => {
+                Err(LeaseError::BadRequest("give `identity`".into()))
+            }
+            Ok(RevokeBody {
+                identity: Some(i),
+                reason,
+            }) => {
                 let reason = reason.unwrap_or_else(|| "revoked by the operator".into());
                 l.revoke_identity(&i, "operator", &reason)
                     .await
@@ -222,12 +246,16 @@ async fn handle(req: Request<Incoming>, parts: &[&str], l: &Leases, caller: Call
             match t {
                 Some(Err(e)) => Err(LeaseError::BadRequest(format!("bad timeout: {e}"))),
                 t => {
-                    let t = t.and_then(Result::ok).unwrap_or(Duration::from_secs(30)).min(MAX_WAIT);
+                    let t = t
+                        .and_then(Result::ok)
+                        .unwrap_or(Duration::from_secs(30))
+                        .min(MAX_WAIT);
                     l.wait(id, t, &actor).await
                 }
             }
         }
-        (Method::POST, [id, "renew"]) => match body::<TtlBody>(req).await.and_then(|b| dur(&b.ttl)) {
+        (Method::POST, [id, "renew"]) => match body::<TtlBody>(req).await.and_then(|b| dur(&b.ttl))
+        {
             Err(e) => Err(LeaseError::BadRequest(e)),
             Ok(ttl) => l.renew(id, ttl, &actor).await,
         },
@@ -239,11 +267,18 @@ async fn handle(req: Request<Incoming>, parts: &[&str], l: &Leases, caller: Call
                 l.revoke(id, &actor, &reason).await
             }
         },
-        (Method::POST, [id, d @ ("approve" | "deny")]) if op => l.decide(id, *d == "approve", "operator").await,
+        (Method::POST, [id, d @ ("approve" | "deny")]) if op => {
+            l.decide(id, *d == "approve", "operator").await
+        }
         (_, ["revoke"] | [_, "approve" | "deny"]) => Err(LeaseError::Forbidden(
             "operators only: use the control socket".into(),
         )),
-        _ => return err(StatusCode::NOT_FOUND, format!("no route {method} /{}", parts.join("/"))),
+        _ => {
+            return err(
+                StatusCode::NOT_FOUND,
+                format!("no route {method} /{}", parts.join("/")),
+            );
+        }
     };
     match r {
         Ok(v) => resp(StatusCode::OK, v),
@@ -266,11 +301,16 @@ async fn issue(req: Request<Incoming>, l: &Leases, caller: Caller) -> Response<R
             Some(i) => (i, Requester::Operator),
             None => return err(StatusCode::BAD_REQUEST, "give `identity`"),
         },
-        Caller::Agent { identity, requester } => {
+        Caller::Agent {
+            identity,
+            requester,
+        } => {
             if b.identity.as_ref().is_some_and(|i| *i != identity) {
                 return err(
                     StatusCode::FORBIDDEN,
-                    format!("the caller is attested as `{identity}`: it may only get leases for its own identity"),
+                    format!(
+                        "the caller is attested as `{identity}`: it may only get leases for its own identity"
+                    ),
                 );
             }
             (identity, requester)
@@ -312,11 +352,15 @@ pub fn bind_agent(path: &Path) -> anyhow::Result<UnixListener> {
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!("another corral daemon is already serving {}", path.display());
+            anyhow::bail!(
+                "another corral daemon is already serving {}",
+                path.display()
+            );
         }
         std::fs::remove_file(path)?;
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     Ok(listener)
 }

@@ -385,8 +385,8 @@ mod tests {
         assert_eq!(
             rules,
             [
-                "allow tcp://10.0.0.0/8:80 (t.toml:5:34)",
-                "deny tcp://h.example:22 [10.0.0.1] (t.toml:6:10)"
+                "allow tcp://10.0.0.0/8:80 (t.toml:4:34)",
+                "deny tcp://h.example:22 [10.0.0.1] (t.toml:5:10)"
             ]
         );
     }

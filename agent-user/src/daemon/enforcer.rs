@@ -220,8 +220,11 @@ impl Enforcer {
                     live,
                     reply,
                 } => {
-                    let known = self.live.get(&identity).is_some_and(|l| l.policy.is_some());
+                    let live_digest = self.live.get(&identity).filter(|l| l.policy.is_some()).map(|l| l.digest);
+                    let known = live_digest.is_some();
                     let r = match self.grants.set(&identity, live) {
+                        // Scopes without network grants change nothing here.
+                        Some(Ok(c)) if live_digest == Some(Some(c.policy.digest)) => Ok(()),
                         Some(Ok(c)) if known => self.apply_one(c),
                         Some(Err(e)) if known => Err(e),
                         _ => Ok(()),

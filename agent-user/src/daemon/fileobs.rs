@@ -135,20 +135,21 @@ pub fn files_json(p: &IdentityPolicy) -> serde_json::Value {
 }
 
 /// How the Landlock-denial observer came up (`None`: not tried yet).
-static OBSERVER: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+static OBSERVER: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
 
-/// Records whether the observer attached (once, at start-up).
-pub fn set_observer(r: Result<(), String>) {
-    let _ = OBSERVER.set(r);
+/// Records whether (and in which form) the observer attached (once, at
+/// start-up).
+pub fn set_observer(r: Result<&str, String>) {
+    let _ = OBSERVER.set(r.map(str::to_string));
 }
 
 /// The `files` line of `corral status` / the daemon log.
 pub fn mechanism() -> super::status::Mechanism {
     let abi = crate::sandbox::landlock::abi();
     let observer = match OBSERVER.get() {
-        Some(Ok(())) => "denials reach `corral tail` through the syscall observer \
-                         (tp_btf sys_enter/sys_exit)"
-            .to_string(),
+        Some(Ok(form)) => {
+            format!("denials reach `corral tail` through the syscall observer ({form})")
+        }
         Some(Err(e)) => format!("denials are NOT reported: the observer did not attach ({e})"),
         None => "denial observer not loaded".to_string(),
     };

@@ -40,6 +40,8 @@ pub enum LoadError {
     Stub,
     #[error("mounting bpffs at {path}: {source}")]
     MountBpffs { path: PathBuf, source: nix::Error },
+    #[error("mounting tracefs at {path}: {source}")]
+    MountTracefs { path: PathBuf, source: nix::Error },
     #[error("pin dir {path}: {source}")]
     PinDir { path: PathBuf, source: io::Error },
     #[error("loading the eBPF object: {0}")]
@@ -246,33 +248,96 @@ pub fn attach_sock_addr(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Res
     Ok(())
 }
 
-/// Loads and attaches the Landlock-denial observer (tp_btf `sys_enter` /
-/// `sys_exit`, see agent-ebpf `fileobs`), pinning its links under
-/// `<pin_dir>/links/fileobs` like the others. Optional: the caller reports
-/// a failure and carries on (denials then do not reach `corral tail`).
-pub fn attach_fileobs(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<(), LoadError> {
+/// Loads and attaches the Landlock-denial observer (see agent-ebpf
+/// `fileobs`), pinning its links under `<pin_dir>/links/fileobs` like the
+/// others. Preferred: one `syscalls:` tracepoint per observed syscall (other
+/// syscalls run no program; needs tracefs, mounted here if missing);
+/// fallback: tp_btf `sys_enter`/`sys_exit`. Returns which form runs.
+/// Optional: the caller reports a failure and carries on (denials then do
+/// not reach `corral tail`).
+pub fn attach_fileobs(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<&'static str, LoadError> {
     let dir = pin_dir.join("links").join("fileobs");
     fs::create_dir_all(&dir).map_err(|source| LoadError::PinDir {
         path: dir.clone(),
         source,
     })?;
-    let btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Link {
-        path: "/sys/kernel/btf/vmlinux".into(),
-        message: e.to_string(),
-    })?;
-    for (name, tracepoint) in maps::FILEOBS_PROGRAMS {
-        let perr = |source| LoadError::Program { name, source };
-        let prog: &mut aya::programs::BtfTracePoint = ebpf
-            .program_mut(name)
-            .ok_or(perr(aya::programs::ProgramError::UnexpectedProgramType))?
-            .try_into()
-            .map_err(perr)?;
-        prog.load(tracepoint, &btf).map_err(perr)?;
-        let id = prog.attach().map_err(perr)?;
-        let link: FdLink = prog.take_link(id).map_err(perr)?.into();
-        pin_replacing(link, &dir, name)?;
+    let per_syscall = ensure_tracefs().and_then(|()| {
+        for (name, tracepoint) in maps::FILEOBS_TP_PROGRAMS {
+            let perr = |source| LoadError::Program { name, source };
+            let prog: &mut aya::programs::TracePoint = ebpf
+                .program_mut(name)
+                .ok_or(perr(aya::programs::ProgramError::UnexpectedProgramType))?
+                .try_into()
+                .map_err(perr)?;
+            prog.load().map_err(perr)?;
+            let id = prog.attach("syscalls", tracepoint).map_err(perr)?;
+            let link: FdLink = prog
+                .take_link(id)
+                .map_err(perr)?
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| LoadError::Link {
+                    path: dir.join(name),
+                    message: e.to_string(),
+                })?;
+            pin_replacing(link, &dir, name)?;
+        }
+        Ok(())
+    });
+    let (form, stale): (&'static str, Vec<&str>) = match per_syscall {
+        Ok(()) => (
+            "syscall tracepoints (sys_enter/sys_exit of open, openat, openat2, creat, execve, \
+             execveat)",
+            maps::FILEOBS_PROGRAMS.iter().map(|p| p.0).collect(),
+        ),
+        Err(e) => {
+            warn!("per-syscall tracepoints unavailable ({e}); observing with tp_btf sys_enter/sys_exit");
+            let btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Link {
+                path: "/sys/kernel/btf/vmlinux".into(),
+                message: e.to_string(),
+            })?;
+            for (name, tracepoint) in maps::FILEOBS_PROGRAMS {
+                let perr = |source| LoadError::Program { name, source };
+                let prog: &mut aya::programs::BtfTracePoint = ebpf
+                    .program_mut(name)
+                    .ok_or(perr(aya::programs::ProgramError::UnexpectedProgramType))?
+                    .try_into()
+                    .map_err(perr)?;
+                prog.load(tracepoint, &btf).map_err(perr)?;
+                let id = prog.attach().map_err(perr)?;
+                let link: FdLink = prog.take_link(id).map_err(perr)?.into();
+                pin_replacing(link, &dir, name)?;
+            }
+            (
+                "tp_btf sys_enter/sys_exit (every syscall runs it)",
+                maps::FILEOBS_TP_PROGRAMS.iter().map(|p| p.0).collect(),
+            )
+        }
+    };
+    // Links of the other form, left by an earlier daemon, would observe
+    // twice: retire them (the new form runs already).
+    for name in stale {
+        let _ = fs::remove_file(dir.join(name));
     }
-    Ok(())
+    Ok(form)
+}
+
+/// tracefs at /sys/kernel/tracing (aya looks there for tracepoint ids).
+fn ensure_tracefs() -> Result<(), LoadError> {
+    let at = Path::new("/sys/kernel/tracing");
+    if fs::read_dir(at).is_ok_and(|mut d| d.next().is_some()) {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("tracefs"),
+        at,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|source| LoadError::MountTracefs {
+        path: at.into(),
+        source,
+    })
 }
 
 /// Pins `link` as `links_dir/name`, retiring a link a previous daemon pinned

@@ -43,6 +43,13 @@ pub struct ReloadStatus {
     pub last_report: Option<serde_json::Value>,
     /// Parse + compile + apply of the last attempt, in milliseconds.
     pub last_duration_ms: Option<f64>,
+    /// Of which parse + compile (the rest is writing the kernel maps).
+    pub last_compile_ms: Option<f64>,
+    /// Errors that keep the policy files' current content out of force:
+    /// set by a failed load from disk, cleared by a successful one, and left
+    /// alone by host name refreshes (which re-apply the policy in force), so
+    /// a broken file stays visible after a later `dns` reload.
+    pub policy_dir_errors: Vec<String>,
 }
 
 /// The policy in force: the texts it was compiled from (so host name
@@ -156,6 +163,7 @@ impl Reloader {
                 }
             }
         };
+        let from_disk = earlier.is_none();
         let hosts = self.hosts.clone();
         let d = dir.clone();
         let compiled = tokio::task::spawn_blocking(move || {
@@ -173,6 +181,7 @@ impl Reloader {
         })
         .await
         .expect("policy compile task panicked");
+        let compiled_in = started.elapsed();
 
         let result = match compiled {
             Err(e) => Err(ReloadError::Policy(e)),
@@ -198,15 +207,20 @@ impl Reloader {
         st.last_time = Some(super::events::now_rfc3339());
         st.last_trigger = Some(trigger.to_string());
         st.last_duration_ms = Some(took.as_secs_f64() * 1000.0);
+        st.last_compile_ms = Some(compiled_in.as_secs_f64() * 1000.0);
         match &result {
             Ok(report) => {
                 st.generation += 1;
                 st.last_ok = true;
                 st.last_errors.clear();
                 st.last_report = serde_json::to_value(report).ok();
+                if from_disk {
+                    st.policy_dir_errors.clear();
+                }
                 info!(
                     trigger, dir = %dir.display(), generation = st.generation,
                     took_ms = took.as_millis() as u64,
+                    compile_ms = compiled_in.as_millis() as u64,
                     changed = ?report.changed, removed = ?report.removed,
                     orphaned = ?report.orphaned, "policy reloaded"
                 );
@@ -217,6 +231,9 @@ impl Reloader {
                     ReloadError::Policy(p) => p.0.iter().map(|e| e.to_string()).collect(),
                     other => vec![other.to_string()],
                 };
+                if from_disk && matches!(e, ReloadError::Policy(_)) {
+                    st.policy_dir_errors = st.last_errors.clone();
+                }
                 error!(
                     trigger, dir = %dir.display(),
                     "reload failed, the previous policy stays in force: {e}"

@@ -115,7 +115,8 @@ impl AnomalyAction {
 
 /// Builds grant rules from a list in the `[network] allow` grammar; returns
 /// the rules and the errors found.
-pub(crate) type BuildAllow<'b> = dyn FnMut(&[Spanned<String>]) -> (Vec<NetRule>, Vec<PolicyError>) + 'b;
+pub(crate) type BuildAllow<'b> =
+    dyn FnMut(&[Spanned<String>]) -> (Vec<NetRule>, Vec<PolicyError>) + 'b;
 
 /// Checks `[leases]` and `[anomaly]`, collecting every error.
 pub(crate) fn build(
@@ -244,7 +245,11 @@ fn build_leases(
         match check_scope(s.get_ref()) {
             Err(m) => errors.push(at(src, s, m)),
             Ok(()) if !declared.insert(s.get_ref().clone()) => {
-                errors.push(at(src, s, format!("scope `{}` is listed twice", s.get_ref())));
+                errors.push(at(
+                    src,
+                    s,
+                    format!("scope `{}` is listed twice", s.get_ref()),
+                ));
             }
             Ok(()) => scopes.push(s.get_ref().clone()),
         }
@@ -327,7 +332,16 @@ fn build_leases(
         let ttl = r
             .ttl
             .as_ref()
-            .and_then(|s| duration(src, s, "rotate ttl", Duration::from_secs(2), max_ttl, errors))
+            .and_then(|s| {
+                duration(
+                    src,
+                    s,
+                    "rotate ttl",
+                    Duration::from_secs(2),
+                    max_ttl,
+                    errors,
+                )
+            })
             .unwrap_or(max_ttl);
         let path = r.path.as_ref().and_then(|p| {
             if p.get_ref().starts_with('/') && !p.get_ref().ends_with('/') {
@@ -394,7 +408,11 @@ fn build_anomaly(
             }
         };
         if actions.contains(&act) {
-            errors.push(at(src, a, format!("action `{}` is listed twice", a.get_ref())));
+            errors.push(at(
+                src,
+                a,
+                format!("action `{}` is listed twice", a.get_ref()),
+            ));
         } else {
             actions.push(act);
         }
@@ -427,16 +445,18 @@ pub(crate) fn check_fit(p: &IdentityPolicy) -> Result<(), PolicyErrors> {
         expires_ns: u64::MAX,
     };
     let probe = add_grants(p, std::slice::from_ref(&all), 0);
-    compile_worst_case(&probe).map(|_| ()).map_err(|PolicyErrors(es)| {
-        PolicyErrors(
-            es.into_iter()
-                .map(|mut e| {
-                    e.message = format!("with every [[leases.grant]] active: {}", e.message);
-                    e
-                })
-                .collect(),
-        )
-    })
+    compile_worst_case(&probe)
+        .map(|_| ())
+        .map_err(|PolicyErrors(es)| {
+            PolicyErrors(
+                es.into_iter()
+                    .map(|mut e| {
+                        e.message = format!("with every [[leases.grant]] active: {}", e.message);
+                        e
+                    })
+                    .collect(),
+            )
+        })
 }
 
 /// One live lease of an identity, as the kernel rules need it.
@@ -498,7 +518,8 @@ pub fn with_grants(
     if p.network.expires.len() != base.network.expires.len() {
         // The written policy's digest covers every section; the grants
         // change only the network tables, which `digest` covers.
-        p.digest = base.digest.rotate_left(29) ^ digest(&p, &tables).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        p.digest =
+            base.digest.rotate_left(29) ^ digest(&p, &tables).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
     Ok((p, tables))
 }
@@ -514,7 +535,11 @@ pub(crate) fn fingerprint(p: &IdentityPolicy) -> String {
             l.max_ttl_s, l.scopes, l.approval, l.approval_timeout_s
         );
         for g in &l.grants {
-            let _ = write!(s, "grant {} {:?} {:?};", g.scope, g.files_read, g.files_write);
+            let _ = write!(
+                s,
+                "grant {} {:?} {:?};",
+                g.scope, g.files_read, g.files_write
+            );
             for r in &g.network {
                 let _ = write!(
                     s,
@@ -528,7 +553,11 @@ pub(crate) fn fingerprint(p: &IdentityPolicy) -> String {
         }
     }
     if let Some(a) = &p.anomaly {
-        let _ = write!(s, "anomaly {} {} {:?};", a.max_denials, a.window_ms, a.actions);
+        let _ = write!(
+            s,
+            "anomaly {} {} {:?};",
+            a.max_denials, a.window_ms, a.actions
+        );
     }
     s
 }
@@ -539,7 +568,7 @@ mod tests {
 
     use agent_common::net::{ACTION_ALLOW, CLASS_TCP};
 
-    use super::super::{parse_str, decide, Action};
+    use super::super::{Action, decide, parse_str};
     use super::*;
 
     fn parse(text: &str) -> Result<IdentityPolicy, PolicyErrors> {
@@ -585,13 +614,44 @@ mod tests {
         ))
         .expect_err("bad");
         let shown: Vec<String> = e.0.iter().map(|e| e.to_string()).collect();
-        assert!(shown.iter().any(|s| s.starts_with("p/t.toml:8:14: `approval` names scope `b`")), "{shown:#?}");
-        assert!(shown.iter().any(|s| s.starts_with("p/t.toml:9:12: bad max_ttl `2x`")), "{shown:#?}");
-        assert!(shown.iter().any(|s| s.starts_with("p/t.toml:12:") && s.contains("33")), "{shown:#?}");
-        assert!(shown.iter().any(|s| s.starts_with("p/t.toml:14:15: max_denials 0")), "{shown:#?}");
-        assert!(shown.iter().any(|s| s.starts_with("p/t.toml:16:13: bad action `nuke`")), "{shown:#?}");
-        let unknown = parse(&format!("{BASE}[leases]\nscopes = []\nmaxttl = \"1m\"\n")).expect_err("bad");
-        assert!(unknown.0[0].to_string().starts_with("p/t.toml:8:1: unknown field `maxttl`"), "{unknown}");
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.starts_with("p/t.toml:8:14: `approval` names scope `b`")),
+            "{shown:#?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.starts_with("p/t.toml:9:12: bad max_ttl `2x`")),
+            "{shown:#?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.starts_with("p/t.toml:12:") && s.contains("33")),
+            "{shown:#?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.starts_with("p/t.toml:14:15: max_denials 0")),
+            "{shown:#?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.starts_with("p/t.toml:16:13: bad action `nuke`")),
+            "{shown:#?}"
+        );
+        let unknown =
+            parse(&format!("{BASE}[leases]\nscopes = []\nmaxttl = \"1m\"\n")).expect_err("bad");
+        assert!(
+            unknown.0[0]
+                .to_string()
+                .starts_with("p/t.toml:8:1: unknown field `maxttl`"),
+            "{unknown}"
+        );
     }
 
     #[test]
@@ -627,10 +687,17 @@ mod tests {
         let r = g.network.rules.last().expect("grant rule");
         assert_eq!(r.id, GRANT_RULE_BASE + 1);
         assert_eq!(grant_slot(r.id), Some((0, 1)));
-        assert!(r.describe().contains("[lease abc scope refunds:issue]"), "{}", r.describe());
+        assert!(
+            r.describe().contains("[lease abc scope refunds:issue]"),
+            "{}",
+            r.describe()
+        );
         // The /32 grant beats the /16 deny while it lives.
         let ip = "10.30.0.5".parse().expect("ip");
-        assert_eq!(decide(&t, CLASS_TCP, ip, 8443), Some((Action::Allow, GRANT_RULE_BASE + 1)));
+        assert_eq!(
+            decide(&t, CLASS_TCP, ip, 8443),
+            Some((Action::Allow, GRANT_RULE_BASE + 1))
+        );
         let e = t.v4.iter().find(|e| e.prefix_len == 32).expect("/32");
         assert_eq!(e.list.rules[0].expires_ns, 5_000);
         assert_eq!(e.list.rules[0].action, ACTION_ALLOW);
@@ -651,9 +718,9 @@ mod tests {
 
     #[test]
     fn expiring_rules_hide_only_what_they_outlive() {
-        let p = parse(&format!(
+        let p = parse(
             "[identity]\nname = \"t\"\n[network]\nallow = [\"tcp://10.0.0.1:*\", \"tcp://10.0.0.0/24:80\", \"tcp://10.0.0.0/24:443\"]\n"
-        ))
+        )
         .expect("parses");
         // Without expiry, the /32 `*` hides both /24 rules pushed under it.
         assert_eq!(list_for_host(&p), [(0, 65535, 1, 0)]);
@@ -661,7 +728,10 @@ mod tests {
         // ends, the /24 rules decide again.
         let mut g = p.clone();
         g.network.expires.insert(1, 100);
-        assert_eq!(list_for_host(&g), [(0, 65535, 1, 100), (80, 80, 2, 0), (443, 443, 3, 0)]);
+        assert_eq!(
+            list_for_host(&g),
+            [(0, 65535, 1, 100), (80, 80, 2, 0), (443, 443, 3, 0)]
+        );
         // It hides a rule that ends no later than it does.
         g.network.expires.insert(2, 100);
         g.network.expires.insert(3, 200);
@@ -680,7 +750,8 @@ mod tests {
             scopes: vec!["refunds:issue".into()],
             expires_ns: exp,
         };
-        let (_, t) = with_grants(&p, &[lease("a", 5_000), lease("b", 9_000)], 1_000).expect("compiles");
+        let (_, t) =
+            with_grants(&p, &[lease("a", 5_000), lease("b", 9_000)], 1_000).expect("compiles");
         let e = t.v4.iter().find(|e| e.prefix_len == 32).expect("/32");
         let grants: Vec<u64> = e.list.rules[..e.list.count as usize]
             .iter()
@@ -693,11 +764,23 @@ mod tests {
     #[test]
     fn too_many_grants_for_a_prefix_is_a_load_error() {
         let grants: String = (0..20)
-            .map(|i| format!("[[leases.grant]]\nscope = \"s{i}\"\nnetwork = [\"tcp://10.9.0.1:{}\"]\n", 1000 + i))
+            .map(|i| {
+                format!(
+                    "[[leases.grant]]\nscope = \"s{i}\"\nnetwork = [\"tcp://10.9.0.1:{}\"]\n",
+                    1000 + i
+                )
+            })
             .collect();
         let scopes: Vec<String> = (0..20).map(|i| format!("\"s{i}\"")).collect();
-        let e = parse(&format!("{BASE}[leases]\nscopes = [{}]\n{grants}", scopes.join(", ")))
-            .expect_err("overflow");
-        assert!(e.to_string().contains("with every [[leases.grant]] active: too many rules"), "{e}");
+        let e = parse(&format!(
+            "{BASE}[leases]\nscopes = [{}]\n{grants}",
+            scopes.join(", ")
+        ))
+        .expect_err("overflow");
+        assert!(
+            e.to_string()
+                .contains("with every [[leases.grant]] active: too many rules"),
+            "{e}"
+        );
     }
 }

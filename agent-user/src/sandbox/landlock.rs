@@ -354,8 +354,6 @@ struct PathBeneathAttr {
 #[derive(Debug)]
 pub struct Landlock {
     ruleset: OwnedFd,
-    pub abi: i32,
-    pub rules: usize,
     pub notes: Vec<String>,
 }
 
@@ -389,7 +387,6 @@ impl Landlock {
         // SAFETY: a fresh fd (O_CLOEXEC) nobody else owns.
         let ruleset = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         let plan = plan(files)?;
-        let mut rules = 0;
         for g in &plan.grants {
             let Ok(obj) = open_real(&g.path) else {
                 // Gone since planning (or a symlink): nothing to grant.
@@ -420,12 +417,9 @@ impl Landlock {
                 let e = io::Error::last_os_error();
                 anyhow::bail!("landlock_add_rule {}: {e}", g.path.display());
             }
-            rules += 1;
         }
         Ok(Landlock {
             ruleset,
-            abi,
-            rules,
             notes: plan.notes,
         })
     }

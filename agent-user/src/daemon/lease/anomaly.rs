@@ -43,6 +43,9 @@ struct Inner {
     /// Denials per lease not yet written to the store.
     unsaved: HashMap<String, u64>,
     windows: HashMap<String, VecDeque<u64>>,
+    /// Kernel time of each identity's last trip: one response per window
+    /// (denials already in flight when the agent froze do not trip again).
+    tripped: HashMap<String, u64>,
 }
 
 /// Shared by the event reader (writer of rings and windows) and the lease
@@ -80,7 +83,10 @@ impl Correlator {
 
     pub fn recent(&self, lease: &str) -> Vec<Arc<Event>> {
         let g = self.inner.lock().expect("correlator lock");
-        g.rings.get(lease).map(|r| r.iter().cloned().collect()).unwrap_or_default()
+        g.rings
+            .get(lease)
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Denials of `lease` not yet written to the store.
@@ -94,9 +100,11 @@ impl Correlator {
         std::mem::take(&mut self.inner.lock().expect("correlator lock").unsaved)
     }
 
-    /// Restarts the denial window of `identity` (after a trip, and on thaw).
+    /// Restarts the denial window of `identity` and re-arms it (on thaw).
     pub fn reset_window(&self, identity: &str) {
-        self.inner.lock().expect("correlator lock").windows.remove(identity);
+        let mut g = self.inner.lock().expect("correlator lock");
+        g.windows.remove(identity);
+        g.tripped.remove(identity);
     }
 }
 
@@ -119,7 +127,9 @@ pub struct Watch {
 }
 
 fn ms_of(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Watch {
@@ -166,15 +176,25 @@ impl Watch {
         else {
             return;
         };
-        let w = g.windows.entry(identity.clone()).or_default();
         let window_ns = a.window_ms.saturating_mul(1_000_000);
+        if g.tripped
+            .get(&identity)
+            .is_some_and(|&t| boot_ns < t.saturating_add(window_ns))
+        {
+            return;
+        }
+        let w = g.windows.entry(identity.clone()).or_default();
         w.push_back(boot_ns);
-        while w.front().is_some_and(|&f| f.saturating_add(window_ns) < boot_ns) {
+        while w
+            .front()
+            .is_some_and(|&f| f.saturating_add(window_ns) < boot_ns)
+        {
             w.pop_front();
         }
         if w.len() > a.max_denials as usize {
             let denials = w.len();
             w.clear();
+            g.tripped.insert(identity.clone(), boot_ns);
             let _ = self.trips.send(Trip {
                 identity,
                 denials,

@@ -116,14 +116,22 @@ pub fn peer_of(sock: RawFd) -> Result<Peer, AttestError> {
         )
     };
     if r != 0 || cred.pid <= 0 {
-        return Err(AttestError::Creds(std::io::Error::last_os_error().to_string()));
+        return Err(AttestError::Creds(
+            std::io::Error::last_os_error().to_string(),
+        ));
     }
     let pid = cred.pid as u32;
     let mut fd: libc::c_int = -1;
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes one int.
     let r = unsafe {
-        libc::getsockopt(sock, libc::SOL_SOCKET, SO_PEERPIDFD, (&raw mut fd).cast(), &mut len)
+        libc::getsockopt(
+            sock,
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&raw mut fd).cast(),
+            &mut len,
+        )
     };
     let (pidfd, via) = if r == 0 && fd >= 0 {
         // SAFETY: a fresh fd from the kernel.
@@ -231,7 +239,10 @@ mod tests {
         let peer = peer_of(a.as_raw_fd()).expect("peer");
         assert_eq!(peer.pid, std::process::id());
         let at = attest(&peer).expect("attested");
-        assert_eq!(at.cgroup, crate::cgroup::of_pid(std::process::id()).unwrap());
+        assert_eq!(
+            at.cgroup,
+            crate::cgroup::of_pid(std::process::id()).unwrap()
+        );
     }
 
     fn peer_for(child: &std::process::Child, accepted_ticks: u64) -> Peer {
@@ -277,11 +288,21 @@ mod tests {
             accepted_ticks: 10,
         };
         assert_eq!(judge(1, ok), Ok(()));
-        let dead = Checks { alive_after: false, ..ok };
+        let dead = Checks {
+            alive_after: false,
+            ..ok
+        };
         assert_eq!(judge(1, dead), Err(AttestError::Exited(1)));
-        let changed = Checks { start_after: 11, ..ok };
+        let changed = Checks {
+            start_after: 11,
+            ..ok
+        };
         assert_eq!(judge(1, changed), Err(AttestError::Reused(1)));
-        let late = Checks { start_before: 11, start_after: 11, ..ok };
+        let late = Checks {
+            start_before: 11,
+            start_after: 11,
+            ..ok
+        };
         assert_eq!(judge(1, late), Err(AttestError::Reused(1)));
     }
 }

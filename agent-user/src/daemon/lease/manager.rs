@@ -63,20 +63,23 @@ impl Leases {
                         .find(|s| !lp.scopes.contains(s))
                         .map(|s| format!("the policy no longer lists scope `{s}`")),
                 };
-                let (state, reason, action) = if l.state == LeaseState::Active
-                    && l.expires_ms.is_some_and(|e| e <= now)
-                {
-                    (LeaseState::Expired, "ttl".to_string(), "expire")
-                } else if l.state == LeaseState::Pending
-                    && l.approval_deadline_ms.is_some_and(|d| d <= now)
-                {
-                    (LeaseState::Denied, "approval timed out".to_string(), "deny")
-                } else if let Some(why) = gone {
-                    (LeaseState::Revoked, why, "revoke")
+                let (state, reason, action) =
+                    if l.state == LeaseState::Active && l.expires_ms.is_some_and(|e| e <= now) {
+                        (LeaseState::Expired, "ttl".to_string(), "expire")
+                    } else if l.state == LeaseState::Pending
+                        && l.approval_deadline_ms.is_some_and(|d| d <= now)
+                    {
+                        (LeaseState::Denied, "approval timed out".to_string(), "deny")
+                    } else if let Some(why) = gone {
+                        (LeaseState::Revoked, why, "revoke")
+                    } else {
+                        continue;
+                    };
+                let at = if state == LeaseState::Expired {
+                    l.expires_ms.unwrap_or(now)
                 } else {
-                    continue;
+                    now
                 };
-                let at = if state == LeaseState::Expired { l.expires_ms.unwrap_or(now) } else { now };
                 l.state = state;
                 l.ended_ms = Some(at);
                 l.end_reason = Some(reason.clone());
@@ -84,7 +87,10 @@ impl Leases {
                     l.decided_by = Some("timeout".into());
                 }
                 touched.insert(l.identity.clone());
-                events.push((l.identity.clone(), json!({ "action": action, "lease": l.id, "by": "corral", "reason": reason })));
+                events.push((
+                    l.identity.clone(),
+                    json!({ "action": action, "lease": l.id, "by": "corral", "reason": reason }),
+                ));
             }
             for (id, n) in &counts {
                 if let Some(l) = st.leases.iter_mut().find(|l| l.id == *id) {
@@ -119,7 +125,12 @@ impl Leases {
     async fn rotate(&self) {
         let snap = self.snapshot.borrow().clone();
         for v in snap.by_id.values() {
-            let Some(r) = v.policy.as_ref().and_then(|p| p.leases.as_ref()).and_then(|l| l.rotate.clone()) else {
+            let Some(r) = v
+                .policy
+                .as_ref()
+                .and_then(|p| p.leases.as_ref())
+                .and_then(|l| l.rotate.clone())
+            else {
                 continue;
             };
             if self.identity_state(&v.name).suspended {
@@ -168,14 +179,19 @@ impl Leases {
             match write_token(&path, lease["token"].as_str().unwrap_or("")) {
                 Ok(()) => {
                     let id = lease["id"].as_str().unwrap_or("").to_string();
-                    self.rotated.lock().expect("rotated").insert(v.name.clone(), id.clone());
+                    self.rotated
+                        .lock()
+                        .expect("rotated")
+                        .insert(v.name.clone(), id.clone());
                     self.emit(
                         "lease",
                         &v.name,
                         json!({ "action": "rotate", "lease": id, "path": path, "expires": lease["expires"] }),
                     );
                 }
-                Err(e) => warn!(identity = %v.name, path = %path.display(), "writing the rotated token: {e}"),
+                Err(e) => {
+                    warn!(identity = %v.name, path = %path.display(), "writing the rotated token: {e}")
+                }
             }
         }
     }
@@ -199,9 +215,10 @@ impl Leases {
             let written_us = boot_ns().saturating_sub(t.boot_ns) / 1000;
             let detect_to_write_us = t.detected.elapsed().as_micros() as u64;
             let cg = cgroups.clone();
-            let frozen = tokio::task::spawn_blocking(move || wait_frozen(&cg, Duration::from_secs(2)))
-                .await
-                .unwrap_or(false);
+            let frozen =
+                tokio::task::spawn_blocking(move || wait_frozen(&cg, Duration::from_secs(2)))
+                    .await
+                    .unwrap_or(false);
             let frozen_us = boot_ns().saturating_sub(t.boot_ns) / 1000;
             freeze = Some(json!({
                 "action": "freeze", "cgroups": cgroups, "frozen": frozen,

@@ -29,10 +29,10 @@ pub use anomaly::{Correlator, Trip, Watch};
 pub use grants::GrantTable;
 pub use ops::{Actor, IssueReq};
 use serde_json::{Value, json};
-pub use store::{Requester, boot_ns};
 use store::{Lease, LeaseState, STORE_VERSION, StoreFile, now_ms, rfc3339};
-use tokio::sync::{broadcast, mpsc, watch};
+pub use store::{Requester, boot_ns};
 use token::{Claims, HostKey};
+use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
 use super::{enforcer::Command, snapshot::Snapshot};
@@ -154,7 +154,8 @@ impl Leases {
             rotated: Mutex::default(),
         };
         me.after_load();
-        me.save().map_err(|e| anyhow::anyhow!("writing the lease store: {e}"))?;
+        me.save()
+            .map_err(|e| anyhow::anyhow!("writing the lease store: {e}"))?;
         Ok(me)
     }
 
@@ -170,21 +171,41 @@ impl Leases {
             }
             st.boot_id = boot;
         }
-        let live = st.leases.iter().filter(|l| l.state == LeaseState::Active).count();
-        let pending = st.leases.iter().filter(|l| l.state == LeaseState::Pending).count();
+        let live = st
+            .leases
+            .iter()
+            .filter(|l| l.state == LeaseState::Active)
+            .count();
+        let pending = st
+            .leases
+            .iter()
+            .filter(|l| l.state == LeaseState::Pending)
+            .count();
         if live + pending > 0 {
             info!(active = live, pending, "lease store loaded");
         }
     }
 
-    /// Writes the store (atomically).
+    /// The store as it is now, serialized.
+    fn store_bytes(&self) -> Vec<u8> {
+        let mut st = self.state.lock().expect("lease state");
+        st.prune(now_ms());
+        serde_json::to_vec_pretty(&*st).expect("json")
+    }
+
+    /// Writes the store (atomically, durably).
     fn save(&self) -> Result<(), LeaseError> {
-        let bytes = {
-            let mut st = self.state.lock().expect("lease state");
-            st.prune(now_ms());
-            serde_json::to_vec_pretty(&*st).expect("json")
-        };
-        store::write_atomic(&self.store_path, &bytes).map_err(|e| LeaseError::Internal(e.to_string()))
+        store::write_atomic(&self.store_path, &self.store_bytes())
+            .map_err(|e| LeaseError::Internal(format!("writing the lease store: {e}")))
+    }
+
+    /// Writes the store on a blocking thread.
+    async fn save_async(&self) -> Result<(), LeaseError> {
+        let (path, bytes) = (self.store_path.clone(), self.store_bytes());
+        match tokio::task::spawn_blocking(move || store::write_atomic(&path, &bytes)).await {
+            Ok(r) => r.map_err(|e| LeaseError::Internal(format!("writing the lease store: {e}"))),
+            Err(e) => Err(LeaseError::Internal(e.to_string())),
+        }
     }
 
     pub fn public_key(&self) -> &token::PublicKey {

@@ -80,16 +80,23 @@ impl Leases {
         Ok((lp, crate::cgroup::id(&view.cgroup).unwrap_or(0)))
     }
 
-    /// Applies the leases of `identity` to the kernel; on failure, ends
-    /// `failed` (the lease whose change could not be applied) closed.
+    /// Makes a change durable and applies the leases of `identity` to the
+    /// kernel, both at once; nothing is answered (no token handed out, no
+    /// revoke acknowledged) before both are done. On failure, ends `failed`
+    /// (the lease whose change could not be made) closed.
     async fn commit(&self, identity: &str, failed: Option<&str>) -> Result<(), LeaseError> {
-        self.save()?;
-        let r = self.push(identity).await;
+        let (saved, pushed) = tokio::join!(self.save_async(), self.push(identity));
+        let r = saved.and(pushed);
         if let (Err(e), Some(id)) = (&r, failed) {
             {
                 let mut st = self.state.lock().expect("lease state");
                 if let Some(l) = st.leases.iter_mut().find(|l| l.id == id) {
-                    end(l, LeaseState::Revoked, now_ms(), &format!("kernel apply failed: {e}"));
+                    end(
+                        l,
+                        LeaseState::Revoked,
+                        now_ms(),
+                        &format!("kernel apply failed: {e}"),
+                    );
                 }
             }
             let _ = self.save();
@@ -227,11 +234,19 @@ impl Leases {
 
     /// Extends an active lease by `ttl` (default: its original ttl) from
     /// now, never past issue + `max_ttl`.
-    pub async fn renew(&self, id: &str, ttl: Option<Duration>, actor: &Actor) -> Result<Value, LeaseError> {
+    pub async fn renew(
+        &self,
+        id: &str,
+        ttl: Option<Duration>,
+        actor: &Actor,
+    ) -> Result<Value, LeaseError> {
         let _one = self.serial.lock().await;
         let l = self.get_for(id, actor)?;
         if l.state != LeaseState::Active {
-            return Err(LeaseError::Conflict(format!("lease {id} is {}, not active", l.state.name())));
+            return Err(LeaseError::Conflict(format!(
+                "lease {id} is {}, not active",
+                l.state.name()
+            )));
         }
         let now = now_ms();
         let incr = ttl.map_or(l.ttl_s, |d| d.as_secs()).max(1);
@@ -240,7 +255,11 @@ impl Leases {
         let exp = want.min(cap).max(l.expires_ms.unwrap_or(0));
         {
             let mut st = self.state.lock().expect("lease state");
-            let m = st.leases.iter_mut().find(|x| x.id == id).expect("just read");
+            let m = st
+                .leases
+                .iter_mut()
+                .find(|x| x.id == id)
+                .expect("just read");
             m.expires_ms = Some(exp);
             m.expires_boot_ns = wall_ms_to_boot_ns(exp);
             m.renewals += 1;
@@ -263,12 +282,19 @@ impl Leases {
         let _one = self.serial.lock().await;
         let l = self.get_for(id, actor)?;
         if l.state.ended() {
-            return Err(LeaseError::Conflict(format!("lease {id} is already {}", l.state.name())));
+            return Err(LeaseError::Conflict(format!(
+                "lease {id} is already {}",
+                l.state.name()
+            )));
         }
         let started = std::time::Instant::now();
         {
             let mut st = self.state.lock().expect("lease state");
-            let m = st.leases.iter_mut().find(|x| x.id == id).expect("just read");
+            let m = st
+                .leases
+                .iter_mut()
+                .find(|x| x.id == id)
+                .expect("just read");
             end(m, LeaseState::Revoked, now_ms(), reason);
         }
         self.commit(&l.identity, None).await?;
@@ -286,7 +312,12 @@ impl Leases {
 
     /// Ends every active and pending lease of `identity` and suspends its
     /// own requests and rotation until `corral thaw`.
-    pub async fn revoke_identity(&self, identity: &str, by: &str, reason: &str) -> Result<Vec<String>, LeaseError> {
+    pub async fn revoke_identity(
+        &self,
+        identity: &str,
+        by: &str,
+        reason: &str,
+    ) -> Result<Vec<String>, LeaseError> {
         let _one = self.serial.lock().await;
         self.revoke_identity_locked(identity, by, reason).await
     }
@@ -300,7 +331,10 @@ impl Leases {
         let now = now_ms();
         let ids: Vec<String> = {
             let mut st = self.state.lock().expect("lease state");
-            st.identities.entry(identity.to_string()).or_default().suspended = true;
+            st.identities
+                .entry(identity.to_string())
+                .or_default()
+                .suspended = true;
             st.leases
                 .iter_mut()
                 .filter(|l| l.identity == identity && !l.state.ended())
@@ -326,12 +360,22 @@ impl Leases {
         let _one = self.serial.lock().await;
         let l = self.get(id)?;
         if l.state != LeaseState::Pending {
-            return Err(LeaseError::Conflict(format!("lease {id} is {}, not pending", l.state.name())));
+            return Err(LeaseError::Conflict(format!(
+                "lease {id} is {}, not pending",
+                l.state.name()
+            )));
         }
-        let max = self.lease_policy(&l.identity).map(|(lp, _)| lp.max_ttl_s).unwrap_or(l.ttl_s);
+        let max = self
+            .lease_policy(&l.identity)
+            .map(|(lp, _)| lp.max_ttl_s)
+            .unwrap_or(l.ttl_s);
         {
             let mut st = self.state.lock().expect("lease state");
-            let m = st.leases.iter_mut().find(|x| x.id == id).expect("just read");
+            let m = st
+                .leases
+                .iter_mut()
+                .find(|x| x.id == id)
+                .expect("just read");
             m.decided_by = Some(by.to_string());
             if approve {
                 m.ttl_s = m.ttl_s.min(max);
@@ -351,7 +395,12 @@ impl Leases {
 
     /// Waits until a pending lease is decided (or `timeout`); the answer
     /// carries the token once active.
-    pub async fn wait(&self, id: &str, timeout: Duration, actor: &Actor) -> Result<Value, LeaseError> {
+    pub async fn wait(
+        &self,
+        id: &str,
+        timeout: Duration,
+        actor: &Actor,
+    ) -> Result<Value, LeaseError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut rx = self.changed.subscribe();
         loop {

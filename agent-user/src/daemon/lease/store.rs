@@ -165,8 +165,10 @@ impl StoreFile {
 
     /// Drops leases that ended long ago.
     pub fn prune(&mut self, now_ms: u64) {
-        self.leases
-            .retain(|l| l.ended_ms.is_none_or(|e| now_ms.saturating_sub(e) < KEEP_ENDED_MS));
+        self.leases.retain(|l| {
+            l.ended_ms
+                .is_none_or(|e| now_ms.saturating_sub(e) < KEEP_ENDED_MS)
+        });
         let ended = self.leases.iter().filter(|l| l.state.ended()).count();
         if ended > KEEP_ENDED_MAX {
             let mut drop = ended - KEEP_ENDED_MAX;
@@ -191,7 +193,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
     ));
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -243,8 +247,7 @@ pub fn wall_ms_to_boot_ns(ms: u64) -> u64 {
 
 /// RFC 3339 of a unix ms time.
 pub fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_millis(ms))
-        .to_string()
+    humantime::format_rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
 }
 
 #[cfg(test)]
@@ -262,7 +265,10 @@ mod tests {
         write_atomic(&p, &serde_json::to_vec(&s).unwrap()).expect("write");
         assert!(StoreFile::load(&p).is_ok());
         fs::write(&p, b"{\"version\":1,\"leases\":[{").unwrap();
-        assert!(matches!(StoreFile::load(&p), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            StoreFile::load(&p),
+            Err(StoreError::Corrupt { .. })
+        ));
         fs::remove_file(&p).unwrap();
         assert!(matches!(StoreFile::load(&p), Err(StoreError::Io { .. })));
     }

@@ -17,7 +17,10 @@ use std::{
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use ed25519_dalek::{
     Signature, Signer as _, SigningKey, VerifyingKey,
-    pkcs8::{DecodePrivateKey as _, DecodePublicKey as _, EncodePrivateKey as _, EncodePublicKey as _, spki::der::pem::LineEnding},
+    pkcs8::{
+        DecodePrivateKey as _, DecodePublicKey as _, EncodePrivateKey as _, EncodePublicKey as _,
+        spki::der::pem::LineEnding,
+    },
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -26,7 +29,10 @@ use sha2::{Digest as _, Sha256};
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: not an Ed25519 PKCS#8 PEM private key: {why}")]
     Parse { path: String, why: String },
     #[error("{path} is readable by others (mode {mode:o}); it must be 0600")]
@@ -236,7 +242,8 @@ impl PublicKey {
     pub fn verify_signature(&self, token: &str) -> Result<Claims, VerifyError> {
         let bad = |m: &str| VerifyError::Malformed(m.to_string());
         let mut parts = token.trim().split('.');
-        let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(c), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(bad("expected three dot-separated parts"));
         };
@@ -303,13 +310,24 @@ mod tests {
         assert_eq!(pem.kid, k.public().kid);
         assert_eq!(pem.verify(&t, 150).expect("valid"), claims(200));
         assert_eq!(jwk.verify(&t, 150).expect("valid"), claims(200));
-        assert!(matches!(pem.verify(&t, 200), Err(VerifyError::Expired { .. })));
-        assert!(matches!(pem.verify(&t, 99), Err(VerifyError::NotYet { .. })));
+        assert!(matches!(
+            pem.verify(&t, 200),
+            Err(VerifyError::Expired { .. })
+        ));
+        assert!(matches!(
+            pem.verify(&t, 99),
+            Err(VerifyError::NotYet { .. })
+        ));
         // Tampered claims (a wider scope) keep the old signature: refused.
         let parts: Vec<&str> = t.split('.').collect();
         let mut c = claims(200);
         c.scopes.push("refunds:issue".into());
-        let forged = format!("{}.{}.{}", parts[0], B64.encode(serde_json::to_vec(&c).unwrap()), parts[2]);
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            B64.encode(serde_json::to_vec(&c).unwrap()),
+            parts[2]
+        );
         assert_eq!(pem.verify(&forged, 150), Err(VerifyError::Signature));
         // alg confusion.
         let none = format!("{}.{}.", B64.encode(br#"{"alg":"none"}"#), parts[1]);
@@ -328,8 +346,14 @@ mod tests {
         let p = dir.path().join("k.pem");
         let k = HostKey::generate().expect("key");
         k.save(&p).expect("save");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(HostKey::load(&p).expect("load").public().kid, k.public().kid);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            HostKey::load(&p).expect("load").public().kid,
+            k.public().kid
+        );
         assert!(k.save(&p).is_err(), "never overwrites");
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(HostKey::load(&p), Err(KeyError::Mode { .. })));

@@ -130,7 +130,16 @@ pub fn load_and_attach(ebpf: &mut Ebpf, pin_dir: &Path) -> LsmReport {
         detach_all(pin_dir);
         return LsmReport::unavailable(why);
     }
-    let files_hooks = ["path_link", "path_rename"];
+    let files_hooks = [
+        "path_link",
+        "path_rename",
+        "path_mknod",
+        "path_mkdir",
+        "path_symlink",
+        "path_unlink",
+        "path_rmdir",
+        "path_truncate",
+    ];
     let files_failed: Vec<String> = failed
         .iter()
         .filter(|(h, _)| files_hooks.contains(h))
@@ -146,7 +155,7 @@ pub fn load_and_attach(ebpf: &mut Ebpf, pin_dir: &Path) -> LsmReport {
             Ok(())
         } else {
             Err(format!(
-                "file_open attached but not the link/rename closers ({})",
+                "file_open attached but not every path closer ({})",
                 files_failed.join("; ")
             ))
         },
@@ -185,6 +194,9 @@ fn describe(e: &ProgramError) -> String {
             verifier_log,
         } => {
             let log = verifier_log.to_string();
+            if std::env::var_os("CORRAL_VERIFIER_LOG").is_some() {
+                warn!("full verifier log:\n{log}");
+            }
             let tail: Vec<&str> = log.lines().rev().take(6).collect();
             let mut s = format!("BPF_PROG_LOAD: {io_error}");
             if io_error.raw_os_error() == Some(libc::EPERM) && log.trim().is_empty() {
@@ -321,8 +333,9 @@ pub fn mechanisms() -> Vec<super::status::Mechanism> {
             },
             detail: match &r.files {
                 Ok(()) => format!(
-                    "file_open, path_link, path_rename attached: [files] rules judged in the \
-                     kernel on every open, link and rename (active LSMs: {})",
+                    "file_open and the path hooks attached: [files] rules judged in the \
+                     kernel on every open, exec, create, link, rename, unlink and truncate \
+                     (active LSMs: {})",
                     lsms.trim()
                 ),
                 Err(why) => format!("NOT ENFORCED: {why}"),

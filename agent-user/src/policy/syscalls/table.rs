@@ -33,9 +33,10 @@ pub const GROUPS: &[Group] = &[
         bit: DEFAULT,
         name: "@default",
         summary: "The runtime baseline: what glibc, Rust, Python and Node programs need to start \
-                  and run (memory, threads, futexes, signals, clocks, reading and writing files \
-                  they can open, pipes, epoll, starting and waiting for child processes). No \
-                  sockets, no changes to the file system tree, nothing privileged.",
+                  and run (memory, threads, futexes, signals, clocks, reading, writing, creating and \
+                  removing files, pipes, epoll, starting and waiting for child processes: what \
+                  Python's `tempfile` needs). No sockets, no directories made or renamed, no \
+                  links, owners or modes changed, nothing privileged.",
     },
     Group {
         bit: FILE,
@@ -206,7 +207,7 @@ pub const SYSCALLS: &[Syscall] = &[
     s(84, "rmdir", FILE, false),
     s(85, "creat", FILE, false),
     s(86, "link", FILE, false),
-    s(87, "unlink", FILE, false),
+    s(87, "unlink", DEFAULT | FILE, false),
     s(88, "symlink", FILE, false),
     s(89, "readlink", DEFAULT | FILE, true),
     s(90, "chmod", FILE, false),
@@ -382,7 +383,7 @@ pub const SYSCALLS: &[Syscall] = &[
     s(260, "fchownat", FILE, false),
     s(261, "futimesat", FILE, false),
     s(262, "newfstatat", DEFAULT | FILE, true),
-    s(263, "unlinkat", FILE, false),
+    s(263, "unlinkat", DEFAULT | FILE, false),
     s(264, "renameat", FILE, false),
     s(265, "linkat", FILE, false),
     s(266, "symlinkat", FILE, false),

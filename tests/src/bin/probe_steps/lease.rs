@@ -32,7 +32,12 @@ fn request(method: &str, path: &str, body: &str) -> String {
 }
 
 /// Sends one request on `s` and reads the whole answer (the server closes).
-fn exchange(mut s: UnixStream, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+fn exchange(
+    mut s: UnixStream,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     s.write_all(request(method, path, body).as_bytes())?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
@@ -41,15 +46,25 @@ fn exchange(mut s: UnixStream, method: &str, path: &str, body: &str) -> std::io:
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
 fn print_answer(op: &str, r: std::io::Result<(u16, String)>) {
     let line = match r {
         Ok((status, body)) => {
-            let body = if body.trim().is_empty() { "null".to_string() } else { body };
-            format!(r#"{{"op":"{op}","ok":true,"status":{status},"body":{}}}"#, body.trim())
+            let body = if body.trim().is_empty() {
+                "null".to_string()
+            } else {
+                body
+            };
+            format!(
+                r#"{{"op":"{op}","ok":true,"status":{status},"body":{}}}"#,
+                body.trim()
+            )
         }
         Err(e) => format!(
             r#"{{"op":"{op}","ok":false,"errno":{},"error":"{}"}}"#,
@@ -64,7 +79,10 @@ fn print_answer(op: &str, r: std::io::Result<(u16, String)>) {
 }
 
 fn now_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 fn addr(a: &str, p: &str) -> SocketAddr {
@@ -104,7 +122,10 @@ pub fn step(args: &[String], i: usize) -> usize {
                         std::thread::sleep(Duration::from_millis(5));
                     }
                     std::thread::sleep(Duration::from_millis(50));
-                    print_answer("lease-exit-race", exchange(s, "POST", "/v1/leases", &args[i + 2]));
+                    print_answer(
+                        "lease-exit-race",
+                        exchange(s, "POST", "/v1/leases", &args[i + 2]),
+                    );
                     std::process::exit(0);
                 }
                 -1 => panic!("fork failed"),
@@ -136,17 +157,24 @@ pub fn step(args: &[String], i: usize) -> usize {
             let end = Instant::now() + Duration::from_secs_f64(secs);
             let mut attempts = 0u64;
             let mut flip = None;
+            let mut last_ok = 0;
             while Instant::now() < end {
                 attempts += 1;
-                if let Err(e) = connect(sa)
-                    && e.raw_os_error() == Some(libc::EPERM)
-                {
-                    flip = Some(now_ns());
-                    break;
+                match connect(sa) {
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                        flip = Some(now_ns());
+                        break;
+                    }
+                    Ok(()) => last_ok = now_ns(),
+                    Err(_) => {}
                 }
+                // Paced, so the loop does not run the host out of ports.
+                std::thread::sleep(Duration::from_micros(100));
             }
             match flip {
-                Some(t) => println!(r#"{{"op":"watch-deny","ok":true,"attempts":{attempts},"flip_ns":{t}}}"#),
+                Some(t) => println!(
+                    r#"{{"op":"watch-deny","ok":true,"attempts":{attempts},"flip_ns":{t},"last_ok_ns":{last_ok}}}"#
+                ),
                 None => println!(r#"{{"op":"watch-deny","ok":false,"attempts":{attempts}}}"#),
             }
             i + 4

@@ -1,13 +1,14 @@
 //! Probe steps for the BPF-LSM tests (bypass closers, self-protection):
 //!
 //! hold PATH   (open O_RDONLY and keep the fd; prints {"op":"hold","fd":N}) |
-//! reopen-fd FD   (open /proc/self/fd/FD for reading) | read-fd FD |
+//! reopen-fd FD|held   (open /proc/self/fd/FD for reading) | read-fd FD|held |
+//! truncate-path PATH   (truncate(2): no open) |
 //! o-path-reopen PATH   (O_PATH open, then a read re-open through /proc/self/fd) |
 //! openat2 PATH | uring-open PATH   (io_uring IORING_OP_OPENAT, read-only) |
 //! append PATH   (O_WRONLY|O_APPEND) | ro-trunc PATH   (O_RDONLY|O_TRUNC) |
 //! chdir-deep NAME N   (chdir NAME, N times, relative) |
 //! join-cgroup DIR   (write "0" to DIR/cgroup.procs) | write-file PATH DATA |
-//! bpf-map   (bpf(BPF_MAP_CREATE) of a tiny array) | signal PID SIG | ptrace PID |
+//! bpf-map   (bpf(BPF_MAP_CREATE) of a tiny array) | signal PID|self SIG | ptrace PID |
 //! mount-tmpfs DIR | landlock-read PATH... --   (Landlock: read+exec beneath each)
 
 use std::{ffi::CString, io, os::unix::ffi::OsStrExt as _, path::Path};
@@ -18,6 +19,7 @@ pub fn is_step(op: &str) -> bool {
     matches!(
         op,
         "hold"
+            | "truncate-path"
             | "reopen-fd"
             | "read-fd"
             | "o-path-reopen"
@@ -34,6 +36,17 @@ pub fn is_step(op: &str) -> bool {
             | "mount-tmpfs"
             | "landlock-read"
     )
+}
+
+/// The fd of the last `hold`.
+static HELD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+fn fd_arg(a: &str) -> i32 {
+    if a == "held" {
+        HELD.load(std::sync::atomic::Ordering::Relaxed)
+    } else {
+        a.parse().expect("fd")
+    }
 }
 
 fn cstr(p: &str) -> CString {
@@ -277,7 +290,10 @@ pub fn step(args: &[String], i: usize) -> usize {
     match a(0) {
         "hold" => {
             match open_fd(a(1), libc::O_RDONLY) {
-                Ok(fd) => println!(r#"{{"op":"hold","ok":true,"errno":0,"fd":{fd}}}"#),
+                Ok(fd) => {
+                    HELD.store(fd, std::sync::atomic::Ordering::Relaxed);
+                    println!(r#"{{"op":"hold","ok":true,"errno":0,"fd":{fd}}}"#)
+                }
                 Err(e) => emit("hold", Err(e)),
             }
             i + 2
@@ -285,12 +301,12 @@ pub fn step(args: &[String], i: usize) -> usize {
         "reopen-fd" => {
             emit(
                 "reopen-fd",
-                open_close(&format!("/proc/self/fd/{}", a(1)), libc::O_RDONLY),
+                open_close(&format!("/proc/self/fd/{}", fd_arg(a(1))), libc::O_RDONLY),
             );
             i + 2
         }
         "read-fd" => {
-            let fd: i32 = a(1).parse().expect("fd");
+            let fd = fd_arg(a(1));
             let mut b = [0u8; 16];
             // SAFETY: reads into our own buffer.
             let r = check(unsafe { libc::pread(fd, b.as_mut_ptr().cast(), b.len(), 0) } as i64);
@@ -309,6 +325,13 @@ pub fn step(args: &[String], i: usize) -> usize {
                 }
                 Err(e) => emit("o-path", Err(e)),
             }
+            i + 2
+        }
+        "truncate-path" => {
+            let c = cstr(a(1));
+            // SAFETY: valid NUL-terminated path.
+            let r = check(unsafe { libc::truncate(c.as_ptr(), 0) } as i64);
+            emit("truncate-path", r.map(drop));
             i + 2
         }
         "openat2" => {
@@ -364,7 +387,11 @@ pub fn step(args: &[String], i: usize) -> usize {
             i + 1
         }
         "signal" => {
-            let pid: i32 = a(1).parse().expect("pid");
+            let pid: i32 = if a(1) == "self" {
+                std::process::id() as i32
+            } else {
+                a(1).parse().expect("pid")
+            };
             let sig: i32 = a(2).parse().expect("signal");
             // SAFETY: plain syscall.
             emit(
