@@ -95,7 +95,7 @@ pub const PROG_SYS_EXIT: &str = "corral_sys_exit";
 pub const SYSCALL_PROGRAMS: [(&str, &str); 2] =
     [(PROG_SYS_ENTER, "sys_enter"), (PROG_SYS_EXIT, "sys_exit")];
 
-/// The Landlock-denial observer (tp_btf `sys_enter`/`sys_exit`): reports
+/// The Landlock-denial observer (syscall tracepoints): reports
 /// failed opens/execs of tagged processes where BPF LSM is unavailable. Its
 /// maps (`FILEOBS_PENDING`, `FILEOBS_CGROUPS`) are private and not pinned.
 pub const PROG_FILEOBS_ENTER: &str = "corral_fileobs_enter";

@@ -1,14 +1,17 @@
 //! The Landlock-denial observer: where BPF LSM is not available, `corral
 //! run` enforces `[files]` with Landlock, which reports nothing to Corral.
-//! These two syscall tracepoints notice the opens and execs of tagged
-//! processes that failed with EACCES/EPERM and emit a `FileEvent` marked
-//! `LAYER_LANDLOCK`. They never change a syscall's outcome.
+//! Syscall tracepoints notice the opens and execs of tagged processes that
+//! failed with EACCES/EPERM (path pointer recorded at entry, string read at
+//! exit) and emit a `FileEvent` marked `LAYER_LANDLOCK`. They never change
+//! a syscall's outcome.
 //!
-//! Cost for everyone else (the hooks run for every syscall of every task):
-//! - other syscalls: one compare of the syscall number, at entry and exit;
-//! - opens of untagged tasks: one cgroup-id helper and one LRU lookup at
-//!   entry (`FILEOBS_CGROUPS` caches "not observed" per cgroup for
-//!   `CACHE_NS`), one hash miss at exit.
+//! Two forms, same logic: one `syscalls:sys_{enter,exit}_<name>` tracepoint
+//! per observed syscall (preferred: no other syscall runs a program), or
+//! tp_btf `sys_enter`/`sys_exit` (fallback: every syscall of every task runs
+//! it and pays a syscall-number compare at entry and exit).
+//! Cost of an observed syscall for an untagged task: one cgroup-id helper
+//! and one LRU lookup at entry (`FILEOBS_CGROUPS` caches "not observed" per
+//! cgroup for `CACHE_NS`), one hash miss at exit.
 
 use agent_common::{
     event::{KIND_FILE, REASON_NO_RULE, VERDICT_DENY},

@@ -184,6 +184,25 @@ mod fileobs_entry {
     }
 }
 
+/// The syscall observers (see `syscall`): attached system-wide while some
+/// identity has a `[syscalls]` section. Names match `maps::PROG_SYS_*`.
+#[cfg(target_arch = "bpf")]
+mod syscall_entry {
+    use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+
+    use crate::syscall;
+
+    #[btf_tracepoint(function = "sys_enter")]
+    pub fn corral_sys_enter(ctx: BtfTracePointContext) -> i32 {
+        syscall::on_enter(&ctx)
+    }
+
+    #[btf_tracepoint(function = "sys_exit")]
+    pub fn corral_sys_exit(ctx: BtfTracePointContext) -> i32 {
+        syscall::on_exit(&ctx)
+    }
+}
+
 #[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

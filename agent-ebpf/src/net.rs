@@ -170,21 +170,45 @@ fn verdict(s: &Subject, hook: Hook, class: u32, found: (u32, u32), t: &Target) -
     if audit { ALLOW } else { DENY }
 }
 
+// The unspecified address (0.0.0.0, ::, ::ffff:0.0.0.0) as a connect or
+// send destination means "this host": the kernel sends to the socket's bound
+// address, else to loopback. Judged as written, a broad rule (`*`) would let
+// it reach loopback services a narrower rule denies. So the programs judge
+// it as loopback and rewrite the destination to that address: what was
+// judged is what is reached, whatever the socket is bound to.
+
+/// What an unspecified IPv4 destination is judged and rewritten as.
+const LOOPBACK4: [u8; 4] = [127, 0, 0, 1];
+
+/// Whether the hook's address is a destination (connect, sendmsg), not a
+/// local address (bind).
+#[inline(always)]
+fn judges_destination(hook: Hook) -> bool {
+    !matches!(hook, Hook::Bind)
+}
+
 pub fn judge4(ctx: &SockAddrContext, hook: Hook) -> i32 {
     let Some(s) = identity::current() else {
         return ALLOW;
     };
-    // SAFETY: the context pointer is valid for the program's duration.
-    let sa = unsafe { &*ctx.sock_addr };
-    let protocol = sa.protocol;
+    let sa = ctx.sock_addr;
+    // SAFETY: the context pointer is valid for the program's duration; the
+    // fields are copied out before any write through it.
+    let (protocol, user_port, user_ip4) =
+        unsafe { ((*sa).protocol, (*sa).user_port, (*sa).user_ip4) };
     let class = class_of(hook, protocol);
-    let port = u16::from_be(sa.user_port as u16);
+    let port = u16::from_be(user_port as u16);
     if ephemeral_bind(hook, port) {
         return ALLOW;
     }
     // user_ip4 holds the address in network order, so its in-memory bytes
     // are the address bytes.
-    let a4 = sa.user_ip4.to_ne_bytes();
+    let mut a4 = user_ip4.to_ne_bytes();
+    if judges_destination(hook) && a4 == [0, 0, 0, 0] {
+        a4 = LOOPBACK4;
+        // SAFETY: connect4 and sendmsg4 programs may write user_ip4.
+        unsafe { (*sa).user_ip4 = u32::from_ne_bytes(a4) };
+    }
     let found = if class == 0 {
         (0, 0)
     } else {
@@ -205,20 +229,42 @@ pub fn judge6(ctx: &SockAddrContext, hook: Hook) -> i32 {
     let Some(s) = identity::current() else {
         return ALLOW;
     };
-    // SAFETY: the context pointer is valid for the program's duration.
-    let sa = unsafe { &*ctx.sock_addr };
-    let protocol = sa.protocol;
+    let sa = ctx.sock_addr;
+    // SAFETY: the context pointer is valid for the program's duration; the
+    // fields are copied out before any write through it.
+    let (protocol, user_port, mut w) = unsafe {
+        (
+            (*sa).protocol,
+            (*sa).user_port,
+            [
+                (*sa).user_ip6[0],
+                (*sa).user_ip6[1],
+                (*sa).user_ip6[2],
+                (*sa).user_ip6[3],
+            ],
+        )
+    };
     let class = class_of(hook, protocol);
-    let port = u16::from_be(sa.user_port as u16);
+    let port = u16::from_be(user_port as u16);
     if ephemeral_bind(hook, port) {
         return ALLOW;
     }
-    let w = [
-        sa.user_ip6[0],
-        sa.user_ip6[1],
-        sa.user_ip6[2],
-        sa.user_ip6[3],
-    ];
+    let ffff = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+    if judges_destination(hook)
+        && w[0] == 0
+        && w[1] == 0
+        && w[3] == 0
+        && (w[2] == 0 || w[2] == ffff)
+    {
+        // :: becomes ::1, ::ffff:0.0.0.0 becomes ::ffff:127.0.0.1.
+        w[3] = if w[2] == 0 {
+            u32::from_ne_bytes([0, 0, 0, 1])
+        } else {
+            u32::from_ne_bytes(LOOPBACK4)
+        };
+        // SAFETY: connect6 and sendmsg6 programs may write user_ip6.
+        unsafe { (*sa).user_ip6[3] = w[3] };
+    }
     let mut addr = [0u8; 16];
     addr[0..4].copy_from_slice(&w[0].to_ne_bytes());
     addr[4..8].copy_from_slice(&w[1].to_ne_bytes());

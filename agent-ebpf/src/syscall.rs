@@ -2,10 +2,13 @@
 //!
 //! They run for every syscall of every task on the host, so they only ever
 //! observe (and, for a tagged process without Corral's seccomp filter whose
-//! policy says `assigned = "kill"`, kill). An untagged task costs one cache
-//! lookup: `SC_CG_CACHE` maps the task's cgroup to its identity (0 =
-//! untagged), filled by one ancestor walk per cgroup and invalidated as a
-//! whole when the daemon bumps `SYSCALL_TAG_GEN` after changing tags.
+//! policy says `assigned = "kill"`, kill). An untagged task costs a cgroup-id
+//! helper and two array lookups when it made the CPU's previous syscall too
+//! (`SC_LAST_CG`), else one LRU hash lookup: `SC_CG_CACHE` maps the task's
+//! cgroup to its identity (0 = untagged), filled by one ancestor walk per
+//! cgroup. Both levels are invalidated at once when the daemon bumps
+//! `SYSCALL_TAG_GEN` after changing tags (no clearing race: an answer
+//! computed before a change carries the old generation).
 //!
 //! Seccomp runs before the `sys_enter` tracepoint and skips it for a call
 //! it refuses, but `sys_exit` still fires. So a tagged task's `sys_exit`
@@ -16,8 +19,8 @@
 
 use agent_common::{
     event::{
-        COMM_LEN, EventHeader, KIND_SYSCALL, REASON_DENY_RULE, REASON_FAIL_CLOSED, REASON_NO_RULE, VERDICT_AUDIT,
-        VERDICT_DENY, VERDICT_KILL,
+        COMM_LEN, EventHeader, KIND_SYSCALL, REASON_DENY_RULE, REASON_FAIL_CLOSED, REASON_NO_RULE,
+        VERDICT_AUDIT, VERDICT_DENY, VERDICT_KILL,
     },
     identity::{CGROUP_MAX_DEPTH, MODE_AUDIT},
     syscall::{
@@ -33,7 +36,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel, generated::bpf_send_signal,
     },
     macros::map,
-    maps::{Array, LruHashMap},
+    maps::{Array, LruHashMap, PerCpuArray},
     programs::BtfTracePointContext,
 };
 
@@ -63,6 +66,18 @@ pub static SYSCALL_TAG_GEN: Array<u64> = Array::with_max_entries(1, 0);
 /// identity of its deepest tagged ancestor (0: untagged).
 #[map(name = "SC_CG_CACHE")]
 static CG_CACHE: LruHashMap<u64, CgIdentity> = LruHashMap::with_max_entries(16384, 0);
+
+/// This CPU's last cgroup → identity answer (the first level of the cache).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LastCgroup {
+    pub cgroup: u64,
+    pub identity: u32,
+    pub generation: u32,
+}
+
+#[map(name = "SC_LAST_CG")]
+static LAST: PerCpuArray<LastCgroup> = PerCpuArray::with_max_entries(1, 0);
 
 /// `LruHashMap<u32 tid, u32>`: 1 between a tagged thread's `sys_enter` and
 /// its `sys_exit`.
@@ -116,21 +131,41 @@ fn tagged_identity() -> u32 {
         Some(g) => *g as u32,
         None => 0,
     };
-    // SAFETY: plain-data value copied out field by field.
-    if let Some(e) = unsafe { CG_CACHE.get(cg) }
-        && e.generation == generation
-    {
-        return e.identity;
+    // This CPU's last answer: syscalls come in runs from one task.
+    let last = LAST.get_ptr_mut(0);
+    if let Some(l) = last {
+        // SAFETY: this CPU's slot; tracing programs run with migration off.
+        let l = unsafe { &*l };
+        if l.cgroup == cg && l.generation == generation {
+            return l.identity;
+        }
     }
-    let identity = walk();
-    let _ = CG_CACHE.insert(
-        cg,
-        CgIdentity {
-            identity,
-            generation,
-        },
-        0,
-    );
+    // SAFETY: plain-data value copied out field by field.
+    let identity = match unsafe { CG_CACHE.get(cg) } {
+        Some(e) if e.generation == generation => e.identity,
+        _ => {
+            let identity = walk();
+            let _ = CG_CACHE.insert(
+                cg,
+                CgIdentity {
+                    identity,
+                    generation,
+                },
+                0,
+            );
+            identity
+        }
+    };
+    if let Some(l) = last {
+        // SAFETY: as above.
+        unsafe {
+            *l = LastCgroup {
+                cgroup: cg,
+                identity,
+                generation,
+            }
+        };
+    }
     identity
 }
 

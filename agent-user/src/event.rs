@@ -392,13 +392,21 @@ pub fn unix_info(u: &UnixEvent) -> UnixInfo {
 
 /// `ACCESS_*` bits as `read,write,exec`.
 pub fn access_str(access: u32) -> String {
-    let names = [(ACCESS_READ, "read"), (ACCESS_WRITE, "write"), (ACCESS_EXEC, "exec")];
+    let names = [
+        (ACCESS_READ, "read"),
+        (ACCESS_WRITE, "write"),
+        (ACCESS_EXEC, "exec"),
+    ];
     let v: Vec<&str> = names
         .iter()
         .filter(|(b, _)| access & b != 0)
         .map(|(_, n)| *n)
         .collect();
-    if v.is_empty() { "none".into() } else { v.join(",") }
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(",")
+    }
 }
 
 /// The kernel's path bytes (not NUL-terminated; `len` meaningful bytes),
@@ -611,11 +619,7 @@ impl fmt::Display for Event {
             if let Some(op) = &x.op {
                 write!(f, "{op} ")?;
             }
-            write!(
-                f,
-                "{} {} ({} {})",
-                x.access, x.path, x.layer, x.errno
-            )?;
+            write!(f, "{} {} ({} {})", x.access, x.path, x.layer, x.errno)?;
         }
         if let Some(x) = &self.protect {
             write!(f, "{}", x.op)?;

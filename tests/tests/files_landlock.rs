@@ -170,6 +170,16 @@ fn read_allowed_denied_and_write_refused_with_events() {
         .and_then(|a| a.iter().find(|i| i["name"] == "files-a"))
         .expect("identity listed");
     assert_eq!(me["files"]["enforced_by"], "landlock", "{me:#}");
+    let files = &d.status()["daemon"]["mechanisms"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == "files").cloned())
+        .expect("files mechanism");
+    let detail = files["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.starts_with("landlock (fallback, applied by corral run at launch")
+            && detail.contains("through the syscall observer"),
+        "{files:#}"
+    );
     let tail = d.tail(Some("files-a"));
     let run = d.probe_as(
         "files-a",
@@ -421,6 +431,12 @@ fn symlinks_links_renames_and_relative_paths() {
     // The symlink is judged by its target: the event names what was asked.
     let ev = file_event(&tail, &t.p("kb/link"));
     assert_file_event(&ev, "files-d", pid, &t.p("kb/link"), "read");
+    assert_eq!(ev["reason"], "no-rule", "judged by the target: {ev:#}");
+    assert_eq!(
+        ev["file"]["note"].as_str(),
+        Some(format!("resolves to {}", t.p("secret")).as_str()),
+        "{ev:#}"
+    );
     // The relative open is reported with the absolute path.
     let ev = file_event(&tail, &t.p("secret"));
     assert_file_event(&ev, "files-d", pid, &t.p("secret"), "read");

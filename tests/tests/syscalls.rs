@@ -75,7 +75,16 @@ fn denied_in_the_kernel_and_by_the_launcher_with_events() {
 
     let r = d.probe_as(
         "sc",
-        &["pid", "sys", "getppid", "sys", "kcmp", "sys", "mkdir", path_str(&inside)],
+        &[
+            "pid",
+            "sys",
+            "getppid",
+            "sys",
+            "kcmp",
+            "sys",
+            "mkdir",
+            path_str(&inside),
+        ],
     );
     assert_eq!(r.code, Some(0), "{r:#?}");
     assert_eq!(r.step("sys", 0)["ok"], true, "hot and allowed: {r:#?}");
@@ -88,7 +97,10 @@ fn denied_in_the_kernel_and_by_the_launcher_with_events() {
     assert_eq!(ev["reason"], "deny-rule", "{ev:#}");
     assert_eq!(ev["syscall"]["errno"], "EPERM", "{ev:#}");
     assert!(
-        ev["rule"].as_str().unwrap_or("").starts_with("deny kcmp (sc.toml:"),
+        ev["rule"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("deny kcmp (sc.toml:"),
         "{ev:#}"
     );
     let ev = tail.expect(|e| is_syscall(e, "mkdir"));
@@ -117,9 +129,20 @@ fn a_policy_change_reaches_a_running_process_both_ways() {
     let mut p = d.spawn_probe_as(
         "live",
         &[
-            "pid", "sys", "mkdir", path_str(&d1), "wait-file", path_str(&go1),
-            "sys", "mkdir", path_str(&d2), "wait-file", path_str(&go2),
-            "sys", "mkdir", path_str(&d3),
+            "pid",
+            "sys",
+            "mkdir",
+            path_str(&d1),
+            "wait-file",
+            path_str(&go1),
+            "sys",
+            "mkdir",
+            path_str(&d2),
+            "wait-file",
+            path_str(&go2),
+            "sys",
+            "mkdir",
+            path_str(&d3),
         ],
     );
     let pid = p.next_step("pid")["pid"].as_u64().expect("pid");
@@ -157,9 +180,23 @@ fn a_daemon_restart_does_not_disturb_a_running_agent() {
     let mut probe = d.spawn_probe_as(
         "keep",
         &[
-            "sys", "mkdir", path_str(&d1), "wait-file", path_str(&go1),
-            "sys", "mkdir", path_str(&d2), "sys", "kcmp", "wait-file", path_str(&go2),
-            "sys", "mkdir", path_str(&d3), "sys", "kcmp",
+            "sys",
+            "mkdir",
+            path_str(&d1),
+            "wait-file",
+            path_str(&go1),
+            "sys",
+            "mkdir",
+            path_str(&d2),
+            "sys",
+            "kcmp",
+            "wait-file",
+            path_str(&go2),
+            "sys",
+            "mkdir",
+            path_str(&d3),
+            "sys",
+            "kcmp",
         ],
     );
     assert_eq!(probe.next_step("sys")["ok"], true);
@@ -168,14 +205,26 @@ fn a_daemon_restart_does_not_disturb_a_running_agent() {
     let dirs = d.stop_keep_pins();
     touch(&go1);
     assert_eq!(probe.next_step("sys")["ok"], true, "mkdir with no daemon");
-    assert_eq!(probe.next_step("sys")["errno"], EPERM, "kcmp with no daemon");
+    assert_eq!(
+        probe.next_step("sys")["errno"],
+        EPERM,
+        "kcmp with no daemon"
+    );
     assert!(d2.is_dir());
 
     let d = Daemon::start_with(dirs).expect("restart");
     let tail = d.tail(Some("keep"));
     touch(&go2);
-    assert_eq!(probe.next_step("sys")["ok"], true, "mkdir after the restart");
-    assert_eq!(probe.next_step("sys")["errno"], EPERM, "kcmp after the restart");
+    assert_eq!(
+        probe.next_step("sys")["ok"],
+        true,
+        "mkdir after the restart"
+    );
+    assert_eq!(
+        probe.next_step("sys")["errno"],
+        EPERM,
+        "kcmp after the restart"
+    );
     let ev = tail.expect(|e| is_syscall(e, "kcmp"));
     assert_eq!(ev["syscall"]["layer"], "notify", "{ev:#}");
     assert_eq!(probe.finish().code, Some(0));
@@ -195,7 +244,14 @@ fn killing_the_supervisor_fails_closed() {
     let mut probe = d.spawn_probe_as(
         "orphan",
         &[
-            "pid", "wait-file", path_str(&go), "sys", "getppid", "sys", "mkdir", path_str(&dir),
+            "pid",
+            "wait-file",
+            path_str(&go),
+            "sys",
+            "getppid",
+            "sys",
+            "mkdir",
+            path_str(&dir),
         ],
     );
     let pid = probe.next_step("pid")["pid"].as_u64().expect("pid");
@@ -203,9 +259,16 @@ fn killing_the_supervisor_fails_closed() {
     unsafe { libc::kill(probe.launcher_pid() as i32, libc::SIGKILL) };
     std::thread::sleep(Duration::from_millis(100));
     touch(&go);
-    assert_eq!(probe.next_step("sys")["ok"], true, "hot syscalls need no supervisor");
+    assert_eq!(
+        probe.next_step("sys")["ok"],
+        true,
+        "hot syscalls need no supervisor"
+    );
     let s = probe.next_step("sys");
-    assert_eq!(s["errno"], ENOSYS, "allowed, but nobody answers: closed ({s})");
+    assert_eq!(
+        s["errno"], ENOSYS,
+        "allowed, but nobody answers: closed ({s})"
+    );
     assert!(!dir.exists());
     let ev = tail.expect(|e| is_syscall(e, "mkdir"));
     assert_syscall_event(&ev, "orphan", pid, ("mkdir", NR_MKDIR), "notify", "deny");
@@ -226,8 +289,17 @@ fn threads_and_execve_stay_confined() {
     let r = d.probe_as(
         "tx",
         &[
-            "pid", "sys-thread", "mkdir", path_str(&d1),
-            "sys-exec", "pid", "sys", "mkdir", path_str(&d2), "sys-thread", "kcmp",
+            "pid",
+            "sys-thread",
+            "mkdir",
+            path_str(&d1),
+            "sys-exec",
+            "pid",
+            "sys",
+            "mkdir",
+            path_str(&d2),
+            "sys-thread",
+            "kcmp",
         ],
     );
     assert_eq!(r.code, Some(0), "{r:#?}");
@@ -257,8 +329,20 @@ fn io_uring_and_raw_socket_families_are_denied() {
     let d = Daemon::start(&[("net", &p)]);
     let tail = d.tail(Some("net"));
     let steps = [
-        "pid", "io-uring-setup", "socket", "packet", "socket", "raw", "socket", "netlink-generic",
-        "socket", "netlink-route", "socket", "inet", "socket", "unix",
+        "pid",
+        "io-uring-setup",
+        "socket",
+        "packet",
+        "socket",
+        "raw",
+        "socket",
+        "netlink-generic",
+        "socket",
+        "netlink-route",
+        "socket",
+        "inet",
+        "socket",
+        "unix",
     ];
     let r = d.probe_as("net", &steps);
     assert_eq!(r.code, Some(0), "{r:#?}");
@@ -270,19 +354,41 @@ fn io_uring_and_raw_socket_families_are_denied() {
         assert_eq!(r.step("socket", i)["ok"], true, "{r:#?}");
     }
     let ev = tail.expect(|e| is_syscall(e, "io_uring_setup"));
-    assert_syscall_event(&ev, "net", r.pid(), ("io_uring_setup", 425), "notify", "deny");
+    assert_syscall_event(
+        &ev,
+        "net",
+        r.pid(),
+        ("io_uring_setup", 425),
+        "notify",
+        "deny",
+    );
     let ev = tail.expect(|e| {
-        is_syscall(e, "socket") && e["syscall"]["detail"].as_str().unwrap_or("").contains("AF_PACKET")
+        is_syscall(e, "socket")
+            && e["syscall"]["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("AF_PACKET")
     });
     assert_syscall_event(&ev, "net", r.pid(), ("socket", 41), "notify", "deny");
     assert!(
-        ev["syscall"]["detail"].as_str().unwrap_or("").contains("socket:packet"),
+        ev["syscall"]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("socket:packet"),
         "{ev:#}"
     );
 
     let out = probe_outside(&steps[1..]);
-    assert_eq!(out.step("io-uring-setup", 0)["ok"], true, "outside: {out:#?}");
-    assert_eq!(out.step("socket", 0)["ok"], true, "AF_PACKET outside: {out:#?}");
+    assert_eq!(
+        out.step("io-uring-setup", 0)["ok"],
+        true,
+        "outside: {out:#?}"
+    );
+    assert_eq!(
+        out.step("socket", 0)["ok"],
+        true,
+        "AF_PACKET outside: {out:#?}"
+    );
 }
 
 #[test]
@@ -330,7 +436,17 @@ fn python_node_and_rust_programs_run_under_default() {
 
     let r = d.probe_as(
         "rt",
-        &["pid", "sys", "getppid", "sys-thread", "uname", "sys", "sysinfo", "exit", "0"],
+        &[
+            "pid",
+            "sys",
+            "getppid",
+            "sys-thread",
+            "uname",
+            "sys",
+            "sysinfo",
+            "exit",
+            "0",
+        ],
     );
     assert_eq!(r.code, Some(0), "{r:#?}");
     assert_eq!(r.step("sys", 1)["ok"], true, "{r:#?}");
@@ -350,17 +466,30 @@ fn kill_mode_kills_an_assigned_process_after_the_call_and_audit_reports() {
     }
     let tmp = tempfile::tempdir().expect("tmp");
     let t = |n: &str| tmp.path().join(n);
-    let kill = policy("killer", "enforce", "allow = [\"@default\"]\nassigned = \"kill\"");
+    let kill = policy(
+        "killer",
+        "enforce",
+        "allow = [\"@default\"]\nassigned = \"kill\"",
+    );
     let audit = policy("watcher", "enforce", "allow = [\"@default\"]");
     let d = Daemon::start(&[("killer", &kill), ("watcher", &audit)]);
     let status = d.cli_json(&["status", "--json"]);
-    let mechs = status["daemon"]["mechanisms"].as_array().expect("mechanisms").clone();
+    let mechs = status["daemon"]["mechanisms"]
+        .as_array()
+        .expect("mechanisms")
+        .clone();
     let km = mechs
         .iter()
         .find(|m| m["name"].as_str().unwrap_or("").contains("kill mode"))
         .expect("kill mode in status");
     assert_eq!(km["state"], "enforcing", "{km:#}");
-    assert!(km["detail"].as_str().unwrap_or("").contains("AFTER THE FACT"), "{km:#}");
+    assert!(
+        km["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("AFTER THE FACT"),
+        "{km:#}"
+    );
 
     let tail = d.tail(None);
     for (identity, dir, go, killed) in [
@@ -369,13 +498,25 @@ fn kill_mode_kills_an_assigned_process_after_the_call_and_audit_reports() {
     ] {
         // The test's own child, not started by `corral run`: no filter.
         let mut child = Command::new(probe_bin())
-            .args(["wait-file", path_str(&go), "sys", "mkdir", path_str(&dir), "sleep", "0.2"])
+            .args([
+                "wait-file",
+                path_str(&go),
+                "sys",
+                "mkdir",
+                path_str(&dir),
+                "sleep",
+                "0.2",
+            ])
             .stdout(Stdio::piped())
             .spawn()
             .expect("probe");
         let pid = child.id().to_string();
         let out = d.cli(&["assign", "--identity", identity, "--pid", &pid]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         touch(&go);
         let deadline = Instant::now() + Duration::from_secs(20);
         let status = loop {
@@ -398,7 +539,11 @@ fn kill_mode_kills_an_assigned_process_after_the_call_and_audit_reports() {
             if killed { "kill" } else { "audit" },
         );
         if killed {
-            assert_eq!(status.signal(), Some(libc::SIGKILL), "{identity}: {status:?}");
+            assert_eq!(
+                status.signal(),
+                Some(libc::SIGKILL),
+                "{identity}: {status:?}"
+            );
         } else {
             assert_eq!(status.code(), Some(0), "{identity}: {status:?}");
         }
@@ -416,9 +561,16 @@ fn audit_mode_allows_and_reports_and_no_section_means_unconfined() {
     let free = "[identity]\nname = \"free\"\n";
     let d = Daemon::start(&[("aud", &audit), ("free", free)]);
     let tail = d.tail(Some("aud"));
-    let r = d.probe_as("aud", &["pid", "sys", "mkdir", path_str(&dir), "sys", "kcmp"]);
+    let r = d.probe_as(
+        "aud",
+        &["pid", "sys", "mkdir", path_str(&dir), "sys", "kcmp"],
+    );
     assert_eq!(r.step("sys", 0)["ok"], true, "audit allows: {r:#?}");
-    assert_eq!(r.step("sys", 1)["ok"], true, "audit allows deny entries too: {r:#?}");
+    assert_eq!(
+        r.step("sys", 1)["ok"],
+        true,
+        "audit allows deny entries too: {r:#?}"
+    );
     let ev = tail.expect(|e| is_syscall(e, "mkdir"));
     assert_syscall_event(&ev, "aud", r.pid(), ("mkdir", NR_MKDIR), "notify", "audit");
     assert_eq!(ev["mode"], "audit", "{ev:#}");

@@ -2,9 +2,10 @@
 //! open()+close() (Landlock in the process, the denial observer on every
 //! syscall), each scenario beside a no-Corral baseline from the same run.
 //!
-//! Two daemons run one after the other: the first without the observer
+//! Three daemons run one after the other: without the observer
 //! (`CORRAL_NO_FILE_OBSERVER=1`), so Landlock's own cost and the observer's
-//! separate cleanly.
+//! separate cleanly; with it (per-syscall tracepoints); and with its tp_btf
+//! fallback forced (`CORRAL_FILE_OBSERVER_BTF=1`), which every syscall pays.
 
 use std::{
     fmt::Write as _,
@@ -126,7 +127,9 @@ impl Env {
         Ok(())
     }
 
-    fn start_daemon(&self, log: &Path, observer: bool) -> Result<Child> {
+    /// `observer`: "none", "tracepoints" (the default form) or "btf" (the
+    /// tp_btf fallback, forced).
+    fn start_daemon(&self, log: &Path, observer: &str) -> Result<Child> {
         let mut c = Command::new(&self.corral);
         c.arg("--socket")
             .arg(&self.socket)
@@ -138,8 +141,14 @@ impl Env {
             .arg("--state-dir")
             .arg(log.parent().expect("dir"))
             .stderr(fs::File::create(log)?);
-        if !observer {
-            c.env("CORRAL_NO_FILE_OBSERVER", "1");
+        match observer {
+            "none" => {
+                c.env("CORRAL_NO_FILE_OBSERVER", "1");
+            }
+            "btf" => {
+                c.env("CORRAL_FILE_OBSERVER_BTF", "1");
+            }
+            _ => {}
         }
         let child = c.spawn()?;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -170,7 +179,7 @@ impl Env {
         self.write_policies()?;
 
         util::header("files: daemon without the denial observer");
-        let d = self.start_daemon(&tmp.join("daemon-a.log"), false)?;
+        let d = self.start_daemon(&tmp.join("daemon-a.log"), "none")?;
         let r = (|| -> Result<()> {
             rows.push(("untagged".into(), self.opens(None)?, self.syscalls(None)?));
             rows.push((
@@ -188,8 +197,8 @@ impl Env {
         self.stop(d);
         r?;
 
-        util::header("files: daemon with the denial observer (tp_btf sys_enter/sys_exit)");
-        let d = self.start_daemon(&tmp.join("daemon-b.log"), true)?;
+        util::header("files: daemon with the denial observer (per-syscall tracepoints)");
+        let d = self.start_daemon(&tmp.join("daemon-b.log"), "tracepoints")?;
         let mut denied_ns = 0.0;
         let r = (|| -> Result<()> {
             let st: Value =
@@ -226,6 +235,19 @@ impl Env {
                 &["open-loop", secret.to_str().expect("utf-8"), DENIED],
                 true,
             )?;
+            Ok(())
+        })();
+        self.stop(d);
+        r?;
+
+        util::header("files: the observer's tp_btf fallback (runs on every syscall)");
+        let d = self.start_daemon(&tmp.join("daemon-c.log"), "btf")?;
+        let r = (|| -> Result<()> {
+            rows.push((
+                "observer (tp_btf fallback), untagged".into(),
+                self.opens(None)?,
+                self.syscalls(None)?,
+            ));
             Ok(())
         })();
         self.stop(d);

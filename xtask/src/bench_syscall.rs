@@ -158,7 +158,10 @@ impl Env {
         let deadline = Instant::now() + Duration::from_secs(30);
         while util::output(self.corral().args(["status", "--json"])).is_err() {
             if Instant::now() > deadline {
-                bail!("daemon not ready: {}", fs::read_to_string(log).unwrap_or_default());
+                bail!(
+                    "daemon not ready: {}",
+                    fs::read_to_string(log).unwrap_or_default()
+                );
             }
             sleep(Duration::from_millis(100));
         }
@@ -206,7 +209,11 @@ impl Env {
             fs::write(&go, b"")?;
             let without = (read_loops(&mut out, HOT)?, read_loops(&mut out, LIVE)?);
             child.wait()?;
-            rows.push(("confined, observers attached".into(), with_obs.0, with_obs.1));
+            rows.push((
+                "confined, observers attached".into(),
+                with_obs.0,
+                with_obs.1,
+            ));
             rows.push(("confined, observers detached".into(), without.0, without.1));
             Ok(rows)
         })();

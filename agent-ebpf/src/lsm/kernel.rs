@@ -3,7 +3,7 @@
 //! `bpf_probe_read_kernel`. Also the path builder for hooks where
 //! `bpf_d_path` is not allowed (`path_link`, `path_rename`, `move_mount`).
 
-use agent_common::file::KernelOffsets;
+use agent_common::file::{FILE_PATH_LEN, KernelOffsets};
 use aya_ebpf::{Global, helpers::bpf_probe_read_kernel};
 
 use crate::maps::{CGROUP_IDENTITY, FILE_SCRATCH};
@@ -71,23 +71,22 @@ pub fn f_path_off() -> u32 {
 pub const PATH_BUF: usize = 4096;
 /// Room after `PATH_BUF` so a bounded write at any offset below `PATH_BUF`
 /// stays inside the buffer (the verifier checks offset + size).
-const PATH_SLACK: usize = 256;
-/// Path components the builder collects (power of two, used as a mask).
-pub const MAX_DEPTH: usize = 64;
-/// Steps of the walk, mount crossings included.
-const MAX_WALK: u32 = 96;
-const NAME_MAX: u32 = 255;
+const PATH_SLACK: usize = 512;
+/// Steps of the path walk (components and mount crossings). Deeper paths
+/// are refused (fail closed); the bound keeps the verifier's work small.
+const MAX_WALK: u32 = 64;
+const NAME_MAX: usize = 255;
 
 /// The per-CPU scratch area. Its first 260 bytes are an LPM key
 /// (`Key<FileKey>`): prefix length, ruleset, then the path, so a resolved
-/// path is looked up in place without copying.
+/// path is looked up in place without copying. `build` is where the path
+/// walk prepends components.
 #[repr(C)]
 pub struct FileScratch {
     pub prefix_len: u32,
     pub ruleset_be: u32,
     pub path: [u8; PATH_BUF + PATH_SLACK],
-    names: [u64; MAX_DEPTH],
-    lens: [u32; MAX_DEPTH],
+    build: [u8; PATH_BUF + PATH_SLACK],
 }
 
 #[inline(always)]
@@ -124,21 +123,25 @@ pub fn dentry_is_dir(o: &KernelOffsets, dentry: u64) -> bool {
 
 /// Outcome of building a path.
 pub enum Built {
-    /// Length in bytes (no NUL) of the path now at `scratch.path`.
+    /// Full length in bytes (no NUL); `scratch.path` holds its first
+    /// `FILE_PATH_LEN` bytes (all the LPM key and events use).
     Ok(u32),
-    /// Deeper than `MAX_DEPTH` components or longer than `PATH_BUF`.
+    /// More than `MAX_WALK` steps, or longer than `PATH_BUF`.
     TooLong,
 }
 
-/// Writes the absolute path of (`mnt`, `dentry`) into `s.path` by walking
-/// `d_parent` and crossing mounts (`mnt_mountpoint`), as `d_path` would
-/// from the mount namespace's root.
+/// The absolute path of (`mnt`, `dentry`), as `d_path` would give it from
+/// the mount namespace's root: walks `d_parent` up, crossing mounts through
+/// `mnt_mountpoint`, prepending each name into `build`. One loop with no
+/// per-component state, so the verifier's cost stays linear.
 #[inline(always)]
 pub fn build_path(o: &KernelOffsets, s: &mut FileScratch, mnt: u64, dentry: u64) -> Built {
     let mut mnt = mnt;
     let mut dentry = dentry;
     let mut root = read_ptr(mnt, o.vfsmount_mnt_root);
-    let mut n: usize = 0;
+    let base = s.build.as_mut_ptr();
+    // The path occupies build[pos..PATH_BUF].
+    let mut pos: usize = PATH_BUF;
     let mut step: u32 = 0;
     let mut complete = false;
     while step < MAX_WALK {
@@ -164,61 +167,53 @@ pub fn build_path(o: &KernelOffsets, s: &mut FileScratch, mnt: u64, dentry: u64)
             complete = true;
             break;
         }
-        if n >= MAX_DEPTH {
-            return Built::TooLong;
-        }
         let name = read_ptr(dentry, o.dentry_d_name + o.qstr_name);
-        let len = read::<u32>(dentry, o.dentry_d_name + o.qstr_len).unwrap_or(0);
-        let k = bounded(n, MAX_DEPTH - 1);
-        // SAFETY: k < MAX_DEPTH.
-        unsafe {
-            *s.names.as_mut_ptr().add(k) = name;
-            *s.lens.as_mut_ptr().add(k) = len;
-        }
-        n += 1;
-        dentry = parent;
-    }
-    if !complete {
-        return Built::TooLong;
-    }
-    let base = s.path.as_mut_ptr();
-    let mut pos: usize = 0;
-    let mut i: usize = 0;
-    while i < MAX_DEPTH {
-        if i >= n {
-            break;
-        }
-        let k = bounded(n - 1 - i, MAX_DEPTH - 1);
-        // SAFETY: k < MAX_DEPTH.
-        let (len, name) = unsafe { (*s.lens.as_ptr().add(k), *s.names.as_ptr().add(k)) };
-        if len == 0 || len > NAME_MAX || pos + 1 + len as usize >= PATH_BUF {
+        let len = read::<u32>(dentry, o.dentry_d_name + o.qstr_len).unwrap_or(0) as usize;
+        if len == 0 || len > NAME_MAX || len + 1 >= pos {
             return Built::TooLong;
         }
-        // SAFETY: pos < PATH_BUF, and the buffer has PATH_SLACK bytes more.
-        unsafe { *base.add(bounded(pos, PATH_BUF - 1)) = b'/' };
-        pos += 1;
-        let dst = unsafe { base.add(bounded(pos, PATH_BUF - 1)) };
-        // SAFETY: dst + len (≤ NAME_MAX) stays inside path; the source is a
-        // kernel pointer read by the helper.
+        pos -= len;
+        // SAFETY: offset below PATH_BUF, size at most NAME_MAX: inside
+        // `build` (PATH_SLACK bytes of room); the source is a kernel pointer
+        // read by the helper.
         let r = unsafe {
             aya_ebpf::helpers::generated::bpf_probe_read_kernel(
-                dst.cast(),
-                bounded(len as usize, NAME_MAX as usize) as u32,
+                base.add(bounded(pos, PATH_BUF - 1)).cast(),
+                bounded(len, NAME_MAX) as u32,
                 name as *const core::ffi::c_void,
             )
         };
         if r != 0 {
             return Built::TooLong;
         }
-        pos += len as usize;
-        i += 1;
+        pos -= 1;
+        // SAFETY: as above.
+        unsafe { *base.add(bounded(pos, PATH_BUF - 1)) = b'/' };
+        dentry = parent;
     }
-    if pos == 0 {
-        // The root itself.
-        unsafe { *base = b'/' };
-        pos = 1;
+    if !complete {
+        return Built::TooLong;
     }
-    Built::Ok(pos as u32)
+    let len = PATH_BUF - pos;
+    if len == 0 {
+        s.path[0] = b'/';
+        return Built::Ok(1);
+    }
+    let n = if len > FILE_PATH_LEN {
+        FILE_PATH_LEN
+    } else {
+        len
+    };
+    // SAFETY: at most FILE_PATH_LEN bytes from inside `build` to the start
+    // of `path`.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            s.path.as_mut_ptr().cast(),
+            bounded(n, 2 * FILE_PATH_LEN - 1) as u32,
+            base.add(bounded(pos, PATH_BUF - 1)).cast(),
+        )
+    };
+    Built::Ok(len as u32)
 }
 
 /// Identity of another task (`task_kill`, `ptrace_access_check`): its

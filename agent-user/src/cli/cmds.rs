@@ -90,13 +90,15 @@ pub fn assign(client: &Client, a: &AssignArgs) -> anyhow::Result<u8> {
         _ => {}
     }
     // What binds an already running process depends on the file layer.
-    let files = client::block_on(client.call(
-        Method::GET,
-        &format!("/v1/policy/{}", a.identity),
-        None,
-    ))
-    .map(|(_, p)| p["files"]["enforced_by"].as_str().unwrap_or("none").to_string())
-    .unwrap_or_default();
+    let files =
+        client::block_on(client.call(Method::GET, &format!("/v1/policy/{}", a.identity), None))
+            .map(|(_, p)| {
+                p["files"]["enforced_by"]
+                    .as_str()
+                    .unwrap_or("none")
+                    .to_string()
+            })
+            .unwrap_or_default();
     if files == "landlock" {
         eprintln!(
             "warning: `{}` has [files] rules, but BPF LSM is unavailable here and Landlock can \

@@ -590,7 +590,11 @@ impl Enforcer {
         let cg = self.known(name)?.cgroup.clone();
         cgroup::move_pid(&cg, pid)?;
         info!(identity = %name, pid, "process assigned");
-        super::fileobs::warn_assign(name, self.known(name)?.policy.as_deref(), &format!("pid {pid}"));
+        super::fileobs::warn_assign(
+            name,
+            self.known(name)?.policy.as_deref(),
+            &format!("pid {pid}"),
+        );
         Ok(cg)
     }
 
@@ -614,7 +618,11 @@ impl Enforcer {
             l.assigned.push(path.to_path_buf());
         }
         info!(identity = %name, cgroup = %path.display(), "cgroup assigned");
-        super::fileobs::warn_assign(name, l.policy.as_deref(), &format!("cgroup {}", path.display()));
+        super::fileobs::warn_assign(
+            name,
+            l.policy.as_deref(),
+            &format!("cgroup {}", path.display()),
+        );
         Ok(path.to_path_buf())
     }
 

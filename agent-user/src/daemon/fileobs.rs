@@ -22,12 +22,19 @@ pub fn complete(ev: &mut Event, x: &FileEvent, policy: Option<&IdentityPolicy>) 
     } else {
         raw
     };
+    // Rules name real paths: a symlink is judged by its target.
+    let real = (x.layer == LAYER_LANDLOCK && path.starts_with('/'))
+        .then(|| std::fs::canonicalize(&path).ok())
+        .flatten()
+        .map(|p| p.display().to_string())
+        .filter(|r| *r != path);
     if x.layer == LAYER_LANDLOCK && x.reason == FILE_REASON_OBSERVED {
+        let judged = real.as_deref().unwrap_or(&path);
         let decided = policy
-            .filter(|p| p.files.confined && path.starts_with('/'))
+            .filter(|p| p.files.confined && judged.starts_with('/'))
             .map(|p| {
-                let is_dir = crate::policy::files_is_dir(Path::new(&path));
-                (p, decide_file(&p.files, &path, is_dir, x.access))
+                let is_dir = crate::policy::files_is_dir(Path::new(judged));
+                (p, decide_file(&p.files, judged, is_dir, x.access))
             });
         let (reason, rule) = match decided {
             Some((p, Some((Action::Deny, id)))) => ("deny-rule", describe(p, id)),
@@ -37,7 +44,13 @@ pub fn complete(ev: &mut Event, x: &FileEvent, policy: Option<&IdentityPolicy>) 
         ev.reason = Some(reason.into());
         ev.rule = rule;
     }
-    ev.file = Some(event::file_info(x, path));
+    let mut info = event::file_info(x, path);
+    if let Some(r) = real
+        && info.note.is_none()
+    {
+        info.note = Some(format!("resolves to {r}"));
+    }
+    ev.file = Some(info);
 }
 
 fn describe(p: &IdentityPolicy, id: u32) -> Option<String> {

@@ -261,7 +261,12 @@ pub fn attach_fileobs(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<&'static str, L
         path: dir.clone(),
         source,
     })?;
-    let per_syscall = ensure_tracefs().and_then(|()| {
+    // `CORRAL_FILE_OBSERVER_BTF=1` forces the fallback (benchmarks compare).
+    let forced = std::env::var_os("CORRAL_FILE_OBSERVER_BTF").map(|_| LoadError::Link {
+        path: dir.clone(),
+        message: "CORRAL_FILE_OBSERVER_BTF is set".into(),
+    });
+    let per_syscall = forced.map_or_else(ensure_tracefs, Err).and_then(|()| {
         for (name, tracepoint) in maps::FILEOBS_TP_PROGRAMS {
             let perr = |source| LoadError::Program { name, source };
             let prog: &mut aya::programs::TracePoint = ebpf
@@ -271,14 +276,12 @@ pub fn attach_fileobs(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<&'static str, L
                 .map_err(perr)?;
             prog.load().map_err(perr)?;
             let id = prog.attach("syscalls", tracepoint).map_err(perr)?;
-            let link: FdLink = prog
-                .take_link(id)
-                .map_err(perr)?
-                .try_into()
-                .map_err(|e: aya::programs::links::LinkError| LoadError::Link {
+            let link: FdLink = prog.take_link(id).map_err(perr)?.try_into().map_err(
+                |e: aya::programs::links::LinkError| LoadError::Link {
                     path: dir.join(name),
                     message: e.to_string(),
-                })?;
+                },
+            )?;
             pin_replacing(link, &dir, name)?;
         }
         Ok(())
@@ -290,7 +293,9 @@ pub fn attach_fileobs(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<&'static str, L
             maps::FILEOBS_PROGRAMS.iter().map(|p| p.0).collect(),
         ),
         Err(e) => {
-            warn!("per-syscall tracepoints unavailable ({e}); observing with tp_btf sys_enter/sys_exit");
+            warn!(
+                "per-syscall tracepoints unavailable ({e}); observing with tp_btf sys_enter/sys_exit"
+            );
             let btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Link {
                 path: "/sys/kernel/btf/vmlinux".into(),
                 message: e.to_string(),
@@ -349,7 +354,10 @@ pub(super) fn pin_replacing(link: FdLink, links_dir: &Path, name: &str) -> Resul
     let _ = fs::remove_file(&staging);
     link.pin(&staging).map_err(|e| LoadError::Link {
         path: staging.clone(),
-        message: format!("pinning: {}", std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string())),
+        message: format!(
+            "pinning: {}",
+            std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string())
+        ),
     })?;
     // The new link runs now; only then retire the old one.
     if pin.exists() {

@@ -168,7 +168,9 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
     if !fileobs::files_layer_lsm() && std::env::var_os("CORRAL_NO_FILE_OBSERVER").is_none() {
         let r = loader::attach_fileobs(&mut ebpf, &args.pin_dir);
         if let Err(e) = &r {
-            warn!("file denial observer not attached: Landlock denials will not reach `corral tail`: {e}");
+            warn!(
+                "file denial observer not attached: Landlock denials will not reach `corral tail`: {e}"
+            );
         }
         fileobs::set_observer(r.map_err(|e| e.to_string()));
     }

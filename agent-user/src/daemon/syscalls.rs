@@ -56,7 +56,10 @@ pub fn seccomp_mode_offset() -> u32 {
 
 fn read_seccomp_mode_offset() -> u32 {
     match super::unix::btf::read_vmlinux(&["task_struct", "seccomp"], &[]) {
-        Ok(f) => match (f.member("task_struct", "seccomp"), f.member("seccomp", "mode")) {
+        Ok(f) => match (
+            f.member("task_struct", "seccomp"),
+            f.member("seccomp", "mode"),
+        ) {
             (Some(a), Some(b)) if a + b > 0 => a + b,
             _ => {
                 warn!("BTF has no task_struct.seccomp.mode: `assigned = \"kill\"` is unavailable");
@@ -128,7 +131,9 @@ impl Syscalls {
         }
     }
 
-    fn policy_map(ebpf: &mut Ebpf) -> Result<BpfHashMap<&mut MapData, u32, SyscallPolicy>, MapError> {
+    fn policy_map(
+        ebpf: &mut Ebpf,
+    ) -> Result<BpfHashMap<&mut MapData, u32, SyscallPolicy>, MapError> {
         let m = ebpf
             .map_mut(maps::SYSCALL_POLICY)
             .expect("SYSCALL_POLICY in object");
@@ -148,7 +153,11 @@ impl Syscalls {
                 m.insert(l.id, want, 0)?;
             }
         }
-        let stale: Vec<u32> = m.keys().filter_map(Result::ok).filter(|k| !keep.contains(k)).collect();
+        let stale: Vec<u32> = m
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !keep.contains(k))
+            .collect();
         for k in stale {
             let _ = m.remove(&k);
         }
@@ -224,7 +233,11 @@ impl Syscalls {
             },
             Mechanism {
                 name: "syscall events (sys_enter/sys_exit observers)",
-                state: if obs.is_none() { "enforcing" } else { "unavailable" },
+                state: if obs.is_none() {
+                    "enforcing"
+                } else {
+                    "unavailable"
+                },
                 detail: match obs {
                     None => "refusals in the kernel and by the launcher, kills and audits are \
                              reported; attached only while some identity has a [syscalls] section"
@@ -300,10 +313,7 @@ fn attach(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<(), String> {
             .try_into()
             .map_err(|e| format!("{name}: {e}"))?;
         let id = p.attach().map_err(|e| format!("attaching {name}: {e}"))?;
-        let link: FdLink = p
-            .take_link(id)
-            .map_err(|e| format!("{name}: {e}"))?
-            .into();
+        let link: FdLink = p.take_link(id).map_err(|e| format!("{name}: {e}"))?.into();
         link.pin(&staging)
             .map_err(|e| format!("pinning {}: {e}", staging.display()))?;
         if pin.exists() {

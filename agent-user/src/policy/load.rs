@@ -13,8 +13,8 @@ use agent_common::identity::Mode;
 use toml::Spanned;
 
 use super::compile::{compile_network, digest};
-use super::files;
 use super::error::{PolicyError, PolicyErrors, Source};
+use super::files;
 use super::raw::{RawNetwork, RawPolicy};
 use super::rule::{self, Target};
 use super::{

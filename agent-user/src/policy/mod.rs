@@ -34,9 +34,13 @@ use agent_common::net::{CLASS_BIND_TCP, CLASS_BIND_UDP, CLASS_TCP, CLASS_UDP};
 pub use compile::{LpmEntry, NetTables, compile_network, decide};
 pub use error::{PolicyError, PolicyErrors};
 pub use files::{
-    ACCESS_ALL, ACCESS_EXEC, ACCESS_READ, ACCESS_WRITE, FileList, FilePolicy, FileRule,
-    decide_file, deciding_rule, is_dir as files_is_dir,
+    ACCESS_EXEC, ACCESS_READ, ACCESS_WRITE, FilePolicy, FileRule, decide_file,
+    is_dir as files_is_dir,
 };
+/// The rule deciding one access bit (the LSM compiler's tests check their
+/// tables against it).
+#[cfg(test)]
+pub use files::deciding_rule;
 pub use leases::{AnomalyAction, AnomalyPolicy, LeasePolicy, LiveGrant, with_grants};
 pub use load::{
     HostExpired, PolicySource, host_names, load_dir, load_dir_sources, load_dir_with, load_file,

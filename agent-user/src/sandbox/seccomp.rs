@@ -237,18 +237,34 @@ mod tests {
         }
         assert_eq!(f.eval(AUDIT_ARCH_X86_64, 0, 0), RET_ALLOW);
         assert_eq!(f.eval(AUDIT_ARCH_X86_64, 101, 0), RET_EPERM);
-        assert_eq!(f.eval(AUDIT_ARCH_X86_64, 83, 0), RET_NOTIFY, "mkdir is live");
+        assert_eq!(
+            f.eval(AUDIT_ARCH_X86_64, 83, 0),
+            RET_NOTIFY,
+            "mkdir is live"
+        );
         assert_eq!(f.eval(AUDIT_ARCH_X86_64, 100_000, 0), RET_NOTIFY);
         assert_eq!(f.eval(AUDIT_ARCH_X86_64, u32::MAX, 0), RET_EPERM);
         assert_eq!(f.eval(AUDIT_ARCH_X86_64, 0x4000_0000, 0), RET_EPERM, "x32");
         assert_eq!(f.eval(0x4000_0003, 0, 0), RET_EPERM, "i386");
-        assert_eq!(f.eval(AUDIT_ARCH_X86_64, NR_SECCOMP, 8), RET_EPERM, "listener");
+        assert_eq!(
+            f.eval(AUDIT_ARCH_X86_64, NR_SECCOMP, 8),
+            RET_EPERM,
+            "listener"
+        );
         assert_eq!(f.eval(AUDIT_ARCH_X86_64, NR_SECCOMP, 0), RET_NOTIFY);
-        assert_eq!(f.eval(AUDIT_ARCH_X86_64, 41, 0), RET_NOTIFY, "socket checks args live");
+        assert_eq!(
+            f.eval(AUDIT_ARCH_X86_64, 41, 0),
+            RET_NOTIFY,
+            "socket checks args live"
+        );
         let mut all = hot_set();
         all.insert(59);
         let f = Filter::compile(&all, &SyscallSet::default(), true);
-        assert_eq!(f.eval(AUDIT_ARCH_X86_64, 59, 0), RET_NOTIFY, "execve hands over");
+        assert_eq!(
+            f.eval(AUDIT_ARCH_X86_64, 59, 0),
+            RET_NOTIFY,
+            "execve hands over"
+        );
     }
 
     #[test]

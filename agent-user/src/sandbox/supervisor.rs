@@ -30,10 +30,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{
-    identity::MODE_AUDIT,
-    syscall::SyscallPolicy,
-};
+use agent_common::{identity::MODE_AUDIT, syscall::SyscallPolicy};
 
 /// `SECCOMP_IOCTL_NOTIF_SET_FLAGS` flag: wake the target on the answering
 /// CPU (Linux 6.6+; ≈2.7 µs per notified syscall here instead of ≈48).
@@ -194,7 +191,11 @@ impl Supervisor {
         let flags = SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP;
         // SAFETY: ioctl on our listener fd with a plain integer argument.
         unsafe {
-            libc::ioctl(listener.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS, flags);
+            libc::ioctl(
+                listener.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS,
+                flags,
+            );
         }
         loop {
             // SAFETY: the kernel requires a zeroed struct; all-zero is valid.
@@ -297,7 +298,11 @@ impl Handshake {
         while self.shared.state.load(Ordering::Acquire) != 1 {
             // The child is between fork and exec; it publishes in well
             // under a millisecond, or fails and the launcher exits.
-            let wait = if start.elapsed() < Duration::from_millis(5) { 20 } else { 500 };
+            let wait = if start.elapsed() < Duration::from_millis(5) {
+                20
+            } else {
+                500
+            };
             std::thread::sleep(Duration::from_micros(wait));
         }
         let pid = self.shared.pid.load(Ordering::Relaxed);

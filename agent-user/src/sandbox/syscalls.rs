@@ -18,7 +18,7 @@ use super::{
     seccomp::Filter,
     supervisor::{Handshake, PolicyMap, Supervisor},
 };
-use crate::policy::syscalls::{SyscallSet, hot_set, name_bytes, nr_of, ALWAYS_ALLOWED};
+use crate::policy::syscalls::{ALWAYS_ALLOWED, SyscallSet, hot_set, name_bytes, nr_of};
 
 pub struct SyscallConfinement {
     filter: Filter,
@@ -26,7 +26,10 @@ pub struct SyscallConfinement {
 }
 
 /// `None` when the identity has no `[syscalls]` section.
-pub fn prepare(identity: &str, policy: &serde_json::Value) -> anyhow::Result<Option<SyscallConfinement>> {
+pub fn prepare(
+    identity: &str,
+    policy: &serde_json::Value,
+) -> anyhow::Result<Option<SyscallConfinement>> {
     let s = &policy["syscalls"];
     if s["confined"] != true {
         return Ok(None);
@@ -39,7 +42,8 @@ pub fn prepare(identity: &str, policy: &serde_json::Value) -> anyhow::Result<Opt
     let id = policy["identity_id"]
         .as_u64()
         .context("the daemon did not send the identity id")? as u32;
-    let avail = std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
+    let avail =
+        std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
     if !avail.split_whitespace().any(|a| a == "user_notif") {
         bail!(
             "identity `{identity}` has a [syscalls] section, but this kernel has no seccomp user \
@@ -56,10 +60,18 @@ pub fn prepare(identity: &str, policy: &serde_json::Value) -> anyhow::Result<Opt
     let value: SyscallPolicy = map
         .lookup(id)
         .with_context(|| format!("reading {}", map_path.display()))?
-        .with_context(|| format!("no syscall policy for `{identity}` (id {id}) in {}", map_path.display()))?;
+        .with_context(|| {
+            format!(
+                "no syscall policy for `{identity}` (id {id}) in {}",
+                map_path.display()
+            )
+        })?;
     let name = name_bytes(identity);
     if value.name != name {
-        bail!("{} holds another identity under id {id}; retry", map_path.display());
+        bail!(
+            "{} holds another identity under id {id}; retry",
+            map_path.display()
+        );
     }
     if !value.confined() {
         // A reload removed the section since the daemon answered.

@@ -14,8 +14,11 @@
 //!       BPF-LSM steps: see `probe_steps/lsm.rs` (openat2, uring-open, bpf-map, signal, ...)
 //!       lease steps: see `probe_steps/lease.rs` (lease-call, lease-exit-race, watch-deny, burst, ...)
 //!       syscall steps: see `probe_steps/syscalls.rs` (sys, sys-thread, sys-exec, socket, ...)
+//!       network bypass steps: see `probe_steps/bypass.rs` (bp-uring-connect, bp-lsrr, ...)
 //! Steps chain: `probe pid connect 127.0.0.1 80 exit 3`.
 
+#[path = "probe_steps/bypass.rs"]
+mod bypass_steps;
 #[path = "probe_steps/files.rs"]
 mod file_steps;
 #[path = "probe_steps/lease.rs"]
@@ -181,6 +184,7 @@ fn main() {
                 println!(r#"{{"op":"loop","attempts":{n},"wrong":{wrong}}}"#);
                 i = j + 1;
             }
+            op if bypass_steps::is_step(op) => i = bypass_steps::step(&args, i),
             op if file_steps::is_step(op) => i = file_steps::step(&args, i),
             op if lease_steps::is_step(op) => i = lease_steps::step(&args, i),
             op if lsm_steps::is_step(op) => i = lsm_steps::step(&args, i),

@@ -83,11 +83,16 @@ pub fn links_dir(pin_dir: &Path) -> PathBuf {
 pub fn detach_all(pin_dir: &Path) {
     let dir = links_dir(pin_dir);
     if let Ok(rd) = fs::read_dir(&dir) {
+        let mut removed = 0;
         for e in rd.flatten() {
-            let _ = fs::remove_file(e.path());
+            if fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
         }
         let _ = fs::remove_dir(&dir);
-        info!(dir = %dir.display(), "removed LSM links left by a previous daemon");
+        if removed > 0 {
+            info!(dir = %dir.display(), removed, "removed LSM links left by a previous daemon");
+        }
     }
 }
 
@@ -179,7 +184,9 @@ fn load_one(
         .ok_or_else(|| format!("program {name} missing from the object"))?
         .try_into()
         .map_err(|e: ProgramError| e.to_string())?;
+    let t = std::time::Instant::now();
     prog.load(hook, btf).map_err(|e| describe(&e))?;
+    tracing::debug!(program = name, took = ?t.elapsed(), "LSM program verified and loaded");
     let id = prog.attach().map_err(|e| describe(&e))?;
     let link: FdLink = prog.take_link(id).map_err(|e| e.to_string())?.into();
     super::loader::pin_replacing(link, dir, name).map_err(|e| e.to_string())

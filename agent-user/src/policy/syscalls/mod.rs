@@ -551,7 +551,10 @@ mod tests {
         assert_eq!(nr_of("io_uring_setup"), Some(425));
         assert_eq!(nr_of("file_setattr"), Some(469));
         assert_eq!(name_of(41), Some("socket"));
-        assert_eq!(name_of(agent_common::syscall::PSEUDO_SOCKET_RAW), Some("socket:raw"));
+        assert_eq!(
+            name_of(agent_common::syscall::PSEUDO_SOCKET_RAW),
+            Some("socket:raw")
+        );
     }
 
     #[test]
@@ -562,32 +565,47 @@ mod tests {
         }
         let d = group_set(table::DEFAULT);
         for n in [
-            "read", "openat", "mmap", "futex", "clone3", "execve", "exit_group", "rt_sigreturn",
-            "epoll_wait", "getrandom", "rseq", "prlimit64",
+            "read",
+            "openat",
+            "mmap",
+            "futex",
+            "clone3",
+            "execve",
+            "exit_group",
+            "rt_sigreturn",
+            "epoll_wait",
+            "getrandom",
+            "rseq",
+            "prlimit64",
         ] {
             assert!(d.contains(nr_of(n).expect(n)), "{n}");
         }
-        for n in ["socket", "mkdir", "ptrace", "mount", "bpf", "setuid", "unshare"] {
+        for n in [
+            "socket", "mkdir", "ptrace", "mount", "bpf", "setuid", "unshare",
+        ] {
             assert!(!d.contains(nr_of(n).expect(n)), "{n}");
         }
     }
 
     #[test]
     fn allow_minus_deny_plus_always() {
-        let p = load(
-            "[syscalls]\nallow = [\"@default\", \"mkdir\"]\ndeny = [\"kill\", \"@debug\"]\n",
-        )
-        .expect("valid");
+        let p =
+            load("[syscalls]\nallow = [\"@default\", \"mkdir\"]\ndeny = [\"kill\", \"@debug\"]\n")
+                .expect("valid");
         let s = p.syscalls.expect("section");
         assert!(s.allowed.contains(nr_of("mkdir").expect("mkdir")));
         assert!(!s.allowed.contains(nr_of("kill").expect("kill")));
         assert!(s.denied.contains(nr_of("ptrace").expect("ptrace")));
         assert!(s.allowed.contains(nr_of("exit_group").expect("x")));
         assert_eq!(s.assigned, Assigned::Audit);
-        let (a, e) = s.deciding_entry(nr_of("kill").expect("kill")).expect("entry");
+        let (a, e) = s
+            .deciding_entry(nr_of("kill").expect("kill"))
+            .expect("entry");
         assert_eq!(a, Action::Deny);
         assert_eq!(e.describe(a), "deny kill (a.toml:5:10)");
-        let (a, e) = s.deciding_entry(nr_of("mkdir").expect("mkdir")).expect("entry");
+        let (a, e) = s
+            .deciding_entry(nr_of("mkdir").expect("mkdir"))
+            .expect("entry");
         assert_eq!((a, e.text.as_str()), (Action::Allow, "mkdir"));
         assert!(s.deciding_entry(nr_of("mount").expect("mount")).is_none());
     }
@@ -600,16 +618,25 @@ mod tests {
 
     #[test]
     fn unknown_names_are_errors_at_their_position() {
-        let e = load("[syscalls]\nallow = [\"read\", \"mkdri\", \"@defualt\"]\nassigned = \"maim\"\n")
-            .expect_err("invalid");
+        let e =
+            load("[syscalls]\nallow = [\"read\", \"mkdri\", \"@defualt\"]\nassigned = \"maim\"\n")
+                .expect_err("invalid");
         let lines: Vec<&str> = e.lines().collect();
         assert_eq!(lines.len(), 3, "{e}");
         assert!(
-            lines[0].starts_with("a.toml:4:19: unknown syscall `mkdri` (x86_64); did you mean `mkdir`?"),
+            lines[0].starts_with(
+                "a.toml:4:19: unknown syscall `mkdri` (x86_64); did you mean `mkdir`?"
+            ),
             "{e}"
         );
-        assert!(lines[1].starts_with("a.toml:4:28: unknown syscall group `@defualt`"), "{e}");
-        assert!(lines[2].starts_with("a.toml:5:13: bad `assigned` value `maim`"), "{e}");
+        assert!(
+            lines[1].starts_with("a.toml:4:28: unknown syscall group `@defualt`"),
+            "{e}"
+        );
+        assert!(
+            lines[2].starts_with("a.toml:5:13: bad `assigned` value `maim`"),
+            "{e}"
+        );
         let e = load("[syscalls]\ndeny = [\"exit_group\"]\n").expect_err("invalid");
         assert!(e.contains("cannot be denied"), "{e}");
         let e = load("[syscalls]\nalow = []\n").expect_err("invalid");

@@ -38,7 +38,7 @@ fn ret(r: libc::c_long) -> io::Result<i64> {
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(r as i64)
+        Ok(r)
     }
 }
 
@@ -65,11 +65,21 @@ pub fn call(name: &str, path: Option<&str>) -> io::Result<i64> {
             }
             "sysinfo" => {
                 let mut s: libc::sysinfo = std::mem::zeroed();
-                ret(libc::syscall(libc::SYS_sysinfo, &mut s as *mut libc::sysinfo))
+                ret(libc::syscall(
+                    libc::SYS_sysinfo,
+                    &mut s as *mut libc::sysinfo,
+                ))
             }
             "kcmp" => {
                 let me = libc::getpid();
-                ret(libc::syscall(libc::SYS_kcmp, me, me, 0 /* KCMP_FILE */, 0, 0))
+                ret(libc::syscall(
+                    libc::SYS_kcmp,
+                    me,
+                    me,
+                    0, /* KCMP_FILE */
+                    0,
+                    0,
+                ))
             }
             "personality" => ret(libc::syscall(libc::SYS_personality, 0xffff_ffffu64)),
             other => panic!("probe: no raw call for `{other}`"),
@@ -79,7 +89,11 @@ pub fn call(name: &str, path: Option<&str>) -> io::Result<i64> {
 
 fn socket(kind: &str) -> io::Result<i64> {
     let (family, ty, proto) = match kind {
-        "packet" => (libc::AF_PACKET, libc::SOCK_RAW, (libc::ETH_P_ALL as u16).to_be() as i32),
+        "packet" => (
+            libc::AF_PACKET,
+            libc::SOCK_RAW,
+            (libc::ETH_P_ALL as u16).to_be() as i32,
+        ),
         "raw" => (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
         "netlink-route" => (libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE),
         "netlink-generic" => (libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_GENERIC),
