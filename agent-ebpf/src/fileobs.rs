@@ -28,7 +28,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
     },
     macros::map,
-    maps::LruHashMap,
+    maps::{HashMap, LruHashMap},
     programs::{BtfTracePointContext, TracePointContext},
 };
 
@@ -77,10 +77,12 @@ pub struct Pending {
     pub flags: u32,
 }
 
-/// `LruHashMap<u64 pid_tgid, Pending>`: opens/execs of observed tasks in
-/// flight. LRU so a task killed mid-syscall cannot leak an entry for good.
+/// `HashMap<u64 pid_tgid, Pending>`: opens/execs of observed tasks in
+/// flight, one per thread (every syscall entry has its exit, also for a task
+/// being killed, so entries do not leak; a full map only loses events).
+/// Preallocated: insert and delete stay cheap on the observed path.
 #[map(name = "FILEOBS_PENDING")]
-static FILEOBS_PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(16384, 0);
+static FILEOBS_PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
 
 /// Per cgroup: the identity to observe (0: none) and when it was resolved.
 #[repr(C)]

@@ -12,10 +12,11 @@
 //!
 //! Seccomp runs before the `sys_enter` tracepoint and skips it for a call
 //! it refuses, but `sys_exit` still fires. So a tagged task's `sys_exit`
-//! without a matching `sys_enter` (`SC_PENDING`), returning EPERM or
-//! ENOSYS, is a call the seccomp filter refused: in the kernel (a `deny`
-//! entry) or through the launcher's answer to a notification. That is how
-//! both layers report through one path.
+//! returning EPERM or ENOSYS without a matching `sys_enter` (`SC_PENDING`
+//! holds the number each tagged thread entered last) is a call the seccomp
+//! filter refused: in the kernel (a `deny` entry) or through the launcher's
+//! answer to a notification. That is how both layers report through one
+//! path, and why `sys_exit` costs one compare for every other return value.
 
 use agent_common::{
     event::{
@@ -79,8 +80,8 @@ pub struct LastCgroup {
 #[map(name = "SC_LAST_CG")]
 static LAST: PerCpuArray<LastCgroup> = PerCpuArray::with_max_entries(1, 0);
 
-/// `LruHashMap<u32 tid, u32>`: 1 between a tagged thread's `sys_enter` and
-/// its `sys_exit`.
+/// `LruHashMap<u32 tid, u32>`: the syscall number a tagged thread entered
+/// last, plus one.
 #[map(name = "SC_PENDING")]
 static PENDING: LruHashMap<u32, u32> = LruHashMap::with_max_entries(65536, 0);
 
@@ -279,19 +280,17 @@ pub fn on_enter(ctx: &BtfTracePointContext) -> i32 {
         return 0;
     };
     let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = pid_tgid as u32;
-    match PENDING.get_ptr_mut(tid) {
+    let id: i64 = ctx.arg(1);
+    // The number this thread entered last, plus one (0: none).
+    let entered = (id as u32).wrapping_add(1);
+    match PENDING.get_ptr_mut(pid_tgid as u32) {
         // SAFETY: this thread's own slot.
-        Some(p) => unsafe { *p = 1 },
+        Some(p) => unsafe { *p = entered },
         None => {
-            let _ = PENDING.insert(tid, 1, 0);
+            let _ = PENDING.insert(pid_tgid as u32, entered, 0);
         }
     }
-    if !pol.confined() {
-        return 0;
-    }
-    let id: i64 = ctx.arg(1);
-    if id < 0 || id >= BITMAP_BITS as i64 {
+    if !pol.confined() || id < 0 || id >= BITMAP_BITS as i64 {
         return 0;
     }
     let nr = id as u32;
@@ -334,34 +333,34 @@ pub fn on_enter(ctx: &BtfTracePointContext) -> i32 {
     0
 }
 
+/// Only calls that fail with EPERM or ENOSYS can be refusals, so every other
+/// exit costs one compare, whoever made it. A tagged thread's EPERM/ENOSYS
+/// exit is a refusal when the thread did not enter that syscall: its last
+/// `sys_enter` was for another number (seccomp skips `sys_enter` for a call
+/// it refuses). The one miss: a call the thread entered last time, refused
+/// right after a policy change with no other syscall between.
 pub fn on_exit(ctx: &BtfTracePointContext) -> i32 {
+    let ret: i64 = ctx.arg(1);
+    if ret != -EPERM && ret != -ENOSYS {
+        return 0;
+    }
     let identity = tagged_identity();
     if identity == 0 {
         return 0;
     }
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let entered = match PENDING.get_ptr_mut(tid) {
-        // SAFETY: this thread's own slot.
-        Some(p) => unsafe {
-            let v = *p;
-            *p = 0;
-            v
-        },
-        None => 0,
-    };
-    if entered != 0 {
-        return 0;
-    }
-    let ret: i64 = ctx.arg(1);
-    if ret != -EPERM && ret != -ENOSYS {
+    let regs: *const u8 = ctx.arg(0);
+    let nr = reg(regs, REGS_ORIG_AX) as u32;
+    // SAFETY: plain u32 copied out.
+    if let Some(last) = unsafe { PENDING.get(bpf_get_current_pid_tgid() as u32) }
+        && *last == nr.wrapping_add(1)
+    {
+        // It entered: the call itself failed, nobody refused it.
         return 0;
     }
     // SAFETY: plain-data value, read in place.
     let Some(pol) = (unsafe { SYSCALL_POLICY.get(identity) }) else {
         return 0;
     };
-    let regs: *const u8 = ctx.arg(0);
-    let nr = reg(regs, REGS_ORIG_AX) as u32;
     let args = args_of(regs);
     let in_kernel = nr >= X32_SYSCALL_BIT
         || pol.denied_bit(nr)

@@ -555,3 +555,29 @@ fn assign_warns_that_a_running_process_gets_no_file_rules() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn audit_mode_is_not_applied_and_says_so() {
+    let t = Tree::new();
+    let text = policy("files-g", &[t.p("kb/")], &[], None, &[]).replace(
+        "name = \"files-g\"\n",
+        "name = \"files-g\"\nmode = \"audit\"\n",
+    );
+    let Some(d) = daemon(&[("files-g", &text)]) else {
+        return;
+    };
+    let shown = d.cli_json(&["policy", "show", "files-g", "--json"]);
+    assert_eq!(shown["files"]["enforced_by"], "none", "{shown:#}");
+    assert!(
+        shown["files"]["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("audit mode")),
+        "{shown:#}"
+    );
+    // Landlock can only refuse: an audit identity runs unconfined here.
+    allowed(
+        &d.probe_as("files-g", &["open", &t.p("secret"), "r"]),
+        "open",
+        0,
+    );
+}

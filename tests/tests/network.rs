@@ -23,6 +23,8 @@ fn tcp_connect_allowed_denied_and_untouched_outside() {
     let tail = d.tail(Some("web"));
 
     let (ok, no) = (ok_port.to_string(), no_port.to_string());
+    // exe and ppid are read from /proc while the process lives: the probe
+    // stays a moment so that a loaded daemon still finds it.
     let r = d.probe_as(
         "web",
         &[
@@ -33,6 +35,8 @@ fn tcp_connect_allowed_denied_and_untouched_outside() {
             "connect",
             "127.0.0.1",
             &no,
+            "sleep",
+            "1",
         ],
     );
     assert_eq!(r.step("connect", 0)["ok"], true, "{r:#?}");

@@ -585,3 +585,112 @@ fn audit_mode_allows_and_reports_and_no_section_means_unconfined() {
     assert_eq!(r.step("sys", 0)["ok"], true, "{r:#?}");
     assert_eq!(r.step("io-uring-setup", 0)["ok"], true, "{r:#?}");
 }
+
+/// The bundled policies' `[syscalls]` sections reach the pinned map the
+/// launchers read: read back through the pin, bit by bit, against the
+/// names the daemon reports.
+#[test]
+fn bundled_syscall_sections_reach_the_pinned_map() {
+    if !is_root() {
+        return;
+    }
+    use agent_common::{maps, syscall::SyscallPolicy};
+    use aya::maps::{HashMap as BpfHashMap, MapData};
+    let src = workspace().join("policies");
+    let files: Vec<(String, String)> = std::fs::read_dir(&src)
+        .expect("policies/")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
+        .map(|e| {
+            let stem = e
+                .path()
+                .file_stem()
+                .expect("stem")
+                .to_string_lossy()
+                .into_owned();
+            (stem, std::fs::read_to_string(e.path()).expect("read"))
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let d = Daemon::start(&refs);
+    let pin = d.dirs.pin_dir.join("maps").join(maps::SYSCALL_POLICY);
+    let m: BpfHashMap<MapData, u32, SyscallPolicy> = BpfHashMap::try_from(aya::maps::Map::HashMap(
+        MapData::from_pin(&pin).expect("pin"),
+    ))
+    .expect("hash map");
+    let mut confined = 0;
+    for (name, _) in &files {
+        let ident = d.cli_json(&["policy", "show", name, "--json"]);
+        let name = ident["name"].as_str().expect("name");
+        let id = ident["identity_id"].as_u64().expect("id") as u32;
+        let v = m.get(&id, 0).expect("every identity has a value");
+        assert_eq!(&v.name[..name.len()], name.as_bytes());
+        let s = &ident["syscalls"];
+        assert_eq!(v.confined(), s["confined"] == true, "{name}");
+        if !v.confined() {
+            continue;
+        }
+        confined += 1;
+        let bits =
+            |words: &[u64; 8]| -> usize { words.iter().map(|w| w.count_ones() as usize).sum() };
+        let allowed = s["allowed"].as_array().expect("allowed");
+        let denied = s["denied"].as_array().expect("denied");
+        assert_eq!(bits(&v.allow), allowed.len(), "{name}: allowed");
+        assert_eq!(bits(&v.deny), denied.len(), "{name}: denied");
+        // Spot checks by number: read (0), ptrace (101).
+        let has = |l: &[Value], n: &str| l.iter().any(|x| x == n);
+        assert_eq!(v.allowed_bit(0), has(allowed, "read"), "{name}");
+        assert_eq!(v.allowed_bit(101), has(allowed, "ptrace"), "{name}");
+        assert_eq!(v.denied_bit(101), has(denied, "ptrace"), "{name}");
+    }
+    assert!(confined >= 1, "a bundled policy shows [syscalls]");
+}
+
+/// `corral unload` ends enforcement, but a running agent's filter cannot be
+/// removed: its launcher then refuses every notified syscall (closed), it
+/// does not go on answering from a policy nobody maintains.
+#[test]
+fn unload_leaves_running_agents_closed() {
+    if !is_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (dir, go) = (tmp.path().join("d"), tmp.path().join("go"));
+    let p = policy("gone", "enforce", "allow = [\"@default\", \"mkdir\"]");
+    let d = Daemon::start(&[("gone", &p)]);
+    let mut probe = d.spawn_probe_as(
+        "gone",
+        &[
+            "pid",
+            "wait-file",
+            path_str(&go),
+            "sys",
+            "getppid",
+            "sys",
+            "mkdir",
+            path_str(&dir),
+        ],
+    );
+    probe.next_step("pid");
+    let dirs = d.stop_keep_pins();
+    let out = Command::new(corral_bin())
+        .args(["unload", "--pin-dir"])
+        .arg(&dirs.pin_dir)
+        .args(["--cgroup-parent", &dirs.cgroup_parent])
+        .output()
+        .expect("corral unload");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    touch(&go);
+    assert_eq!(probe.next_step("sys")["ok"], true, "hot: in the filter");
+    assert_eq!(probe.next_step("sys")["errno"], EPERM, "notified: refused");
+    assert!(!dir.exists());
+    drop(probe);
+    cleanup(&dirs);
+}

@@ -151,6 +151,9 @@ impl Env {
             .arg("--pin-dir")
             .arg(&self.pin_dir)
             .args(["--cgroup-parent", &self.parent])
+            // Only this feature's observers: the `[files]` fallback's
+            // observer is measured by `bench_files`.
+            .env("CORRAL_NO_FILE_OBSERVER", "1")
             .arg("--state-dir")
             .arg(log.parent().context("dir")?)
             .stderr(fs::File::create(log)?)

@@ -462,89 +462,90 @@ fn judge_side(
     }
 }
 
-/// `lsm/path_link(old_dentry, new_dir, new_dentry)`: a tagged identity may
-/// link only what it may write, into a place it may write (both sides are on
-/// `new_dir`'s mount: the kernel refuses cross-mount links).
-pub fn path_link(ctx: &LsmContext) -> i32 {
-    let Some(s) = identity::current() else {
-        return 0;
+/// `judge_side` as a BPF *global* function: the verifier checks it once,
+/// on its own, and a caller sees only its scalar result. Inlined into every
+/// hook (twice in link and rename), the path walk's loop made those
+/// programs too complex to verify. Scalars only: `who` = identity << 32 |
+/// ruleset, `what` = mode << 32 | op << 8 | check_below << 1 | dir.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn corral_judge_entry(mnt: u64, dentry: u64, who: u64, what: u64) -> i32 {
+    let s = Subject {
+        identity: (who >> 32) as u32,
+        ruleset: who as u32,
+        mode: (what >> 32) as u32,
+        flags: IDENTITY_FLAG_FILES,
     };
-    if s.flags & IDENTITY_FLAG_FILES == 0 {
-        return 0;
-    }
-    let old_dentry: u64 = ctx.arg(0);
-    let new_dir: u64 = ctx.arg(1);
-    let new_dentry: u64 = ctx.arg(2);
+    let op = ((what >> 8) & 0xff) as u32;
     let o = kernel::offsets();
     let Some(sc) = kernel::scratch() else {
         return 0;
     };
-    let mnt = kernel::read_ptr(new_dir, o.path_mnt);
-    let r = judge_side(
-        &s,
-        &o,
-        sc,
-        mnt,
-        old_dentry,
-        false,
-        FILE_OP_LINK_SOURCE,
-        false,
-    );
+    judge_side(&s, &o, sc, mnt, dentry, what & 1 != 0, op, what & 2 != 0)
+}
+
+/// Calls `corral_judge_entry` for one side of a change.
+#[inline(always)]
+fn judge_global(s: &Subject, mnt: u64, dentry: u64, dir: bool, op: u32, check_below: bool) -> i32 {
+    let who = ((s.identity as u64) << 32) | s.ruleset as u64;
+    let what =
+        ((s.mode as u64) << 32) | ((op as u64) << 8) | ((check_below as u64) << 1) | dir as u64;
+    // The verifier knows nothing of a global function's result; an LSM
+    // program must provably return 0 or an errno.
+    if corral_judge_entry(mnt, dentry, who, what) == 0 {
+        0
+    } else {
+        -EPERM
+    }
+}
+
+/// The subject of a path hook: tagged, and with a `[files]` section.
+#[inline(always)]
+fn files_subject() -> Option<Subject> {
+    identity::current().filter(|s| s.flags & IDENTITY_FLAG_FILES != 0)
+}
+
+/// `lsm/path_link(old_dentry, new_dir, new_dentry)`: a tagged identity may
+/// link only what it may write, into a place it may write (both sides are on
+/// `new_dir`'s mount: the kernel refuses cross-mount links).
+pub fn path_link(ctx: &LsmContext) -> i32 {
+    let Some(s) = files_subject() else {
+        return 0;
+    };
+    let old_dentry = kernel::arg_scalar(ctx, 0);
+    let new_dir = kernel::arg_scalar(ctx, 1);
+    let new_dentry = kernel::arg_scalar(ctx, 2);
+    let mnt = kernel::read_ptr(new_dir, kernel::offsets().path_mnt);
+    let r = judge_global(&s, mnt, old_dentry, false, FILE_OP_LINK_SOURCE, false);
     if r != 0 {
         return r;
     }
-    judge_side(
-        &s,
-        &o,
-        sc,
-        mnt,
-        new_dentry,
-        false,
-        FILE_OP_LINK_TARGET,
-        false,
-    )
+    judge_global(&s, mnt, new_dentry, false, FILE_OP_LINK_TARGET, false)
 }
 
 /// `lsm/path_rename(old_dir, old_dentry, new_dir, new_dentry, flags)`:
 /// write access is needed on both sides; a directory with rules beneath it
 /// cannot be moved.
 pub fn path_rename(ctx: &LsmContext) -> i32 {
-    let Some(s) = identity::current() else {
+    let Some(s) = files_subject() else {
         return 0;
     };
-    if s.flags & IDENTITY_FLAG_FILES == 0 {
-        return 0;
-    }
-    let old_dir: u64 = ctx.arg(0);
-    let old_dentry: u64 = ctx.arg(1);
-    let new_dir: u64 = ctx.arg(2);
-    let new_dentry: u64 = ctx.arg(3);
+    let old_dir = kernel::arg_scalar(ctx, 0);
+    let old_dentry = kernel::arg_scalar(ctx, 1);
+    let new_dir = kernel::arg_scalar(ctx, 2);
+    let new_dentry = kernel::arg_scalar(ctx, 3);
     let o = kernel::offsets();
-    let Some(sc) = kernel::scratch() else {
-        return 0;
-    };
     let dir = kernel::dentry_is_dir(&o, old_dentry);
     let old_mnt = kernel::read_ptr(old_dir, o.path_mnt);
-    let r = judge_side(
-        &s,
-        &o,
-        sc,
-        old_mnt,
-        old_dentry,
-        dir,
-        FILE_OP_RENAME_SOURCE,
-        dir,
-    );
+    let r = judge_global(&s, old_mnt, old_dentry, dir, FILE_OP_RENAME_SOURCE, dir);
     if r != 0 {
         return r;
     }
     // RENAME_EXCHANGE moves the target the other way: judge it as a source.
     let new_mnt = kernel::read_ptr(new_dir, o.path_mnt);
     let new_is_dir = dir || kernel::dentry_is_dir(&o, new_dentry);
-    judge_side(
+    judge_global(
         &s,
-        &o,
-        sc,
         new_mnt,
         new_dentry,
         new_is_dir,
@@ -557,20 +558,13 @@ pub fn path_rename(ctx: &LsmContext) -> i32 {
 /// symlink, unlink, rmdir): needs write access to the entry's path.
 #[inline(always)]
 fn entry_change(ctx: &LsmContext, op: u32, dir_entry: bool) -> i32 {
-    let Some(s) = identity::current() else {
+    let Some(s) = files_subject() else {
         return 0;
     };
-    if s.flags & IDENTITY_FLAG_FILES == 0 {
-        return 0;
-    }
-    let dir: u64 = ctx.arg(0);
-    let dentry: u64 = ctx.arg(1);
-    let o = kernel::offsets();
-    let Some(sc) = kernel::scratch() else {
-        return 0;
-    };
-    let mnt = kernel::read_ptr(dir, o.path_mnt);
-    judge_side(&s, &o, sc, mnt, dentry, dir_entry, op, false)
+    let dir = kernel::arg_scalar(ctx, 0);
+    let dentry = kernel::arg_scalar(ctx, 1);
+    let mnt = kernel::read_ptr(dir, kernel::offsets().path_mnt);
+    judge_global(&s, mnt, dentry, dir_entry, op, false)
 }
 
 /// `lsm/path_mknod(dir, dentry, mode, dev)`: also every `O_CREAT` open that
@@ -601,31 +595,40 @@ pub fn path_rmdir(ctx: &LsmContext) -> i32 {
 
 /// `lsm/path_truncate(path)`: truncate(2) by path never opens the file.
 pub fn path_truncate(ctx: &LsmContext) -> i32 {
-    let Some(s) = identity::current() else {
+    let Some(s) = files_subject() else {
         return 0;
     };
-    if s.flags & IDENTITY_FLAG_FILES == 0 {
-        return 0;
-    }
-    let path: u64 = ctx.arg(0);
+    let path = kernel::arg_scalar(ctx, 0);
+    let o = kernel::offsets();
+    let mnt = kernel::read_ptr(path, o.path_mnt);
+    let dentry = kernel::read_ptr(path, o.path_dentry);
+    judge_global(&s, mnt, dentry, false, FILE_OP_TRUNCATE, false)
+}
+
+/// The path walk alone, as a global function (see `corral_judge_entry`):
+/// writes the path of (`mnt`, `dentry`) into the scratch buffer; its length,
+/// 0 when it cannot be had.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn corral_path_of(mnt: u64, dentry: u64) -> u32 {
     let o = kernel::offsets();
     let Some(sc) = kernel::scratch() else {
         return 0;
     };
-    let mnt = kernel::read_ptr(path, o.path_mnt);
-    let dentry = kernel::read_ptr(path, o.path_dentry);
-    judge_side(&s, &o, sc, mnt, dentry, false, FILE_OP_TRUNCATE, false)
-}
-
-/// Path of a `struct path *` into the scratch buffer for an event (mounts).
-#[inline(always)]
-pub fn path_of(o: &KernelOffsets, sc: &mut FileScratch, path: u64) -> u32 {
-    let mnt = kernel::read_ptr(path, o.path_mnt);
-    let dentry = kernel::read_ptr(path, o.path_dentry);
-    match kernel::build_path(o, sc, mnt, dentry) {
+    match kernel::build_path(&o, sc, mnt, dentry) {
         Built::Ok(l) => l,
         Built::TooLong => 0,
     }
+}
+
+/// Path of a `struct path *` into the scratch buffer, for an event.
+#[inline(always)]
+pub fn path_of(path: u64) -> u32 {
+    let o = kernel::offsets();
+    corral_path_of(
+        kernel::read_ptr(path, o.path_mnt),
+        kernel::read_ptr(path, o.path_dentry),
+    )
 }
 
 /// Reports a refused mount (self-protection).

@@ -87,6 +87,25 @@ pub struct FileScratch {
     pub ruleset_be: u32,
     pub path: [u8; PATH_BUF + PATH_SLACK],
     build: [u8; PATH_BUF + PATH_SLACK],
+    /// Scratch word for `FileScratch::opaque`.
+    tmp: u64,
+}
+
+impl FileScratch {
+    /// `v & mask`, passed through map memory. The verifier tracks a value
+    /// spilled to the stack exactly, and marks it precise when it becomes a
+    /// pointer offset, so a walk whose offset differs at every step would be
+    /// explored once per possible history. Loaded back from a map value it
+    /// is an unknown scalar: the mask bounds the access, and states that
+    /// differ only in it are pruned as equal.
+    #[inline(always)]
+    fn opaque(&mut self, v: usize, mask: usize) -> usize {
+        // SAFETY: a field of our per-CPU scratch.
+        unsafe {
+            core::ptr::write_volatile(&mut self.tmp, v as u64);
+            core::ptr::read_volatile(&self.tmp) as usize & mask
+        }
+    }
 }
 
 #[inline(always)]
@@ -104,6 +123,17 @@ pub fn read<T: Copy>(base: u64, off: u32) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel tolerates any address; a bad one is an
     // error, not a fault.
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
+}
+
+/// Hook argument `n` as a plain scalar. `ctx.arg(n)` gives the verifier a
+/// typed kernel pointer, which may not be passed to a global function;
+/// read through the helper, it is just a number.
+#[inline(always)]
+pub fn arg_scalar(ctx: &aya_ebpf::programs::LsmContext, n: usize) -> u64 {
+    use aya_ebpf::EbpfContext as _;
+    let p = ctx.as_ptr() as u64 + 8 * n as u64;
+    // SAFETY: reads the hook's argument array through the helper.
+    unsafe { bpf_probe_read_kernel(p as *const u64).unwrap_or(0) }
 }
 
 #[inline(always)]
@@ -173,13 +203,15 @@ pub fn build_path(o: &KernelOffsets, s: &mut FileScratch, mnt: u64, dentry: u64)
             return Built::TooLong;
         }
         pos -= len;
+        let at = s.opaque(pos, PATH_BUF - 1);
+        let size = s.opaque(len, NAME_MAX);
         // SAFETY: offset below PATH_BUF, size at most NAME_MAX: inside
         // `build` (PATH_SLACK bytes of room); the source is a kernel pointer
         // read by the helper.
         let r = unsafe {
             aya_ebpf::helpers::generated::bpf_probe_read_kernel(
-                base.add(bounded(pos, PATH_BUF - 1)).cast(),
-                bounded(len, NAME_MAX) as u32,
+                base.add(at).cast(),
+                size as u32,
                 name as *const core::ffi::c_void,
             )
         };
@@ -187,14 +219,22 @@ pub fn build_path(o: &KernelOffsets, s: &mut FileScratch, mnt: u64, dentry: u64)
             return Built::TooLong;
         }
         pos -= 1;
+        let at = s.opaque(pos, PATH_BUF - 1);
         // SAFETY: as above.
-        unsafe { *base.add(bounded(pos, PATH_BUF - 1)) = b'/' };
+        unsafe { *base.add(at) = b'/' };
         dentry = parent;
     }
     if !complete {
         return Built::TooLong;
     }
-    let len = PATH_BUF - pos;
+    // The walk can end after any number of steps with a different `pos`:
+    // through map memory, the length is one unknown scalar, so the states
+    // after the walk are pruned as equal.
+    let len = s.opaque(PATH_BUF - pos, 2 * PATH_BUF - 1);
+    if len >= PATH_BUF {
+        return Built::TooLong;
+    }
+    let pos = PATH_BUF - len;
     if len == 0 {
         s.path[0] = b'/';
         return Built::Ok(1);
@@ -209,8 +249,8 @@ pub fn build_path(o: &KernelOffsets, s: &mut FileScratch, mnt: u64, dentry: u64)
     unsafe {
         aya_ebpf::helpers::generated::bpf_probe_read_kernel(
             s.path.as_mut_ptr().cast(),
-            bounded(n, 2 * FILE_PATH_LEN - 1) as u32,
-            base.add(bounded(pos, PATH_BUF - 1)).cast(),
+            s.opaque(n, 2 * FILE_PATH_LEN - 1) as u32,
+            base.add(s.opaque(pos, PATH_BUF - 1)).cast(),
         )
     };
     Built::Ok(len as u32)

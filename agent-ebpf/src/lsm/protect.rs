@@ -134,12 +134,11 @@ pub fn move_mount(ctx: &LsmContext) -> i32 {
     let Some(s) = identity::current() else {
         return 0;
     };
-    let to_path: u64 = ctx.arg(1);
-    let o = kernel::offsets();
+    let to_path = kernel::arg_scalar(ctx, 1);
+    let len = files::path_of(to_path);
     let Some(sc) = kernel::scratch() else {
         return -EPERM;
     };
-    let len = files::path_of(&o, sc, to_path);
     files::emit_mount(&s, sc, len, FILE_OP_MOVE_MOUNT);
     -EPERM
 }

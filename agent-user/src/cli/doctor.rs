@@ -93,6 +93,21 @@ pub fn run(a: &JsonFlag) -> anyhow::Result<u8> {
         ok: true,
         detail: release,
     });
+    let kill_off = crate::daemon::seccomp_mode_offset();
+    checks.push(Check {
+        name: "syscall kill mode",
+        ok: kill_off != 0,
+        detail: if kill_off != 0 {
+            format!(
+                "task_struct.seccomp.mode at +{kill_off} (BTF): `assigned = \"kill\"` can tell \
+                 processes without Corral's filter; it kills AFTER the call, never prevents it"
+            )
+        } else {
+            "NOT AVAILABLE: no task_struct.seccomp in the kernel's BTF; processes without \
+             Corral's seccomp filter are only audited"
+                .into()
+        },
+    });
     let unix = crate::daemon::unix_kernel_support();
     checks.push(Check {
         name: "unix socket rules",

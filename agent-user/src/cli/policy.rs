@@ -281,6 +281,7 @@ fn show(client: &Client, name: &str, json: bool) -> anyhow::Result<u8> {
             s(&h["refresh_every"])
         );
     }
+    crate::policy::syscalls::print_show(&v["syscalls"]);
     let k = &v["kernel_entries"];
     println!(
         "  kernel: ruleset {}, {} IPv4 + {} IPv6 LPM entries",
@@ -297,13 +298,24 @@ fn explain(client: &Client, a: &ExplainArgs) -> anyhow::Result<u8> {
         )
         .into());
     }
-    if a.syscall.is_some() {
-        return Err(UsageError(
-            "not supported yet: syscall rules are not implemented, so `--syscall` cannot be \
-             explained"
-                .into(),
-        )
-        .into());
+    if let Some(name) = &a.syscall {
+        let p = call(client, Method::GET, &format!("/v1/policy/{}", a.identity), None)?;
+        let v = crate::policy::syscalls::explain(&p, name).map_err(UsageError)?;
+        if a.json {
+            print_json(&v);
+        } else {
+            println!(
+                "{} ({}): {} (#{}) -> {}{} [{}]",
+                s(&v["identity"]),
+                s(&v["mode"]),
+                s(&v["syscall"]),
+                v["nr"],
+                s(&v["decision"]),
+                v["by"].as_str().map(|b| format!(" by {b}")).unwrap_or_default(),
+                s(&v["layer"])
+            );
+        }
+        return Ok(0);
     }
     let body = json!({
         "identity": a.identity,

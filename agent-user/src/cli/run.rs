@@ -92,6 +92,12 @@ pub fn run(client: &Client, args: &RunArgs) -> anyhow::Result<u8> {
         Some(u) => Some(resolve_user(u)?),
         None => None,
     };
+    let as_root = user
+        .as_ref()
+        .map_or_else(|| nix::unistd::geteuid().is_root(), |u| u.uid.is_root());
+    if as_root {
+        eprintln!("{}", root_warning(&args.identity, &policy));
+    }
 
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..]);
@@ -162,6 +168,39 @@ pub fn run(client: &Client, args: &RunArgs) -> anyhow::Result<u8> {
         (None, Some(sig)) => 128u8.wrapping_add(sig as u8),
         _ => 1,
     })
+}
+
+/// Root inside an identity is not held by the cgroup programs: it can move
+/// itself out of the identity's cgroup, after which nothing Corral enforces
+/// applies. `corral run` says so on every start (tests/tests/bypass_net.rs
+/// shows each way out).
+fn root_warning(identity: &str, policy: &serde_json::Value) -> String {
+    let files = &policy["files"];
+    let held_by = if files["confined"] == true {
+        files["enforced_by"].as_str().unwrap_or("none")
+    } else {
+        "none"
+    };
+    let leave = match held_by {
+        "landlock" => {
+            "Its [files] rules (Landlock) stop writes to cgroup.procs, but not \
+             clone3(CLONE_INTO_CGROUP), which starts a child in another cgroup"
+        }
+        "lsm" => {
+            "It stays in its identity only while its [files] rules keep it away from \
+             the cgroup file system (clone3(CLONE_INTO_CGROUP) needs only a directory fd)"
+        }
+        _ => {
+            "It has no file confinement: writing its pid into another cgroup's \
+             cgroup.procs, or clone3(CLONE_INTO_CGROUP), takes it out of its identity"
+        }
+    };
+    format!(
+        "corral: WARNING: `{identity}` runs as ROOT. {leave}; once out, none of the \
+         identity's rules apply. Root can also detach Corral's programs (bpf()) and send \
+         through raw and AF_PACKET sockets, which network rules never see. Start agents \
+         with --user USER."
+    )
 }
 
 fn resolve_user(spec: &str) -> anyhow::Result<User> {

@@ -38,6 +38,7 @@ pub use loader::{object_is_stub, unload};
 pub use lsm::kernel_probe as lsm_kernel_probe;
 pub use unix::kernel_support as unix_kernel_support;
 pub use reload::compile_dir;
+pub use syscalls::seccomp_mode_offset;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DaemonArgs {

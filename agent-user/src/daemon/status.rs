@@ -74,6 +74,7 @@ pub async fn identities_json(ctx: &Ctx) -> Vec<Value> {
                     let (layer, note) = super::fileobs::files_layer(&p.files, p.mode);
                     json!({ "enforced_by": layer, "note": note })
                 }),
+                "syscalls": v.policy.as_ref().map(|p| super::syscalls::summary(p)),
                 "kernel_entries": { "v4": v.v4_entries, "v6": v.v6_entries, "unix": v.unix_entries, "files": v.file_entries, "ruleset": v.ruleset },
                 "counters": c,
             })

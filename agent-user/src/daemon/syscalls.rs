@@ -183,11 +183,15 @@ impl Syscalls {
         }
     }
 
+    /// `attached` means attached by this daemon: links a previous daemon
+    /// pinned run its programs with its own (unpinned) cache and tag
+    /// generation, which nobody bumps any more, so they are always replaced
+    /// (new link first) or removed.
     fn set_observers(&mut self, ebpf: &mut Ebpf, want: bool) {
-        if self.observers.is_err() || want == self.attached {
+        if self.observers.is_err() {
             return;
         }
-        if want {
+        if want && !self.attached {
             match attach(ebpf, &self.pin_dir) {
                 Ok(()) => {
                     self.attached = true;
@@ -199,7 +203,7 @@ impl Syscalls {
                     detach_pins(&self.pin_dir);
                 }
             }
-        } else {
+        } else if !want && (self.attached || links_dir(&self.pin_dir).exists()) {
             detach_pins(&self.pin_dir);
             self.attached = false;
             info!("no identity has a [syscalls] section: syscall observers detached");
@@ -383,6 +387,19 @@ fn effective_nr(s: &SyscallsPolicy, x: &SyscallEvent) -> u32 {
         }
     }
     x.nr
+}
+
+/// The `syscalls` object of `GET /v1/identities[/NAME]`.
+pub fn summary(p: &IdentityPolicy) -> Value {
+    match &p.syscalls {
+        None => json!({ "confined": false, "note": "no [syscalls] section: not confined" }),
+        Some(s) => json!({
+            "confined": true,
+            "allowed": s.allowed.len(),
+            "denied": s.denied.len(),
+            "assigned": s.assigned,
+        }),
+    }
 }
 
 /// The `syscalls` object of `GET /v1/policy/NAME`.
