@@ -92,6 +92,8 @@ pub const FILE_OP_UNLINK: u32 = 10;
 pub const FILE_OP_RMDIR: u32 = 11;
 /// truncate(2) by path.
 pub const FILE_OP_TRUNCATE: u32 = 12;
+/// umount(2): self-protection (bpffs holds Corral's pins).
+pub const FILE_OP_UMOUNT: u32 = 13;
 
 /// A change to a directory entry (create, mkdir, symlink, unlink, rmdir,
 /// truncate by path, hard link, rename) or a mount of a tagged process,
@@ -117,6 +119,8 @@ const _: () = assert!(core::mem::size_of::<FileOpEvent>() == 336);
 pub const PROTECT_BPF: u32 = 1;
 pub const PROTECT_SIGNAL: u32 = 2;
 pub const PROTECT_PTRACE: u32 = 3;
+/// clone3(CLONE_INTO_CGROUP): a child started in another cgroup.
+pub const PROTECT_CLONE_INTO_CGROUP: u32 = 4;
 
 /// A tagged process was refused `bpf()`, a signal or ptrace
 /// (`event::KIND_PROTECT`).
@@ -233,7 +237,7 @@ pub struct KernelOffsets {
     pub cgroup_kn: u32,
     pub cgroup_ancestors: u32,
     pub kernfs_node_id: u32,
-    pub _pad: u32,
+    pub dentry_d_sb: u32,
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 104);
 

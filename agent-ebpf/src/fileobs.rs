@@ -108,7 +108,7 @@ fn observed() -> Option<Subject> {
     let cg = unsafe { bpf_get_current_cgroup_id() };
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: plain data copied out.
-    if let Some(c) = unsafe { FILEOBS_CGROUPS.get(&cg) }
+    if let Some(c) = unsafe { FILEOBS_CGROUPS.get(cg) }
         && now.wrapping_sub(c.at_ns) < CACHE_NS
     {
         if c.identity == 0 {
@@ -138,7 +138,7 @@ fn observed() -> Option<Subject> {
             flags: 0,
         },
     };
-    let _ = FILEOBS_CGROUPS.insert(&cg, &seen, 0);
+    let _ = FILEOBS_CGROUPS.insert(cg, seen, 0);
     if seen.identity == 0 {
         return None;
     }
@@ -191,7 +191,7 @@ pub fn enter_btf(ctx: &BtfTracePointContext) -> i32 {
                 _ => bpf_probe_read_kernel(&(*regs).rdx),
             }
         };
-        r.map(|v| v as u64).map_err(|e| e as i64)
+        r.map_err(|e| e as i64)
     };
     let _ = record(id, arg);
     0
@@ -242,7 +242,7 @@ fn record(id: i64, arg: impl Fn(u32) -> Result<u64, i64>) -> Result<(), i64> {
         flags: s.flags,
     };
     let key = bpf_get_current_pid_tgid();
-    FILEOBS_PENDING.insert(&key, &p, 0).map_err(|e| e as i64)
+    FILEOBS_PENDING.insert(key, p, 0).map_err(|e| e as i64)
 }
 
 /// Generic `sys_exit(struct pt_regs *regs, long ret)` (tp_btf).
@@ -272,10 +272,10 @@ pub fn exit_tp(ctx: &TracePointContext) -> i32 {
 fn finish(ret: i64) -> i32 {
     let key = bpf_get_current_pid_tgid();
     // SAFETY: plain data copied out before the delete.
-    let Some(p) = (unsafe { FILEOBS_PENDING.get(&key) }).copied() else {
+    let Some(p) = (unsafe { FILEOBS_PENDING.get(key) }).copied() else {
         return 0;
     };
-    let _ = FILEOBS_PENDING.remove(&key);
+    let _ = FILEOBS_PENDING.remove(key);
     if ret != -EACCES && ret != -EPERM {
         return 0;
     }

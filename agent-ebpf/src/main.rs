@@ -110,6 +110,16 @@ mod lsm_entry {
         files::path_truncate(&ctx)
     }
 
+    #[lsm(hook = "sb_umount")]
+    pub fn corral_sb_umount(ctx: LsmContext) -> i32 {
+        protect::sb_umount(&ctx)
+    }
+
+    #[lsm(hook = "task_alloc")]
+    pub fn corral_task_alloc(ctx: LsmContext) -> i32 {
+        protect::task_alloc(&ctx)
+    }
+
     #[lsm(hook = "sb_mount")]
     pub fn corral_sb_mount(ctx: LsmContext) -> i32 {
         protect::sb_mount(&ctx)

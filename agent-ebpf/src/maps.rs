@@ -39,8 +39,7 @@ pub static IDENTITY_STATS: PerCpuArray<IdentityStats> = PerCpuArray::pinned(MAX_
 /// `[files]` rules of every identity: two rule sets (old and new) of a
 /// 100,000-rule policy fit during a reload.
 #[map(name = "FILE_RULES")]
-pub static FILE_RULES: LpmTrie<FileKey, FileRuleValue> =
-    LpmTrie::pinned(262144, BPF_F_NO_PREALLOC);
+pub static FILE_RULES: LpmTrie<FileKey, FileRuleValue> = LpmTrie::pinned(262144, BPF_F_NO_PREALLOC);
 
 /// The LSM programs' path buffer (per CPU, not pinned: holds nothing
 /// between runs).

@@ -25,7 +25,7 @@ pub struct Event {
     pub schema: u32,
     /// RFC 3339 wall-clock time of the kernel event.
     pub time: String,
-    /// `net`, `unix`, `lost`, later `file`, `syscall`, `lease`, `anomaly`.
+    /// `net`, `unix`, `file`, `protect`, `syscall`, `lost`, `lease`, `anomaly`.
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
@@ -134,14 +134,14 @@ pub struct FileInfo {
     /// For a refused change to a directory entry or a mount (BPF LSM):
     /// `create`, `mkdir`, `symlink`, `unlink`, `rmdir`, `truncate`,
     /// `link-source`, `link-target`, `rename-source`, `rename-target`,
-    /// `mount`, `move-mount`. Absent for opens and execs.
+    /// `mount`, `move-mount`, `umount`. Absent for opens and execs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub op: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProtectInfo {
-    /// `bpf`, `signal` or `ptrace`.
+    /// `bpf`, `signal`, `ptrace` or `clone-into-cgroup`.
     pub op: String,
     /// The target process (signal, ptrace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -450,8 +450,8 @@ pub fn file_info(e: &FileEvent, path: String) -> FileInfo {
 /// Why a file event's path is what it is (`FILE_REASON_*` beyond the rule).
 fn file_note(reason: u32, path_len: u32) -> Option<String> {
     use agent_common::file::{
-        FILE_PATH_LEN, FILE_REASON_PATH_TOO_LONG, FILE_REASON_PROTECTED,
-        FILE_REASON_RULES_BELOW, FILE_REASON_UNRESOLVED,
+        FILE_PATH_LEN, FILE_REASON_PATH_TOO_LONG, FILE_REASON_PROTECTED, FILE_REASON_RULES_BELOW,
+        FILE_REASON_UNRESOLVED,
     };
     match reason {
         FILE_REASON_PATH_TOO_LONG => Some("path longer than the kernel buffer (denied)".into()),
@@ -474,7 +474,7 @@ pub fn file_op_info(e: &FileOpEvent) -> FileInfo {
     use agent_common::file::{
         FILE_OP_CREATE, FILE_OP_LINK_SOURCE, FILE_OP_LINK_TARGET, FILE_OP_MKDIR, FILE_OP_MOUNT,
         FILE_OP_MOVE_MOUNT, FILE_OP_RENAME_SOURCE, FILE_OP_RENAME_TARGET, FILE_OP_RMDIR,
-        FILE_OP_SYMLINK, FILE_OP_TRUNCATE, FILE_OP_UNLINK,
+        FILE_OP_SYMLINK, FILE_OP_TRUNCATE, FILE_OP_UMOUNT, FILE_OP_UNLINK,
     };
     let op = match e.op {
         FILE_OP_LINK_SOURCE => "link-source",
@@ -489,6 +489,7 @@ pub fn file_op_info(e: &FileOpEvent) -> FileInfo {
         FILE_OP_UNLINK => "unlink",
         FILE_OP_RMDIR => "rmdir",
         FILE_OP_TRUNCATE => "truncate",
+        FILE_OP_UMOUNT => "umount",
         _ => "unknown",
     };
     FileInfo {
@@ -506,14 +507,17 @@ pub fn file_op_info(e: &FileOpEvent) -> FileInfo {
 }
 
 pub fn protect_info(e: &ProtectEvent) -> ProtectInfo {
-    use agent_common::file::{PROTECT_BPF, PROTECT_PTRACE, PROTECT_SIGNAL};
+    use agent_common::file::{
+        PROTECT_BPF, PROTECT_CLONE_INTO_CGROUP, PROTECT_PTRACE, PROTECT_SIGNAL,
+    };
     let op = match e.op {
         PROTECT_BPF => "bpf",
         PROTECT_SIGNAL => "signal",
         PROTECT_PTRACE => "ptrace",
+        PROTECT_CLONE_INTO_CGROUP => "clone-into-cgroup",
         _ => "unknown",
     };
-    let targeted = e.op != PROTECT_BPF;
+    let targeted = e.op == PROTECT_SIGNAL || e.op == PROTECT_PTRACE;
     ProtectInfo {
         op: op.into(),
         target_pid: targeted.then_some(e.target_tgid),
@@ -574,11 +578,24 @@ impl fmt::Display for Event {
         }
         let o = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
         if let Some(d) = self.lease.as_ref().or(self.anomaly.as_ref()) {
-            write!(f, "{} {} {} {}", self.time, self.kind.to_uppercase(), o(&self.identity), d["action"].as_str().unwrap_or("?"))?;
+            write!(
+                f,
+                "{} {} {} {}",
+                self.time,
+                self.kind.to_uppercase(),
+                o(&self.identity),
+                d["action"].as_str().unwrap_or("?")
+            )?;
             if let Some(id) = d["lease"].as_str() {
                 write!(f, " lease={id}")?;
             }
-            for k in ["reason", "path", "denials", "threshold_to_frozen_us", "leases"] {
+            for k in [
+                "reason",
+                "path",
+                "denials",
+                "threshold_to_frozen_us",
+                "leases",
+            ] {
                 if !d[k].is_null() {
                     write!(f, " {k}={}", d[k])?;
                 }
@@ -637,8 +654,10 @@ impl fmt::Display for Event {
             _ => {}
         }
         if let Some(ls) = self.leases.as_ref().filter(|l| !l.is_empty()) {
-            let shown: Vec<String> =
-                ls.iter().map(|l| format!("{}({})", l.id, l.scopes.join(","))).collect();
+            let shown: Vec<String> = ls
+                .iter()
+                .map(|l| format!("{}({})", l.id, l.scopes.join(",")))
+                .collect();
             write!(f, " leases={}", shown.join(","))?;
         }
         Ok(())
@@ -648,7 +667,8 @@ impl fmt::Display for Event {
 /// `SyscallEvent` to its JSON form.
 pub fn syscall_info(e: &agent_common::syscall::SyscallEvent) -> SyscallInfo {
     use agent_common::syscall::{self as sc, Layer};
-    let name = crate::policy::syscalls::name_of(e.nr).map_or_else(|| format!("#{}", e.nr), str::to_string);
+    let name =
+        crate::policy::syscalls::name_of(e.nr).map_or_else(|| format!("#{}", e.nr), str::to_string);
     let layer = match Layer::try_from(e.layer) {
         Ok(Layer::Kernel) => "kernel",
         Ok(Layer::Notify) => "notify",
@@ -681,7 +701,10 @@ pub fn syscall_info(e: &agent_common::syscall::SyscallEvent) -> SyscallInfo {
         };
         let needs = match sc::socket_pseudo(e.args[0] as u32, e.args[1] as u32, e.args[2] as u32) {
             0 => String::new(),
-            p => format!(" (needs `{}`)", crate::policy::syscalls::name_of(p).unwrap_or("?")),
+            p => format!(
+                " (needs `{}`)",
+                crate::policy::syscalls::name_of(p).unwrap_or("?")
+            ),
         };
         format!("{family} {ty}{needs}")
     });

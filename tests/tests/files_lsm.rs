@@ -680,13 +680,9 @@ fn a_process_in_a_sub_cgroup_is_still_the_identity() {
     assert!(ok(&r, "open", 0), "{r:#?}");
     assert_eq!(errno(&r, "open", 1), EPERM, "{r:#?}");
     let ev = file_event(&tail, r.pid(), &shadow, "read");
-    assert!(
-        ev["cgroup"]
-            .as_str()
-            .unwrap_or("")
-            .ends_with("/files/worker"),
-        "{ev:#}"
-    );
+    // The event names the task's own cgroup (a cgroup's id is its inode).
+    let worker_id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&sub).expect("stat"));
+    assert_eq!(ev["cgroup_id"].as_u64(), Some(worker_id), "{ev:#}");
 }
 
 #[test]
@@ -723,6 +719,76 @@ fn untagged_processes_are_unaffected() {
     );
 }
 
+/// A policy edit reaches the kernel at once (new ruleset beside the old,
+/// one flip, old entries removed), for processes already running too.
+#[test]
+fn file_rule_changes_apply_at_once() {
+    let Some((t, d)) = with_tree() else { return };
+    let secret = t.p("secret.txt");
+    let r = d.probe_as("files", &["open", &secret, "r"]);
+    assert_eq!(errno(&r, "open", 0), EPERM, "{r:#?}");
+    let before = d.status()["reload"]["generation"].as_u64();
+    let p = files_policy(&t).replace("read = [", &format!("read = [\"{secret}\", "));
+    d.write_policy("files", &p);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while d.status()["reload"]["generation"].as_u64() == before {
+        assert!(std::time::Instant::now() < deadline, "no reload");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = d.probe_as(
+        "files",
+        &["open", &secret, "r", "open", &t.p("shadow"), "r"],
+    );
+    assert!(ok(&r, "open", 0), "the new rule is in force: {r:#?}");
+    assert_eq!(errno(&r, "open", 1), EPERM, "{r:#?}");
+    // One ruleset's worth of entries: the old one is gone.
+    let (_, id) = d.api("GET", "/v1/identities/files", None);
+    let entries = id["kernel_entries"]["files"].as_u64().unwrap_or(0);
+    let p = t.root.display().to_string();
+    let depth = p.matches('/').count() as u64;
+    assert!(entries > 0 && entries < 40 + depth, "{id:#}");
+}
+
+/// The LSM links are pinned: with the daemon stopped the rules stay in
+/// force, and a new daemon hands the links over without a gap (and without
+/// piling up a second set).
+#[test]
+fn lsm_enforcement_survives_a_daemon_restart() {
+    let Some((t, d)) = with_tree() else { return };
+    let shadow = t.p("shadow");
+    let cg = d.dirs.parent_cgroup().join("files").display().to_string();
+    let links = d.dirs.pin_dir.join("links/lsm");
+    let pins = |p: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(p)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let before = pins(&links);
+    assert!(before.iter().any(|p| p == "corral_file_open"), "{before:?}");
+    let dirs = d.stop_keep_pins();
+    // No daemon: a process joining the identity is still judged.
+    let r = probe_outside(&["join-cgroup", &cg, "open", &shadow, "r"]);
+    assert_eq!(
+        errno(&r, "open", 0),
+        EPERM,
+        "no daemon, rules in force: {r:#?}"
+    );
+    let d = Daemon::start_with(dirs).expect("restart");
+    assert_eq!(pins(&links), before, "links handed over, not duplicated");
+    let r = d.probe_as(
+        "files",
+        &["open", &shadow, "r", "open", &t.p("kb/a.md"), "r"],
+    );
+    assert_eq!(errno(&r, "open", 0), EPERM, "{r:#?}");
+    assert!(ok(&r, "open", 1), "{r:#?}");
+}
+
 // --- self-protection ---------------------------------------------------------------
 
 #[test]
@@ -732,6 +798,18 @@ fn cgroup_escape_and_bpffs_are_refused() {
     let root = cgroup2_root().display().to_string();
     let own = d.dirs.parent_cgroup().join("netonly").display().to_string();
     let pin = d.dirs.pin_dir.join("maps/IDENTITIES").display().to_string();
+    let link_pin = d
+        .dirs
+        .pin_dir
+        .join("links/lsm/corral_file_open")
+        .display()
+        .to_string();
+    let sub = d
+        .dirs
+        .parent_cgroup()
+        .join("netonly/sub")
+        .display()
+        .to_string();
     for identity in ["netonly", "files"] {
         let r = d.probe_as(
             identity,
@@ -744,11 +822,30 @@ fn cgroup_escape_and_bpffs_are_refused() {
                 "open",
                 &pin,
                 "r",
+                "clone-into-cgroup",
+                &root,
+                "unlink",
+                &link_pin,
+                "rename",
+                &pin,
+                &format!("{pin}2"),
+                "mkdir",
+                &sub,
             ],
         );
         assert_eq!(errno(&r, "join-cgroup", 0), EPERM, "{identity}: {r:#?}");
         assert_eq!(errno(&r, "join-cgroup", 1), EPERM, "{identity}: {r:#?}");
         assert_eq!(errno(&r, "open", 0), EPERM, "{identity}: {r:#?}");
+        assert_eq!(
+            errno(&r, "clone-into-cgroup", 0),
+            EPERM,
+            "{identity}: {r:#?}"
+        );
+        assert_eq!(errno(&r, "unlink", 0), EPERM, "unpinning a link: {r:#?}");
+        assert_eq!(errno(&r, "rename", 0), EPERM, "{identity}: {r:#?}");
+        assert_eq!(errno(&r, "mkdir", 0), EPERM, "mkdir in cgroupfs: {r:#?}");
+        assert!(Path::new(&link_pin).exists() && Path::new(&pin).exists());
+        // Events arrive in order; `expect` skips what comes before a match.
         let procs = format!("{root}/cgroup.procs");
         let ev = tail.expect(|e| {
             e["kind"] == "file" && e["identity"] == identity && e["file"]["path"] == procs.as_str()
@@ -759,6 +856,19 @@ fn cgroup_escape_and_bpffs_are_refused() {
         let ev = tail.expect(|e| {
             e["kind"] == "file" && e["identity"] == identity && e["file"]["path"] == pin.as_str()
         });
+        assert_eq!(ev["reason"], "self-protection", "{ev:#}");
+        let ev = tail.expect(|e| {
+            e["kind"] == "protect"
+                && e["identity"] == identity
+                && e["protect"]["op"] == "clone-into-cgroup"
+        });
+        assert_eq!(ev["tgid"].as_u64(), Some(r.pid()), "{ev:#}");
+        let ev = tail.expect(|e| {
+            e["kind"] == "file"
+                && e["identity"] == identity
+                && e["file"]["path"] == link_pin.as_str()
+        });
+        assert_eq!(ev["file"]["op"], "unlink", "{ev:#}");
         assert_eq!(ev["reason"], "self-protection", "{ev:#}");
     }
     // Outside: an untagged process may move itself (to where it already is).
@@ -844,8 +954,27 @@ fn mounts_are_refused() {
     let Some((t, d)) = with_tree() else { return };
     let tail = d.tail(Some("files"));
     let dir = t.p("rw");
-    let r = d.probe_as("files", &["pid", "mount-tmpfs", &dir]);
+    // A tmpfs the harness mounts, for the umount attempt.
+    let m = t.p("rw/m");
+    std::fs::create_dir_all(&m).expect("mkdir");
+    let c = |s: &str| CString::new(s).unwrap();
+    // SAFETY: valid strings for the duration of the call.
+    let rc = unsafe {
+        libc::mount(
+            c("tmpfs").as_ptr(),
+            c(&m).as_ptr(),
+            c("tmpfs").as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "harness mount");
+    let r = d.probe_as("files", &["pid", "mount-tmpfs", &dir, "umount", &m]);
+    // SAFETY: as above.
+    let still = unsafe { libc::umount(c(&m).as_ptr()) } == 0;
     assert_eq!(errno(&r, "mount-tmpfs", 0), EPERM, "{r:#?}");
+    assert_eq!(errno(&r, "umount", 0), EPERM, "{r:#?}");
+    assert!(still, "the tmpfs was still mounted");
     let ev = tail.expect(|e| e["kind"] == "file" && e["file"]["op"] == "mount");
     assert_eq!(ev["file"]["path"], dir.as_str(), "{ev:#}");
     assert_eq!(ev["tgid"].as_u64(), Some(r.pid()), "{ev:#}");
@@ -880,9 +1009,6 @@ fn bench_file_open() {
         with_rules("r1k", 1_000),
         with_rules("r100k", 100_000),
     );
-    let Some(d) = daemon(&[("r10", &p10), ("r1k", &p1k), ("r100k", &p100k)]) else {
-        return;
-    };
     let n = std::env::var("CORRAL_BENCH_OPENS").unwrap_or_else(|_| "20000".into());
     let ns = |r: &ProbeRun| -> f64 {
         let s = r.step("open-loop", 0);
@@ -891,11 +1017,12 @@ fn bench_file_open() {
     };
     let rounds = 3;
     let mut rows: Vec<(&str, Vec<f64>)> = vec![
-        ("untagged (baseline)", vec![]),
-        ("tagged, 10 rules", vec![]),
-        ("tagged, 1,000 rules", vec![]),
-        ("tagged, 100,000 rules", vec![]),
+        ("no Corral (baseline)", vec![]),
         ("Landlock, same allowlist", vec![]),
+        ("Corral, untagged process", vec![]),
+        ("Corral, tagged, 10 rules", vec![]),
+        ("Corral, tagged, 1,000 rules", vec![]),
+        ("Corral, tagged, 100,000 rules", vec![]),
     ];
     let dirs: Vec<String> = ["/usr/", "/lib/", "/lib64/", "/etc/", "/proc/"]
         .iter()
@@ -903,25 +1030,31 @@ fn bench_file_open() {
         .chain([t.p("kb"), t.p("hostname"), probe_real()])
         .filter(|p| Path::new(p).exists())
         .collect();
+    // Without Corral: the plain kernel, and Landlock enforcing the same
+    // allowlist (what the fallback costs where BPF LSM is missing).
     for _ in 0..rounds {
         rows[0]
             .1
             .push(ns(&probe_outside(&["open-loop", &target, &n])));
-        rows[1]
-            .1
-            .push(ns(&d.probe_as("r10", &["open-loop", &target, &n])));
-        rows[2]
-            .1
-            .push(ns(&d.probe_as("r1k", &["open-loop", &target, &n])));
-        rows[3]
-            .1
-            .push(ns(&d.probe_as("r100k", &["open-loop", &target, &n])));
         let mut ll: Vec<&str> = vec!["landlock-read"];
         ll.extend(dirs.iter().map(String::as_str));
         ll.extend(["--", "open-loop", &target, &n]);
         let r = probe_outside(&ll);
         assert!(ok(&r, "landlock-read", 0), "{r:#?}");
-        rows[4].1.push(ns(&r));
+        rows[1].1.push(ns(&r));
+    }
+    let Some(d) = daemon(&[("r10", &p10), ("r1k", &p1k), ("r100k", &p100k)]) else {
+        return;
+    };
+    for _ in 0..rounds {
+        rows[2]
+            .1
+            .push(ns(&probe_outside(&["open-loop", &target, &n])));
+        for (row, id) in [(3, "r10"), (4, "r1k"), (5, "r100k")] {
+            rows[row]
+                .1
+                .push(ns(&d.probe_as(id, &["open-loop", &target, &n])));
+        }
     }
     let median = |v: &[f64]| {
         let mut v = v.to_vec();

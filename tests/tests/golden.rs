@@ -24,7 +24,9 @@ fn class(rule: &serde_json::Value) -> u32 {
 }
 
 fn has_rule(list: &NetRuleList, id: u32) -> bool {
-    list.rules[..list.count as usize].iter().any(|r| r.rule_id == id)
+    list.rules[..list.count as usize]
+        .iter()
+        .any(|r| r.rule_id == id)
 }
 
 #[test]
@@ -38,32 +40,48 @@ fn bundled_policies_reach_the_kernel_maps() {
         .flatten()
         .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
         .map(|e| {
-            let stem = e.path().file_stem().expect("stem").to_string_lossy().into_owned();
+            let stem = e
+                .path()
+                .file_stem()
+                .expect("stem")
+                .to_string_lossy()
+                .into_owned();
             (stem, std::fs::read_to_string(e.path()).expect("read"))
         })
         .collect();
     assert!(files.len() >= 3, "expected the bundled example policies");
-    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     let d = Daemon::start(&refs);
 
     let mdir = d.dirs.pin_dir.join("maps");
-    let v4: LpmTrie<MapData, Net4Key, NetRuleList> =
-        LpmTrie::try_from(aya::maps::Map::LpmTrie(MapData::from_pin(mdir.join(maps::NET4_RULES)).expect("pin")))
-            .expect("v4 trie");
-    let v6: LpmTrie<MapData, Net6Key, NetRuleList> =
-        LpmTrie::try_from(aya::maps::Map::LpmTrie(MapData::from_pin(mdir.join(maps::NET6_RULES)).expect("pin")))
-            .expect("v6 trie");
+    let v4: LpmTrie<MapData, Net4Key, NetRuleList> = LpmTrie::try_from(aya::maps::Map::LpmTrie(
+        MapData::from_pin(mdir.join(maps::NET4_RULES)).expect("pin"),
+    ))
+    .expect("v4 trie");
+    let v6: LpmTrie<MapData, Net6Key, NetRuleList> = LpmTrie::try_from(aya::maps::Map::LpmTrie(
+        MapData::from_pin(mdir.join(maps::NET6_RULES)).expect("pin"),
+    ))
+    .expect("v6 trie");
 
     let ids = d.cli_json(&["identities", "--json"]);
     let mut checked = 0;
     for ident in ids.as_array().expect("list") {
         let name = ident["name"].as_str().expect("name");
         let shown = d.cli_json(&["policy", "show", name, "--json"]);
-        let ruleset = shown["kernel_entries"]["ruleset"].as_u64().expect("ruleset") as u32;
+        let ruleset = shown["kernel_entries"]["ruleset"]
+            .as_u64()
+            .expect("ruleset") as u32;
         assert!(ruleset > 0, "{name} has no ruleset");
         for rule in shown["network"].as_array().expect("rules") {
             let id = rule["id"].as_u64().expect("id") as u32;
-            let (addr, len) = rule["net"].as_str().expect("net").split_once('/').expect("cidr");
+            let (addr, len) = rule["net"]
+                .as_str()
+                .expect("net")
+                .split_once('/')
+                .expect("cidr");
             let addr: IpAddr = addr.parse().expect("ip");
             let len: u32 = len.parse().expect("len");
             let cls = class(rule);
@@ -73,23 +91,36 @@ fn bundled_policies_reach_the_kernel_maps() {
                 IpAddr::V4(a) => v4.get(
                     &Key::new(
                         KEY_FIXED_BITS + 32,
-                        Net4Key { ruleset_be: ruleset.to_be(), class_be: cls.to_be(), addr: a.octets() },
+                        Net4Key {
+                            ruleset_be: ruleset.to_be(),
+                            class_be: cls.to_be(),
+                            addr: a.octets(),
+                        },
                     ),
                     0,
                 ),
                 IpAddr::V6(a) => v6.get(
                     &Key::new(
                         KEY_FIXED_BITS + 128,
-                        Net6Key { ruleset_be: ruleset.to_be(), class_be: cls.to_be(), addr: a.octets() },
+                        Net6Key {
+                            ruleset_be: ruleset.to_be(),
+                            class_be: cls.to_be(),
+                            addr: a.octets(),
+                        },
                     ),
                     0,
                 ),
             };
-            let list = list.unwrap_or_else(|e| panic!("{name}: rule {rule} not in the kernel: {e}"));
+            let list =
+                list.unwrap_or_else(|e| panic!("{name}: rule {rule} not in the kernel: {e}"));
             // A longer prefix may shadow the rule's own entry, but then the
             // pushed-down list still carries it (unless a narrower rule makes
             // it unreachable for that address, which the bundled files avoid).
-            assert!(has_rule(&list, id), "{name}: rule #{id} ({}) missing from kernel list {list:?} (prefix /{len})", rule["text"]);
+            assert!(
+                has_rule(&list, id),
+                "{name}: rule #{id} ({}) missing from kernel list {list:?} (prefix /{len})",
+                rule["text"]
+            );
             checked += 1;
         }
     }

@@ -39,7 +39,13 @@ pub fn run(ws: &Path) -> Result<()> {
     crate::setup::run(ws)?;
     util::header("build");
     util::run(util::cargo().current_dir(ws).args([
-        "build", "--release", "-p", "agent-user", "-p", "corral-tests", "--bins",
+        "build",
+        "--release",
+        "-p",
+        "agent-user",
+        "-p",
+        "corral-tests",
+        "--bins",
     ]))?;
     let tmp = std::env::temp_dir().join(format!("corral-bench-{}", std::process::id()));
     fs::create_dir_all(tmp.join("policies"))?;
@@ -98,7 +104,10 @@ impl Bench {
                 bail!("benchmark connects failed: {v}");
             }
         }
-        Ok((t["median_ns"].as_f64().unwrap_or(0.0), u["median_ns"].as_f64().unwrap_or(0.0)))
+        Ok((
+            t["median_ns"].as_f64().unwrap_or(0.0),
+            u["median_ns"].as_f64().unwrap_or(0.0),
+        ))
     }
 
     fn corral(&self) -> Command {
@@ -113,7 +122,13 @@ impl Bench {
             self.tcp_port, self.udp_port
         );
         for i in 0..rules.saturating_sub(2) {
-            let _ = write!(allow, ", \"tcp://10.{}.{}.{}:443\"", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+            let _ = write!(
+                allow,
+                ", \"tcp://10.{}.{}.{}:443\"",
+                (i >> 16) & 255,
+                (i >> 8) & 255,
+                i & 255
+            );
         }
         // The workload listens on the TCP port itself.
         let text = format!(
@@ -131,7 +146,9 @@ impl Bench {
     }
 
     fn status(&self) -> Result<Value> {
-        Ok(serde_json::from_str(&util::output(self.corral().args(["status", "--json"]))?)?)
+        Ok(serde_json::from_str(&util::output(
+            self.corral().args(["status", "--json"]),
+        )?)?)
     }
 
     fn start_daemon(&self, log: &Path) -> Result<Child> {
@@ -150,7 +167,10 @@ impl Bench {
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.status().is_err() {
             if Instant::now() > deadline {
-                bail!("daemon not ready: {}", fs::read_to_string(log).unwrap_or_default());
+                bail!(
+                    "daemon not ready: {}",
+                    fs::read_to_string(log).unwrap_or_default()
+                );
             }
             sleep(Duration::from_millis(100));
         }
@@ -184,8 +204,15 @@ impl Bench {
                 util::header(&format!("tagged identity with {n} rules"));
                 self.write_policy("bench", n)?;
                 reloads.push((n, self.apply()?));
-                let (t, u) = self.pair(&[self.corral.to_str().expect("utf-8"), "--socket",
-                    self.socket.to_str().expect("utf-8"), "run", "--identity", "bench", "--"])?;
+                let (t, u) = self.pair(&[
+                    self.corral.to_str().expect("utf-8"),
+                    "--socket",
+                    self.socket.to_str().expect("utf-8"),
+                    "run",
+                    "--identity",
+                    "bench",
+                    "--",
+                ])?;
                 rows.push((format!("tagged, {n} rules"), t, u));
             }
 
@@ -194,8 +221,12 @@ impl Bench {
             fs::write(self.policy_dir.join("flood.toml"), flood_policy)?;
             self.apply()?;
             let before = self.status()?;
-            let out = util::output(self.corral().args(["run", "--identity", "flood", "--"])
-                .arg(&self.bench).args(["flood", &self.udp_port.to_string(), &FLOOD.to_string()]))?;
+            let out = util::output(
+                self.corral()
+                    .args(["run", "--identity", "flood", "--"])
+                    .arg(&self.bench)
+                    .args(["flood", &self.udp_port.to_string(), &FLOOD.to_string()]),
+            )?;
             let flood = parse(&out)?;
             sleep(Duration::from_secs(2));
             let after = self.status()?;
@@ -205,10 +236,23 @@ impl Bench {
                 - before["events"]["kernel_lost"].as_u64().unwrap_or(0);
             let secs = flood["elapsed_ns"].as_f64().unwrap_or(1.0) / 1e9;
 
-            let mut s = String::from("connect() latency, median ns (ratio to no-corral baseline)\n");
-            let _ = writeln!(s, "{:<36} {:>16} {:>16}", "scenario", "tcp connect", "udp connect");
+            let mut s =
+                String::from("connect() latency, median ns (ratio to no-corral baseline)\n");
+            let _ = writeln!(
+                s,
+                "{:<36} {:>16} {:>16}",
+                "scenario", "tcp connect", "udp connect"
+            );
             for (name, t, u) in &rows {
-                let _ = writeln!(s, "{:<36} {:>8.0} ({:.2}x) {:>8.0} ({:.2}x)", name, t, t / bt, u, u / bu);
+                let _ = writeln!(
+                    s,
+                    "{:<36} {:>8.0} ({:.2}x) {:>8.0} ({:.2}x)",
+                    name,
+                    t,
+                    t / bt,
+                    u,
+                    u / bu
+                );
             }
             let _ = writeln!(s, "\npolicy apply (API call, compile + write maps + flip):");
             for (n, d) in reloads {

@@ -102,7 +102,9 @@ fn vm_test(steps: &mut Steps, ws: &Path, args: &TestArgs) -> Result<()> {
         steps.skip(TITLE, "--no-vm");
         return Ok(());
     }
-    steps.step(TITLE, || crate::vm::run_in_suite(ws, args.filter.as_deref()))
+    steps.step(TITLE, || {
+        crate::vm::run_in_suite(ws, args.filter.as_deref())
+    })
 }
 
 // --- systemd unit check --------------------------------------------------------

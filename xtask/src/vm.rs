@@ -385,7 +385,10 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-fn init_script(runs: &[(String, Vec<String>, Vec<(String, String)>)]) -> String {
+/// One command the guest runs: program, arguments, extra environment.
+type GuestRun = (String, Vec<String>, Vec<(String, String)>);
+
+fn init_script(runs: &[GuestRun]) -> String {
     let mut s = String::from(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -413,8 +416,8 @@ rc=0
             .map(|(k, v)| format!("{k}={}", shell_quote(v)))
             .collect();
         s.push_str(&format!(
-            "echo \"CORRAL-VM: running {exe} {}\"\n{} {exe} {} || rc=1\n",
-            args.join(" ").replace('"', ""),
+            "echo {}\n{} {exe} {} || rc=1\n",
+            shell_quote(&format!("CORRAL-VM: running {exe} {}", args.join(" "))),
             envs.join(" "),
             args.join(" ")
         ));

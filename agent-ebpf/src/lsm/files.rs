@@ -19,8 +19,7 @@ use agent_common::{
         FILE_OP_RMDIR, FILE_OP_SYMLINK, FILE_OP_TRUNCATE, FILE_OP_UNLINK, FILE_PATH_LEN,
         FILE_REASON_NONE, FILE_REASON_PATH_TOO_LONG, FILE_REASON_PROTECTED,
         FILE_REASON_RULES_BELOW, FILE_REASON_UNRESOLVED, FILE_VALUE_EXACT, FILE_VALUE_RULES_BELOW,
-        FileEvent, FileKey, FileOpEvent, FileRuleValue, IDENTITY_FLAG_FILES, KernelOffsets,
-        LAYER_LSM,
+        FileEvent, FileKey, FileOpEvent, FileRuleValue, IDENTITY_FLAG_FILES, LAYER_LSM,
     },
     identity::MODE_AUDIT,
     net::ACTION_ALLOW,
@@ -33,7 +32,10 @@ use aya_ebpf::{
 
 use super::{
     EPERM,
-    kernel::{self, Built, FileScratch, PATH_BUF, S_IFDIR, S_IFMT},
+    kernel::{
+        self, BPF_FS_MAGIC, Built, CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, FileScratch, PATH_BUF,
+        S_IFDIR, S_IFMT,
+    },
 };
 use crate::{
     events::{self, COUNT_ALLOWED, COUNT_AUDITED, COUNT_DENIED},
@@ -44,19 +46,19 @@ use crate::{
 const FMODE_READ: u32 = 0x1;
 const FMODE_WRITE: u32 = 0x2;
 const FMODE_EXEC: u32 = 0x20;
+/// `__FMODE_EXEC` as it appears in `f_flags`.
+const FFLAGS_EXEC: u32 = 0x20;
 const O_CREAT: u32 = 0o100;
 const O_TRUNC: u32 = 0o1000;
 const ENAMETOOLONG: i64 = 36;
 
-pub const BPF_FS_MAGIC: u64 = 0xcafe4a11;
-pub const CGROUP_SUPER_MAGIC: u64 = 0x27e0eb;
-pub const CGROUP2_SUPER_MAGIC: u64 = 0x63677270;
-
-/// What an open asks for. An exec open (`FMODE_EXEC`) asks for exec only;
-/// `O_TRUNC` and `O_CREAT` count as writing even on a read-only open.
+/// What an open asks for. An exec open asks for exec only: the kernel opens
+/// the binary (and the ELF interpreter) with `__FMODE_EXEC` in `f_flags`
+/// (as Landlock checks it; `f_mode` need not carry `FMODE_EXEC`). `O_TRUNC`
+/// and `O_CREAT` count as writing even on a read-only open.
 #[inline(always)]
 fn access_of(fmode: u32, fflags: u32) -> u32 {
-    if fmode & FMODE_EXEC != 0 {
+    if fmode & FMODE_EXEC != 0 || fflags & FFLAGS_EXEC != 0 {
         return ACCESS_EXEC;
     }
     let mut a = 0;
@@ -347,13 +349,13 @@ pub fn file_open(ctx: &LsmContext) -> i32 {
     let Some(sc) = kernel::scratch() else {
         return 0;
     };
-    let fmode = kernel::read::<u32>(file, o.file_f_mode).unwrap_or(0);
-    let fflags = kernel::read::<u32>(file, o.file_f_flags).unwrap_or(0);
+    let fmode = kernel::read::<u32>(file, o.file_f_mode);
+    let fflags = kernel::read::<u32>(file, o.file_f_flags);
     let access = access_of(fmode, fflags);
     let inode = kernel::read_ptr(file, o.file_f_inode);
-    let imode = kernel::read::<u16>(inode, o.inode_i_mode).unwrap_or(0);
+    let imode = kernel::read::<u16>(inode, o.inode_i_mode);
     let sb = kernel::read_ptr(inode, o.inode_i_sb);
-    let magic = kernel::read::<u64>(sb, o.sb_s_magic).unwrap_or(0);
+    let magic = kernel::read::<u64>(sb, o.sb_s_magic);
 
     let protected = magic == BPF_FS_MAGIC
         || ((magic == CGROUP2_SUPER_MAGIC || magic == CGROUP_SUPER_MAGIC)
@@ -406,10 +408,8 @@ pub fn file_open(ctx: &LsmContext) -> i32 {
 /// Judges write access to (`mnt`, `dentry`) for a link or rename side.
 /// `dir`: look the path up as a directory. Returns the hook's verdict.
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "both sides share this path")]
 fn judge_side(
     s: &Subject,
-    o: &KernelOffsets,
     sc: &mut FileScratch,
     mnt: u64,
     dentry: u64,
@@ -417,12 +417,10 @@ fn judge_side(
     op: u32,
     check_below: bool,
 ) -> i32 {
-    let mut len = match kernel::build_path(o, sc, mnt, dentry) {
-        Built::Ok(l) => l,
-        Built::TooLong => {
-            return refuse_unresolved(s, sc, op, ACCESS_WRITE, FILE_REASON_PATH_TOO_LONG);
-        }
-    };
+    let mut len = corral_path_of(mnt, dentry);
+    if len == 0 {
+        return refuse_unresolved(s, sc, op, ACCESS_WRITE, FILE_REASON_PATH_TOO_LONG);
+    }
     if dir && len > 1 && (len as usize) < PATH_BUF {
         // SAFETY: bounded below PATH_BUF.
         unsafe {
@@ -462,72 +460,69 @@ fn judge_side(
     }
 }
 
-/// `judge_side` as a BPF *global* function: the verifier checks it once,
-/// on its own, and a caller sees only its scalar result. Inlined into every
-/// hook (twice in link and rename), the path walk's loop made those
-/// programs too complex to verify. Scalars only: `who` = identity << 32 |
-/// ruleset, `what` = mode << 32 | op << 8 | check_below << 1 | dir.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn corral_judge_entry(mnt: u64, dentry: u64, who: u64, what: u64) -> i32 {
-    let s = Subject {
-        identity: (who >> 32) as u32,
-        ruleset: who as u32,
-        mode: (what >> 32) as u32,
-        flags: IDENTITY_FLAG_FILES,
-    };
-    let op = ((what >> 8) & 0xff) as u32;
-    let o = kernel::offsets();
+/// Judges one side of a change (see `judge_side`).
+#[inline(always)]
+fn judge_one(s: &Subject, mnt: u64, dentry: u64, dir: bool, op: u32, check_below: bool) -> i32 {
     let Some(sc) = kernel::scratch() else {
         return 0;
     };
-    judge_side(&s, &o, sc, mnt, dentry, what & 1 != 0, op, what & 2 != 0)
+    judge_side(s, sc, mnt, dentry, dir, op, check_below)
 }
 
-/// Calls `corral_judge_entry` for one side of a change.
+/// Self-protection for a change to a directory entry: none on bpffs (a
+/// link's pin removed detaches it) or cgroupfs (identities), for every
+/// tagged identity. The hook's verdict when refused.
 #[inline(always)]
-fn judge_global(s: &Subject, mnt: u64, dentry: u64, dir: bool, op: u32, check_below: bool) -> i32 {
-    let who = ((s.identity as u64) << 32) | s.ruleset as u64;
-    let what =
-        ((s.mode as u64) << 32) | ((op as u64) << 8) | ((check_below as u64) << 1) | dir as u64;
-    // The verifier knows nothing of a global function's result; an LSM
-    // program must provably return 0 or an errno.
-    if corral_judge_entry(mnt, dentry, who, what) == 0 {
-        0
-    } else {
-        -EPERM
+fn protected_entry(s: &Subject, mnt: u64, dentry: u64, op: u32) -> Option<i32> {
+    if !kernel::protected_fs(kernel::dentry_magic(&kernel::offsets(), dentry)) {
+        return None;
     }
-}
-
-/// The subject of a path hook: tagged, and with a `[files]` section.
-#[inline(always)]
-fn files_subject() -> Option<Subject> {
-    identity::current().filter(|s| s.flags & IDENTITY_FLAG_FILES != 0)
+    let len = corral_path_of(mnt, dentry);
+    let sc = kernel::scratch()?;
+    events::count(s.identity, COUNT_DENIED);
+    emit_op(
+        s,
+        sc,
+        len,
+        op,
+        ACCESS_WRITE,
+        VERDICT_DENY,
+        REASON_PROTECTED,
+        FILE_REASON_PROTECTED,
+        0,
+    );
+    Some(-EPERM)
 }
 
 /// `lsm/path_link(old_dentry, new_dir, new_dentry)`: a tagged identity may
 /// link only what it may write, into a place it may write (both sides are on
 /// `new_dir`'s mount: the kernel refuses cross-mount links).
 pub fn path_link(ctx: &LsmContext) -> i32 {
-    let Some(s) = files_subject() else {
+    let Some(s) = identity::current() else {
         return 0;
     };
     let old_dentry = kernel::arg_scalar(ctx, 0);
     let new_dir = kernel::arg_scalar(ctx, 1);
     let new_dentry = kernel::arg_scalar(ctx, 2);
     let mnt = kernel::read_ptr(new_dir, kernel::offsets().path_mnt);
-    let r = judge_global(&s, mnt, old_dentry, false, FILE_OP_LINK_SOURCE, false);
+    if let Some(r) = protected_entry(&s, mnt, new_dentry, FILE_OP_LINK_TARGET) {
+        return r;
+    }
+    if s.flags & IDENTITY_FLAG_FILES == 0 {
+        return 0;
+    }
+    let r = judge_one(&s, mnt, old_dentry, false, FILE_OP_LINK_SOURCE, false);
     if r != 0 {
         return r;
     }
-    judge_global(&s, mnt, new_dentry, false, FILE_OP_LINK_TARGET, false)
+    judge_one(&s, mnt, new_dentry, false, FILE_OP_LINK_TARGET, false)
 }
 
 /// `lsm/path_rename(old_dir, old_dentry, new_dir, new_dentry, flags)`:
 /// write access is needed on both sides; a directory with rules beneath it
 /// cannot be moved.
 pub fn path_rename(ctx: &LsmContext) -> i32 {
-    let Some(s) = files_subject() else {
+    let Some(s) = identity::current() else {
         return 0;
     };
     let old_dir = kernel::arg_scalar(ctx, 0);
@@ -535,16 +530,25 @@ pub fn path_rename(ctx: &LsmContext) -> i32 {
     let new_dir = kernel::arg_scalar(ctx, 2);
     let new_dentry = kernel::arg_scalar(ctx, 3);
     let o = kernel::offsets();
-    let dir = kernel::dentry_is_dir(&o, old_dentry);
     let old_mnt = kernel::read_ptr(old_dir, o.path_mnt);
-    let r = judge_global(&s, old_mnt, old_dentry, dir, FILE_OP_RENAME_SOURCE, dir);
+    let new_mnt = kernel::read_ptr(new_dir, o.path_mnt);
+    if let Some(r) = protected_entry(&s, old_mnt, old_dentry, FILE_OP_RENAME_SOURCE) {
+        return r;
+    }
+    if let Some(r) = protected_entry(&s, new_mnt, new_dentry, FILE_OP_RENAME_TARGET) {
+        return r;
+    }
+    if s.flags & IDENTITY_FLAG_FILES == 0 {
+        return 0;
+    }
+    let dir = kernel::dentry_is_dir(&o, old_dentry);
+    let r = judge_one(&s, old_mnt, old_dentry, dir, FILE_OP_RENAME_SOURCE, dir);
     if r != 0 {
         return r;
     }
     // RENAME_EXCHANGE moves the target the other way: judge it as a source.
-    let new_mnt = kernel::read_ptr(new_dir, o.path_mnt);
     let new_is_dir = dir || kernel::dentry_is_dir(&o, new_dentry);
-    judge_global(
+    judge_one(
         &s,
         new_mnt,
         new_dentry,
@@ -558,13 +562,19 @@ pub fn path_rename(ctx: &LsmContext) -> i32 {
 /// symlink, unlink, rmdir): needs write access to the entry's path.
 #[inline(always)]
 fn entry_change(ctx: &LsmContext, op: u32, dir_entry: bool) -> i32 {
-    let Some(s) = files_subject() else {
+    let Some(s) = identity::current() else {
         return 0;
     };
     let dir = kernel::arg_scalar(ctx, 0);
     let dentry = kernel::arg_scalar(ctx, 1);
     let mnt = kernel::read_ptr(dir, kernel::offsets().path_mnt);
-    judge_global(&s, mnt, dentry, dir_entry, op, false)
+    if let Some(r) = protected_entry(&s, mnt, dentry, op) {
+        return r;
+    }
+    if s.flags & IDENTITY_FLAG_FILES == 0 {
+        return 0;
+    }
+    judge_one(&s, mnt, dentry, dir_entry, op, false)
 }
 
 /// `lsm/path_mknod(dir, dentry, mode, dev)`: also every `O_CREAT` open that
@@ -595,19 +605,29 @@ pub fn path_rmdir(ctx: &LsmContext) -> i32 {
 
 /// `lsm/path_truncate(path)`: truncate(2) by path never opens the file.
 pub fn path_truncate(ctx: &LsmContext) -> i32 {
-    let Some(s) = files_subject() else {
+    let Some(s) = identity::current() else {
         return 0;
     };
     let path = kernel::arg_scalar(ctx, 0);
     let o = kernel::offsets();
     let mnt = kernel::read_ptr(path, o.path_mnt);
     let dentry = kernel::read_ptr(path, o.path_dentry);
-    judge_global(&s, mnt, dentry, false, FILE_OP_TRUNCATE, false)
+    if let Some(r) = protected_entry(&s, mnt, dentry, FILE_OP_TRUNCATE) {
+        return r;
+    }
+    if s.flags & IDENTITY_FLAG_FILES == 0 {
+        return 0;
+    }
+    judge_one(&s, mnt, dentry, false, FILE_OP_TRUNCATE, false)
 }
 
-/// The path walk alone, as a global function (see `corral_judge_entry`):
-/// writes the path of (`mnt`, `dentry`) into the scratch buffer; its length,
-/// 0 when it cannot be had.
+/// The path walk, as a BPF *global* function: the verifier checks it once,
+/// on its own, and a caller sees only its scalar result (inlined, the walk's
+/// loop multiplied the states of everything after it, twice in link and
+/// rename, past the verifier's limit). Writes the path of (`mnt`, `dentry`)
+/// into the scratch buffer; returns its length, 0 when it cannot be had.
+/// Scalars only: a typed kernel pointer may not be passed to a global
+/// function (see `kernel::arg_scalar`).
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn corral_path_of(mnt: u64, dentry: u64) -> u32 {

@@ -37,7 +37,7 @@ static CORRAL_KOFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     cgroup_kn: 0,
     cgroup_ancestors: 0,
     kernfs_node_id: 0,
-    _pad: 0,
+    dentry_d_sb: 0,
 });
 
 /// `struct file` → `f_path`, separately: `bpf_d_path` needs `file + off` to
@@ -115,14 +115,22 @@ pub fn scratch() -> Option<&'static mut FileScratch> {
     FILE_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
+/// A kernel value at `base + off`; 0 when it cannot be read. No branch on
+/// the helper's result: a read that forked the verifier's state (value or
+/// 0) at every step of a walk multiplied the states it explores.
 #[inline(always)]
-pub fn read<T: Copy>(base: u64, off: u32) -> Option<T> {
-    if base == 0 {
-        return None;
-    }
-    // SAFETY: bpf_probe_read_kernel tolerates any address; a bad one is an
-    // error, not a fault.
-    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
+pub fn read<T: Copy + Default>(base: u64, off: u32) -> T {
+    let mut v = T::default();
+    // SAFETY: bpf_probe_read_kernel tolerates any address (a bad one leaves
+    // `v` zeroed); `v` is a local of the right size.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            (&mut v as *mut T).cast(),
+            size_of::<T>() as u32,
+            (base + off as u64) as *const core::ffi::c_void,
+        )
+    };
+    v
 }
 
 /// Hook argument `n` as a plain scalar. `ctx.arg(n)` gives the verifier a
@@ -138,17 +146,35 @@ pub fn arg_scalar(ctx: &aya_ebpf::programs::LsmContext, n: usize) -> u64 {
 
 #[inline(always)]
 pub fn read_ptr(base: u64, off: u32) -> u64 {
-    read::<u64>(base, off).unwrap_or(0)
+    read::<u64>(base, off)
 }
 
 pub const S_IFMT: u16 = 0o170000;
 pub const S_IFDIR: u16 = 0o040000;
 
+pub const BPF_FS_MAGIC: u64 = 0xcafe4a11;
+pub const CGROUP_SUPER_MAGIC: u64 = 0x27e0eb;
+pub const CGROUP2_SUPER_MAGIC: u64 = 0x63677270;
+
+/// Whether a superblock magic is Corral's own ground: bpffs (the pins) or
+/// cgroupfs (the identities).
+#[inline(always)]
+pub fn protected_fs(magic: u64) -> bool {
+    magic == BPF_FS_MAGIC || magic == CGROUP_SUPER_MAGIC || magic == CGROUP2_SUPER_MAGIC
+}
+
+/// Superblock magic of the filesystem a dentry (negative ones too) is on.
+#[inline(always)]
+pub fn dentry_magic(o: &KernelOffsets, dentry: u64) -> u64 {
+    let sb = read_ptr(dentry, o.dentry_d_sb);
+    read::<u64>(sb, o.sb_s_magic)
+}
+
 /// Whether a dentry's inode is a directory (false for negative dentries).
 #[inline(always)]
 pub fn dentry_is_dir(o: &KernelOffsets, dentry: u64) -> bool {
     let inode = read_ptr(dentry, o.dentry_d_inode);
-    read::<u16>(inode, o.inode_i_mode).is_some_and(|m| m & S_IFMT == S_IFDIR)
+    read::<u16>(inode, o.inode_i_mode) & S_IFMT == S_IFDIR
 }
 
 /// Outcome of building a path.
@@ -198,7 +224,7 @@ pub fn build_path(o: &KernelOffsets, s: &mut FileScratch, mnt: u64, dentry: u64)
             break;
         }
         let name = read_ptr(dentry, o.dentry_d_name + o.qstr_name);
-        let len = read::<u32>(dentry, o.dentry_d_name + o.qstr_len).unwrap_or(0) as usize;
+        let len = read::<u32>(dentry, o.dentry_d_name + o.qstr_len) as usize;
         if len == 0 || len > NAME_MAX || len + 1 >= pos {
             return Built::TooLong;
         }
@@ -263,7 +289,7 @@ pub fn build_path(o: &KernelOffsets, s: &mut FileScratch, mnt: u64, dentry: u64)
 pub fn task_identity(o: &KernelOffsets, task: u64) -> u32 {
     let cset = read_ptr(task, o.task_cgroups);
     let cgrp = read_ptr(cset, o.css_set_dfl_cgrp);
-    let level = read::<i32>(cgrp, o.cgroup_level).unwrap_or(0);
+    let level = read::<i32>(cgrp, o.cgroup_level);
     let mut found: u32 = 0;
     let mut l: i32 = 0;
     while l < agent_common::identity::CGROUP_MAX_DEPTH {
@@ -272,7 +298,7 @@ pub fn task_identity(o: &KernelOffsets, task: u64) -> u32 {
         }
         let anc = read_ptr(cgrp, o.cgroup_ancestors + 8 * l as u32);
         let kn = read_ptr(anc, o.cgroup_kn);
-        let id = read::<u64>(kn, o.kernfs_node_id).unwrap_or(0);
+        let id = read::<u64>(kn, o.kernfs_node_id);
         if id != 0 {
             // SAFETY: plain u32 value copied out at once.
             if let Some(v) = unsafe { CGROUP_IDENTITY.get(id) } {
@@ -286,5 +312,5 @@ pub fn task_identity(o: &KernelOffsets, task: u64) -> u32 {
 
 #[inline(always)]
 pub fn task_tgid(o: &KernelOffsets, task: u64) -> u32 {
-    read::<i32>(task, o.task_tgid).unwrap_or(0) as u32
+    read::<i32>(task, o.task_tgid) as u32
 }

@@ -1,13 +1,15 @@
 //! Self-protection: what a tagged process must never do, whatever its
 //! policy and mode — load or inspect BPF, signal or ptrace the daemon or
-//! processes outside its identity, mount (which could hide or reveal paths).
-//! cgroupfs writes and bpffs opens are refused in `files::file_open`.
+//! processes outside its identity, mount or unmount (which could hide or
+//! reveal paths, or take bpffs and the pinned links away), start a child in
+//! another cgroup. cgroupfs writes and bpffs opens are refused in
+//! `files::file_open`, changes to their entries in the `files` path hooks.
 
 use agent_common::{
     event::{KIND_PROTECT, REASON_PROTECTED, VERDICT_DENY},
     file::{
-        FILE_OP_MOUNT, FILE_OP_MOVE_MOUNT, PROTECT_BPF, PROTECT_PTRACE, PROTECT_SIGNAL,
-        ProtectEvent,
+        FILE_OP_MOUNT, FILE_OP_MOVE_MOUNT, FILE_OP_UMOUNT, PROTECT_BPF, PROTECT_CLONE_INTO_CGROUP,
+        PROTECT_PTRACE, PROTECT_SIGNAL, ProtectEvent,
     },
 };
 use aya_ebpf::{helpers::generated::bpf_d_path, programs::LsmContext};
@@ -140,5 +142,46 @@ pub fn move_mount(ctx: &LsmContext) -> i32 {
         return -EPERM;
     };
     files::emit_mount(&s, sc, len, FILE_OP_MOVE_MOUNT);
+    -EPERM
+}
+
+/// `lsm/sb_umount(mnt, flags)`: unmounting could take bpffs (and with it
+/// the pinned links) away, or uncover what a mount hides.
+pub fn sb_umount(ctx: &LsmContext) -> i32 {
+    let Some(s) = identity::current() else {
+        return 0;
+    };
+    let mnt = kernel::arg_scalar(ctx, 0);
+    let root = kernel::read_ptr(mnt, kernel::offsets().vfsmount_mnt_root);
+    let len = files::corral_path_of(mnt, root);
+    let Some(sc) = kernel::scratch() else {
+        return -EPERM;
+    };
+    files::emit_mount(&s, sc, len, FILE_OP_UMOUNT);
+    -EPERM
+}
+
+/// `CLONE_INTO_CGROUP` (clone3): the child would start in a cgroup of the
+/// caller's choosing, outside its identity, without any cgroupfs write.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `lsm/task_alloc(task, clone_flags)`: every fork of a tagged process; only
+/// `CLONE_INTO_CGROUP` is refused.
+pub fn task_alloc(ctx: &LsmContext) -> i32 {
+    let flags: u64 = ctx.arg(1);
+    if flags & CLONE_INTO_CGROUP == 0 {
+        return 0;
+    }
+    let Some(s) = identity::current() else {
+        return 0;
+    };
+    emit(
+        &s,
+        PROTECT_CLONE_INTO_CGROUP,
+        0,
+        0,
+        (flags >> 32) as u32,
+        false,
+    );
     -EPERM
 }

@@ -299,7 +299,12 @@ fn explain(client: &Client, a: &ExplainArgs) -> anyhow::Result<u8> {
         .into());
     }
     if let Some(name) = &a.syscall {
-        let p = call(client, Method::GET, &format!("/v1/policy/{}", a.identity), None)?;
+        let p = call(
+            client,
+            Method::GET,
+            &format!("/v1/policy/{}", a.identity),
+            None,
+        )?;
         let v = crate::policy::syscalls::explain(&p, name).map_err(UsageError)?;
         if a.json {
             print_json(&v);
@@ -311,7 +316,10 @@ fn explain(client: &Client, a: &ExplainArgs) -> anyhow::Result<u8> {
                 s(&v["syscall"]),
                 v["nr"],
                 s(&v["decision"]),
-                v["by"].as_str().map(|b| format!(" by {b}")).unwrap_or_default(),
+                v["by"]
+                    .as_str()
+                    .map(|b| format!(" by {b}"))
+                    .unwrap_or_default(),
                 s(&v["layer"])
             );
         }

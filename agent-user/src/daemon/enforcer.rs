@@ -8,7 +8,9 @@ use std::{
 };
 
 use agent_common::{
-    identity::{IDENTITY_NAME_LEN, IdentityState, IdentityStats, MAX_IDENTITIES, MODE_ENFORCE, Mode},
+    identity::{
+        IDENTITY_NAME_LEN, IdentityState, IdentityStats, MAX_IDENTITIES, MODE_ENFORCE, Mode,
+    },
     maps,
     net::{KEY_FIXED_BITS, Net4Key, Net6Key, NetRuleList},
     unix::UnixKey,
@@ -191,7 +193,9 @@ impl Enforcer {
         while let Some(cmd) = rx.recv().await {
             match cmd {
                 Command::Apply { set, reply } => {
-                    let r = self.apply(set).and_then(|rep| self.sync_syscalls().map(|()| rep));
+                    let r = self
+                        .apply(set)
+                        .and_then(|rep| self.sync_syscalls().map(|()| rep));
                     self.publish();
                     let _ = reply.send(r);
                 }
@@ -220,7 +224,11 @@ impl Enforcer {
                     live,
                     reply,
                 } => {
-                    let live_digest = self.live.get(&identity).filter(|l| l.policy.is_some()).map(|l| l.digest);
+                    let live_digest = self
+                        .live
+                        .get(&identity)
+                        .filter(|l| l.policy.is_some())
+                        .map(|l| l.digest);
                     let known = live_digest.is_some();
                     let r = match self.grants.set(&identity, live) {
                         // Scopes without network grants change nothing here.
@@ -260,22 +268,34 @@ impl Enforcer {
     }
 
     fn identities(&mut self) -> Result<BpfHashMap<&mut MapData, u32, IdentityState>, EnforceError> {
-        let m = self.ebpf.map_mut(maps::IDENTITIES).expect("IDENTITIES in object");
+        let m = self
+            .ebpf
+            .map_mut(maps::IDENTITIES)
+            .expect("IDENTITIES in object");
         BpfHashMap::try_from(m).map_err(merr(maps::IDENTITIES))
     }
 
     fn cgroup_map(&mut self) -> Result<BpfHashMap<&mut MapData, u64, u32>, EnforceError> {
-        let m = self.ebpf.map_mut(maps::CGROUP_IDENTITY).expect("CGROUP_IDENTITY in object");
+        let m = self
+            .ebpf
+            .map_mut(maps::CGROUP_IDENTITY)
+            .expect("CGROUP_IDENTITY in object");
         BpfHashMap::try_from(m).map_err(merr(maps::CGROUP_IDENTITY))
     }
 
     fn net4(&mut self) -> Result<LpmTrie<&mut MapData, Net4Key, NetRuleList>, EnforceError> {
-        let m = self.ebpf.map_mut(maps::NET4_RULES).expect("NET4_RULES in object");
+        let m = self
+            .ebpf
+            .map_mut(maps::NET4_RULES)
+            .expect("NET4_RULES in object");
         LpmTrie::try_from(m).map_err(merr(maps::NET4_RULES))
     }
 
     fn net6(&mut self) -> Result<LpmTrie<&mut MapData, Net6Key, NetRuleList>, EnforceError> {
-        let m = self.ebpf.map_mut(maps::NET6_RULES).expect("NET6_RULES in object");
+        let m = self
+            .ebpf
+            .map_mut(maps::NET6_RULES)
+            .expect("NET6_RULES in object");
         LpmTrie::try_from(m).map_err(merr(maps::NET6_RULES))
     }
 
@@ -475,7 +495,11 @@ impl Enforcer {
             .filter(|k| !active.contains(&u32::from_be(k.data().ruleset_be)))
             .collect();
         if !stale4.is_empty() || !stale6.is_empty() {
-            info!(v4 = stale4.len(), v6 = stale6.len(), "removing stale rule entries");
+            info!(
+                v4 = stale4.len(),
+                v6 = stale6.len(),
+                "removing stale rule entries"
+            );
             // Stale entries may be a ruleset flipped away from just now.
             rcu_grace_period();
         }
@@ -489,7 +513,10 @@ impl Enforcer {
         }
         let stale_files = super::lsm::stale_rules(&mut self.ebpf, &active);
         if !stale_files.is_empty() {
-            info!(files = stale_files.len(), "removing stale file rule entries");
+            info!(
+                files = stale_files.len(),
+                "removing stale file rule entries"
+            );
             rcu_grace_period();
             super::lsm::delete_rules(&mut self.ebpf, &stale_files);
         }
@@ -516,11 +543,20 @@ impl Enforcer {
         };
         let (id, cg) = (l.id, l.cgroup.clone());
         let procs = cgroup::process_count(&cg)
-            + l.assigned.iter().map(|a| cgroup::process_count(a)).sum::<usize>();
+            + l.assigned
+                .iter()
+                .map(|a| cgroup::process_count(a))
+                .sum::<usize>();
+        // File access that was confined stays confined: with no rules, denied.
+        let files_confined = l.policy.as_ref().is_some_and(|p| p.files.confined);
         let empty = IdentityState {
             ruleset: 0,
             mode: MODE_ENFORCE,
-            flags: 0,
+            flags: if files_confined {
+                agent_common::file::IDENTITY_FLAG_FILES
+            } else {
+                0
+            },
             _pad: 0,
             name: name_bytes(name),
         };
@@ -714,10 +750,9 @@ impl Enforcer {
         let Some(rules) = super::lsm::compile::rules_of(&policy.files) else {
             return Ok(Vec::new());
         };
-        let entries = super::lsm::compile(&rules)
-            .map_err(|e| EnforceError::Files(policy.name.clone(), e))?;
-        super::lsm::write_rules(&mut self.ebpf, ruleset, &entries)
-            .map_err(merr(maps::FILE_RULES))
+        let entries =
+            super::lsm::compile(&rules).map_err(|e| EnforceError::Files(policy.name.clone(), e))?;
+        super::lsm::write_rules(&mut self.ebpf, ruleset, &entries).map_err(merr(maps::FILE_RULES))
     }
 
     fn delete_unix(&mut self, keys: &[UnixKey]) {
@@ -729,11 +764,7 @@ impl Enforcer {
     fn publish(&self) {
         let mut s = Snapshot::default();
         for (name, l) in &self.live {
-            let mode = l
-                .policy
-                .as_ref()
-                .map(|p| p.mode)
-                .unwrap_or(Mode::Enforce);
+            let mode = l.policy.as_ref().map(|p| p.mode).unwrap_or(Mode::Enforce);
             s.by_id.insert(
                 l.id,
                 Arc::new(IdentityView {

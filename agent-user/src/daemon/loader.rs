@@ -7,8 +7,7 @@
 
 use std::{
     ffi::CString,
-    fs,
-    io,
+    fs, io,
     os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
 };
@@ -22,7 +21,10 @@ use agent_common::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::MapType,
-    programs::{CgroupAttachMode, CgroupSockAddr, links::{FdLink, PinnedLink}},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr,
+        links::{FdLink, PinnedLink},
+    },
 };
 use tracing::{info, warn};
 
@@ -86,7 +88,10 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), LoadError> {
     if is_bpffs(mount_point) {
         return Ok(());
     }
-    warn!("bpffs is not mounted at {}; mounting it", mount_point.display());
+    warn!(
+        "bpffs is not mounted at {}; mounting it",
+        mount_point.display()
+    );
     nix::mount::mount(
         Some("bpf"),
         mount_point,
@@ -158,12 +163,16 @@ pub fn load(pin_dir: &Path, ringbuf_size: u32, daemon_tgid: u32) -> Result<Ebpf,
     Ok(ebpf)
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSockAddr, LoadError> {
+fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut CgroupSockAddr, LoadError> {
     let p = ebpf.program_mut(name).ok_or(LoadError::Program {
         name,
         source: aya::programs::ProgramError::UnexpectedProgramType,
     })?;
-    p.try_into().map_err(|source| LoadError::Program { name, source })
+    p.try_into()
+        .map_err(|source| LoadError::Program { name, source })
 }
 
 /// Pins from another build of corral must not be reused blindly: a changed
@@ -201,7 +210,9 @@ fn check_layouts(mdir: &Path) -> Result<(), LoadError> {
         }
         let data = aya::maps::MapData::from_pin(&path)
             .map_err(|source| LoadError::Map { name, source })?;
-        let info = data.info().map_err(|source| LoadError::Map { name, source })?;
+        let info = data
+            .info()
+            .map_err(|source| LoadError::Map { name, source })?;
         let found = (info.key_size(), info.value_size());
         if found != (k, v) {
             return Err(LoadError::Incompatible {

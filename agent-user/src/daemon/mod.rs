@@ -36,9 +36,9 @@ use tracing::{error, info, warn};
 
 pub use loader::{object_is_stub, unload};
 pub use lsm::kernel_probe as lsm_kernel_probe;
-pub use unix::kernel_support as unix_kernel_support;
 pub use reload::compile_dir;
 pub use syscalls::seccomp_mode_offset;
+pub use unix::kernel_support as unix_kernel_support;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DaemonArgs {
@@ -106,10 +106,14 @@ fn parse_ringbuf(s: &str) -> Result<u32, String> {
             None => (s, 1),
         },
     };
-    let v: u64 = num.parse().map_err(|_| format!("`{s}` is not a size (e.g. 16M)"))?;
+    let v: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 16M)"))?;
     let v = v * mul;
-    if !v.is_power_of_two() || v < 4096 || v > (1 << 30) {
-        return Err(format!("ring buffer size {v} must be a power of two between 4K and 1G"));
+    if !v.is_power_of_two() || !(4096..=(1 << 30)).contains(&v) {
+        return Err(format!(
+            "ring buffer size {v} must be a power of two between 4K and 1G"
+        ));
     }
     Ok(v as u32)
 }
@@ -117,7 +121,9 @@ fn parse_ringbuf(s: &str) -> Result<u32, String> {
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().init(),
@@ -326,7 +332,10 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
         if busy.is_empty() {
             info!("programs detached, pins and cgroups removed");
         } else {
-            warn!(?busy, "programs detached; cgroups that still hold processes were left");
+            warn!(
+                ?busy,
+                "programs detached; cgroups that still hold processes were left"
+            );
         }
     } else {
         info!(pin_dir = %args.pin_dir.display(), "pins kept: enforcement stays in force until the next daemon adopts it");
@@ -341,11 +350,15 @@ fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener>
     if path.exists() {
         // A live daemon answers; a stale socket file is replaced.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("another corral daemon is already serving {}", path.display());
+            bail!(
+                "another corral daemon is already serving {}",
+                path.display()
+            );
         }
         std::fs::remove_file(path)?;
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     let mode = if group.is_some() { 0o660 } else { 0o600 };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     if let Some(g) = group {

@@ -38,7 +38,12 @@ pub struct Mechanism {
 
 pub async fn counters(ctx: &Ctx) -> std::collections::HashMap<u32, super::enforcer::Counters> {
     let (reply, rx) = oneshot::channel();
-    if ctx.enforcer.send(Command::Counters { reply }).await.is_err() {
+    if ctx
+        .enforcer
+        .send(Command::Counters { reply })
+        .await
+        .is_err()
+    {
         return Default::default();
     }
     rx.await.unwrap_or_default()
@@ -141,7 +146,11 @@ pub fn mechanisms(sock_addr_attached: bool, unix_unavailable: Option<&str>) -> V
     let mut v = vec![
         Mechanism {
             name: "network (cgroup sock_addr: connect/sendmsg/bind, IPv4+IPv6)",
-            state: if sock_addr_attached { "enforcing" } else { "unavailable" },
+            state: if sock_addr_attached {
+                "enforcing"
+            } else {
+                "unavailable"
+            },
             detail: if sock_addr_attached {
                 "attached at the corral cgroup parent".into()
             } else {

@@ -104,7 +104,11 @@ impl<'a, const N: usize> Item<'a, N> {
 
     /// When the rule ends, for ordering: never (0) is the latest of all.
     fn end(&self) -> u64 {
-        if self.expires == 0 { u64::MAX } else { self.expires }
+        if self.expires == 0 {
+            u64::MAX
+        } else {
+            self.expires
+        }
     }
 
     /// Whether `self`, placed before `later` in a list, makes `later`

@@ -318,7 +318,10 @@ fn parse(src: &Source<'_>, hosts: &mut HostCache<'_>) -> Parsed {
                 allow: list.to_vec(),
                 ..RawNetwork::default()
             };
-            (build_network(src, &only_allow, hosts, &mut errs).rules, errs)
+            (
+                build_network(src, &only_allow, hosts, &mut errs).rules,
+                errs,
+            )
         },
         &mut errors,
     );

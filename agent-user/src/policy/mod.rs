@@ -31,20 +31,24 @@ use std::path::PathBuf;
 use agent_common::identity::Mode;
 use agent_common::net::{CLASS_BIND_TCP, CLASS_BIND_UDP, CLASS_TCP, CLASS_UDP};
 
-pub use compile::{LpmEntry, NetTables, compile_network, decide};
-pub use error::{PolicyError, PolicyErrors};
-pub use files::{
-    ACCESS_EXEC, ACCESS_READ, ACCESS_WRITE, FilePolicy, FileRule, decide_file,
-    is_dir as files_is_dir,
-};
+pub use compile::{NetTables, compile_network, decide};
+#[cfg(test)]
+pub use error::PolicyError;
+pub use error::PolicyErrors;
 /// The rule deciding one access bit (the LSM compiler's tests check their
 /// tables against it).
 #[cfg(test)]
 pub use files::deciding_rule;
+pub use files::{
+    ACCESS_EXEC, ACCESS_READ, ACCESS_WRITE, FilePolicy, FileRule, decide_file,
+    is_dir as files_is_dir,
+};
 pub use leases::{AnomalyAction, AnomalyPolicy, LeasePolicy, LiveGrant, with_grants};
+#[cfg(test)]
+pub use load::parse_str;
 pub use load::{
     HostExpired, PolicySource, host_names, load_dir, load_dir_sources, load_dir_with, load_file,
-    load_sources, parse_str,
+    load_sources,
 };
 
 /// Every identity of a policy directory, by name.
@@ -87,10 +91,9 @@ pub struct NetworkPolicy {
     pub expires: BTreeMap<u32, u64>,
 }
 
+#[cfg(test)]
 impl NetworkPolicy {
-    /// The rule behind a `rule_id` from a kernel event. A `*` or host-name
-    /// rule expands to several `NetRule`s sharing one id; this returns the
-    /// first, and all of them describe the same written rule.
+    /// The rule behind a `rule_id` from a kernel event (tests check ids).
     pub fn rule_by_id(&self, id: u32) -> Option<&NetRule> {
         self.rules.iter().find(|r| r.id == id)
     }

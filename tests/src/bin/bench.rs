@@ -13,12 +13,19 @@ use std::{
 
 fn main() {
     let a: Vec<String> = std::env::args().skip(1).collect();
-    let (op, port, iters): (&str, u16, usize) =
-        (&a[0], a[1].parse().expect("port"), a[2].parse().expect("iters"));
+    let (op, port, iters): (&str, u16, usize) = (
+        &a[0],
+        a[1].parse().expect("port"),
+        a[2].parse().expect("iters"),
+    );
     let target: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     if op == "tcp" {
         let l = TcpListener::bind(target).expect("listen");
-        std::thread::spawn(move || for c in l.incoming() { drop(c) });
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                drop(c)
+            }
+        });
     }
     let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
     let mut samples = Vec::with_capacity(iters);
@@ -39,7 +46,11 @@ fn main() {
     let elapsed = start.elapsed().as_nanos() as u64;
     samples.sort_unstable();
     let median = samples.get(samples.len() / 2).copied().unwrap_or(0);
-    let mean = if samples.is_empty() { 0 } else { samples.iter().sum::<u64>() / samples.len() as u64 };
+    let mean = if samples.is_empty() {
+        0
+    } else {
+        samples.iter().sum::<u64>() / samples.len() as u64
+    };
     println!(
         r#"{{"op":"{op}","iters":{iters},"median_ns":{median},"mean_ns":{mean},"elapsed_ns":{elapsed},"errors":{errors}}}"#
     );

@@ -245,7 +245,7 @@ impl Btf {
             cgroup_kn: self.offset("cgroup", "kn")?,
             cgroup_ancestors: self.offset("cgroup", "ancestors")?,
             kernfs_node_id: self.offset("kernfs_node", "id")?,
-            _pad: 0,
+            dentry_d_sb: self.offset("dentry", "d_sb")?,
         })
     }
 }

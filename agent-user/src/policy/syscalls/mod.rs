@@ -513,7 +513,11 @@ pub fn explain(policy: &serde_json::Value, name: &str) -> Result<serde_json::Val
         })
     };
     if s["confined"] != true {
-        return Ok(base("allow", None, "no [syscalls] section: nothing is confined"));
+        return Ok(base(
+            "allow",
+            None,
+            "no [syscalls] section: nothing is confined",
+        ));
     }
     let covers = |e: &&serde_json::Value| {
         e["entry"]
@@ -530,7 +534,11 @@ pub fn explain(policy: &serde_json::Value, name: &str) -> Result<serde_json::Val
         return Ok(base("allow", None, "always allowed (in the filter)"));
     }
     if let Some(e) = s["deny"].as_array().and_then(|d| d.iter().find(covers)) {
-        return Ok(base("deny", Some(e), "EPERM in the seccomp filter (enforce mode)"));
+        return Ok(base(
+            "deny",
+            Some(e),
+            "EPERM in the seccomp filter (enforce mode)",
+        ));
     }
     if listed("allowed") {
         let e = s["allow"].as_array().and_then(|a| a.iter().find(covers));
@@ -542,7 +550,11 @@ pub fn explain(policy: &serde_json::Value, name: &str) -> Result<serde_json::Val
         };
         return Ok(base("allow", e, layer));
     }
-    Ok(base("deny", None, "no entry allows it: EPERM, answered live by the launcher"))
+    Ok(base(
+        "deny",
+        None,
+        "no entry allows it: EPERM, answered live by the launcher",
+    ))
 }
 
 fn origin(src: &Source<'_>, s: &Spanned<String>) -> Origin {

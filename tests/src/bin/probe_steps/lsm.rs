@@ -9,7 +9,9 @@
 //! chdir-deep NAME N   (chdir NAME, N times, relative) |
 //! join-cgroup DIR   (write "0" to DIR/cgroup.procs) | write-file PATH DATA |
 //! bpf-map   (bpf(BPF_MAP_CREATE) of a tiny array) | signal PID|self SIG | ptrace PID |
-//! mount-tmpfs DIR | landlock-read PATH... --   (Landlock: read+exec beneath each)
+//! mount-tmpfs DIR | umount DIR |
+//! clone-into-cgroup DIR   (clone3(CLONE_INTO_CGROUP); the child exits at once) |
+//! landlock-read PATH... --   (Landlock: read+exec beneath each)
 
 use std::{ffi::CString, io, os::unix::ffi::OsStrExt as _, path::Path};
 
@@ -34,6 +36,8 @@ pub fn is_step(op: &str) -> bool {
             | "signal"
             | "ptrace"
             | "mount-tmpfs"
+            | "umount"
+            | "clone-into-cgroup"
             | "landlock-read"
     )
 }
@@ -228,6 +232,32 @@ fn uring_open(path: &str) -> io::Result<()> {
     r
 }
 
+/// clone3 with CLONE_INTO_CGROUP: the child starts in `dir`'s cgroup and
+/// exits at once.
+fn clone_into_cgroup(dir: &str) -> io::Result<()> {
+    // O_PATH: no open of the directory is judged, so only the clone can be.
+    let fd = open_fd(dir, libc::O_PATH | libc::O_DIRECTORY)?;
+    // struct clone_args (v2): flags, pidfd, child_tid, parent_tid,
+    // exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup.
+    let mut args = [0u64; 11];
+    args[0] = 0x2_0000_0000; // CLONE_INTO_CGROUP
+    args[4] = libc::SIGCHLD as u64;
+    args[10] = fd as u64;
+    // SAFETY: args outlives the call; the child only calls _exit.
+    let pid = unsafe { libc::syscall(libc::SYS_clone3, args.as_ptr(), size_of_val(&args)) };
+    if pid == 0 {
+        // SAFETY: the child, right after clone: nothing to clean up.
+        unsafe { libc::_exit(0) };
+    }
+    let r = check(pid);
+    close(fd);
+    if let Ok(pid) = r {
+        // SAFETY: reaps our own child.
+        unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), 0) };
+    }
+    r.map(drop)
+}
+
 // --- Landlock (benchmark baseline) ---------------------------------------------
 
 #[repr(C)]
@@ -260,8 +290,10 @@ fn landlock_read(paths: &[String]) -> io::Result<()> {
     })? as i32;
     for p in paths {
         let dir = open_fd(p, libc::O_PATH)?;
+        // Directory rights on a file are EINVAL.
+        let is_dir = Path::new(p).is_dir();
         let rule = PathBeneath {
-            allowed_access: READ,
+            allowed_access: if is_dir { READ } else { READ & !(1 << 3) },
             parent_fd: dir,
         };
         // SAFETY: rule outlives the call; 1 = LANDLOCK_RULE_PATH_BENEATH.
@@ -421,6 +453,17 @@ pub fn step(args: &[String], i: usize) -> usize {
                 unsafe { libc::umount(dir.as_ptr()) };
             }
             emit("mount-tmpfs", r.map(drop));
+            i + 2
+        }
+        "umount" => {
+            let dir = cstr(a(1));
+            // SAFETY: valid string for the duration of the call.
+            let r = check(unsafe { libc::umount(dir.as_ptr()) } as i64);
+            emit("umount", r.map(drop));
+            i + 2
+        }
+        "clone-into-cgroup" => {
+            emit("clone-into-cgroup", clone_into_cgroup(a(1)));
             i + 2
         }
         "landlock-read" => {
