@@ -241,7 +241,17 @@ fn sub_cgroup_is_still_the_agent() {
     let s = port.to_string();
     let r = d.probe_as(
         "nest",
-        &["pid", "subcgroup", "child", "connect", "127.0.0.1", &s],
+        // Stays a moment: the daemon reads the cgroup path from /proc.
+        &[
+            "pid",
+            "subcgroup",
+            "child",
+            "connect",
+            "127.0.0.1",
+            &s,
+            "sleep",
+            "1",
+        ],
     );
     assert_eq!(r.step("subcgroup", 0)["ok"], true, "{r:#?}");
     assert_eq!(r.step("connect", 0)["errno"], EPERM, "{r:#?}");
