@@ -36,6 +36,11 @@ pub const PSEUDO_SOCKET_RAW: u32 = 507;
 /// `socket:other`: any family but AF_UNIX, AF_INET, AF_INET6, AF_NETLINK,
 /// AF_PACKET and AF_VSOCK (AF_ALG, AF_BLUETOOTH, AF_XDP, ...).
 pub const PSEUDO_SOCKET_OTHER: u32 = 508;
+/// `socket:unix`: AF_UNIX sockets without `socket` (which allows them too).
+/// In `@default` because glibc's name service client (nscd, systemd-userdb)
+/// opens one on every user lookup; where an AF_UNIX socket may connect is
+/// still judged by `[network]`'s unix rules.
+pub const PSEUDO_SOCKET_UNIX: u32 = 509;
 
 /// x86_64 numbers the decision looks at.
 pub const NR_SOCKET: u32 = 41;
@@ -124,18 +129,22 @@ impl SyscallPolicy {
         if !self.confined() {
             return true;
         }
-        if !self.allowed_bit(nr) {
-            return false;
-        }
         if nr == NR_SOCKET {
             return self.socket_allowed(args[0] as u32, args[1] as u32, args[2] as u32);
         }
-        true
+        self.allowed_bit(nr)
     }
 
-    /// The pseudo-syscall a `socket()` call needs besides `socket`, if any.
+    /// `socket` plus the pseudo-syscall its family needs, if any; or
+    /// `socket:unix` alone for AF_UNIX.
     #[inline(always)]
     pub fn socket_allowed(&self, family: u32, ty: u32, protocol: u32) -> bool {
+        if family == AF_UNIX && self.allowed_bit(PSEUDO_SOCKET_UNIX) {
+            return true;
+        }
+        if !self.allowed_bit(NR_SOCKET) {
+            return false;
+        }
         match socket_pseudo(family, ty, protocol) {
             0 => true,
             p => self.allowed_bit(p),
@@ -268,6 +277,10 @@ mod tests {
         assert!(p.allows(NR_SOCKET, &[AF_PACKET as u64, SOCK_RAW as u64, 0]));
         let p = policy(&[PSEUDO_SOCKET_PACKET]);
         assert!(!p.allows(NR_SOCKET, &[AF_PACKET as u64, SOCK_RAW as u64, 0]));
+        let p = policy(&[PSEUDO_SOCKET_UNIX]);
+        assert!(p.allows(NR_SOCKET, &[AF_UNIX as u64, 1 | 0x80000, 0]));
+        assert!(!p.allows(NR_SOCKET, &[AF_INET as u64, 1, 0]));
+        assert!(!p.allows(NR_SOCKET, &[AF_NETLINK as u64, SOCK_RAW as u64, 0]));
     }
 
     #[test]

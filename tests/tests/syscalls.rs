@@ -434,10 +434,24 @@ fn python_node_and_rust_programs_run_under_default() {
         _ => eprintln!("skipping the Node part: no `node` on PATH"),
     }
 
+    // A user lookup with HOME unset (as under CI and systemd): glibc asks
+    // nscd over an AF_UNIX socket first, which `@default` must allow.
+    let o = d.cli(&[
+        "run", "--identity", "rt", "--", "env", "-u", "HOME", "bash", "-c", "echo ~",
+    ]);
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).trim().starts_with('/'),
+        "user lookup under @default: {o:?}"
+    );
+
     let r = d.probe_as(
         "rt",
         &[
             "pid",
+            "socket",
+            "unix",
+            "socket",
+            "inet",
             "sys",
             "getppid",
             "sys-thread",
@@ -451,12 +465,26 @@ fn python_node_and_rust_programs_run_under_default() {
     assert_eq!(r.code, Some(0), "{r:#?}");
     assert_eq!(r.step("sys", 1)["ok"], true, "{r:#?}");
     assert_eq!(r.step("sys-thread", 0)["ok"], true, "{r:#?}");
+    assert_eq!(r.step("socket", 0)["ok"], true, "AF_UNIX: {r:#?}");
+    assert_eq!(r.step("socket", 1)["errno"], EPERM, "AF_INET: {r:#?}");
     let denials: Vec<Value> = tail
         .drain_for(Duration::from_millis(500))
         .into_iter()
         .filter(|e| e["kind"] == "syscall")
         .collect();
-    assert!(denials.is_empty(), "@default was not enough: {denials:#?}");
+    // The only expected refusal: an AF_INET socket needs `socket`.
+    let (inet, other): (Vec<Value>, Vec<Value>) = denials.into_iter().partition(|e| {
+        e["tgid"].as_u64() == Some(r.pid())
+            && e["syscall"]["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("AF_INET")
+    });
+    assert!(other.is_empty(), "@default was not enough: {other:#?}");
+    let ev = inet.first().expect("a denial event for the AF_INET socket");
+    assert_syscall_event(ev, "rt", r.pid(), ("socket", 41), "notify", "deny");
+    let out = probe_outside(&["socket", "inet"]);
+    assert_eq!(out.step("socket", 0)["ok"], true, "outside: {out:#?}");
 }
 
 #[test]

@@ -24,8 +24,8 @@ use agent_common::{
     identity::Mode,
     syscall::{
         BITMAP_WORDS, FLAG_ASSIGNED_KILL, FLAG_CONFINED, PSEUDO_SOCKET_NETLINK,
-        PSEUDO_SOCKET_OTHER, PSEUDO_SOCKET_PACKET, PSEUDO_SOCKET_RAW, PSEUDO_SOCKET_VSOCK,
-        SyscallPolicy,
+        PSEUDO_SOCKET_OTHER, PSEUDO_SOCKET_PACKET, PSEUDO_SOCKET_RAW, PSEUDO_SOCKET_UNIX,
+        PSEUDO_SOCKET_VSOCK, SyscallPolicy,
     },
 };
 use toml::Spanned;
@@ -42,35 +42,48 @@ use super::{
 /// them it could not even exit. They cannot be denied.
 pub const ALWAYS_ALLOWED: [&str; 4] = ["exit", "exit_group", "rt_sigreturn", "restart_syscall"];
 
-/// Pseudo-syscalls: socket families `[network]` cannot see. `socket` must
-/// be allowed too; these only widen which families it may create.
-pub const PSEUDO: &[(u32, &str, &str)] = &[
+/// Pseudo-syscalls: socket families. `socket` must be allowed too for all
+/// but `socket:unix`; these only widen which families it may create. The
+/// last column is the groups an entry belongs to.
+pub const PSEUDO: &[(u32, &str, &str, u16)] = &[
+    (
+        PSEUDO_SOCKET_UNIX,
+        "socket:unix",
+        "AF_UNIX only, without `socket` (in `@default`: glibc's user and group lookups open \
+         one); where it may connect is judged by `[network]`",
+        table::DEFAULT,
+    ),
     (
         PSEUDO_SOCKET_PACKET,
         "socket:packet",
         "AF_PACKET: raw link-layer frames (sniffing, spoofing)",
+        table::NONE,
     ),
     (
         PSEUDO_SOCKET_NETLINK,
         "socket:netlink",
         "AF_NETLINK other than NETLINK_ROUTE (which `socket` alone allows: getaddrinfo and \
          getifaddrs use it)",
+        table::NONE,
     ),
     (
         PSEUDO_SOCKET_VSOCK,
         "socket:vsock",
         "AF_VSOCK: sockets between a VM and its host",
+        table::NONE,
     ),
     (
         PSEUDO_SOCKET_RAW,
         "socket:raw",
         "SOCK_RAW of AF_INET/AF_INET6: raw IP, ICMP, any protocol",
+        table::NONE,
     ),
     (
         PSEUDO_SOCKET_OTHER,
         "socket:other",
         "every other family (AF_ALG, AF_BLUETOOTH, AF_XDP, AF_CAN, ...); AF_UNIX, AF_INET and \
          AF_INET6 need only `socket`",
+        table::NONE,
     ),
 ];
 
@@ -298,6 +311,9 @@ pub fn group_set(bit: u16) -> SyscallSet {
     for sc in SYSCALLS.iter().filter(|sc| sc.groups & bit != 0) {
         s.insert(sc.nr);
     }
+    for p in PSEUDO.iter().filter(|p| p.3 & bit != 0) {
+        s.insert(p.0);
+    }
     s
 }
 
@@ -331,7 +347,7 @@ pub fn resolve(text: &str) -> Result<SyscallSet, String> {
             Some(s) => format!("unknown syscall `{text}` (x86_64); did you mean `{s}`?"),
             None => format!(
                 "unknown syscall `{text}` (x86_64 names, e.g. `openat`; groups start with `@`; \
-                 socket families are `socket:packet`, `socket:netlink`, `socket:vsock`, \
+                 socket families are `socket:unix`, `socket:packet`, `socket:netlink`, `socket:vsock`, \
                  `socket:raw`, `socket:other`)"
             ),
         }),
@@ -616,7 +632,7 @@ pub fn readme_section() -> String {
         ungrouped.join(" ")
     ));
     s.push_str("#### Socket families\n\n| Entry | Allows |\n|---|---|\n");
-    for (_, name, what) in PSEUDO {
+    for (_, name, what, _) in PSEUDO {
         s.push_str(&format!("| `{name}` | {what} |\n"));
     }
     s.push('\n');

@@ -35,8 +35,11 @@ pub const GROUPS: &[Group] = &[
         summary: "The runtime baseline: what glibc, Rust, Python and Node programs need to start \
                   and run (memory, threads, futexes, signals, clocks, reading, writing, creating and \
                   removing files, pipes, epoll, starting and waiting for child processes: what \
-                  Python's `tempfile` needs). No sockets, no directories made or renamed, no \
-                  links, owners or modes changed, nothing privileged.",
+                  Python's `tempfile` needs), and AF_UNIX client sockets (`socket:unix`, \
+                  connect, send, receive: glibc's user and group lookups need them; where they \
+                  connect is judged by `[network]`). No other sockets, no bind/listen/accept, \
+                  no directories made or renamed, no links, owners or modes changed, nothing \
+                  privileged.",
     },
     Group {
         bit: FILE,
@@ -162,20 +165,20 @@ pub const SYSCALLS: &[Syscall] = &[
     s(39, "getpid", DEFAULT | PROC, true),
     s(40, "sendfile", FILE, true),
     s(41, "socket", NET, false),
-    s(42, "connect", NET, true),
+    s(42, "connect", NET | DEFAULT, true),
     s(43, "accept", NET, true),
-    s(44, "sendto", NET, true),
-    s(45, "recvfrom", NET, true),
-    s(46, "sendmsg", NET, true),
-    s(47, "recvmsg", NET, true),
-    s(48, "shutdown", NET, true),
+    s(44, "sendto", NET | DEFAULT, true),
+    s(45, "recvfrom", NET | DEFAULT, true),
+    s(46, "sendmsg", NET | DEFAULT, true),
+    s(47, "recvmsg", NET | DEFAULT, true),
+    s(48, "shutdown", NET | DEFAULT, true),
     s(49, "bind", NET, false),
     s(50, "listen", NET, false),
-    s(51, "getsockname", NET, true),
-    s(52, "getpeername", NET, true),
-    s(53, "socketpair", NET, false),
-    s(54, "setsockopt", NET, true),
-    s(55, "getsockopt", NET, true),
+    s(51, "getsockname", NET | DEFAULT, true),
+    s(52, "getpeername", NET | DEFAULT, true),
+    s(53, "socketpair", NET | DEFAULT, false),
+    s(54, "setsockopt", NET | DEFAULT, true),
+    s(55, "getsockopt", NET | DEFAULT, true),
     s(56, "clone", DEFAULT | PROC, true),
     s(57, "fork", DEFAULT | PROC, false),
     s(58, "vfork", DEFAULT | PROC, false),
@@ -419,7 +422,7 @@ pub const SYSCALLS: &[Syscall] = &[
     s(296, "pwritev", DEFAULT | FILE, true),
     s(297, "rt_tgsigqueueinfo", DEFAULT | SIGNAL, false),
     s(298, "perf_event_open", PRIV | DEBUG, false),
-    s(299, "recvmmsg", NET, true),
+    s(299, "recvmmsg", NET | DEFAULT, true),
     s(300, "fanotify_init", PRIV, false),
     s(301, "fanotify_mark", PRIV, false),
     s(302, "prlimit64", DEFAULT | PROC, false),
@@ -427,7 +430,7 @@ pub const SYSCALLS: &[Syscall] = &[
     s(304, "open_by_handle_at", PRIV, false),
     s(305, "clock_adjtime", PRIV, false),
     s(306, "syncfs", FILE, false),
-    s(307, "sendmmsg", NET, true),
+    s(307, "sendmmsg", NET | DEFAULT, true),
     s(308, "setns", PRIV, false),
     s(309, "getcpu", DEFAULT | PROC, false),
     s(310, "process_vm_readv", DEBUG, false),
