@@ -170,11 +170,32 @@ const _: () = assert!(core::mem::size_of::<FileKey>() == 256);
 
 /// One access decision: `net::ACTION_ALLOW`, `net::ACTION_DENY` or 0 (no
 /// rule speaks about this access here: default deny), and the rule id.
+///
+/// A decision that comes from a lease grant carries the grant's end
+/// (`expires_ns`, CLOCK_BOOTTIME; 0 = never) and what decides once it has
+/// passed (`fallback_*`: the written policy's decision for the same slot),
+/// so an expired grant stops working even while the daemon is down.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FileDecision {
     pub action: u32,
     pub rule_id: u32,
+    pub fallback_action: u32,
+    pub fallback_rule_id: u32,
+    pub expires_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<FileDecision>() == 24);
+
+impl FileDecision {
+    /// (action, rule_id) in force at `now_ns` (CLOCK_BOOTTIME).
+    #[inline(always)]
+    pub fn at(&self, now_ns: u64) -> (u32, u32) {
+        if self.expires_ns != 0 && self.expires_ns <= now_ns {
+            (self.fallback_action, self.fallback_rule_id)
+        } else {
+            (self.action, self.rule_id)
+        }
+    }
 }
 
 /// Index of an access in `FileRuleValue` arrays.
@@ -205,7 +226,7 @@ pub struct FileRuleValue {
     /// Decisions for everything else this entry is the longest match for.
     pub beneath: [FileDecision; 3],
 }
-const _: () = assert!(core::mem::size_of::<FileRuleValue>() == 56);
+const _: () = assert!(core::mem::size_of::<FileRuleValue>() == 8 + 6 * 24);
 
 /// Kernel struct member offsets the LSM programs need, read from the running
 /// kernel's BTF at load time and passed as one global (`CORRAL_KOFFSETS`).

@@ -5,10 +5,29 @@
 //! real installation; `Drop` stops the daemon and removes pins and cgroups,
 //! also when the test panics. Shape borrowed from pulsar's test runner:
 //! `let tail = d.tail(); d.run_as(..); tail.expect(|e| ..)`.
+//!
+//! Beside this file: `probe` (running the probe: in an identity, outside,
+//! as another user, in the background), `assert` (step and event checks),
+//! `net` (listeners, sinks and the connect denial proof), `policy` (policy
+//! texts, bundled policies, mechanisms), `files` (scratch trees for
+//! `[files]` rules) and `lease` (a daemon whose policies may name its lease
+//! socket).
+
+mod assert;
+mod files;
+pub mod lease;
+mod net;
+mod policy;
+mod probe;
+
+pub use assert::*;
+pub use files::*;
+pub use net::*;
+pub use policy::*;
+pub use probe::*;
 
 use std::{
-    io::{BufRead as _, BufReader},
-    net::{TcpListener, UdpSocket},
+    io::{BufRead as _, BufReader, Read},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::{
@@ -110,14 +129,15 @@ pub struct Daemon {
 impl Daemon {
     /// A daemon on the given policy files (name, TOML); waits until ready.
     pub fn start(policies: &[(&str, &str)]) -> Daemon {
-        let base = tempfile::tempdir().expect("tempdir");
-        let dirs = Dirs::new(base.path());
-        for (name, text) in policies {
-            std::fs::write(dirs.policy_dir.join(format!("{name}.toml")), text).expect("policy");
-        }
-        let mut d = Daemon::start_with(dirs).expect("daemon did not start");
-        d._base = Some(base);
-        d
+        Daemon::start_opts(policies, &[], &[])
+    }
+
+    /// A daemon on one policy file named for its identity, and that
+    /// identity's event stream.
+    pub fn start_tailed(identity: &str, policy: &str) -> (Daemon, Tail) {
+        let d = Daemon::start(&[(identity, policy)]);
+        let tail = d.tail(Some(identity));
+        (d, tail)
     }
 
     /// Starts a daemon on existing dirs (e.g. after `stop_keep_pins`).
@@ -237,17 +257,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .spawn()
             .expect("corral tail");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && tx.send(v).is_err()
-                {
-                    return;
-                }
-            }
-        });
+        let rx = json_lines(child.stdout.take().expect("stdout"));
         let t = Tail { child, rx };
         t.expect(|e| e["kind"] == "hello");
         t
@@ -288,6 +298,17 @@ impl Drop for Daemon {
         self.terminate();
         cleanup(&self.dirs);
     }
+}
+
+/// Every link pin under a pin dir, by file name (one per program and
+/// cgroup: a handed-over link is not duplicated).
+pub fn link_pins(pin_dir: &Path) -> Vec<String> {
+    std::fs::read_dir(pin_dir.join("links"))
+        .expect("links dir")
+        .flatten()
+        .flat_map(|cg| std::fs::read_dir(cg.path()).expect("cg links").flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 /// Removes pins and the test's cgroups (killing any probe left inside: they
@@ -342,6 +363,13 @@ impl Tail {
         }
         out
     }
+
+    /// The events of this `kind` among everything that arrives within `d`.
+    pub fn drain_kind(&self, kind: &str, d: Duration) -> Vec<Value> {
+        let mut evs = self.drain_for(d);
+        evs.retain(|e| e["kind"] == kind);
+        evs
+    }
 }
 
 impl Drop for Tail {
@@ -349,84 +377,6 @@ impl Drop for Tail {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Result of one probe run: its exit status and JSON step lines.
-#[derive(Debug)]
-pub struct ProbeRun {
-    pub code: Option<i32>,
-    pub steps: Vec<Value>,
-    pub stderr: String,
-}
-
-impl From<Output> for ProbeRun {
-    fn from(o: Output) -> ProbeRun {
-        let steps = String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        ProbeRun {
-            code: o.status.code(),
-            steps,
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
-    }
-}
-
-impl ProbeRun {
-    pub fn step(&self, op: &str, n: usize) -> &Value {
-        self.steps
-            .iter()
-            .filter(|s| s["op"] == op)
-            .nth(n)
-            .unwrap_or_else(|| panic!("no step {op}#{n} in {self:#?}"))
-    }
-
-    pub fn pid(&self) -> u64 {
-        self.step("pid", 0)["pid"].as_u64().expect("pid")
-    }
-}
-
-/// Runs the probe directly, outside any identity.
-pub fn probe_outside(steps: &[&str]) -> ProbeRun {
-    ProbeRun::from(
-        Command::new(probe_bin())
-            .args(steps)
-            .output()
-            .expect("probe"),
-    )
-}
-
-/// A TCP listener that accepts in the background; gives its port.
-pub fn tcp_listener(addr: &str) -> u16 {
-    let l = TcpListener::bind(addr).expect("listen");
-    let port = l.local_addr().expect("addr").port();
-    std::thread::spawn(move || for _ in l.incoming() {});
-    port
-}
-
-/// A UDP socket that exists so sends have a target; gives its port.
-pub fn udp_sink(addr: &str) -> u16 {
-    let s = UdpSocket::bind(addr).expect("udp bind");
-    let port = s.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        let mut b = [0u8; 64];
-        while s.recv(&mut b).is_ok() {}
-    });
-    port
-}
-
-pub const EPERM: i64 = 1;
-
-/// Asserts a net denial event's identity, pid, comm and target.
-pub fn assert_net_event(ev: &Value, identity: &str, pid: u64, op: &str, addr: &str, port: u16) {
-    assert_eq!(ev["kind"], "net", "{ev:#}");
-    assert_eq!(ev["identity"], identity, "{ev:#}");
-    assert_eq!(ev["tgid"].as_u64(), Some(pid), "{ev:#}");
-    assert_eq!(ev["comm"], "corral-probe", "{ev:#}");
-    assert_eq!(ev["net"]["op"], op, "{ev:#}");
-    assert_eq!(ev["net"]["addr"], addr, "{ev:#}");
-    assert_eq!(ev["net"]["port"].as_u64(), Some(port as u64), "{ev:#}");
 }
 
 impl Daemon {
@@ -500,93 +450,55 @@ impl Daemon {
         }
     }
 
-    /// Starts the probe as `identity` in the background; its step lines can
-    /// be waited for one by one while it runs.
-    pub fn spawn_probe_as(&self, identity: &str, steps: &[&str]) -> BgProbe {
-        let mut child = Command::new(corral_bin())
-            .arg("--socket")
-            .arg(&self.dirs.socket)
-            .args(["run", "--identity", identity, "--"])
-            .arg(probe_bin())
-            .args(steps)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("corral run probe");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && tx.send(v).is_err()
-                {
-                    return;
-                }
-            }
-        });
-        BgProbe {
-            child,
-            rx,
-            steps: Vec::new(),
-        }
+    /// Waits (up to 5 s) for a failed reload after `after` (a status
+    /// `reload.last_time`); gives the status.
+    pub fn wait_failed_reload(&self, after: &Value) -> Value {
+        wait_for(Duration::from_secs(5), "a failed reload", || {
+            let st = self.status();
+            let r = &st["reload"];
+            (r["last_time"] != *after && r["last_ok"] == false).then_some(st)
+        })
     }
 }
 
-/// A probe running in the background (see `Daemon::spawn_probe_as`).
-pub struct BgProbe {
-    child: Child,
-    rx: mpsc::Receiver<Value>,
-    steps: Vec<Value>,
-}
-
-impl BgProbe {
-    /// The `corral run` launcher's pid (the probe's parent and, for
-    /// `[syscalls]`, its seccomp supervisor).
-    pub fn launcher_pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits (up to 30 s) for the probe's next step line with this op.
-    pub fn next_step(&mut self, op: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.rx.recv_timeout(left) {
-                Ok(v) => {
-                    self.steps.push(v.clone());
-                    if v["op"] == op {
-                        return v;
-                    }
-                }
-                Err(_) => break,
+/// Reads JSON lines from `r` in the background; lines that are not JSON
+/// are skipped.
+pub(crate) fn json_lines(r: impl Read + Send + 'static) -> mpsc::Receiver<Value> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && tx.send(v).is_err()
+            {
+                return;
             }
         }
-        panic!("probe step {op} did not come; got {:#?}", self.steps);
-    }
+    });
+    rx
+}
 
-    /// Waits for the probe to exit; every step it printed.
-    pub fn finish(mut self) -> ProbeRun {
-        let status = self.child.wait().expect("probe wait");
-        let mut stderr = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            use std::io::Read as _;
-            let _ = e.read_to_string(&mut stderr);
+/// Polls `f` every 10 ms until it gives `Some`, for at most `within`;
+/// fails the test naming `what` otherwise.
+pub fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
         }
-        let mut steps = std::mem::take(&mut self.steps);
-        while let Ok(v) = self.rx.recv_timeout(Duration::from_secs(5)) {
-            steps.push(v);
-        }
-        ProbeRun {
-            code: status.code(),
-            steps,
-            stderr,
-        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
-impl Drop for BgProbe {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A path as the `&str` a probe argument needs.
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8")
+}
+
+/// Creates `p` empty (a probe's `wait-file` flag).
+pub fn touch(p: &Path) {
+    std::fs::write(p, b"").expect("touch");
 }

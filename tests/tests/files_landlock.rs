@@ -12,22 +12,14 @@ use std::{path::PathBuf, time::Duration};
 use corral_tests::*;
 use serde_json::Value;
 
-const EACCES: i64 = 13;
 const EXDEV: i64 = 18;
 
-/// A scratch tree under a temp dir, by real path (rules name real paths):
-/// kb/doc, kbx/doc, secret, tickets/{a, vip/x}, etc/{hostname, hostname2},
-/// bin/{ok,no}/true, kb/link -> secret.
-struct Tree {
-    _t: tempfile::TempDir,
-    root: PathBuf,
-}
-
-impl Tree {
-    fn new() -> Tree {
-        let t = tempfile::tempdir().expect("tempdir");
-        let root = std::fs::canonicalize(t.path()).expect("real path");
-        for d in [
+/// The scratch tree: kb/doc, kbx/doc, secret, tickets/{a, vip/x},
+/// etc/{hostname, hostname2}, drafts/d, out/, bin/{ok,no}/true,
+/// kb/link -> secret.
+fn tree() -> ScratchTree {
+    let t = ScratchTree::new(
+        &[
             "kb",
             "kbx",
             "tickets/vip",
@@ -36,10 +28,8 @@ impl Tree {
             "bin/no",
             "out",
             "drafts",
-        ] {
-            std::fs::create_dir_all(root.join(d)).expect("mkdir");
-        }
-        for f in [
+        ],
+        &[
             "kb/doc",
             "kbx/doc",
             "secret",
@@ -48,34 +38,13 @@ impl Tree {
             "drafts/d",
             "etc/hostname",
             "etc/hostname2",
-        ] {
-            std::fs::write(root.join(f), "data\n").expect("write");
-        }
-        for d in ["bin/ok", "bin/no"] {
-            std::fs::copy("/usr/bin/true", root.join(d).join("true")).expect("copy true");
-        }
-        std::os::unix::fs::symlink(root.join("secret"), root.join("kb/link")).expect("symlink");
-        Tree { _t: t, root }
+        ],
+    );
+    for d in ["bin/ok", "bin/no"] {
+        std::fs::copy("/usr/bin/true", t.root.join(d).join("true")).expect("copy true");
     }
-
-    fn p(&self, rel: &str) -> String {
-        self.root.join(rel).display().to_string()
-    }
-}
-
-fn probe_real() -> String {
-    std::fs::canonicalize(probe_bin())
-        .expect("probe")
-        .display()
-        .to_string()
-}
-
-fn list(items: &[String]) -> String {
-    items
-        .iter()
-        .map(|s| format!("\"{s}\""))
-        .collect::<Vec<_>>()
-        .join(", ")
+    std::os::unix::fs::symlink(t.root.join("secret"), t.root.join("kb/link")).expect("symlink");
+    t
 }
 
 /// A policy that always holds what the probe needs: `/usr/` (the loader and
@@ -91,12 +60,12 @@ fn policy(
     r.extend_from_slice(read);
     let mut w = vec![s("/dev/null")];
     w.extend_from_slice(write);
-    let exec = exec.map_or(String::new(), |e| format!("exec = [{}]\n", list(e)));
+    let exec = exec.map_or(String::new(), |e| format!("exec = [{}]\n", toml_list(e)));
     format!(
         "[identity]\nname = \"{name}\"\n[files]\nread = [{}]\nwrite = [{}]\n{exec}deny = [{}]\n",
-        list(&r),
-        list(&w),
-        list(deny)
+        toml_list(&r),
+        toml_list(&w),
+        toml_list(deny)
     )
 }
 
@@ -106,10 +75,7 @@ fn daemon(policies: &[(&str, &str)]) -> Option<Daemon> {
         return None;
     }
     let d = Daemon::start(policies);
-    let files = d.status()["daemon"]["mechanisms"]
-        .as_array()
-        .and_then(|m| m.iter().find(|m| m["name"] == "files").cloned())
-        .unwrap_or(Value::Null);
+    let files = d.mechanism("files");
     if files["state"] != "fallback" {
         eprintln!("skipping: the files layer here is not the Landlock fallback: {files}");
         return None;
@@ -122,14 +88,8 @@ fn s(x: &str) -> String {
 }
 
 /// Asserts a file denial event from the Landlock layer.
-fn assert_file_event(ev: &Value, identity: &str, tgid: u64, path: &str, access: &str) {
-    assert_eq!(ev["kind"], "file", "{ev:#}");
-    assert_eq!(ev["identity"], identity, "{ev:#}");
-    assert_eq!(ev["tgid"].as_u64(), Some(tgid), "{ev:#}");
-    assert_eq!(ev["comm"], "corral-probe", "{ev:#}");
-    assert_eq!(ev["verdict"], "deny", "{ev:#}");
-    assert_eq!(ev["file"]["path"], path, "{ev:#}");
-    assert_eq!(ev["file"]["access"], access, "{ev:#}");
+fn assert_landlock_event(ev: &Value, identity: &str, tgid: u64, path: &str, access: &str) {
+    assert_file_event(ev, identity, tgid, path, access);
     assert_eq!(ev["file"]["layer"], "landlock", "{ev:#}");
     assert_eq!(ev["file"]["errno"], "EACCES", "{ev:#}");
 }
@@ -139,26 +99,14 @@ fn file_event(tail: &Tail, path: &str) -> Value {
     tail.expect(move |e| e["kind"] == "file" && e["file"]["path"] == path.as_str())
 }
 
+/// Landlock refuses with EACCES.
 fn denied(run: &ProbeRun, op: &str, n: usize) {
-    let st = run.step(op, n);
-    assert_eq!(st["ok"], false, "{op}#{n} should be refused: {run:#?}");
-    assert_eq!(
-        st["errno"], EACCES,
-        "{op}#{n}: Landlock refuses with EACCES: {run:#?}"
-    );
-}
-
-fn allowed(run: &ProbeRun, op: &str, n: usize) {
-    assert_eq!(
-        run.step(op, n)["ok"],
-        true,
-        "{op}#{n} should succeed: {run:#?}"
-    );
+    run.assert_errno(op, n, EACCES);
 }
 
 #[test]
 fn read_allowed_denied_and_write_refused_with_events() {
-    let t = Tree::new();
+    let t = tree();
     let text = policy("files-a", &[t.p("kb/")], &[], None, &[]);
     let Some(d) = daemon(&[("files-a", &text)]) else {
         return;
@@ -170,10 +118,8 @@ fn read_allowed_denied_and_write_refused_with_events() {
         .and_then(|a| a.iter().find(|i| i["name"] == "files-a"))
         .expect("identity listed");
     assert_eq!(me["files"]["enforced_by"], "landlock", "{me:#}");
-    let files = &d.status()["daemon"]["mechanisms"]
-        .as_array()
-        .and_then(|m| m.iter().find(|m| m["name"] == "files").cloned())
-        .expect("files mechanism");
+    let files = d.mechanism("files");
+    assert!(!files.is_null(), "no files mechanism");
     let detail = files["detail"].as_str().unwrap_or("");
     assert!(
         detail.starts_with("landlock (fallback, applied by corral run at launch")
@@ -198,25 +144,25 @@ fn read_allowed_denied_and_write_refused_with_events() {
             &t.p("kb"),
         ],
     );
-    allowed(&run, "open", 0);
+    run.assert_ok("open", 0);
     denied(&run, "open", 1);
     denied(&run, "open", 2);
-    allowed(&run, "readdir", 0);
+    run.assert_ok("readdir", 0);
     let pid = run.pid();
     let ev = file_event(&tail, &t.p("secret"));
-    assert_file_event(&ev, "files-a", pid, &t.p("secret"), "read");
+    assert_landlock_event(&ev, "files-a", pid, &t.p("secret"), "read");
     assert_eq!(ev["reason"], "no-rule", "{ev:#}");
     let ev = file_event(&tail, &t.p("kb/doc"));
-    assert_file_event(&ev, "files-a", pid, &t.p("kb/doc"), "write");
+    assert_landlock_event(&ev, "files-a", pid, &t.p("kb/doc"), "write");
     // Outside the identity, the same opens succeed.
     let out = probe_outside(&["open", &t.p("secret"), "r", "open", &t.p("kb/doc"), "w"]);
-    allowed(&out, "open", 0);
-    allowed(&out, "open", 1);
+    out.assert_ok("open", 0);
+    out.assert_ok("open", 1);
 }
 
 #[test]
 fn deny_beats_a_shorter_allow_and_no_sibling_prefix_leak() {
-    let t = Tree::new();
+    let t = tree();
     let text = policy(
         "files-b",
         &[t.p("kb/"), t.p("etc/hostname")],
@@ -251,7 +197,7 @@ fn deny_beats_a_shorter_allow_and_no_sibling_prefix_leak() {
         .enumerate()
     {
         if *ok {
-            allowed(&run, "open", n);
+            run.assert_ok("open", n);
         } else {
             denied(&run, "open", n);
         }
@@ -259,7 +205,7 @@ fn deny_beats_a_shorter_allow_and_no_sibling_prefix_leak() {
     denied(&run, "create", 0);
     let pid = run.pid();
     let ev = file_event(&tail, &t.p("tickets/vip/x"));
-    assert_file_event(&ev, "files-b", pid, &t.p("tickets/vip/x"), "read");
+    assert_landlock_event(&ev, "files-b", pid, &t.p("tickets/vip/x"), "read");
     assert_eq!(ev["reason"], "deny-rule", "{ev:#}");
     assert!(
         ev["rule"]
@@ -267,14 +213,14 @@ fn deny_beats_a_shorter_allow_and_no_sibling_prefix_leak() {
             .is_some_and(|r| r.starts_with("deny ") && r.contains("tickets/vip/")),
         "{ev:#}"
     );
-    assert_file_event(
+    assert_landlock_event(
         &file_event(&tail, &t.p("kbx/doc")),
         "files-b",
         pid,
         &t.p("kbx/doc"),
         "read",
     );
-    assert_file_event(
+    assert_landlock_event(
         &file_event(&tail, &t.p("etc/hostname2")),
         "files-b",
         pid,
@@ -293,13 +239,13 @@ fn deny_beats_a_shorter_allow_and_no_sibling_prefix_leak() {
         "r",
     ]);
     for n in 0..3 {
-        allowed(&out, "open", n);
+        out.assert_ok("open", n);
     }
 }
 
 #[test]
 fn exec_allowed_and_denied() {
-    let t = Tree::new();
+    let t = tree();
     let exec = [
         probe_real(),
         s("/usr/lib/x86_64-linux-gnu/"),
@@ -323,10 +269,10 @@ fn exec_allowed_and_denied() {
             "r",
         ],
     );
-    allowed(&run, "exec", 0);
+    run.assert_ok("exec", 0);
     denied(&run, "exec", 1);
     // Readable, not executable.
-    allowed(&run, "open", 0);
+    run.assert_ok("open", 0);
     let ev = file_event(&tail, &t.p("bin/no/true"));
     // The probe forks, and its child's execve is what Landlock refuses.
     // ppid is read from /proc by the daemon: absent when the child has
@@ -335,13 +281,13 @@ fn exec_allowed_and_denied() {
         assert_eq!(ppid, run.pid(), "{ev:#}");
     }
     let child = ev["tgid"].as_u64().expect("tgid");
-    assert_file_event(&ev, "files-c", child, &t.p("bin/no/true"), "exec");
-    allowed(&probe_outside(&["exec", &t.p("bin/no/true")]), "exec", 0);
+    assert_landlock_event(&ev, "files-c", child, &t.p("bin/no/true"), "exec");
+    probe_outside(&["exec", &t.p("bin/no/true")]).assert_ok("exec", 0);
 }
 
 #[test]
 fn symlinks_links_renames_and_relative_paths() {
-    let t = Tree::new();
+    let t = tree();
     let text = policy(
         "files-d",
         &[t.p("kb/")],
@@ -410,7 +356,7 @@ fn symlinks_links_renames_and_relative_paths() {
     );
     let pid = run.pid();
     denied(&run, "open", 0);
-    allowed(&run, "symlink", 0);
+    run.assert_ok("symlink", 0);
     denied(&run, "open", 1);
     for n in 0..3 {
         let st = run.step("link", n);
@@ -429,12 +375,12 @@ fn symlinks_links_renames_and_relative_paths() {
         );
     }
     // Between two writable directories a rename is fine (no widening).
-    allowed(&run, "rename", 3);
-    allowed(&run, "open", 2);
+    run.assert_ok("rename", 3);
+    run.assert_ok("open", 2);
     denied(&run, "open", 3);
     // The symlink is judged by its target: the event names what was asked.
     let ev = file_event(&tail, &t.p("kb/link"));
-    assert_file_event(&ev, "files-d", pid, &t.p("kb/link"), "read");
+    assert_landlock_event(&ev, "files-d", pid, &t.p("kb/link"), "read");
     assert_eq!(ev["reason"], "no-rule", "judged by the target: {ev:#}");
     assert_eq!(
         ev["file"]["note"].as_str(),
@@ -443,7 +389,7 @@ fn symlinks_links_renames_and_relative_paths() {
     );
     // The relative open is reported with the absolute path.
     let ev = file_event(&tail, &t.p("secret"));
-    assert_file_event(&ev, "files-d", pid, &t.p("secret"), "read");
+    assert_landlock_event(&ev, "files-d", pid, &t.p("secret"), "read");
     let out = probe_outside(&[
         "open",
         &t.p("kb/link"),
@@ -455,14 +401,14 @@ fn symlinks_links_renames_and_relative_paths() {
         &t.p("kb/doc"),
         &t.p("kbx/doc2"),
     ]);
-    allowed(&out, "open", 0);
-    allowed(&out, "link", 0);
-    allowed(&out, "rename", 0);
+    out.assert_ok("open", 0);
+    out.assert_ok("link", 0);
+    out.assert_ok("rename", 0);
 }
 
 #[test]
 fn sub_cgroup_untagged_and_policy_change_reaches_new_launches_only() {
-    let t = Tree::new();
+    let t = tree();
     let text = policy("files-e", &[t.p("kb/")], &[], None, &[]);
     let Some(d) = daemon(&[("files-e", &text)]) else {
         return;
@@ -508,7 +454,7 @@ fn sub_cgroup_untagged_and_policy_change_reaches_new_launches_only() {
     let run = bg.finish();
     denied(&run, "open", 0);
     let ev = file_event(&tail, &t.p("secret"));
-    assert_file_event(&ev, "files-e", pid, &t.p("secret"), "read");
+    assert_landlock_event(&ev, "files-e", pid, &t.p("secret"), "read");
     // Reported from the sub-cgroup (a cgroup's id is its inode number).
     use std::os::unix::fs::MetadataExt as _;
     let sub_id = std::fs::metadata(&sub).expect("sub-cgroup").ino();
@@ -516,19 +462,16 @@ fn sub_cgroup_untagged_and_policy_change_reaches_new_launches_only() {
     // The policy now allows it (the event says the layer's rules are older).
     assert_eq!(ev["reason"], "not-by-policy", "{ev:#}");
     // A new launch gets the new policy.
-    allowed(
-        &d.probe_as("files-e", &["open", &t.p("secret"), "r"]),
-        "open",
-        0,
-    );
+    d.probe_as("files-e", &["open", &t.p("secret"), "r"])
+        .assert_ok("open", 0);
     // Untagged processes are unaffected.
-    allowed(&probe_outside(&["open", &t.p("secret"), "r"]), "open", 0);
+    probe_outside(&["open", &t.p("secret"), "r"]).assert_ok("open", 0);
     let _ = std::fs::remove_dir(&sub);
 }
 
 #[test]
 fn assign_warns_that_a_running_process_gets_no_file_rules() {
-    let t = Tree::new();
+    let t = tree();
     let text = policy("files-f", &[t.p("kb/")], &[], None, &[]);
     let Some(d) = daemon(&[("files-f", &text)]) else {
         return;
@@ -562,7 +505,7 @@ fn assign_warns_that_a_running_process_gets_no_file_rules() {
 
 #[test]
 fn audit_mode_is_not_applied_and_says_so() {
-    let t = Tree::new();
+    let t = tree();
     let text = policy("files-g", &[t.p("kb/")], &[], None, &[]).replace(
         "name = \"files-g\"\n",
         "name = \"files-g\"\nmode = \"audit\"\n",
@@ -579,9 +522,6 @@ fn audit_mode_is_not_applied_and_says_so() {
         "{shown:#}"
     );
     // Landlock can only refuse: an audit identity runs unconfined here.
-    allowed(
-        &d.probe_as("files-g", &["open", &t.p("secret"), "r"]),
-        "open",
-        0,
-    );
+    d.probe_as("files-g", &["open", &t.p("secret"), "r"])
+        .assert_ok("open", 0);
 }

@@ -34,27 +34,9 @@ fn bundled_policies_reach_the_kernel_maps() {
     if !is_root() {
         return;
     }
-    let src = workspace().join("policies");
-    let files: Vec<(String, String)> = std::fs::read_dir(&src)
-        .expect("policies/")
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
-        .map(|e| {
-            let stem = e
-                .path()
-                .file_stem()
-                .expect("stem")
-                .to_string_lossy()
-                .into_owned();
-            (stem, std::fs::read_to_string(e.path()).expect("read"))
-        })
-        .collect();
+    let files = bundled_policies();
     assert!(files.len() >= 3, "expected the bundled example policies");
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    let d = Daemon::start(&refs);
+    let d = Daemon::start(&policy_refs(&files));
 
     let mdir = d.dirs.pin_dir.join("maps");
     let v4: LpmTrie<MapData, Net4Key, NetRuleList> = LpmTrie::try_from(aya::maps::Map::LpmTrie(

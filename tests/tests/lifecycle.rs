@@ -10,7 +10,7 @@ use std::{
 use corral_tests::*;
 
 fn policy(name: &str, body: &str) -> String {
-    format!("[identity]\nname = \"{name}\"\n[network]\n{body}\n")
+    identity_policy(name, None, "network", body)
 }
 
 #[test]
@@ -30,22 +30,13 @@ fn restart_keeps_enforcement_without_a_gap_and_readopts_pins() {
     );
     // The prober runs across the restart; any allowed connect to the
     // denied port (or refused allowed one) counts as wrong.
-    let prober = Command::new(corral_bin())
-        .arg("--socket")
-        .arg(&d.dirs.socket)
-        .args(["run", "--identity", "steady", "--"])
-        .arg(probe_bin())
-        .args(["loop", &t_ok, &t_no, "4"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("prober");
+    let prober = d.spawn_probe_as("steady", &["loop", &t_ok, &t_no, "4"]);
     std::thread::sleep(Duration::from_millis(800));
     let dirs = d.stop_keep_pins();
     // No daemon at all for a while: the pinned links keep enforcing.
     std::thread::sleep(Duration::from_millis(700));
     let d2 = Daemon::start_with(dirs).expect("restart");
-    let out = prober.wait_with_output().expect("prober output");
-    let r = ProbeRun::from(out);
+    let r = prober.finish();
     let lp = r.step("loop", 0);
     assert!(lp["attempts"].as_u64().unwrap_or(0) > 100, "{r:#?}");
     assert_eq!(lp["wrong"], 0, "enforcement gap across restart: {r:#?}");
@@ -53,12 +44,7 @@ fn restart_keeps_enforcement_without_a_gap_and_readopts_pins() {
     let st = d2.cli_json(&["status", "--json"]);
     assert_eq!(st["daemon"]["adopted_pins"], true, "{st:#}");
     // Links were handed over, not duplicated: one pin per program.
-    let links: Vec<_> = std::fs::read_dir(d2.dirs.pin_dir.join("links"))
-        .expect("links dir")
-        .flatten()
-        .flat_map(|cg| std::fs::read_dir(cg.path()).expect("cg links").flatten())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let links = link_pins(&d2.dirs.pin_dir);
     assert!(links.iter().all(|l| !l.ends_with("_new")), "{links:?}");
     assert_eq!(
         links
@@ -70,21 +56,7 @@ fn restart_keeps_enforcement_without_a_gap_and_readopts_pins() {
     );
     // The same identity id survives, and enforcement still works.
     let tail = d2.tail(Some("steady"));
-    let s = no.to_string();
-    let r = d2.probe_as("steady", &["pid", "connect", "127.0.0.1", &s]);
-    assert_eq!(r.step("connect", 0)["errno"], EPERM);
-    assert_net_event(
-        &tail.expect(|e| e["kind"] == "net"),
-        "steady",
-        r.pid(),
-        "connect",
-        "127.0.0.1",
-        no,
-    );
-    assert_eq!(
-        probe_outside(&["connect", "127.0.0.1", &s]).step("connect", 0)["ok"],
-        true
-    );
+    d2.assert_connect_denied(&tail, "steady", "127.0.0.1", no);
 }
 
 #[test]
@@ -207,8 +179,7 @@ fn assign_pid_puts_a_running_process_under_enforcement() {
         return;
     }
     let port = tcp_listener("127.0.0.1:0");
-    let d = Daemon::start(&[("late", &policy("late", "allow = []"))]);
-    let tail = d.tail(Some("late"));
+    let (d, tail) = Daemon::start_tailed("late", &policy("late", "allow = []"));
     let s = port.to_string();
     // Our own child: connects before and after being assigned.
     let child = Command::new(probe_bin())
@@ -235,8 +206,8 @@ fn assign_pid_puts_a_running_process_under_enforcement() {
         String::from_utf8_lossy(&out.stderr)
     );
     let r = ProbeRun::from(child.wait_with_output().expect("probe"));
-    assert_eq!(r.step("connect", 0)["ok"], true, "{r:#?}");
-    assert_eq!(r.step("connect", 1)["errno"], EPERM, "{r:#?}");
+    r.assert_ok("connect", 0);
+    r.assert_eperm("connect", 1);
     assert_net_event(
         &tail.expect(|e| e["kind"] == "net"),
         "late",
@@ -291,7 +262,7 @@ fn assign_cgroup_outside_the_parent_attaches_there() {
         .expect("probe");
     std::fs::write(cg.0.join("cgroup.procs"), child.id().to_string()).expect("move child");
     let r = ProbeRun::from(child.wait_with_output().expect("probe"));
-    assert_eq!(r.step("connect", 0)["errno"], EPERM, "{r:#?}");
+    r.assert_eperm("connect", 0);
     assert_net_event(
         &tail.expect(|e| e["kind"] == "net"),
         "unit",
@@ -300,10 +271,7 @@ fn assign_cgroup_outside_the_parent_attaches_there() {
         "127.0.0.1",
         port,
     );
-    assert_eq!(
-        probe_outside(&["connect", "127.0.0.1", &s]).step("connect", 0)["ok"],
-        true
-    );
+    probe_outside(&["connect", "127.0.0.1", &s]).assert_ok("connect", 0);
     let ids = d.cli_json(&["identities", "--json"]);
     assert_eq!(
         ids[0]["assigned_cgroups"][0],

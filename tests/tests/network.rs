@@ -3,10 +3,6 @@
 
 use corral_tests::*;
 
-fn policy(name: &str, mode: &str, body: &str) -> String {
-    format!("[identity]\nname = \"{name}\"\nmode = \"{mode}\"\n[network]\n{body}\n")
-}
-
 #[test]
 fn tcp_connect_allowed_denied_and_untouched_outside() {
     if !is_root() {
@@ -14,13 +10,12 @@ fn tcp_connect_allowed_denied_and_untouched_outside() {
     }
     let ok_port = tcp_listener("127.0.0.1:0");
     let no_port = tcp_listener("127.0.0.1:0");
-    let p = policy(
+    let p = net_policy(
         "web",
         "enforce",
         &format!("allow = [\"tcp://127.0.0.1:{ok_port}\"]"),
     );
-    let d = Daemon::start(&[("web", &p)]);
-    let tail = d.tail(Some("web"));
+    let (d, tail) = Daemon::start_tailed("web", &p);
 
     let (ok, no) = (ok_port.to_string(), no_port.to_string());
     // exe and ppid are read from /proc while the process lives: the probe
@@ -39,8 +34,8 @@ fn tcp_connect_allowed_denied_and_untouched_outside() {
             "1",
         ],
     );
-    assert_eq!(r.step("connect", 0)["ok"], true, "{r:#?}");
-    assert_eq!(r.step("connect", 1)["errno"], EPERM, "{r:#?}");
+    r.assert_ok("connect", 0);
+    r.assert_eperm("connect", 1);
 
     let ev = tail.expect(|e| e["kind"] == "net");
     assert_net_event(&ev, "web", r.pid(), "connect", "127.0.0.1", no_port);
@@ -67,18 +62,13 @@ fn deny_rule_beats_shorter_allow_and_is_named() {
         return;
     }
     let port = tcp_listener("127.0.0.1:0");
-    let p = policy(
+    let p = net_policy(
         "svc",
         "enforce",
         "allow = [\"tcp://127.0.0.0/8:*\"]\ndeny = [\"tcp://127.0.0.1/32:*\"]",
     );
-    let d = Daemon::start(&[("svc", &p)]);
-    let tail = d.tail(Some("svc"));
-    let port_s = port.to_string();
-    let r = d.probe_as("svc", &["pid", "connect", "127.0.0.1", &port_s]);
-    assert_eq!(r.step("connect", 0)["errno"], EPERM, "{r:#?}");
-    let ev = tail.expect(|e| e["kind"] == "net");
-    assert_net_event(&ev, "svc", r.pid(), "connect", "127.0.0.1", port);
+    let (d, tail) = Daemon::start_tailed("svc", &p);
+    let ev = d.assert_connect_denied(&tail, "svc", "127.0.0.1", port);
     assert_eq!(ev["reason"], "deny-rule");
     assert!(
         ev["rule"]
@@ -87,7 +77,6 @@ fn deny_rule_beats_shorter_allow_and_is_named() {
             .contains("deny tcp://127.0.0.1/32:*"),
         "{ev:#}"
     );
-    assert!(probe_outside(&["connect", "127.0.0.1", &port_s]).step("connect", 0)["ok"] == true);
 }
 
 #[test]
@@ -101,13 +90,12 @@ fn ipv6_and_v4_mapped() {
     let any = std::net::TcpListener::bind("[::]:0").expect("dual-stack");
     let mapped_port = any.local_addr().expect("addr").port();
     std::thread::spawn(move || for _ in any.incoming() {});
-    let p = policy(
+    let p = net_policy(
         "six",
         "enforce",
         &format!("allow = [\"tcp://[::1]:{v6_ok}\", \"tcp://127.0.0.1:{mapped_port}\"]"),
     );
-    let d = Daemon::start(&[("six", &p)]);
-    let tail = d.tail(Some("six"));
+    let (d, tail) = Daemon::start_tailed("six", &p);
     let (a, b, m) = (
         v6_ok.to_string(),
         v6_no.to_string(),
@@ -131,14 +119,14 @@ fn ipv6_and_v4_mapped() {
             &m,
         ],
     );
-    assert_eq!(r.step("connect", 0)["ok"], true, "{r:#?}");
-    assert_eq!(r.step("connect", 1)["errno"], EPERM, "{r:#?}");
+    r.assert_ok("connect", 0);
+    r.assert_eperm("connect", 1);
     assert_eq!(
         r.step("connect", 2)["ok"],
         true,
         "v4-mapped must be judged by IPv4 rules: {r:#?}"
     );
-    assert_eq!(r.step("connect", 3)["errno"], EPERM, "{r:#?}");
+    r.assert_eperm("connect", 3);
     let ev = tail.expect(|e| e["kind"] == "net" && e["net"]["port"] == v6_no);
     assert_net_event(&ev, "six", r.pid(), "connect", "::1", v6_no);
     assert_eq!(ev["net"]["family"], "inet6");
@@ -152,8 +140,8 @@ fn ipv6_and_v4_mapped() {
         mapped_port,
     );
     let out = probe_outside(&["connect", "::1", &b, "connect", "::ffff:127.0.0.2", &m]);
-    assert_eq!(out.step("connect", 0)["ok"], true);
-    assert_eq!(out.step("connect", 1)["ok"], true);
+    out.assert_ok("connect", 0);
+    out.assert_ok("connect", 1);
 }
 
 #[test]
@@ -163,27 +151,23 @@ fn udp_sendto_allowed_and_denied() {
     }
     let ok = udp_sink("127.0.0.1:0");
     let no = udp_sink("127.0.0.1:0");
-    let p = policy(
+    let p = net_policy(
         "dns",
         "enforce",
         &format!("allow = [\"udp://127.0.0.1:{ok}\"]"),
     );
-    let d = Daemon::start(&[("dns", &p)]);
-    let tail = d.tail(Some("dns"));
+    let (d, tail) = Daemon::start_tailed("dns", &p);
     let (a, b) = (ok.to_string(), no.to_string());
     let r = d.probe_as(
         "dns",
         &["pid", "sendto", "127.0.0.1", &a, "sendto", "127.0.0.1", &b],
     );
-    assert_eq!(r.step("sendto", 0)["ok"], true, "{r:#?}");
-    assert_eq!(r.step("sendto", 1)["errno"], EPERM, "{r:#?}");
+    r.assert_ok("sendto", 0);
+    r.assert_eperm("sendto", 1);
     let ev = tail.expect(|e| e["kind"] == "net");
     assert_net_event(&ev, "dns", r.pid(), "sendmsg", "127.0.0.1", no);
     assert_eq!(ev["net"]["protocol"], "udp");
-    assert_eq!(
-        probe_outside(&["sendto", "127.0.0.1", &b]).step("sendto", 0)["ok"],
-        true
-    );
+    probe_outside(&["sendto", "127.0.0.1", &b]).assert_ok("sendto", 0);
 }
 
 #[test]
@@ -199,13 +183,12 @@ fn bind_allowed_and_denied() {
             .port()
     };
     let (ok, no) = (free("127.0.0.1:0"), free("127.0.0.1:0"));
-    let p = policy(
+    let p = net_policy(
         "srv",
         "enforce",
         &format!("bind = [\"tcp://127.0.0.1:{ok}\"]"),
     );
-    let d = Daemon::start(&[("srv", &p)]);
-    let tail = d.tail(Some("srv"));
+    let (d, tail) = Daemon::start_tailed("srv", &p);
     let (a, b) = (ok.to_string(), no.to_string());
     let r = d.probe_as(
         "srv",
@@ -219,14 +202,11 @@ fn bind_allowed_and_denied() {
             &b,
         ],
     );
-    assert_eq!(r.step("bind", 0)["ok"], true, "{r:#?}");
-    assert_eq!(r.step("bind", 1)["errno"], EPERM, "{r:#?}");
+    r.assert_ok("bind", 0);
+    r.assert_eperm("bind", 1);
     let ev = tail.expect(|e| e["kind"] == "net");
     assert_net_event(&ev, "srv", r.pid(), "bind", "127.0.0.1", no);
-    assert_eq!(
-        probe_outside(&["bind-tcp", "127.0.0.1", &b]).step("bind", 0)["ok"],
-        true
-    );
+    probe_outside(&["bind-tcp", "127.0.0.1", &b]).assert_ok("bind", 0);
 }
 
 #[test]
@@ -235,9 +215,8 @@ fn sub_cgroup_is_still_the_agent() {
         return;
     }
     let port = tcp_listener("127.0.0.1:0");
-    let p = policy("nest", "enforce", "allow = []");
-    let d = Daemon::start(&[("nest", &p)]);
-    let tail = d.tail(Some("nest"));
+    let p = net_policy("nest", "enforce", "allow = []");
+    let (d, tail) = Daemon::start_tailed("nest", &p);
     let s = port.to_string();
     let r = d.probe_as(
         "nest",
@@ -253,18 +232,15 @@ fn sub_cgroup_is_still_the_agent() {
             "1",
         ],
     );
-    assert_eq!(r.step("subcgroup", 0)["ok"], true, "{r:#?}");
-    assert_eq!(r.step("connect", 0)["errno"], EPERM, "{r:#?}");
+    r.assert_ok("subcgroup", 0);
+    r.assert_eperm("connect", 0);
     let ev = tail.expect(|e| e["kind"] == "net");
     assert_net_event(&ev, "nest", r.pid(), "connect", "127.0.0.1", port);
     assert!(
         ev["cgroup"].as_str().unwrap_or("").ends_with("/nest/child"),
         "{ev:#}"
     );
-    assert_eq!(
-        probe_outside(&["connect", "127.0.0.1", &s]).step("connect", 0)["ok"],
-        true
-    );
+    probe_outside(&["connect", "127.0.0.1", &s]).assert_ok("connect", 0);
 }
 
 #[test]
@@ -274,12 +250,12 @@ fn two_identities_with_different_rules() {
     }
     let pa = tcp_listener("127.0.0.1:0");
     let pb = tcp_listener("127.0.0.1:0");
-    let a = policy(
+    let a = net_policy(
         "alpha",
         "enforce",
         &format!("allow = [\"tcp://127.0.0.1:{pa}\"]"),
     );
-    let b = policy(
+    let b = net_policy(
         "beta",
         "enforce",
         &format!("allow = [\"tcp://127.0.0.1:{pb}\"]"),
@@ -311,10 +287,10 @@ fn two_identities_with_different_rules() {
             &sb,
         ],
     );
-    assert_eq!(ra.step("connect", 0)["ok"], true);
-    assert_eq!(ra.step("connect", 1)["errno"], EPERM);
-    assert_eq!(rb.step("connect", 0)["errno"], EPERM);
-    assert_eq!(rb.step("connect", 1)["ok"], true);
+    ra.assert_ok("connect", 0);
+    ra.assert_eperm("connect", 1);
+    rb.assert_eperm("connect", 0);
+    rb.assert_ok("connect", 1);
     let ev = tail.expect(|e| e["identity"] == "alpha");
     assert_net_event(&ev, "alpha", ra.pid(), "connect", "127.0.0.1", pb);
     let ev = tail.expect(|e| e["identity"] == "beta");
@@ -327,9 +303,8 @@ fn audit_mode_allows_and_reports() {
         return;
     }
     let port = tcp_listener("127.0.0.1:0");
-    let p = policy("watch", "audit", "allow = []");
-    let d = Daemon::start(&[("watch", &p)]);
-    let tail = d.tail(Some("watch"));
+    let p = net_policy("watch", "audit", "allow = []");
+    let (d, tail) = Daemon::start_tailed("watch", &p);
     let s = port.to_string();
     let r = d.probe_as("watch", &["pid", "connect", "127.0.0.1", &s]);
     assert_eq!(

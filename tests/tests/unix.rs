@@ -8,20 +8,14 @@ use std::{
         unix::net::{SocketAddr, UnixDatagram, UnixListener},
     },
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
 use corral_tests::*;
-use serde_json::Value;
-
-fn policy(name: &str, mode: &str, body: &str) -> String {
-    format!("[identity]\nname = \"{name}\"\nmode = \"{mode}\"\n[network]\n{body}\n")
-}
 
 fn unix_rules(paths: &[&str]) -> String {
-    let quoted: Vec<String> = paths.iter().map(|p| format!("\"{p}\"")).collect();
-    format!("unix = [{}]", quoted.join(", "))
+    format!("unix = [{}]", toml_list(paths))
 }
 
 /// A stream listener that accepts in the background.
@@ -47,16 +41,6 @@ fn dgram_socket(dir: &Path, name: &str) -> String {
     p.to_str().expect("utf-8").to_string()
 }
 
-fn assert_unix_event(ev: &Value, identity: &str, pid: u64, op: &str, path: &str) {
-    assert_eq!(ev["kind"], "unix", "{ev:#}");
-    assert_eq!(ev["identity"], identity, "{ev:#}");
-    assert_eq!(ev["tgid"].as_u64(), Some(pid), "{ev:#}");
-    assert_eq!(ev["comm"], "corral-probe", "{ev:#}");
-    assert_eq!(ev["unix"]["op"], op, "{ev:#}");
-    assert_eq!(ev["unix"]["path"], path, "{ev:#}");
-    assert!(ev.get("net").is_none(), "{ev:#}");
-}
-
 /// Entries in the pinned kernel map itself, not the daemon's view of it.
 fn unix_map_entries(pin_dir: &Path) -> usize {
     use agent_common::unix::{UnixKey, UnixRuleValue};
@@ -67,17 +51,6 @@ fn unix_map_entries(pin_dir: &Path) -> usize {
     m.keys().count()
 }
 
-fn mechanism(d: &Daemon, name: &str) -> Value {
-    let st = d.cli_json(&["status", "--json"]);
-    st["daemon"]["mechanisms"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|m| m["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no mechanism {name}: {st:#}"))
-}
-
 #[test]
 fn unix_connect_allowed_denied_and_untouched_outside() {
     if !is_root() {
@@ -86,8 +59,10 @@ fn unix_connect_allowed_denied_and_untouched_outside() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ok = stream_socket(dir.path(), "ok.sock");
     let no = stream_socket(dir.path(), "no.sock");
-    let d = Daemon::start(&[("ux", &policy("ux", "enforce", &unix_rules(&[&ok])))]);
-    let m = mechanism(&d, "unix socket paths");
+    let d = Daemon::start(&[("ux", &net_policy("ux", "enforce", &unix_rules(&[&ok])))]);
+    let st = d.cli_json(&["status", "--json"]);
+    let m = mechanism_in(&st, "unix socket paths");
+    assert!(!m.is_null(), "no mechanism `unix socket paths`: {st:#}");
     assert_eq!(m["state"], "enforcing", "{m:#}");
     let tail = d.tail(Some("ux"));
 
@@ -111,11 +86,11 @@ fn unix_connect_allowed_denied_and_untouched_outside() {
             &no,
         ],
     );
-    assert_eq!(r.step("unix-connect", 0)["ok"], true, "{r:#?}");
-    assert_eq!(r.step("unix-connect", 1)["errno"], EPERM, "{r:#?}");
-    assert_eq!(r.step("unix-connect", 2)["errno"], EPERM, "{r:#?}");
-    assert_eq!(r.step("unix-connect-padded", 0)["ok"], true, "{r:#?}");
-    assert_eq!(r.step("unix-connect-padded", 1)["errno"], EPERM, "{r:#?}");
+    r.assert_ok("unix-connect", 0);
+    r.assert_eperm("unix-connect", 1);
+    r.assert_eperm("unix-connect", 2);
+    r.assert_ok("unix-connect-padded", 0);
+    r.assert_eperm("unix-connect-padded", 1);
 
     let ev = tail.expect(|e| e["kind"] == "unix");
     assert_unix_event(&ev, "ux", r.pid(), "connect", &no);
@@ -140,8 +115,8 @@ fn unix_connect_allowed_denied_and_untouched_outside() {
         true,
         "untagged process must not be judged"
     );
-    assert_eq!(out.step("unix-connect", 1)["ok"], true);
-    assert_eq!(out.step("unix-connect-padded", 0)["ok"], true);
+    out.assert_ok("unix-connect", 1);
+    out.assert_ok("unix-connect-padded", 0);
 
     let ids = d.cli_json(&["identities", "--json"]);
     assert_eq!(ids[0]["kernel_entries"]["unix"], 1, "{ids:#}");
@@ -169,8 +144,7 @@ fn unix_datagram_sendto_allowed_and_denied() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ok = dgram_socket(dir.path(), "ok.dgram");
     let no = dgram_socket(dir.path(), "no.dgram");
-    let d = Daemon::start(&[("dg", &policy("dg", "enforce", &unix_rules(&[&ok])))]);
-    let tail = d.tail(Some("dg"));
+    let (d, tail) = Daemon::start_tailed("dg", &net_policy("dg", "enforce", &unix_rules(&[&ok])));
     let r = d.probe_as(
         "dg",
         &[
@@ -185,19 +159,19 @@ fn unix_datagram_sendto_allowed_and_denied() {
             &no,
         ],
     );
-    assert_eq!(r.step("unix-sendto", 0)["ok"], true, "{r:#?}");
-    assert_eq!(r.step("unix-sendto", 1)["errno"], EPERM, "{r:#?}");
+    r.assert_ok("unix-sendto", 0);
+    r.assert_eperm("unix-sendto", 1);
     // connect() on a datagram socket is judged too (later sends carry no address).
-    assert_eq!(r.step("unix-dgram-connect", 0)["ok"], true, "{r:#?}");
-    assert_eq!(r.step("unix-dgram-connect", 1)["errno"], EPERM, "{r:#?}");
+    r.assert_ok("unix-dgram-connect", 0);
+    r.assert_eperm("unix-dgram-connect", 1);
     let ev = tail.expect(|e| e["kind"] == "unix");
     assert_unix_event(&ev, "dg", r.pid(), "sendmsg", &no);
     assert_eq!(ev["verdict"], "deny", "{ev:#}");
     let ev = tail.expect(|e| e["kind"] == "unix");
     assert_unix_event(&ev, "dg", r.pid(), "connect", &no);
     let out = probe_outside(&["unix-sendto", &no, "unix-dgram-connect", &no]);
-    assert_eq!(out.step("unix-sendto", 0)["ok"], true);
-    assert_eq!(out.step("unix-dgram-connect", 0)["ok"], true);
+    out.assert_ok("unix-sendto", 0);
+    out.assert_ok("unix-dgram-connect", 0);
 }
 
 #[test]
@@ -211,20 +185,17 @@ fn unix_abstract_names_need_an_explicit_at_rule() {
         listener_at(&SocketAddr::from_abstract_name(n).expect("abstract"));
     }
     let (ok_at, no_at) = (format!("@{ok}"), format!("@{no}"));
-    let d = Daemon::start(&[("ab", &policy("ab", "enforce", &unix_rules(&[&ok_at])))]);
-    let tail = d.tail(Some("ab"));
+    let (d, tail) =
+        Daemon::start_tailed("ab", &net_policy("ab", "enforce", &unix_rules(&[&ok_at])));
     let r = d.probe_as(
         "ab",
         &["pid", "unix-connect", &ok_at, "unix-connect", &no_at],
     );
-    assert_eq!(r.step("unix-connect", 0)["ok"], true, "{r:#?}");
-    assert_eq!(r.step("unix-connect", 1)["errno"], EPERM, "{r:#?}");
+    r.assert_ok("unix-connect", 0);
+    r.assert_eperm("unix-connect", 1);
     let ev = tail.expect(|e| e["kind"] == "unix");
     assert_unix_event(&ev, "ab", r.pid(), "connect", &no_at);
-    assert_eq!(
-        probe_outside(&["unix-connect", &no_at]).step("unix-connect", 0)["ok"],
-        true
-    );
+    probe_outside(&["unix-connect", &no_at]).assert_ok("unix-connect", 0);
 }
 
 #[test]
@@ -234,8 +205,7 @@ fn unix_audit_mode_allows_and_reports() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let s = stream_socket(dir.path(), "watched.sock");
-    let d = Daemon::start(&[("uw", &policy("uw", "audit", "unix = []"))]);
-    let tail = d.tail(Some("uw"));
+    let (d, tail) = Daemon::start_tailed("uw", &net_policy("uw", "audit", "unix = []"));
     let r = d.probe_as("uw", &["pid", "unix-connect", &s]);
     assert_eq!(
         r.step("unix-connect", 0)["ok"],
@@ -261,17 +231,16 @@ fn unix_rules_follow_a_policy_apply() {
     let dir = tempfile::tempdir().expect("tempdir");
     let a = stream_socket(dir.path(), "a.sock");
     let b = stream_socket(dir.path(), "b.sock");
-    let d = Daemon::start(&[("re", &policy("re", "enforce", &unix_rules(&[&a])))]);
+    let d = Daemon::start(&[("re", &net_policy("re", "enforce", &unix_rules(&[&a])))]);
     let r = d.probe_as("re", &["unix-connect", &a, "unix-connect", &b]);
-    assert_eq!(r.step("unix-connect", 0)["ok"], true, "{r:#?}");
-    assert_eq!(r.step("unix-connect", 1)["errno"], EPERM, "{r:#?}");
-    d.write_policy("re", &policy("re", "enforce", &unix_rules(&[&b])));
-    let out = d.cli(&["policy", "apply"]);
-    assert!(out.status.success(), "{out:?}");
+    r.assert_ok("unix-connect", 0);
+    r.assert_eperm("unix-connect", 1);
+    d.write_policy("re", &net_policy("re", "enforce", &unix_rules(&[&b])));
+    d.apply();
     let tail = d.tail(Some("re"));
     let r = d.probe_as("re", &["pid", "unix-connect", &a, "unix-connect", &b]);
-    assert_eq!(r.step("unix-connect", 0)["errno"], EPERM, "{r:#?}");
-    assert_eq!(r.step("unix-connect", 1)["ok"], true, "{r:#?}");
+    r.assert_eperm("unix-connect", 0);
+    r.assert_ok("unix-connect", 1);
     assert_unix_event(
         &tail.expect(|e| e["kind"] == "unix"),
         "re",
@@ -285,16 +254,6 @@ fn unix_rules_follow_a_policy_apply() {
     assert_eq!(unix_map_entries(&d.dirs.pin_dir), 1);
 }
 
-/// Every link pin under the pin dir, by file name.
-fn link_pins(pin_dir: &Path) -> Vec<String> {
-    std::fs::read_dir(pin_dir.join("links"))
-        .expect("links dir")
-        .flatten()
-        .flat_map(|cg| std::fs::read_dir(cg.path()).expect("cg links").flatten())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
 #[test]
 fn unix_rules_stay_enforced_across_a_daemon_restart() {
     if !is_root() {
@@ -303,24 +262,19 @@ fn unix_rules_stay_enforced_across_a_daemon_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ok = stream_socket(dir.path(), "ok.sock");
     let no = stream_socket(dir.path(), "no.sock");
-    let d = Daemon::start(&[("keep", &policy("keep", "enforce", &unix_rules(&[&ok])))]);
+    let d = Daemon::start(&[("keep", &net_policy("keep", "enforce", &unix_rules(&[&ok])))]);
     let identity_cgroup: PathBuf = d.dirs.parent_cgroup().join("keep");
     // The prober runs across the restart; a refused allowed connect or an
     // allowed denied one counts as wrong.
-    let prober = Command::new(corral_bin())
-        .arg("--socket")
-        .arg(&d.dirs.socket)
-        .args(["run", "--identity", "keep", "--"])
-        .arg(probe_bin())
-        .args([
+    let prober = d.spawn_probe_as(
+        "keep",
+        &[
             "unix-loop",
             &format!("{ok}=allow"),
             &format!("{no}=deny"),
             "4",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("prober");
+        ],
+    );
     std::thread::sleep(Duration::from_millis(800));
     let dirs = d.stop_keep_pins();
     // No daemon at all: the pinned links keep judging, new processes too.
@@ -334,11 +288,11 @@ fn unix_rules_stay_enforced_across_a_daemon_restart() {
         .output()
         .expect("probe without daemon");
     let gap = ProbeRun::from(gap);
-    assert_eq!(gap.step("unix-connect", 0)["errno"], EPERM, "{gap:#?}");
-    assert_eq!(gap.step("unix-connect", 1)["ok"], true, "{gap:#?}");
+    gap.assert_eperm("unix-connect", 0);
+    gap.assert_ok("unix-connect", 1);
     std::thread::sleep(Duration::from_millis(300));
     let d2 = Daemon::start_with(dirs).expect("restart");
-    let r = ProbeRun::from(prober.wait_with_output().expect("prober output"));
+    let r = prober.finish();
     let lp = r.step("unix-loop", 0);
     assert!(lp["attempts"].as_u64().unwrap_or(0) > 100, "{r:#?}");
     assert_eq!(
@@ -358,8 +312,8 @@ fn unix_rules_stay_enforced_across_a_daemon_restart() {
     }
     let tail = d2.tail(Some("keep"));
     let r = d2.probe_as("keep", &["pid", "unix-connect", &ok, "unix-connect", &no]);
-    assert_eq!(r.step("unix-connect", 0)["ok"], true, "{r:#?}");
-    assert_eq!(r.step("unix-connect", 1)["errno"], EPERM, "{r:#?}");
+    r.assert_ok("unix-connect", 0);
+    r.assert_eperm("unix-connect", 1);
     assert_unix_event(
         &tail.expect(|e| e["kind"] == "unix"),
         "keep",
@@ -367,10 +321,7 @@ fn unix_rules_stay_enforced_across_a_daemon_restart() {
         "connect",
         &no,
     );
-    assert_eq!(
-        probe_outside(&["unix-connect", &no]).step("unix-connect", 0)["ok"],
-        true
-    );
+    probe_outside(&["unix-connect", &no]).assert_ok("unix-connect", 0);
     // The old ruleset's entries were collected: one entry, the new one.
     let ids = d2.cli_json(&["identities", "--json"]);
     assert_eq!(ids[0]["kernel_entries"]["unix"], 1, "{ids:#}");
@@ -387,7 +338,7 @@ fn unix_connect_cost() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let ok = stream_socket(dir.path(), "ok.sock");
-    let d = Daemon::start(&[("cost", &policy("cost", "enforce", &unix_rules(&[&ok])))]);
+    let d = Daemon::start(&[("cost", &net_policy("cost", "enforce", &unix_rules(&[&ok])))]);
     let target = format!("{ok}=allow");
     let inside = d.probe_as("cost", &["unix-loop", &target, "1"]);
     let outside = probe_outside(&["unix-loop", &target, "1"]);

@@ -7,27 +7,26 @@ use std::{
     fs,
     net::{TcpListener, UdpSocket},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     thread::sleep,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use crate::util;
+use crate::{
+    bench_env::{self, Env},
+    util,
+};
 
 const TCP_ITERS: &str = "20000";
 const UDP_ITERS: &str = "200000";
 const FLOOD: u64 = 1_000_000;
 
-struct Bench {
-    corral: PathBuf,
+struct Bench<'a> {
+    env: &'a Env,
     bench: PathBuf,
-    socket: PathBuf,
-    pin_dir: PathBuf,
-    parent: String,
-    policy_dir: PathBuf,
     tcp_port: u16,
     udp_port: u16,
 }
@@ -47,23 +46,15 @@ pub fn run(ws: &Path) -> Result<()> {
         "corral-tests",
         "--bins",
     ]))?;
-    let tmp = std::env::temp_dir().join(format!("corral-bench-{}", std::process::id()));
-    fs::create_dir_all(tmp.join("policies"))?;
-    let tag = format!("corral-bench-{}", std::process::id());
-    let b = Bench {
-        corral: util::corral_bin(ws),
-        bench: ws.join("target/release/corral-bench"),
-        socket: tmp.join("corral.sock"),
-        pin_dir: PathBuf::from("/sys/fs/bpf").join(&tag),
-        parent: tag,
-        policy_dir: tmp.join("policies"),
-        tcp_port: free_port(),
-        udp_port: free_port(),
-    };
-    let result = b.all(&tmp);
-    b.cleanup();
-    let _ = fs::remove_dir_all(&tmp);
-    let report = result?;
+    let report = bench_env::with_env(ws, "corral-bench", |env| {
+        Bench {
+            env,
+            bench: ws.join("target/release/corral-bench"),
+            tcp_port: free_port(),
+            udp_port: free_port(),
+        }
+        .all()
+    })?;
     println!("\n{report}\n\n{}", crate::bench_files::run(ws)?);
     println!("\n{}", crate::bench_syscall::run(ws)?);
     Ok(())
@@ -77,12 +68,7 @@ fn free_port() -> u16 {
     p
 }
 
-fn parse(out: &str) -> Result<Value> {
-    let line = out.lines().last().context("no output")?;
-    serde_json::from_str(line).with_context(|| format!("bad bench output `{line}`"))
-}
-
-impl Bench {
+impl Bench<'_> {
     fn bench_cmd(&self, prefix: &[&str], op: &str, port: u16, iters: &str) -> Result<Value> {
         let mut c = if prefix.is_empty() {
             Command::new(&self.bench)
@@ -93,7 +79,7 @@ impl Bench {
         };
         c.args([op, &port.to_string(), iters]);
         let out = util::output(&mut c)?;
-        parse(&out)
+        bench_env::last_json(&out)
     }
 
     fn pair(&self, prefix: &[&str]) -> Result<(f64, f64)> {
@@ -108,12 +94,6 @@ impl Bench {
             t["median_ns"].as_f64().unwrap_or(0.0),
             u["median_ns"].as_f64().unwrap_or(0.0),
         ))
-    }
-
-    fn corral(&self) -> Command {
-        let mut c = Command::new(&self.corral);
-        c.arg("--socket").arg(&self.socket);
-        c
     }
 
     fn write_policy(&self, name: &str, rules: usize) -> Result<()> {
@@ -135,64 +115,28 @@ impl Bench {
             "[identity]\nname = \"{name}\"\n[network]\nallow = [{allow}]\nbind = [\"tcp://127.0.0.1:{}\"]\n",
             self.tcp_port
         );
-        fs::write(self.policy_dir.join(format!("{name}.toml")), text)?;
+        fs::write(self.env.policy_dir.join(format!("{name}.toml")), text)?;
         Ok(())
     }
 
-    fn apply(&self) -> Result<Duration> {
-        let t = Instant::now();
-        util::output(self.corral().args(["policy", "apply"]))?;
-        Ok(t.elapsed())
-    }
-
-    fn status(&self) -> Result<Value> {
-        Ok(serde_json::from_str(&util::output(
-            self.corral().args(["status", "--json"]),
-        )?)?)
-    }
-
-    fn start_daemon(&self, log: &Path) -> Result<Child> {
-        let child = Command::new(&self.corral)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(["daemon", "--policy-dir"])
-            .arg(&self.policy_dir)
-            .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            .args(["--cgroup-parent", &self.parent, "--ringbuf-size", "64M"])
-            .arg("--state-dir")
-            .arg(log.parent().expect("dir"))
-            .stderr(fs::File::create(log)?)
-            .spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.status().is_err() {
-            if Instant::now() > deadline {
-                bail!(
-                    "daemon not ready: {}",
-                    fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-            sleep(Duration::from_millis(100));
-        }
-        Ok(child)
-    }
-
-    fn all(&self, tmp: &Path) -> Result<String> {
+    fn all(&self) -> Result<String> {
+        let env = self.env;
         let mut rows: Vec<(String, f64, f64)> = Vec::new();
         util::header("baseline: no corral loaded");
         let (bt, bu) = self.pair(&[])?;
         rows.push(("no corral loaded".into(), bt, bu));
 
         self.write_policy("bench", 10)?;
-        let mut daemon = self.start_daemon(&tmp.join("daemon.log"))?;
-        let r = (|| -> Result<String> {
+        let daemon =
+            env.start_daemon(&env.tmp.join("daemon.log"), &["--ringbuf-size", "64M"], &[])?;
+        bench_env::while_running(daemon, || -> Result<String> {
             util::header("corral loaded, untagged process outside its cgroups");
             let (t, u) = self.pair(&[])?;
             rows.push(("untagged, outside corral cgroups".into(), t, u));
 
             util::header("untagged process inside the corral parent (programs run, no tag)");
             let root = cgroup_root()?;
-            let untagged = root.join(&self.parent).join("bench-untagged");
+            let untagged = root.join(&env.parent).join("bench-untagged");
             fs::create_dir_all(&untagged)?;
             let procs = untagged.join("cgroup.procs");
             let script = format!("echo $$ > {} && exec \"$0\" \"$@\"", procs.display());
@@ -203,11 +147,11 @@ impl Bench {
             for n in [10usize, 1_000, 100_000] {
                 util::header(&format!("tagged identity with {n} rules"));
                 self.write_policy("bench", n)?;
-                reloads.push((n, self.apply()?));
+                reloads.push((n, env.apply()?));
                 let (t, u) = self.pair(&[
-                    self.corral.to_str().expect("utf-8"),
+                    env.corral.to_str().expect("utf-8"),
                     "--socket",
-                    self.socket.to_str().expect("utf-8"),
+                    env.socket.to_str().expect("utf-8"),
                     "run",
                     "--identity",
                     "bench",
@@ -218,18 +162,17 @@ impl Bench {
 
             util::header("event throughput: denied connects flood the ring buffer");
             let flood_policy = "[identity]\nname = \"flood\"\n[network]\nallow = []\n";
-            fs::write(self.policy_dir.join("flood.toml"), flood_policy)?;
-            self.apply()?;
-            let before = self.status()?;
-            let out = util::output(
-                self.corral()
-                    .args(["run", "--identity", "flood", "--"])
-                    .arg(&self.bench)
-                    .args(["flood", &self.udp_port.to_string(), &FLOOD.to_string()]),
-            )?;
-            let flood = parse(&out)?;
+            fs::write(env.policy_dir.join("flood.toml"), flood_policy)?;
+            env.apply()?;
+            let before = env.status()?;
+            let out = util::output(env.as_identity(Some("flood"), &self.bench).args([
+                "flood",
+                &self.udp_port.to_string(),
+                &FLOOD.to_string(),
+            ]))?;
+            let flood = bench_env::last_json(&out)?;
             sleep(Duration::from_secs(2));
-            let after = self.status()?;
+            let after = env.status()?;
             let recv = after["events"]["received"].as_u64().unwrap_or(0)
                 - before["events"]["received"].as_u64().unwrap_or(0);
             let lost = after["events"]["kernel_lost"].as_u64().unwrap_or(0)
@@ -238,22 +181,12 @@ impl Bench {
 
             let mut s =
                 String::from("connect() latency, median ns (ratio to no-corral baseline)\n");
-            let _ = writeln!(
-                s,
-                "{:<36} {:>16} {:>16}",
-                "scenario", "tcp connect", "udp connect"
-            );
-            for (name, t, u) in &rows {
-                let _ = writeln!(
-                    s,
-                    "{:<36} {:>8.0} ({:.2}x) {:>8.0} ({:.2}x)",
-                    name,
-                    t,
-                    t / bt,
-                    u,
-                    u / bu
-                );
-            }
+            s.push_str(&bench_env::ratio_table(
+                (36, 16),
+                ["tcp connect", "udp connect"],
+                (bt, bu),
+                &rows,
+            ));
             let _ = writeln!(s, "\npolicy apply (API call, compile + write maps + flip):");
             for (n, d) in reloads {
                 let _ = writeln!(s, "  {n:>7} rules: {:>8.1} ms", d.as_secs_f64() * 1e3);
@@ -265,20 +198,7 @@ impl Bench {
                 lost as f64 * 100.0 / FLOOD as f64
             );
             Ok(s)
-        })();
-        // SAFETY: plain syscall on our own child.
-        unsafe { libc_kill(daemon.id() as i32) };
-        let _ = daemon.wait();
-        r
-    }
-
-    fn cleanup(&self) {
-        let _ = Command::new(&self.corral)
-            .args(["unload", "--pin-dir"])
-            .arg(&self.pin_dir)
-            .args(["--cgroup-parent", &self.parent])
-            .stdout(Stdio::null())
-            .status();
+        })
     }
 }
 
@@ -291,12 +211,4 @@ fn cgroup_root() -> Result<PathBuf> {
                 .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
         })
         .context("no cgroup2 mount")
-}
-
-unsafe fn libc_kill(pid: i32) {
-    unsafe extern "C" {
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
-    // SIGTERM: the daemon shuts down cleanly.
-    unsafe { kill(pid, 15) };
 }

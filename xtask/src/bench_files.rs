@@ -11,85 +11,52 @@ use std::{
     fmt::Write as _,
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    thread::sleep,
-    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use crate::util;
+use crate::{
+    bench_env::{self, Env, RUNS, median},
+    util,
+};
 
 const OPENS: &str = "200000";
 const SYSCALLS: &str = "2000000";
 const DENIED: &str = "100000";
-/// Runs per scenario; the median is reported.
-const RUNS: usize = 5;
 
-struct Env {
-    corral: PathBuf,
+struct Bench<'a> {
+    env: &'a Env,
     probe: PathBuf,
-    socket: PathBuf,
-    pin_dir: PathBuf,
-    parent: String,
-    policy_dir: PathBuf,
     data: PathBuf,
 }
 
 /// Runs the files benchmark; returns its report. The caller has built the
 /// release binaries (`corral`, `corral-probe`).
 pub fn run(ws: &Path) -> Result<String> {
-    let tmp = std::env::temp_dir().join(format!("corral-bench-files-{}", std::process::id()));
-    fs::create_dir_all(tmp.join("policies"))?;
-    fs::create_dir_all(tmp.join("data"))?;
-    let tmp = fs::canonicalize(&tmp)?;
-    fs::write(tmp.join("data/file"), "x")?;
-    fs::write(tmp.join("secret"), "x")?;
-    let tag = format!("corral-bench-files-{}", std::process::id());
-    let e = Env {
-        corral: util::corral_bin(ws),
-        probe: fs::canonicalize(ws.join("target/release/corral-probe"))?,
-        socket: tmp.join("corral.sock"),
-        pin_dir: PathBuf::from("/sys/fs/bpf").join(&tag),
-        parent: tag,
-        policy_dir: tmp.join("policies"),
-        data: tmp.join("data"),
-    };
-    let r = e.all(&tmp);
-    e.cleanup();
-    let _ = fs::remove_dir_all(&tmp);
-    r
+    bench_env::with_env(ws, "corral-bench-files", |env| {
+        let tmp = &env.tmp;
+        fs::create_dir_all(tmp.join("data"))?;
+        fs::write(tmp.join("data/file"), "x")?;
+        fs::write(tmp.join("secret"), "x")?;
+        Bench {
+            env,
+            probe: fs::canonicalize(ws.join("target/release/corral-probe"))?,
+            data: tmp.join("data"),
+        }
+        .all()
+    })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-impl Env {
-    fn corral(&self) -> Command {
-        let mut c = Command::new(&self.corral);
-        c.arg("--socket").arg(&self.socket);
-        c
-    }
-
+impl Bench<'_> {
     /// Median ns per operation of the probe step `op ARG N`, run as
     /// `identity` (or untagged); `want_errors` says whether the opens are
     /// meant to fail.
     fn measure(&self, identity: Option<&str>, step: &[&str], want_errors: bool) -> Result<f64> {
         let mut runs = Vec::new();
         for _ in 0..RUNS {
-            let mut c = match identity {
-                Some(id) => {
-                    let mut c = self.corral();
-                    c.args(["run", "--identity", id, "--"]).arg(&self.probe);
-                    c
-                }
-                None => Command::new(&self.probe),
-            };
-            let out = util::output(c.args(step))?;
-            let v: Value = serde_json::from_str(out.lines().last().context("no output")?)?;
+            let mut c = self.env.as_identity(identity, &self.probe);
+            let v = bench_env::last_json(&util::output(c.args(step))?)?;
             let errors = v["errors"].as_u64().unwrap_or(0);
             if (errors > 0) != want_errors {
                 bail!("{step:?} as {identity:?}: {errors} errors, expected {want_errors}: {v}");
@@ -118,60 +85,36 @@ impl Env {
             self.probe.display(),
             self.data.display()
         );
-        fs::write(self.policy_dir.join("bench-files.toml"), files)?;
+        fs::write(self.env.policy_dir.join("bench-files.toml"), files)?;
         // Tagged, without [files]: neither Landlock nor the observer applies.
         fs::write(
-            self.policy_dir.join("bench-nofiles.toml"),
+            self.env.policy_dir.join("bench-nofiles.toml"),
             "[identity]\nname = \"bench-nofiles\"\n",
         )?;
         Ok(())
     }
 
-    /// `observer`: "none", "tracepoints" (the default form) or "btf" (the
-    /// tp_btf fallback, forced).
-    fn start_daemon(&self, log: &Path, observer: &str) -> Result<Child> {
-        let mut c = Command::new(&self.corral);
-        c.arg("--socket")
-            .arg(&self.socket)
-            .args(["daemon", "--policy-dir"])
-            .arg(&self.policy_dir)
-            .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            .args(["--cgroup-parent", &self.parent, "--ringbuf-size", "64M"])
-            .arg("--state-dir")
-            .arg(log.parent().expect("dir"))
-            .stderr(fs::File::create(log)?);
-        match observer {
-            "none" => {
-                c.env("CORRAL_NO_FILE_OBSERVER", "1");
-            }
-            "btf" => {
-                c.env("CORRAL_FILE_OBSERVER_BTF", "1");
-            }
-            _ => {}
-        }
-        let child = c.spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while util::output(self.corral().args(["status", "--json"])).is_err() {
-            if Instant::now() > deadline {
-                bail!(
-                    "daemon not ready: {}",
-                    fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-            sleep(Duration::from_millis(100));
-        }
-        Ok(child)
+    /// Runs `f` with a daemon up, then stops it and unloads what it left
+    /// (whatever `f` returned). `observer`: "none", "tracepoints" (the
+    /// default form) or "btf" (the tp_btf fallback, forced).
+    fn with_daemon(&self, log: &str, observer: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+        let env: &[(&str, &str)] = match observer {
+            "none" => &[("CORRAL_NO_FILE_OBSERVER", "1")],
+            "btf" => &[("CORRAL_FILE_OBSERVER_BTF", "1")],
+            _ => &[],
+        };
+        let log = self.env.tmp.join(log);
+        let d = self
+            .env
+            .start_daemon(&log, &["--ringbuf-size", "64M"], env)?;
+        let r = bench_env::while_running(d, f);
+        // Its clean shutdown keeps the pins; unload removes them.
+        self.env.unload();
+        r
     }
 
-    fn stop(&self, mut d: Child) {
-        // SIGTERM: a clean shutdown; pins are removed by cleanup().
-        let _ = Command::new("kill").arg(d.id().to_string()).status();
-        let _ = d.wait();
-        self.cleanup();
-    }
-
-    fn all(&self, tmp: &Path) -> Result<String> {
+    fn all(&self) -> Result<String> {
+        let tmp = &self.env.tmp;
         let mut rows: Vec<(String, f64, f64)> = Vec::new();
         util::header("files: baseline, no corral loaded");
         let (bo, bs) = (self.opens(None)?, self.syscalls(None)?);
@@ -179,8 +122,7 @@ impl Env {
         self.write_policies()?;
 
         util::header("files: daemon without the denial observer");
-        let d = self.start_daemon(&tmp.join("daemon-a.log"), "none")?;
-        let r = (|| -> Result<()> {
+        self.with_daemon("daemon-a.log", "none", || {
             rows.push(("untagged".into(), self.opens(None)?, self.syscalls(None)?));
             rows.push((
                 "tagged, no [files]".into(),
@@ -193,16 +135,12 @@ impl Env {
                 self.syscalls(Some("bench-files"))?,
             ));
             Ok(())
-        })();
-        self.stop(d);
-        r?;
+        })?;
 
         util::header("files: daemon with the denial observer (per-syscall tracepoints)");
-        let d = self.start_daemon(&tmp.join("daemon-b.log"), "tracepoints")?;
         let mut denied_ns = 0.0;
-        let r = (|| -> Result<()> {
-            let st: Value =
-                serde_json::from_str(&util::output(self.corral().args(["status", "--json"]))?)?;
+        self.with_daemon("daemon-b.log", "tracepoints", || {
+            let st = self.env.status()?;
             let files = st["daemon"]["mechanisms"]
                 .as_array()
                 .and_then(|m| m.iter().find(|m| m["name"] == "files").cloned())
@@ -236,56 +174,32 @@ impl Env {
                 true,
             )?;
             Ok(())
-        })();
-        self.stop(d);
-        r?;
+        })?;
 
         util::header("files: the observer's tp_btf fallback (runs on every syscall)");
-        let d = self.start_daemon(&tmp.join("daemon-c.log"), "btf")?;
-        let r = (|| -> Result<()> {
+        self.with_daemon("daemon-c.log", "btf", || {
             rows.push((
                 "observer (tp_btf fallback), untagged".into(),
                 self.opens(None)?,
                 self.syscalls(None)?,
             ));
             Ok(())
-        })();
-        self.stop(d);
-        r?;
+        })?;
 
         let mut s = String::from(
             "open()+close() and a plain syscall (getppid), median ns (ratio to no-corral baseline)\n",
         );
-        let _ = writeln!(
-            s,
-            "{:<36} {:>18} {:>18}",
-            "scenario", "open+close", "getppid"
-        );
-        for (name, o, y) in &rows {
-            let _ = writeln!(
-                s,
-                "{:<36} {:>8.0} ({:.2}x) {:>8.0} ({:.2}x)",
-                name,
-                o,
-                o / bo,
-                y,
-                y / bs
-            );
-        }
+        s.push_str(&bench_env::ratio_table(
+            (36, 18),
+            ["open+close", "getppid"],
+            (bo, bs),
+            &rows,
+        ));
         let _ = writeln!(
             s,
             "refused open (Landlock EACCES + observer event): {denied_ns:.0} ns ({:.2}x an allowed open)",
             denied_ns / bo
         );
         Ok(s)
-    }
-
-    fn cleanup(&self) {
-        let _ = Command::new(&self.corral)
-            .args(["unload", "--pin-dir"])
-            .arg(&self.pin_dir)
-            .args(["--cgroup-parent", &self.parent])
-            .stdout(Stdio::null())
-            .status();
     }
 }

@@ -12,59 +12,37 @@
 //!   measures the filter alone: its filter stays, it cannot be removed.
 
 use std::{
-    fmt::Write as _,
     fs,
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Child, ChildStdout, Command, Stdio},
-    thread::sleep,
-    time::{Duration, Instant},
+    process::{Child, ChildStdout, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use crate::util;
+use crate::{
+    bench_env::{self, Env, RUNS, median},
+    util,
+};
 
 const HOT: &str = "getppid";
 const LIVE: &str = "getpgrp";
 const HOT_N: &str = "2000000";
 const LIVE_N: &str = "200000";
-/// Runs per scenario; the median is reported.
-const RUNS: usize = 5;
 
-struct Env {
-    corral: PathBuf,
+struct Bench<'a> {
+    env: &'a Env,
     probe: PathBuf,
-    socket: PathBuf,
-    pin_dir: PathBuf,
-    parent: String,
-    policy_dir: PathBuf,
 }
 
 /// Runs the syscall benchmark; returns its report. The caller has built the
 /// release binaries (`corral`, `corral-probe`).
 pub fn run(ws: &Path) -> Result<String> {
-    let tmp = std::env::temp_dir().join(format!("corral-bench-sys-{}", std::process::id()));
-    fs::create_dir_all(tmp.join("policies"))?;
-    let tag = format!("corral-bench-sys-{}", std::process::id());
-    let e = Env {
-        corral: util::corral_bin(ws),
-        probe: fs::canonicalize(ws.join("target/release/corral-probe"))?,
-        socket: tmp.join("corral.sock"),
-        pin_dir: PathBuf::from("/sys/fs/bpf").join(&tag),
-        parent: tag,
-        policy_dir: tmp.join("policies"),
-    };
-    let r = e.all(&tmp);
-    e.cleanup();
-    let _ = fs::remove_dir_all(&tmp);
-    r
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    bench_env::with_env(ws, "corral-bench-sys", |env| {
+        let probe = fs::canonicalize(ws.join("target/release/corral-probe"))?;
+        Bench { env, probe }.all()
+    })
 }
 
 /// `sys-loop NAME N` repeated `RUNS` times.
@@ -95,22 +73,9 @@ fn lines(stdout: ChildStdout) -> impl Iterator<Item = Value> {
         .filter_map(|l| serde_json::from_str(&l).ok())
 }
 
-impl Env {
-    fn corral(&self) -> Command {
-        let mut c = Command::new(&self.corral);
-        c.arg("--socket").arg(&self.socket);
-        c
-    }
-
+impl Bench<'_> {
     fn probe(&self, identity: Option<&str>, steps: &[&str]) -> Result<Child> {
-        let mut c = match identity {
-            Some(i) => {
-                let mut c = self.corral();
-                c.args(["run", "--identity", i, "--"]).arg(&self.probe);
-                c
-            }
-            None => Command::new(&self.probe),
-        };
+        let mut c = self.env.as_identity(identity, &self.probe);
         Ok(c.args(steps).stdout(Stdio::piped()).spawn()?)
     }
 
@@ -129,57 +94,30 @@ impl Env {
         } else {
             "[identity]\nname = \"conf\"\n"
         };
-        fs::write(self.policy_dir.join("conf.toml"), conf)?;
+        fs::write(self.env.policy_dir.join("conf.toml"), conf)?;
         fs::write(
-            self.policy_dir.join("plain.toml"),
+            self.env.policy_dir.join("plain.toml"),
             "[identity]\nname = \"plain\"\n",
         )?;
         Ok(())
     }
 
-    fn apply(&self) -> Result<()> {
-        util::output(self.corral().args(["policy", "apply"]))?;
-        Ok(())
-    }
-
-    fn start_daemon(&self, log: &Path) -> Result<Child> {
-        let child = Command::new(&self.corral)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(["daemon", "--no-watch", "--policy-dir"])
-            .arg(&self.policy_dir)
-            .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            .args(["--cgroup-parent", &self.parent])
-            // Only this feature's observers: the `[files]` fallback's
-            // observer is measured by `bench_files`.
-            .env("CORRAL_NO_FILE_OBSERVER", "1")
-            .arg("--state-dir")
-            .arg(log.parent().context("dir")?)
-            .stderr(fs::File::create(log)?)
-            .spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while util::output(self.corral().args(["status", "--json"])).is_err() {
-            if Instant::now() > deadline {
-                bail!(
-                    "daemon not ready: {}",
-                    fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-            sleep(Duration::from_millis(100));
-        }
-        Ok(child)
-    }
-
-    fn all(&self, tmp: &Path) -> Result<String> {
+    fn all(&self) -> Result<String> {
+        let tmp = &self.env.tmp;
         util::header("syscalls: baseline, no corral loaded");
         let base_hot = self.measure(None, HOT, HOT_N)?;
         let base_live = self.measure(None, LIVE, LIVE_N)?;
+        let mut rows = vec![("no corral loaded".to_string(), base_hot, base_live)];
 
         self.policies(true)?;
-        let mut daemon = self.start_daemon(&tmp.join("daemon.log"))?;
-        let r = (|| -> Result<Vec<(String, f64, f64)>> {
-            let mut rows = Vec::new();
+        let daemon = self.env.start_daemon(
+            &tmp.join("daemon.log"),
+            &["--no-watch"],
+            // Only this feature's observers: the `[files]` fallback's
+            // observer is measured by `bench_files`.
+            &[("CORRAL_NO_FILE_OBSERVER", "1")],
+        )?;
+        bench_env::while_running(daemon, || -> Result<()> {
             util::header("syscalls: observers attached, untagged process");
             rows.push((
                 "untagged, observers attached".into(),
@@ -208,7 +146,7 @@ impl Env {
             // detach; the running probe keeps its filter, and its launcher
             // answers from the (now unconfined) value.
             self.policies(false)?;
-            self.apply()?;
+            self.env.apply()?;
             fs::write(&go, b"")?;
             let without = (read_loops(&mut out, HOT)?, read_loops(&mut out, LIVE)?);
             child.wait()?;
@@ -218,44 +156,20 @@ impl Env {
                 with_obs.1,
             ));
             rows.push(("confined, observers detached".into(), without.0, without.1));
-            Ok(rows)
-        })();
-        // SIGTERM (kill(1)'s default): the daemon shuts down cleanly.
-        let _ = Command::new("kill").arg(daemon.id().to_string()).status();
-        let _ = daemon.wait();
-        let rows = r?;
+            Ok(())
+        })?;
 
         let mut s = format!(
             "syscall cost, median ns per call of {RUNS} runs (ratio to the no-corral baseline)\n\
              {HOT} is hot (allowed in the filter); {LIVE} is allowed live (notification answered \
              by the launcher) when confined, a plain syscall otherwise\n"
         );
-        let _ = writeln!(s, "{:<34} {:>18} {:>18}", "scenario", HOT, LIVE);
-        let _ = writeln!(
-            s,
-            "{:<34} {:>8.0} ({:.2}x) {:>8.0} ({:.2}x)",
-            "no corral loaded", base_hot, 1.0, base_live, 1.0
-        );
-        for (name, h, l) in &rows {
-            let _ = writeln!(
-                s,
-                "{:<34} {:>8.0} ({:.2}x) {:>8.0} ({:.2}x)",
-                name,
-                h,
-                h / base_hot,
-                l,
-                l / base_live
-            );
-        }
+        s.push_str(&bench_env::ratio_table(
+            (34, 18),
+            [HOT, LIVE],
+            (base_hot, base_live),
+            &rows,
+        ));
         Ok(s)
-    }
-
-    fn cleanup(&self) {
-        let _ = Command::new(&self.corral)
-            .args(["unload", "--pin-dir"])
-            .arg(&self.pin_dir)
-            .args(["--cgroup-parent", &self.parent])
-            .stdout(Stdio::null())
-            .status();
     }
 }

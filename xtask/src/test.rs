@@ -94,7 +94,7 @@ fn privileged_tests(ws: &Path, bin: &Path, args: &TestArgs) -> Result<()> {
 }
 
 /// The QEMU step: boot Debian's kernel with BPF LSM in a TCG guest and run
-/// the tests that need it there (`vm.rs`; KERNEL-NOTES.md, "Testing the BPF
+/// the tests that need it there (`vm/`; KERNEL-NOTES.md, "Testing the BPF
 /// LSM path anyway").
 fn vm_test(steps: &mut Steps, ws: &Path, args: &TestArgs) -> Result<()> {
     const TITLE: &str = "vm-test (QEMU guest with BPF LSM)";

@@ -25,7 +25,7 @@ use agent_common::{
     net::ACTION_ALLOW,
 };
 use aya_ebpf::{
-    helpers::generated::{bpf_d_path, bpf_probe_read_kernel},
+    helpers::generated::{bpf_d_path, bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
     maps::lpm_trie::Key,
     programs::LsmContext,
 };
@@ -107,7 +107,12 @@ fn decide(v: Option<&FileRuleValue>, len: u32, is_dir: bool, idx: usize) -> (u32
     } else {
         &v.beneath[idx & 3]
     };
-    (d.action, d.rule_id)
+    if d.expires_ns == 0 {
+        return (d.action, d.rule_id);
+    }
+    // A lease grant: the clock only when one is in play.
+    // SAFETY: helper without pointer arguments.
+    d.at(unsafe { bpf_ktime_get_boot_ns() })
 }
 
 /// Every requested access must be allowed. Returns (access, action,

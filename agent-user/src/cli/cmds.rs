@@ -90,15 +90,18 @@ pub fn assign(client: &Client, a: &AssignArgs) -> anyhow::Result<u8> {
         _ => {}
     }
     // What binds an already running process depends on the file layer.
-    let files =
-        client::block_on(client.call(Method::GET, &format!("/v1/policy/{}", a.identity), None))
-            .map(|(_, p)| {
-                p["files"]["enforced_by"]
-                    .as_str()
-                    .unwrap_or("none")
-                    .to_string()
-            })
-            .unwrap_or_default();
+    let files = client::block_on(client.call(
+        Method::GET,
+        &format!("/v1/policy/{}?sections=files", a.identity),
+        None,
+    ))
+    .map(|(_, p)| {
+        p["files"]["enforced_by"]
+            .as_str()
+            .unwrap_or("none")
+            .to_string()
+    })
+    .unwrap_or_default();
     if files == "landlock" {
         eprintln!(
             "warning: `{}` has [files] rules, but BPF LSM is unavailable here and Landlock can \
@@ -153,21 +156,59 @@ pub fn status(client: &Client, a: &JsonFlag) -> anyhow::Result<u8> {
     let v = get(client, "/v1/status")?;
     if a.json {
         print_json(&v);
-        return Ok(0);
+    } else {
+        print!("{}", render_status(&v));
     }
+    Ok(0)
+}
+
+fn strs(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+fn render_status(v: &Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let d = &v["daemon"];
-    println!(
+    let r = &v["reload"];
+    let _ = writeln!(
+        out,
         "corral {} (pid {}), up since {}",
         d["version"].as_str().unwrap_or("?"),
         d["pid"],
         d["started"].as_str().unwrap_or("?")
     );
-    println!("policy dir   {}", d["policy_dir"].as_str().unwrap_or("?"));
-    println!(
+    // Before everything else: a broken file means what is enforced is not
+    // what the directory says, and a later successful host name refresh
+    // does not make that any less true.
+    let dir_errors = strs(&r["policy_dir_errors"]);
+    if !dir_errors.is_empty() {
+        let _ = writeln!(
+            out,
+            "!! POLICY DIR ERRORS ({}): the policy files as they are now are NOT in force; the \
+             previous policy still is. Fix and save, or `corral policy apply`:",
+            dir_errors.len()
+        );
+        for e in &dir_errors {
+            let _ = writeln!(out, "!!   {e}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "policy dir   {}",
+        d["policy_dir"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(
+        out,
         "cgroup       {}",
         d["cgroup_parent"].as_str().unwrap_or("?")
     );
-    println!(
+    let _ = writeln!(
+        out,
         "pins         {}{}",
         d["pin_dir"].as_str().unwrap_or("?"),
         if d["adopted_pins"] == true {
@@ -176,14 +217,15 @@ pub fn status(client: &Client, a: &JsonFlag) -> anyhow::Result<u8> {
             ""
         }
     );
-    println!("identities   {}", v["identities"]);
+    let _ = writeln!(out, "identities   {}", v["identities"]);
     let e = &v["events"];
-    println!(
+    let _ = writeln!(
+        out,
         "events       {} received, {} lost in the kernel, {} undecodable, {} subscribers",
         e["received"], e["kernel_lost"], e["decode_errors"], e["subscribers"]
     );
-    let r = &v["reload"];
-    println!(
+    let _ = writeln!(
+        out,
         "last reload  generation {} at {} ({}): {}",
         r["generation"],
         r["last_time"].as_str().unwrap_or("-"),
@@ -194,21 +236,64 @@ pub fn status(client: &Client, a: &JsonFlag) -> anyhow::Result<u8> {
             "FAILED, previous policy still in force"
         }
     );
-    for err in r["last_errors"].as_array().into_iter().flatten() {
-        println!("             {}", err.as_str().unwrap_or("?"));
+    let last_errors = strs(&r["last_errors"]);
+    if last_errors != dir_errors {
+        for err in last_errors {
+            let _ = writeln!(out, "             {err}");
+        }
     }
-    println!("mechanisms:");
+    out += &render_leases(&v["leases"]);
+    let _ = writeln!(out, "mechanisms:");
     for m in d["mechanisms"].as_array().into_iter().flatten() {
         let state = m["state"].as_str().unwrap_or("?");
         let flag = if state == "enforcing" { "  " } else { "!!" };
-        println!(
+        let _ = writeln!(
+            out,
             "  {flag} {:<16} {} — {}",
             state,
             m["name"].as_str().unwrap_or("?"),
             m["detail"].as_str().unwrap_or("")
         );
     }
-    Ok(0)
+    out
+}
+
+/// Lease counts in force and waiting for approval, per identity, with the
+/// anomaly responses that hold an identity until `corral thaw`.
+fn render_leases(l: &Value) -> String {
+    use std::fmt::Write as _;
+    if l.is_null() {
+        return "leases       (lease service not running)\n".into();
+    }
+    let n = |x: &Value| x.as_u64().unwrap_or(0);
+    let mut out = format!(
+        "leases       {} active, {} pending approval{}\n",
+        n(&l["active"]),
+        n(&l["pending"]),
+        if n(&l["pending"]) > 0 {
+            " (`corral lease list`)"
+        } else {
+            ""
+        }
+    );
+    for (name, i) in l["identities"].as_object().into_iter().flatten() {
+        let held: Vec<&str> = [("frozen", "FROZEN"), ("suspended", "SUSPENDED")]
+            .into_iter()
+            .filter(|(k, _)| i[*k] == true)
+            .map(|(_, label)| label)
+            .collect();
+        let _ = write!(
+            out,
+            "  {name:<20} {} active, {} pending",
+            n(&i["active"]),
+            n(&i["pending"])
+        );
+        if !held.is_empty() {
+            let _ = write!(out, "  !! {} (`corral thaw {name}`)", held.join(", "));
+        }
+        out.push('\n');
+    }
+    out
 }
 
 pub fn tail(client: &Client, a: &TailArgs) -> anyhow::Result<u8> {
@@ -273,4 +358,78 @@ pub fn unload(a: &UnloadArgs) -> anyhow::Result<u8> {
         println!("kept {} (it still has processes)", b.display());
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_with(reload: Value, leases: Value) -> Value {
+        json!({
+            "daemon": { "version": "0.1.0", "pid": 1, "started": "t0", "policy_dir": "/p",
+                "cgroup_parent": "/sys/fs/cgroup/corral", "pin_dir": "/sys/fs/bpf/corral",
+                "mechanisms": [] },
+            "identities": 2,
+            "events": { "received": 0, "kernel_lost": 0, "decode_errors": 0, "subscribers": 0 },
+            "reload": reload,
+            "leases": leases,
+        })
+    }
+
+    #[test]
+    fn policy_dir_errors_are_shown_first_and_loudly() {
+        let err = "/p/a.toml:3:9: unknown field `alow`";
+        // A later host name refresh succeeded: the broken file still counts.
+        let v = status_with(
+            json!({ "generation": 4, "last_ok": true, "last_trigger": "dns",
+                "last_errors": [], "policy_dir_errors": [err] }),
+            json!({ "active": 0, "pending": 0, "identities": {} }),
+        );
+        let out = render_status(&v);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[1].starts_with("!! POLICY DIR ERRORS (1): "), "{out}");
+        assert_eq!(lines[2], format!("!!   {err}"));
+        // The failed reload itself lists the same errors only once.
+        let v = status_with(
+            json!({ "generation": 4, "last_ok": false, "last_trigger": "watch",
+                "last_errors": [err], "policy_dir_errors": [err] }),
+            Value::Null,
+        );
+        let out = render_status(&v);
+        assert_eq!(out.matches(err).count(), 1, "{out}");
+        assert!(out.contains("FAILED, previous policy still in force"));
+        assert!(out.contains("leases       (lease service not running)"));
+
+        let clean = status_with(
+            json!({ "generation": 1, "last_ok": true, "last_errors": [], "policy_dir_errors": [] }),
+            Value::Null,
+        );
+        assert!(!render_status(&clean).contains("!!"));
+    }
+
+    #[test]
+    fn leases_are_counted_per_identity() {
+        let v = status_with(
+            json!({ "generation": 1, "last_ok": true, "last_errors": [], "policy_dir_errors": [] }),
+            json!({ "active": 3, "pending": 1, "identities": {
+                "billing-agent": { "active": 2, "pending": 1 },
+                "ops-agent": { "active": 1, "pending": 0, "frozen": true, "suspended": true },
+            } }),
+        );
+        let out = render_status(&v);
+        assert!(
+            out.contains("leases       3 active, 1 pending approval (`corral lease list`)\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("  billing-agent        2 active, 1 pending\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "  ops-agent            1 active, 0 pending  !! FROZEN, SUSPENDED (`corral thaw ops-agent`)\n"
+            ),
+            "{out}"
+        );
+    }
 }

@@ -55,12 +55,22 @@ pub struct ExplainArgs {
     /// UDP instead of TCP (with --connect or --bind).
     #[arg(long)]
     pub udp: bool,
-    /// Opening a file (file rules).
+    /// Opening a file: which [files] rule decides (symlinks are followed,
+    /// as the kernel judges the real path).
     #[arg(long, value_name = "PATH")]
     pub open: Option<PathBuf>,
-    /// With --open: for writing.
-    #[arg(long, requires = "open")]
-    pub write: bool,
+    /// With --open: what the open asks for (default read); `read,write` is
+    /// an O_RDWR open, `exec` running the file.
+    #[arg(
+        long,
+        requires = "open",
+        // `requires` alone does not refuse `--connect X --access write`
+        // (clap 4.6), and an ignored flag would mislead.
+        conflicts_with_all = ["connect", "bind", "syscall"],
+        value_delimiter = ',',
+        value_parser = ["read", "write", "exec"]
+    )]
+    pub access: Vec<String>,
     /// A system call (syscall rules).
     #[arg(long, value_name = "NAME")]
     pub syscall: Option<String>,
@@ -291,18 +301,11 @@ fn show(client: &Client, name: &str, json: bool) -> anyhow::Result<u8> {
 }
 
 fn explain(client: &Client, a: &ExplainArgs) -> anyhow::Result<u8> {
-    if a.open.is_some() {
-        return Err(UsageError(
-            "not supported yet: file rules are not implemented, so `--open` cannot be explained"
-                .into(),
-        )
-        .into());
-    }
     if let Some(name) = &a.syscall {
         let p = call(
             client,
             Method::GET,
-            &format!("/v1/policy/{}", a.identity),
+            &format!("/v1/policy/{}?sections=syscalls", a.identity),
             None,
         )?;
         let v = crate::policy::syscalls::explain(&p, name).map_err(UsageError)?;
@@ -325,19 +328,39 @@ fn explain(client: &Client, a: &ExplainArgs) -> anyhow::Result<u8> {
         }
         return Ok(0);
     }
+    // The daemon's working directory is not the caller's.
+    let open = a.open.as_deref().map(std::path::absolute).transpose()?;
     let body = json!({
         "identity": a.identity,
         "connect": a.connect,
         "bind": a.bind,
         "udp": a.udp,
+        "open": open,
+        // Absent means read, as the daemon reads it.
+        "access": open.as_ref().map(|_| &a.access).filter(|a| !a.is_empty()),
     });
     let v = call(client, Method::POST, "/v1/policy/explain", Some(&body))?;
     if a.json {
         print_json(&v);
-        return Ok(0);
+    } else if open.is_some() {
+        print!("{}", render_open(&v));
+    } else {
+        print!("{}", render_net(&v));
     }
-    println!(
-        "{} ({}): {} {} {}",
+    Ok(0)
+}
+
+fn addr_port(addr: &str, port: &Value) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]:{port}")
+    } else {
+        format!("{addr}:{port}")
+    }
+}
+
+fn render_net(v: &Value) -> String {
+    let mut out = format!(
+        "{} ({}): {} {} {}\n",
         s(&v["identity"]),
         s(&v["mode"]),
         s(&v["op"]),
@@ -345,18 +368,139 @@ fn explain(client: &Client, a: &ExplainArgs) -> anyhow::Result<u8> {
         s(&v["target"])
     );
     for ans in v["answers"].as_array().into_iter().flatten() {
-        let addr = s(&ans["address"]);
-        let shown = if addr.contains(':') {
-            format!("[{addr}]:{}", ans["port"])
-        } else {
-            format!("{addr}:{}", ans["port"])
+        let judged = addr_port(s(&ans["address"]), &ans["port"]);
+        let shown = match ans["written"].as_str() {
+            Some(w) => format!("{} judged as {judged}", addr_port(w, &ans["port"])),
+            None => judged,
         };
-        println!(
-            "  {shown}: {} -> {}",
+        out += &format!(
+            "  {shown}: {} -> {}\n    {}\n",
             s(&ans["decision"]).to_uppercase(),
-            s(&ans["outcome"])
+            s(&ans["outcome"]),
+            s(&ans["reason"])
         );
-        println!("    {}", s(&ans["reason"]));
+        if let Some(note) = ans["note"].as_str() {
+            out += &format!("    note: {note}\n");
+        }
     }
-    Ok(0)
+    out
+}
+
+fn render_open(v: &Value) -> String {
+    let mut out = format!(
+        "{} ({}): open {} for {}: {} -> {}\n    {}\n",
+        s(&v["identity"]),
+        s(&v["mode"]),
+        s(&v["path"]),
+        strs(&v["access"]).join("+"),
+        s(&v["decision"]).to_uppercase(),
+        s(&v["outcome"]),
+        s(&v["reason"])
+    );
+    if let Some(note) = v["note"].as_str() {
+        out += &format!("    path: {note}\n");
+    }
+    let per: Vec<&Value> = v["per_access"].as_array().into_iter().flatten().collect();
+    if per.len() > 1 {
+        for p in per {
+            let by = p["rule"]["describe"]
+                .as_str()
+                .unwrap_or("no rule: default deny");
+            out += &format!("    {:<5} {} by {by}\n", s(&p["access"]), s(&p["decision"]));
+        }
+    }
+    out += &format!(
+        "    layer: {}{}\n",
+        s(&v["layer"]),
+        v["layer_note"]
+            .as_str()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default()
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<ExplainArgs, clap::Error> {
+        let mut argv = vec!["corral", "policy", "explain", "--identity", "t"];
+        argv.extend(args);
+        match crate::cli::Cli::try_parse_from(argv)?.command {
+            crate::cli::Cmd::Policy(PolicyCmd::Explain(a)) => Ok(a),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn open_takes_an_access_list_defaulting_to_read() {
+        assert!(
+            parse(&["--open", "/etc/hostname"])
+                .unwrap()
+                .access
+                .is_empty()
+        );
+        let a = parse(&["--open", "/srv/x", "--access", "read,write"]).unwrap();
+        assert_eq!(a.access, ["read", "write"]);
+        assert!(parse(&["--open", "/x", "--access", "append"]).is_err());
+        assert!(parse(&["--connect", "a:1", "--access", "write"]).is_err());
+        assert!(parse(&["--open", "/x", "--connect", "a:1"]).is_err());
+    }
+
+    #[test]
+    fn rewritten_destinations_are_shown_with_the_note() {
+        let v = json!({ "identity": "t", "mode": "enforce", "op": "connect", "proto": "tcp",
+            "target": "0.0.0.0:8080", "answers": [{ "address": "127.0.0.1", "port": 8080,
+            "written": "0.0.0.0", "decision": "deny", "outcome": "denied",
+            "reason": "deny tcp://127.0.0.1:* (t.toml:5:9)", "note": "0.0.0.0 (unspecified) \
+            means this host: the kernel judges the destination as 127.0.0.1" }] });
+        let out = render_net(&v);
+        assert!(
+            out.contains("0.0.0.0:8080 judged as 127.0.0.1:8080: DENY -> denied"),
+            "{out}"
+        );
+        assert!(
+            out.contains("    note: 0.0.0.0 (unspecified) means this host"),
+            "{out}"
+        );
+        let mut plain = v.clone();
+        plain["answers"][0]["written"] = Value::Null;
+        plain["answers"][0]["note"] = Value::Null;
+        assert!(!render_net(&plain).contains("note"));
+    }
+
+    #[test]
+    fn open_explanations_name_rule_path_and_layer() {
+        let v = json!({ "identity": "t", "mode": "enforce", "path": "/srv/link/a",
+            "access": ["read", "write"], "decision": "deny", "outcome": "denied (EPERM)",
+            "reason": "no rule grants write here: default deny",
+            "note": "resolves to /srv/kb/a", "layer": "lsm", "layer_note": "BPF LSM file_open",
+            "per_access": [
+                { "access": "read", "decision": "allow",
+                  "rule": { "describe": "read /srv/kb/ (t.toml:4:9)" } },
+                { "access": "write", "decision": "deny", "rule": null }] });
+        let out = render_open(&v);
+        assert!(
+            out.starts_with(
+                "t (enforce): open /srv/link/a for read+write: DENY -> denied (EPERM)\n"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("    path: resolves to /srv/kb/a\n"), "{out}");
+        assert!(
+            out.contains("    read  allow by read /srv/kb/ (t.toml:4:9)\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("    write deny by no rule: default deny\n"),
+            "{out}"
+        );
+        assert!(
+            out.ends_with("    layer: lsm (BPF LSM file_open)\n"),
+            "{out}"
+        );
+    }
 }

@@ -73,8 +73,14 @@ pub fn run(client: &Client, args: &RunArgs) -> anyhow::Result<u8> {
         bail!("identity `{}` has no policy file any more", args.identity);
     }
 
-    let (pstatus, policy) =
-        client::block_on(client.call(Method::GET, &format!("/v1/policy/{}", args.identity), None))?;
+    // Only what the launch applies: with many network rules the whole view
+    // is tens of MB to build and parse (an older daemon ignores the query
+    // and sends everything, which still works).
+    let (pstatus, policy) = client::block_on(client.call(
+        Method::GET,
+        &format!("/v1/policy/{}?sections=files,syscalls", args.identity),
+        None,
+    ))?;
     if !pstatus.is_success() {
         return Err(client::api_error(pstatus, &policy));
     }

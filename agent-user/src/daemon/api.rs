@@ -37,6 +37,8 @@ use super::{
 };
 use crate::{cgroup, event::Event};
 
+mod explain;
+
 pub type RespBody = BoxBody<Bytes, Infallible>;
 
 pub struct Ctx {
@@ -138,28 +140,47 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBody> {
         (Method::POST, ["v1", "policy", "apply"]) => apply(req, ctx).await,
         (Method::POST, ["v1", "policy", "diff"]) => diff(req, ctx).await,
         (Method::POST, ["v1", "policy", "explain"]) => explain(req, ctx).await,
-        (Method::GET, ["v1", "policy", name]) => {
-            let snap = ctx.snapshot.borrow().clone();
-            match snap.by_name(name) {
-                Some(v) => {
-                    let mut out = status::policy_json(v);
-                    out["hosts"] = json!(ctx.reloader.hosts_of(name));
-                    // Where `corral run` reads the live syscall policy.
-                    out["syscalls"]["map"] = json!(super::syscalls::map_path(&ctx.info.pin_dir));
-                    let resp = json_resp(StatusCode::OK, out);
-                    // A policy with many rules makes a large JSON tree.
-                    super::reload::trim_heap();
-                    resp
-                }
-                None => unknown_identity(ctx, name),
-            }
-        }
+        (Method::GET, ["v1", "policy", name]) => policy(&req, ctx, name),
         (_, ["v1", "lease" | "leases" | "thaw", ..]) => super::api_lease::route(req, &parts).await,
         _ => error(
             StatusCode::NOT_FOUND,
             format!("no route {} {}", req.method(), path),
         ),
     }
+}
+
+/// `GET /v1/policy/NAME[?sections=files,syscalls]`.
+fn policy(req: &Request<Incoming>, ctx: &Ctx, name: &str) -> Response<RespBody> {
+    let mut asked: Option<Vec<String>> = None;
+    for (k, v) in query(req) {
+        match k.as_str() {
+            "sections" => asked.get_or_insert_with(Vec::new).push(v),
+            _ => return error(StatusCode::BAD_REQUEST, format!("unknown parameter `{k}`")),
+        }
+    }
+    let sections = match asked.map(|a| status::Sections::parse(&a.join(","))) {
+        None => status::Sections::ALL,
+        Some(Ok(s)) => s,
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let snap = ctx.snapshot.borrow().clone();
+    let Some(v) = snap.by_name(name) else {
+        return unknown_identity(ctx, name);
+    };
+    let mut out = status::policy_json(v, sections);
+    if sections.has("hosts") {
+        out["hosts"] = json!(ctx.reloader.hosts_of(name));
+    }
+    if sections.has("syscalls") {
+        // Where `corral run` reads the live syscall policy.
+        out["syscalls"]["map"] = json!(super::syscalls::map_path(&ctx.info.pin_dir));
+    }
+    let resp = json_resp(StatusCode::OK, out);
+    if sections.has("network") {
+        // A policy with many rules makes a large JSON tree.
+        super::reload::trim_heap();
+    }
+    resp
 }
 
 fn unknown_identity(ctx: &Ctx, name: &str) -> Response<RespBody> {
@@ -295,24 +316,25 @@ struct ExplainReq {
     bind: Option<String>,
     #[serde(default)]
     udp: bool,
+    open: Option<PathBuf>,
+    /// With `open`: `"read"`, `"write"`, `"exec"`, or several
+    /// (`"read,write"` or a list); default read.
+    access: Option<Value>,
 }
 
-/// Which rule in force decides a connect or bind of an identity.
+/// Which rule in force decides a connect, bind or open of an identity.
 async fn explain(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBody> {
     let r: ExplainReq = match body_json(req).await {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let (op, target) = match (r.connect, r.bind) {
-        (Some(t), None) => (inspect::Op::Connect, t),
-        (None, Some(t)) => (inspect::Op::Bind, t),
-        _ => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "give exactly one of connect or bind",
-            );
-        }
-    };
+    let asked = [r.connect.is_some(), r.bind.is_some(), r.open.is_some()];
+    if asked.iter().filter(|a| **a).count() != 1 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "give exactly one of connect, bind or open",
+        );
+    }
     let found = ctx
         .snapshot
         .borrow()
@@ -321,6 +343,24 @@ async fn explain(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBody> {
     let Some(view) = found else {
         return unknown_identity(ctx, &r.identity);
     };
+    if let Some(path) = r.open {
+        let access = match explain::parse_access(r.access.as_ref()) {
+            Ok(a) => a,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        };
+        // Resolving the path touches the file system.
+        let answer = tokio::task::spawn_blocking(move || explain::open(&view, &path, access)).await;
+        return match answer {
+            Ok(Ok(v)) => json_resp(StatusCode::OK, v),
+            Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        };
+    }
+    let (op, target) = match (r.connect, r.bind) {
+        (Some(t), _) => (inspect::Op::Connect, t),
+        (_, Some(t)) => (inspect::Op::Bind, t),
+        (None, None) => return error(StatusCode::BAD_REQUEST, "nothing to explain"),
+    };
     let (host, port) = match inspect::split_target(&target) {
         Ok(x) => x,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -328,11 +368,11 @@ async fn explain(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBody> {
     let udp = r.udp;
     let answer = tokio::task::spawn_blocking(move || {
         let addrs = inspect::target_addrs(&host)?;
-        Ok::<_, inspect::ExplainError>(inspect::explain(&view, op, udp, &target, &addrs, port))
+        Ok::<_, inspect::ExplainError>(explain::net(&view, op, udp, &target, &addrs, port))
     })
     .await;
     match answer {
-        Ok(Ok(e)) => json_resp(StatusCode::OK, json!(e)),
+        Ok(Ok(v)) => json_resp(StatusCode::OK, v),
         Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }

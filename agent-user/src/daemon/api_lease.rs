@@ -53,6 +53,11 @@ pub fn install(leases: Arc<Leases>) {
     let _ = SERVICE.set(leases);
 }
 
+/// The lease service, for read-only views of the control API (`status`).
+pub fn service() -> Option<&'static Arc<Leases>> {
+    SERVICE.get()
+}
+
 const MAX_WAIT: Duration = Duration::from_secs(600);
 
 fn resp(code: StatusCode, v: Value) -> Response<RespBody> {

@@ -135,6 +135,9 @@ pub struct Enforcer {
     grants: super::lease::GrantTable,
     /// BPF LSM `file_open` is attached: `[files]` rules go to `FILE_RULES`.
     files_lsm: bool,
+    /// The lease token directory, refused to every identity but for its
+    /// own token (`lsm::tokens`).
+    tokens_dir: Option<PathBuf>,
     /// `[syscalls]`: the pinned `SYSCALL_POLICY` values and the observers.
     syscalls: super::syscalls::Syscalls,
 }
@@ -162,6 +165,7 @@ impl Enforcer {
             unix: Err("unix socket programs not loaded".into()),
             grants: Default::default(),
             files_lsm: false,
+            tokens_dir: None,
         };
         let adopted: Vec<(u32, IdentityState)> =
             me.identities()?.iter().filter_map(|r| r.ok()).collect();
@@ -738,6 +742,10 @@ impl Enforcer {
         self.files_lsm = on;
     }
 
+    pub fn set_tokens_dir(&mut self, dir: PathBuf) {
+        self.tokens_dir = Some(dir);
+    }
+
     /// Compiles and writes an identity's `[files]` rules under `ruleset`.
     fn write_files(
         &mut self,
@@ -747,9 +755,12 @@ impl Enforcer {
         if !self.files_lsm {
             return Ok(Vec::new());
         }
-        let Some(rules) = super::lsm::compile::rules_of(&policy.files) else {
+        let Some(mut rules) = super::lsm::compile::rules_of(&policy.files) else {
             return Ok(Vec::new());
         };
+        if let Some(dir) = &self.tokens_dir {
+            rules.extend(super::lsm::tokens::rules(dir, &policy.name, policy));
+        }
         let entries =
             super::lsm::compile(&rules).map_err(|e| EnforceError::Files(policy.name.clone(), e))?;
         super::lsm::write_rules(&mut self.ebpf, ruleset, &entries).map_err(merr(maps::FILE_RULES))

@@ -192,6 +192,9 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
     // hand against the pinned maps; attached by readopt_links like the rest.
     enforcer.set_unix(unix::Unix::load(&args.pin_dir, std::process::id()));
     enforcer.set_files_lsm(lsm_report.files_enforced());
+    // By real path: the kernel judges resolved paths.
+    let state_real = std::fs::canonicalize(&args.state_dir).unwrap_or(args.state_dir.clone());
+    enforcer.set_tokens_dir(state_real.join("tokens"));
     enforcer.readopt_links(&cg_root)?;
     let unix_unavailable = enforcer.unix_unavailable();
     let syscall_mechanisms = enforcer.syscall_mechanisms();

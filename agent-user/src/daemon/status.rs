@@ -99,44 +99,105 @@ pub async fn status_json(ctx: &Ctx) -> Value {
             "subscribers": ctx.events.receiver_count(),
         },
         "reload": ctx.reloader.status(),
+        // `null` before the lease service is up (start-up only).
+        "leases": super::api_lease::service().map(|l| l.summary()),
     })
 }
 
-pub fn policy_json(v: &IdentityView) -> Value {
+/// The parts of `GET /v1/policy/NAME` a client may ask for alone
+/// (`?sections=files,syscalls`). Without the query every one is sent; the
+/// identity's name, mode, source, digest and id always are.
+pub const SECTIONS: [&str; 6] = [
+    "network",
+    "unix",
+    "files",
+    "syscalls",
+    "hosts",
+    "kernel_entries",
+];
+
+/// A set of [`SECTIONS`]. `corral run` needs only `files` and `syscalls`,
+/// and with 100k network rules the whole view is tens of MB of JSON that
+/// the daemon builds and the launcher parses before every start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sections(u8);
+
+impl Sections {
+    pub const ALL: Sections = Sections((1 << SECTIONS.len()) - 1);
+
+    /// `files,syscalls` (also percent-encoded commas, as some clients send
+    /// them). An empty list asks for the identity header only.
+    pub fn parse(list: &str) -> Result<Sections, String> {
+        let list = list.replace("%2C", ",").replace("%2c", ",");
+        let mut bits = 0;
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let i = SECTIONS.iter().position(|s| *s == name).ok_or_else(|| {
+                format!("unknown section `{name}`; known: {}", SECTIONS.join(", "))
+            })?;
+            bits |= 1 << i;
+        }
+        Ok(Sections(bits))
+    }
+
+    pub fn has(self, name: &str) -> bool {
+        SECTIONS
+            .iter()
+            .position(|s| *s == name)
+            .is_some_and(|i| self.0 & (1 << i) != 0)
+    }
+}
+
+/// The compiled policy in force, as `corral policy show` and `corral run`
+/// read it; only the asked-for sections are built, since the network rule
+/// list is what makes a large policy slow to serve.
+pub fn policy_json(v: &IdentityView, sections: Sections) -> Value {
     let Some(p) = &v.policy else {
         return json!({ "name": v.name, "orphaned": true, "rules": [],
             "note": "policy file removed while processes remain: everything is denied" });
     };
-    let rules: Vec<Value> = p
-        .network
-        .rules
-        .iter()
-        .map(|r| {
-            json!({
-                "id": r.id,
-                "action": if r.action == Action::Allow { "allow" } else { "deny" },
-                "direction": r.direction,
-                "proto": r.proto,
-                "net": format!("{}/{}", r.addr, r.prefix_len),
-                "ports": format!("{}-{}", r.port_lo, r.port_hi),
-                "host": r.host,
-                "text": r.text,
-                "origin": r.origin,
-            })
-        })
-        .collect();
-    json!({
+    let mut out = json!({
         "name": p.name,
         "mode": event::mode_str(p.mode.into()),
         "source": p.source,
         "digest": format!("{:016x}", p.digest),
-        "network": rules,
-        "unix": p.network.unix.iter().map(|u| json!({"id": u.id, "path": u.path, "origin": u.origin})).collect::<Vec<_>>(),
-        "unix_enforced": v.unix_enforced,
-        "files": super::fileobs::files_json(p),
         "identity_id": v.id,
-        "syscalls": super::syscalls::policy_json(p),
-        "kernel_entries": { "v4": v.v4_entries, "v6": v.v6_entries, "unix": v.unix_entries, "files": v.file_entries, "ruleset": v.ruleset },
+    });
+    if sections.has("network") {
+        out["network"] = p.network.rules.iter().map(rule_json).collect();
+    }
+    if sections.has("unix") {
+        out["unix"] = p
+            .network
+            .unix
+            .iter()
+            .map(|u| json!({"id": u.id, "path": u.path, "origin": u.origin}))
+            .collect();
+        out["unix_enforced"] = v.unix_enforced.into();
+    }
+    if sections.has("files") {
+        out["files"] = super::fileobs::files_json(p);
+    }
+    if sections.has("syscalls") {
+        out["syscalls"] = super::syscalls::policy_json(p);
+    }
+    if sections.has("kernel_entries") {
+        out["kernel_entries"] = json!({ "v4": v.v4_entries, "v6": v.v6_entries,
+            "unix": v.unix_entries, "files": v.file_entries, "ruleset": v.ruleset });
+    }
+    out
+}
+
+fn rule_json(r: &crate::policy::NetRule) -> Value {
+    json!({
+        "id": r.id,
+        "action": if r.action == Action::Allow { "allow" } else { "deny" },
+        "direction": r.direction,
+        "proto": r.proto,
+        "net": format!("{}/{}", r.addr, r.prefix_len),
+        "ports": format!("{}-{}", r.port_lo, r.port_hi),
+        "host": r.host,
+        "text": r.text,
+        "origin": r.origin,
     })
 }
 
@@ -180,4 +241,75 @@ pub fn mechanisms(sock_addr_attached: bool, unix_unavailable: Option<&str>) -> V
     // merely whether `bpf` is in the LSM list.
     v.extend(super::lsm::mechanisms());
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, sync::Arc};
+
+    use super::*;
+    use crate::policy;
+
+    fn view() -> IdentityView {
+        let text = "[identity]\nname = \"t\"\n[network]\nallow = [\"tcp://10.0.0.0/8:443\"]\n\
+                    unix = [\"/run/x.sock\"]\n[files]\nread = [\"/usr/\"]\n\
+                    [syscalls]\nallow = [\"@default\"]\n";
+        let p = policy::parse_str(Path::new("p/t.toml"), text, &|_| Ok(Vec::new()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        IdentityView {
+            id: 7,
+            name: "t".into(),
+            mode: p.mode,
+            cgroup: "/sys/fs/cgroup/corral/t".into(),
+            assigned: Vec::new(),
+            policy: Some(Arc::new(p)),
+            ruleset: 3,
+            v4_entries: 1,
+            v6_entries: 0,
+            unix_entries: 1,
+            file_entries: 0,
+            unix_enforced: true,
+        }
+    }
+
+    #[test]
+    fn sections_leave_out_what_was_not_asked_for() {
+        let v = view();
+        let all = policy_json(&v, Sections::ALL);
+        for s in ["network", "unix", "files", "syscalls", "kernel_entries"] {
+            assert!(all.get(s).is_some(), "{s} missing from the full view");
+        }
+        assert_eq!(all["network"][0]["ports"], "443-443");
+
+        let launch = policy_json(&v, Sections::parse("files,syscalls").unwrap());
+        for s in ["network", "unix", "unix_enforced", "kernel_entries"] {
+            assert!(launch.get(s).is_none(), "{s} sent unasked: {launch}");
+        }
+        assert_eq!(launch["files"], all["files"]);
+        assert_eq!(launch["syscalls"], all["syscalls"]);
+        // What `corral run` needs besides the sections.
+        assert_eq!(launch["identity_id"], 7);
+        assert_eq!(
+            (launch["name"].as_str(), launch["mode"].as_str()),
+            (Some("t"), Some("enforce"))
+        );
+
+        let header = policy_json(&v, Sections::parse("").unwrap());
+        let keys: Vec<&String> = header.as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 5, "{header}");
+    }
+
+    #[test]
+    fn section_lists_parse_strictly() {
+        let s = Sections::parse("syscalls,files").unwrap();
+        assert!(s.has("files") && s.has("syscalls") && !s.has("network"));
+        assert_eq!(Sections::parse("files%2Csyscalls").unwrap(), s);
+        assert_eq!(Sections::parse(&SECTIONS.join(",")).unwrap(), Sections::ALL);
+        let e = Sections::parse("files,netwrk").unwrap_err();
+        assert!(
+            e.contains("unknown section `netwrk`; known: network, unix"),
+            "{e}"
+        );
+        assert!(!Sections::ALL.has("nonsense"));
+    }
 }

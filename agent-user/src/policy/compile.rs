@@ -391,6 +391,15 @@ pub(crate) fn digest(p: &IdentityPolicy, t: &NetTables) -> u64 {
         h.u32(u.id);
         h.bytes(u.path.as_bytes());
     }
+    // File grants of live leases (the written rules are in the load digest).
+    for (id, expires) in &p.files.expires {
+        h.u32(*id);
+        h.bytes(&expires.to_le_bytes());
+        if let Some(r) = p.files.rules.iter().find(|r| r.id == *id) {
+            h.bytes(r.path.as_bytes());
+            h.u32(r.access);
+        }
+    }
     h.0
 }
 

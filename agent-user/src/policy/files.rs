@@ -27,6 +27,8 @@
 
 use std::path::Path;
 
+use agent_common::file::FILE_KEY_PATH_LEN;
+
 pub use agent_common::file::{ACCESS_ALL, ACCESS_EXEC, ACCESS_READ, ACCESS_WRITE};
 use toml::Spanned;
 
@@ -51,6 +53,12 @@ pub struct FilePolicy {
     /// An `exec` list was written: only its paths may be executed. When
     /// false, `read` and `write` rules carry `ACCESS_EXEC` too.
     pub exec_restricted: bool,
+    /// `CLOCK_BOOTTIME` expiry (ns) of rules that end on their own, by rule
+    /// id: the file grants of live leases, added by the daemon (never
+    /// written in a file). Only the BPF LSM layer can end a rule on time,
+    /// so Landlock never grants these.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub expires: std::collections::BTreeMap<u32, u64>,
 }
 
 /// Which list a rule was written in.
@@ -226,8 +234,8 @@ pub(crate) fn build_files(
     ];
     let mut files = FilePolicy {
         confined: true,
-        rules: Vec::new(),
         exec_restricted,
+        ..FilePolicy::default()
     };
     let mut id = last_id;
     for (list, kind, access) in lists {
@@ -324,6 +332,21 @@ pub(crate) fn check_file_path(path: &str) -> Result<bool, (usize, String)> {
             ));
         }
         at += c.len() + 1;
+    }
+    if path.len() > FILE_KEY_PATH_LEN {
+        let at = (0..=FILE_KEY_PATH_LEN)
+            .rev()
+            .find(|&i| path.is_char_boundary(i))
+            .unwrap_or(0);
+        return Err((
+            at,
+            format!(
+                "file rule is {} bytes; the kernel's path table holds rules of at most \
+                 {FILE_KEY_PATH_LEN} (a BPF LPM-trie key is 256 bytes); write a shorter \
+                 ancestor directory",
+                path.len()
+            ),
+        ));
     }
     Ok(beneath)
 }
@@ -597,7 +620,10 @@ deny  = ["/srv/tickets/vip/", "/etc/shadow"]
         let deep = "/d".repeat(2048);
         let e = error(&format!("read = [\"{deep}\"]\n"));
         assert!(e.contains("4096 bytes, over the 4095"), "{e}");
-        assert!(load(&format!("read = [\"{}\"]\n", &deep[..4094])).is_ok());
+        let e = error(&format!("read = [\"{}\"]\n", &deep[..4094]));
+        assert!(e.contains("4094 bytes; the kernel's path table holds rules of at most 252"), "{e}");
+        assert!(e.starts_with("p/t.toml:7:262:"), "{e}");
+        assert!(load(&format!("read = [\"{}\"]\n", &deep[..252])).is_ok());
         // Unknown keys are errors with a position.
         let e = error("raed = [\"/usr/\"]\n");
         assert!(e.starts_with("p/t.toml:7:1: unknown field `raed`"), "{e}");

@@ -18,8 +18,9 @@ use toml::Spanned;
 
 use super::compile::{compile_network, compile_worst_case, digest};
 use super::error::{PolicyError, PolicyErrors, Source};
+use super::files::{ACCESS_EXEC, ACCESS_READ, ACCESS_WRITE, FileList, FileRule, check_file_path};
 use super::raw::{RawAnomaly, RawLeases};
-use super::{IdentityPolicy, NetRule, NetTables, Origin};
+use super::{Action, IdentityPolicy, NetRule, NetTables, Origin};
 
 /// Rule ids of grant rules start here, far above any policy's own ids, so an
 /// id in an event or a kernel map says "lease grant" by itself.
@@ -64,8 +65,9 @@ pub struct Grant {
     /// Allow rules (ids local to this grant, 1..); the daemon gives them
     /// lease-specific ids when it adds them.
     pub network: Vec<NetRule>,
-    /// File grants, kept for the file-rule mechanism (not enforced by the
-    /// network programs).
+    /// File grants (`[files]` paths: a trailing `/` covers what is beneath).
+    /// Enforced by the BPF LSM layer only, which ends them on time; the
+    /// Landlock fallback never grants them.
     pub files_read: Vec<String>,
     pub files_write: Vec<String>,
     pub origin: Origin,
@@ -79,6 +81,47 @@ pub struct Rotate {
     pub ttl_s: u64,
     /// Default: `<state-dir>/tokens/<identity>.jwt`.
     pub path: Option<PathBuf>,
+    /// The user the agent runs as (`corral run --user`): the token file is
+    /// given to it (mode 0400) so a non-root agent can read its own token.
+    /// Without it the file is root's (0600).
+    pub owner: Option<TokenOwner>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenOwner {
+    /// As written (a user name or a uid).
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A user name or uid, resolved when the policy is loaded, or `UID:GID`
+/// (numbers, no lookup: users that exist only in a container or a guest).
+fn token_owner(spec: &str) -> Result<TokenOwner, String> {
+    use nix::unistd::{Uid, User};
+    if let Some((u, g)) = spec.split_once(':') {
+        return match (u.parse::<u32>(), g.parse::<u32>()) {
+            (Ok(uid), Ok(gid)) => Ok(TokenOwner {
+                name: spec.to_string(),
+                uid,
+                gid,
+            }),
+            _ => Err(format!(
+                "token owner `{spec}`: write a user name, a uid, or UID:GID in numbers"
+            )),
+        };
+    }
+    let user = match spec.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+        Err(_) => User::from_name(spec),
+    }
+    .map_err(|e| format!("looking up token owner `{spec}`: {e}"))?
+    .ok_or_else(|| format!("token owner `{spec}` is not a user on this host"))?;
+    Ok(TokenOwner {
+        name: spec.to_string(),
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -276,14 +319,14 @@ fn build_leases(
         if let Some(f) = &g.files {
             for (list, out) in [(&f.read, &mut files_read), (&f.write, &mut files_write)] {
                 for p in list {
-                    if p.get_ref().starts_with('/') {
-                        out.push(p.get_ref().clone());
-                    } else {
-                        errors.push(at(
-                            src,
-                            p,
-                            format!("file grant `{}` must be an absolute path", p.get_ref()),
-                        ));
+                    // The `[files]` grammar and limits, so a grant fits the
+                    // kernel's path table whenever it is issued.
+                    match check_file_path(p.get_ref()) {
+                        Ok(_) => out.push(p.get_ref().clone()),
+                        Err((i, message)) => errors.push(src.error_at(
+                            src.offset_in_string(&p.span(), p.get_ref(), i),
+                            format!("file grant: {message}"),
+                        )),
                     }
                 }
             }
@@ -351,10 +394,18 @@ fn build_leases(
                 None
             }
         });
+        let owner = r.owner.as_ref().and_then(|o| match token_owner(o.get_ref()) {
+            Ok(t) => Some(t),
+            Err(message) => {
+                errors.push(at(src, o, message));
+                None
+            }
+        });
         Rotate {
             scopes,
             ttl_s: ttl.as_secs().max(2),
             path,
+            owner,
         }
     });
     LeasePolicy {
@@ -499,10 +550,48 @@ fn add_grants(base: &IdentityPolicy, live: &[LiveGrant], now_boot_ns: u64) -> Id
                     p.network.expires.insert(id, g.expires_ns);
                     p.network.rules.push(r);
                 }
+                if p.files.confined {
+                    for rule in file_grants(grant, &p.files, &g.lease, scope) {
+                        next += 1;
+                        let id = first + next.min(GRANT_IDS_PER_LEASE - 1);
+                        p.files.expires.insert(id, g.expires_ns);
+                        p.files.rules.push(FileRule { id, ..rule });
+                    }
+                }
             }
         }
     }
     p
+}
+
+/// A grant's file paths as `[files]` rules (id 0: the caller numbers them),
+/// with the access bits a written `read`/`write` rule would carry.
+fn file_grants(grant: &Grant, files: &super::FilePolicy, lease: &str, scope: &str) -> Vec<FileRule> {
+    let exec = if files.exec_restricted { 0 } else { ACCESS_EXEC };
+    let lists = [
+        (&grant.files_read, FileList::Read, ACCESS_READ | exec),
+        (
+            &grant.files_write,
+            FileList::Write,
+            ACCESS_READ | ACCESS_WRITE | exec,
+        ),
+    ];
+    let mut out = Vec::new();
+    for (paths, list, access) in lists {
+        for path in paths {
+            out.push(FileRule {
+                id: 0,
+                path: path.clone(),
+                beneath: path.ends_with('/'),
+                access,
+                action: Action::Allow,
+                list,
+                text: format!("{path} [lease {lease} scope {scope}]"),
+                origin: grant.origin.clone(),
+            });
+        }
+    }
+    out
 }
 
 /// `base` with the grants of the leases in `live` (those not yet ended at
@@ -515,9 +604,12 @@ pub fn with_grants(
 ) -> Result<(IdentityPolicy, NetTables), PolicyErrors> {
     let mut p = add_grants(base, live, now_boot_ns);
     let tables = compile_network(&p)?;
-    if p.network.expires.len() != base.network.expires.len() {
+    if p.network.expires.len() != base.network.expires.len()
+        || p.files.expires.len() != base.files.expires.len()
+    {
         // The written policy's digest covers every section; the grants
-        // change only the network tables, which `digest` covers.
+        // change the network tables and the file rules, which `digest`
+        // covers.
         p.digest =
             base.digest.rotate_left(29) ^ digest(&p, &tables).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
@@ -549,7 +641,12 @@ pub(crate) fn fingerprint(p: &IdentityPolicy) -> String {
             }
         }
         if let Some(r) = &l.rotate {
-            let _ = write!(s, "rotate {:?} {} {:?};", r.scopes, r.ttl_s, r.path);
+            let owner = r.owner.as_ref().map(|o| (o.uid, o.gid));
+            let _ = write!(
+                s,
+                "rotate {:?} {} {:?} {owner:?};",
+                r.scopes, r.ttl_s, r.path
+            );
         }
     }
     if let Some(a) = &p.anomaly {
@@ -603,6 +700,36 @@ mod tests {
         let a = p.anomaly.as_ref().expect("anomaly");
         assert_eq!((a.max_denials, a.window_ms), (50, 60_000));
         assert_eq!(a.actions.len(), 3);
+    }
+
+    #[test]
+    fn token_owner_and_file_grants_are_checked_at_load() {
+        let rotate = |owner: &str| {
+            parse(&format!(
+                "{BASE}[leases]\nscopes = [\"a\"]\n[leases.rotate]\nscopes = [\"a\"]\nowner = \"{owner}\"\n"
+            ))
+        };
+        let p = rotate("root").expect("root exists");
+        let o = p.leases.and_then(|l| l.rotate).and_then(|r| r.owner).expect("owner");
+        assert_eq!((o.uid, o.gid), (0, 0));
+        let p = rotate("1234:5678").expect("numbers need no lookup");
+        let o = p.leases.and_then(|l| l.rotate).and_then(|r| r.owner).expect("owner");
+        assert_eq!((o.uid, o.gid), (1234, 5678));
+        let e = rotate("no-such-user-here").expect_err("unknown").to_string();
+        assert!(
+            e.starts_with("p/t.toml:10:10: token owner `no-such-user-here` is not a user"),
+            "{e}"
+        );
+        assert!(rotate("1:x").is_err());
+        let e = parse(&format!(
+            "{BASE}[leases]\nscopes = [\"a\"]\n[[leases.grant]]\nscope = \"a\"\n\
+             files = {{ write = [\"/srv//x/\", \"/{}\"] }}\n",
+            "y/".repeat(150)
+        ))
+        .expect_err("bad paths")
+        .to_string();
+        assert!(e.contains("file grant: file path `/srv//x/` is not normalised"), "{e}");
+        assert!(e.contains("file grant: file rule is 301 bytes"), "{e}");
     }
 
     #[test]

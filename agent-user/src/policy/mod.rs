@@ -43,7 +43,7 @@ pub use files::{
     ACCESS_EXEC, ACCESS_READ, ACCESS_WRITE, FilePolicy, FileRule, decide_file,
     is_dir as files_is_dir,
 };
-pub use leases::{AnomalyAction, AnomalyPolicy, LeasePolicy, LiveGrant, with_grants};
+pub use leases::{AnomalyAction, AnomalyPolicy, LeasePolicy, LiveGrant, TokenOwner, with_grants};
 #[cfg(test)]
 pub use load::parse_str;
 pub use load::{

@@ -112,6 +112,8 @@ pub struct RawRotate {
     pub ttl: Option<Spanned<String>>,
     #[serde(default)]
     pub path: Option<Spanned<String>>,
+    #[serde(default)]
+    pub owner: Option<Spanned<String>>,
 }
 
 /// `[anomaly]`: see `leases.rs`.

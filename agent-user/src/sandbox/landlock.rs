@@ -140,7 +140,13 @@ pub fn plan(files: &FilePolicy) -> io::Result<Plan> {
         .iter()
         .filter(|r| r.action == Action::Deny)
         .collect();
-    for a in files.rules.iter().filter(|r| r.action == Action::Allow) {
+    // Lease grants (`expires`) end on time only in the BPF LSM layer; a
+    // Landlock ruleset lives as long as the process, so they are withheld.
+    let allows = files
+        .rules
+        .iter()
+        .filter(|r| r.action == Action::Allow && !files.expires.contains_key(&r.id));
+    for a in allows {
         let base = a.base();
         // A deny at the same path and kind ties, and deny wins ties.
         if denies.iter().any(|d| d.path == a.path) {

@@ -17,7 +17,7 @@
 //!       network bypass steps: see `probe_steps/bypass.rs` (bp-uring-connect, bp-lsrr, ...)
 //! Steps chain: `probe pid connect 127.0.0.1 80 exit 3`.
 
-#[path = "probe_steps/bypass.rs"]
+#[path = "probe_steps/bypass/mod.rs"]
 mod bypass_steps;
 #[path = "probe_steps/files.rs"]
 mod file_steps;

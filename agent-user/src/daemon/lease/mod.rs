@@ -262,30 +262,40 @@ impl Leases {
     /// it is not enforced.
     fn grants_view(&self, l: &Lease) -> (Value, Vec<String>) {
         let snap = self.snapshot.borrow().clone();
-        let Some(lp) = snap
-            .by_name(&l.identity)
-            .and_then(|v| v.policy.clone())
-            .and_then(|p| p.leases.clone())
-        else {
+        let Some(policy) = snap.by_name(&l.identity).and_then(|v| v.policy.clone()) else {
             return (json!([]), Vec::new());
         };
+        let Some(lp) = policy.leases.clone() else {
+            return (json!([]), Vec::new());
+        };
+        let lsm = crate::daemon::fileobs::files_layer_lsm();
         let mut warnings = Vec::new();
         let mut out = Vec::new();
         for scope in &l.scopes {
             for g in lp.grants_of(scope) {
                 let files = !g.files_read.is_empty() || !g.files_write.is_empty();
-                if files {
+                // Only the BPF LSM layer can end a file rule on time; the
+                // grant is withheld (never widened) everywhere else.
+                let enforced = files && lsm && policy.files.confined;
+                if files && !lsm {
                     warnings.push(format!(
-                        "file grants of scope `{scope}` are NOT ENFORCED: file rules have no \
-                         expiry (Landlock is fixed at launch; BPF LSM file maps have no \
-                         per-rule time), so granting them would outlive the lease"
+                        "file grants of scope `{scope}` are NOT ENFORCED on this host (withheld: \
+                         access is not widened): only the BPF LSM layer can end a file rule with \
+                         its lease, and it is not available (`corral doctor`); Landlock, fixed \
+                         at launch, never grants them"
+                    ));
+                } else if files && !policy.files.confined {
+                    warnings.push(format!(
+                        "file grants of scope `{scope}` change nothing: identity `{}` has no \
+                         `[files]` section, so its opens are not restricted",
+                        l.identity
                     ));
                 }
                 out.push(json!({
                     "scope": scope,
                     "network": g.network.iter().map(|r| r.text.clone()).collect::<Vec<_>>(),
                     "files": { "read": g.files_read, "write": g.files_write },
-                    "files_enforced": false,
+                    "files_enforced": enforced,
                 }));
             }
         }
@@ -393,6 +403,41 @@ impl Leases {
 
     pub fn known_identities(&self) -> Vec<String> {
         self.snapshot.borrow().names()
+    }
+
+    /// Lease counts per identity for `corral status`: one pass under the
+    /// lock, without the grant views and token signing of `list`, so a
+    /// status poll stays cheap whatever the store holds. Active counts only
+    /// what the kernel still grants (an expiry not yet processed is not).
+    pub fn summary(&self) -> Value {
+        let now = boot_ns();
+        let st = self.state.lock().expect("lease state");
+        let mut by: std::collections::BTreeMap<&str, Value> = Default::default();
+        let (mut active, mut pending) = (0u64, 0u64);
+        for l in &st.leases {
+            let (key, total) = match l.state {
+                LeaseState::Active if l.expires_boot_ns > now => ("active", &mut active),
+                LeaseState::Pending => ("pending", &mut pending),
+                _ => continue,
+            };
+            *total += 1;
+            let e = by
+                .entry(l.identity.as_str())
+                .or_insert_with(|| json!({ "active": 0, "pending": 0 }));
+            e[key] = json!(e[key].as_u64().unwrap_or(0) + 1);
+        }
+        for (name, s) in st
+            .identities
+            .iter()
+            .filter(|(_, s)| s.suspended || s.frozen)
+        {
+            let e = by
+                .entry(name.as_str())
+                .or_insert_with(|| json!({ "active": 0, "pending": 0 }));
+            e["suspended"] = s.suspended.into();
+            e["frozen"] = s.frozen.into();
+        }
+        json!({ "active": active, "pending": pending, "identities": by })
     }
 
     fn bump(&self) {

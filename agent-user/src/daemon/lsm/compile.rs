@@ -21,7 +21,7 @@
 //! rules beneath them (`FILE_VALUE_RULES_BELOW`: such a directory cannot be
 //! renamed away from its rules).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use agent_common::{
     file::{
@@ -42,6 +42,8 @@ pub struct RuleIn {
     pub deny: bool,
     /// Rule id, echoed in events.
     pub id: u32,
+    /// `CLOCK_BOOTTIME` end of a lease grant; 0 for a written rule.
+    pub expires_ns: u64,
 }
 
 /// One `FILE_RULES` entry (the ruleset is added when it is written).
@@ -75,7 +77,72 @@ fn parent_dir(p: &str) -> Option<&str> {
     Some(&p[..=i])
 }
 
+/// Compiles `rules`. Decisions that come from a lease grant carry its end
+/// and, as their fallback, the decision of the written rules alone for the
+/// same slot: once the grant has ended the kernel decides as if it had
+/// never been added, daemon or no daemon. (Where grants of different ends
+/// overlap, the fallback is still the written policy: an earlier end can
+/// only narrow access, never widen it.)
 pub fn compile(rules: &[RuleIn]) -> Result<Vec<FileEntry>, CompileError> {
+    let mut out = compile_all(rules)?;
+    if rules.iter().any(|r| r.expires_ns != 0) {
+        let written: Vec<RuleIn> = rules
+            .iter()
+            .filter(|r| r.expires_ns == 0)
+            .cloned()
+            .collect();
+        let base = compile_all(&written)?;
+        let by_path: HashMap<&[u8], &FileRuleValue> = base
+            .iter()
+            .map(|e| (e.path.as_slice(), &e.value))
+            .collect();
+        let lookup = |key: &[u8], is_dir: bool, idx: usize| {
+            replay(|p| by_path.get(p).copied(), key, is_dir, idx)
+        };
+        for e in &mut out {
+            let is_dir = e.path.ends_with(b"/");
+            // Any path this entry is only a prefix of.
+            let mut below = e.path.clone();
+            below.push(1);
+            for i in 0..3 {
+                if e.value.exact[i].expires_ns != 0 {
+                    let d = lookup(&e.path, is_dir, i);
+                    e.value.exact[i].fallback_action = d.action;
+                    e.value.exact[i].fallback_rule_id = d.rule_id;
+                }
+                if e.value.beneath[i].expires_ns != 0 {
+                    let d = lookup(&below, false, i);
+                    e.value.beneath[i].fallback_action = d.action;
+                    e.value.beneath[i].fallback_rule_id = d.rule_id;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The kernel's lookup and decision (agent-ebpf `lsm::files::decide`) for
+/// one access slot: the longest entry that is a prefix of `key`, its own
+/// decision when `key` is its path (or, for a directory, an exact entry's
+/// path plus `/`), else what lies beneath it.
+fn replay<'a>(
+    find: impl Fn(&[u8]) -> Option<&'a FileRuleValue>,
+    key: &[u8],
+    is_dir: bool,
+    idx: usize,
+) -> FileDecision {
+    let len = key.len() as u32;
+    let key = &key[..key.len().min(FILE_KEY_PATH_LEN)];
+    for n in (1..=key.len()).rev() {
+        if let Some(v) = find(&key[..n]) {
+            let own = v.len == len || (is_dir && v.flags & FILE_VALUE_EXACT != 0 && v.len + 1 == len);
+            return if own { v.exact[idx] } else { v.beneath[idx] };
+        }
+    }
+    FileDecision::default()
+}
+
+fn compile_all(rules: &[RuleIn]) -> Result<Vec<FileEntry>, CompileError> {
     if rules.is_empty() {
         return Ok(Vec::new());
     }
@@ -99,11 +166,18 @@ pub fn compile(rules: &[RuleIn]) -> Result<Vec<FileEntry>, CompileError> {
                 continue;
             }
             let cur = &mut d[idx];
-            // Deny wins at equal specificity; otherwise the first rule.
-            if cur.action == 0 || (action == ACTION_DENY && cur.action == ACTION_ALLOW) {
+            // Deny wins at equal specificity; otherwise the first rule,
+            // except that of equal rules the longer-lived one decides (a
+            // written rule outlives every grant).
+            let longer = action == cur.action
+                && cur.expires_ns != 0
+                && (r.expires_ns == 0 || r.expires_ns > cur.expires_ns);
+            if cur.action == 0 || (action == ACTION_DENY && cur.action == ACTION_ALLOW) || longer {
                 *cur = FileDecision {
                     action,
                     rule_id: r.id,
+                    expires_ns: r.expires_ns,
+                    ..FileDecision::default()
                 };
             }
         }
@@ -203,27 +277,23 @@ pub fn compile(rules: &[RuleIn]) -> Result<Vec<FileEntry>, CompileError> {
     Ok(out)
 }
 
-/// The kernel's decision replayed (agent-ebpf `lsm::files::decide`):
-/// (action, rule_id) for `access` (one `ACCESS_*` bit) on `path`; a
-/// directory is looked up with a trailing `/` (the root is `/`).
+/// The kernel's decision replayed at `now_ns` (CLOCK_BOOTTIME): (action,
+/// rule_id) for `access` (one `ACCESS_*` bit) on `path`; a directory is
+/// looked up with a trailing `/` (the root is `/`).
 #[cfg(test)]
-pub fn decide(entries: &[FileEntry], path: &str, access: u32) -> (u32, u32) {
+pub fn decide_at(entries: &[FileEntry], path: &str, access: u32, now_ns: u64) -> (u32, u32) {
     let idx = IDX
         .iter()
         .find(|(b, _)| *b == access)
         .map_or(0, |(_, i)| *i);
+    let find = |p: &[u8]| entries.iter().find(|e| e.path == p).map(|e| &e.value);
     let is_dir = path.ends_with('/');
-    let key = &path.as_bytes()[..path.len().min(FILE_KEY_PATH_LEN)];
-    let best = entries
-        .iter()
-        .filter(|e| key.starts_with(&e.path))
-        .max_by_key(|e| e.path.len());
-    let Some(e) = best else { return (0, 0) };
-    let v = &e.value;
-    let len = path.len() as u32;
-    let own = v.len == len || (is_dir && v.flags & FILE_VALUE_EXACT != 0 && v.len + 1 == len);
-    let d = if own { v.exact[idx] } else { v.beneath[idx] };
-    (d.action, d.rule_id)
+    replay(find, path.as_bytes(), is_dir, idx).at(now_ns)
+}
+
+#[cfg(test)]
+pub fn decide(entries: &[FileEntry], path: &str, access: u32) -> (u32, u32) {
+    decide_at(entries, path, access, 0)
 }
 
 /// The compiler's input from a policy: `None` when the identity has no
@@ -241,6 +311,7 @@ pub fn rules_of(files: &crate::policy::FilePolicy) -> Option<Vec<RuleIn>> {
                 access: r.access,
                 deny: r.action == crate::policy::Action::Deny,
                 id: r.id,
+                expires_ns: files.expires.get(&r.id).copied().unwrap_or(0),
             })
             .collect(),
     )
@@ -261,6 +332,7 @@ mod tests {
             access,
             deny,
             id,
+            expires_ns: 0,
         }
     }
 
@@ -375,6 +447,55 @@ mod tests {
             compile(&[r(&too_long, R, false, 1)]),
             Err(CompileError::TooLong(_))
         ));
+    }
+
+    fn grant(path: &str, access: u32, id: u32, expires_ns: u64) -> RuleIn {
+        RuleIn {
+            expires_ns,
+            ..r(path, access, false, id)
+        }
+    }
+
+    #[test]
+    fn grants_end_on_time_and_fall_back_to_the_written_rules() {
+        let written = [
+            r("/srv/", R, false, 1),
+            r("/srv/refunds/secret/", ALL, true, 2),
+            r("/srv/kb/", R, false, 3),
+            r("/srv/kb/w", W, false, 4),
+        ];
+        let mut all = written.to_vec();
+        all.push(grant("/srv/refunds/", W, 100, 1_000));
+        all.push(grant("/srv/kb/new/", W, 101, 2_000));
+        all.push(grant("/srv/kb/w", W, 102, 3_000));
+        let e = compile(&all).unwrap();
+        let at = |path: &str, bit: u32, now: u64| decide_at(&e, path, bit, now);
+        const WR: u32 = ACCESS_WRITE;
+        assert_eq!(at("/srv/refunds/a", WR, 500), (ACTION_ALLOW, 100));
+        assert_eq!(at("/srv/refunds/", WR, 500), (ACTION_ALLOW, 100));
+        assert_eq!(at("/srv/refunds/secret/x", WR, 500), (ACTION_DENY, 2));
+        assert_eq!(at("/srv/refunds/a", WR, 1_000), (0, 0), "ended");
+        assert_eq!(at("/srv/refunds/a", R, 1_000), (ACTION_ALLOW, 1));
+        assert_eq!(at("/srv/kb/new/x", WR, 1_500), (ACTION_ALLOW, 101));
+        assert_eq!(at("/srv/kb/new/x", WR, 2_000), (0, 0));
+        assert_eq!(at("/srv/kb/new/x", R, 2_000), (ACTION_ALLOW, 3));
+        // A written rule outlives a grant of the same path.
+        assert_eq!(at("/srv/kb/w", WR, 9_000), (ACTION_ALLOW, 4));
+        // Once every grant has ended, exactly the written policy.
+        let base = compile(&written).unwrap();
+        for path in [
+            "/", "/srv/", "/srv/a", "/srv/refunds/", "/srv/refunds/a", "/srv/refunds/secret/",
+            "/srv/refunds/secret/x", "/srv/refundsx", "/srv/kb/", "/srv/kb/new/", "/srv/kb/new/x",
+            "/srv/kb/w", "/srv/kb/wx", "/srv/kb/w/", "/etc/x",
+        ] {
+            for bit in [ACCESS_READ, ACCESS_WRITE, ACCESS_EXEC] {
+                assert_eq!(at(path, bit, 5_000), decide(&base, path, bit), "{path} {bit}");
+            }
+        }
+        // Written rules never carry an end.
+        assert!(base.iter().all(|x| {
+            x.value.exact.iter().chain(&x.value.beneath).all(|d| d.expires_ns == 0)
+        }));
     }
 
     #[test]

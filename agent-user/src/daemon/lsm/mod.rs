@@ -11,6 +11,7 @@
 
 mod btf;
 pub mod compile;
+pub mod tokens;
 
 use std::{
     collections::HashSet,

@@ -1,0 +1,97 @@
+use std::fmt;
+
+use super::Event;
+
+/// The human one-line form of `corral tail`.
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(l) = &self.lost {
+            return write!(f, "{} LOST {} events ({})", self.time, l.count, l.source);
+        }
+        let o = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
+        if let Some(d) = self.lease.as_ref().or(self.anomaly.as_ref()) {
+            write!(
+                f,
+                "{} {} {} {}",
+                self.time,
+                self.kind.to_uppercase(),
+                o(&self.identity),
+                d["action"].as_str().unwrap_or("?")
+            )?;
+            if let Some(id) = d["lease"].as_str() {
+                write!(f, " lease={id}")?;
+            }
+            for k in [
+                "reason",
+                "path",
+                "denials",
+                "threshold_to_frozen_us",
+                "leases",
+            ] {
+                if !d[k].is_null() {
+                    write!(f, " {k}={}", d[k])?;
+                }
+            }
+            return Ok(());
+        }
+        write!(
+            f,
+            "{} {} {} {} pid={} comm={} ",
+            self.time,
+            o(&self.verdict).to_uppercase(),
+            self.kind,
+            o(&self.identity),
+            self.tgid.map_or("-".into(), |p| p.to_string()),
+            o(&self.comm),
+        )?;
+        if let Some(n) = &self.net {
+            let addr = if n.family == "inet6" {
+                format!("[{}]", n.addr)
+            } else {
+                n.addr.clone()
+            };
+            write!(f, "{} {}://{}:{}", n.op, n.protocol, addr, n.port)?;
+        }
+        if let Some(u) = &self.unix {
+            write!(f, "{} unix:{}", u.op, u.path)?;
+        }
+        if let Some(x) = &self.syscall {
+            write!(f, "{} (#{}) {}", x.name, x.nr, x.layer)?;
+            if let Some(e) = &x.errno {
+                write!(f, " {e}")?;
+            }
+            if let Some(d) = &x.detail {
+                write!(f, " [{d}]")?;
+            }
+        }
+        if let Some(x) = &self.file {
+            if let Some(op) = &x.op {
+                write!(f, "{op} ")?;
+            }
+            write!(f, "{} {} ({} {})", x.access, x.path, x.layer, x.errno)?;
+        }
+        if let Some(x) = &self.protect {
+            write!(f, "{}", x.op)?;
+            if x.target_is_daemon {
+                write!(f, " of the corral daemon")?;
+            }
+            if let Some(t) = x.target_pid {
+                write!(f, " pid={t}")?;
+            }
+            write!(f, " arg={}", x.arg)?;
+        }
+        match (&self.rule, &self.reason) {
+            (Some(r), _) => write!(f, " by {r}")?,
+            (None, Some(r)) => write!(f, " ({r})")?,
+            _ => {}
+        }
+        if let Some(ls) = self.leases.as_ref().filter(|l| !l.is_empty()) {
+            let shown: Vec<String> = ls
+                .iter()
+                .map(|l| format!("{}({})", l.id, l.scopes.join(",")))
+                .collect();
+            write!(f, " leases={}", shown.join(","))?;
+        }
+        Ok(())
+    }
+}

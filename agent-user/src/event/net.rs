@@ -1,0 +1,92 @@
+//! `net` and `unix` events in their JSON form.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use agent_common::{
+    event::{NetEvent, UnixEvent},
+    net::{AF_INET, NetOp},
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetInfo {
+    /// `connect`, `sendmsg` or `bind`.
+    pub op: String,
+    /// `inet` or `inet6`.
+    pub family: String,
+    /// `tcp`, `udp` or the IP protocol number.
+    pub protocol: String,
+    pub addr: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnixInfo {
+    /// `connect` or `sendmsg`.
+    pub op: String,
+    /// The socket path, or `@name` for an abstract address (bytes that are
+    /// not printable ASCII, NULs included, as `\xNN`).
+    pub path: String,
+}
+
+pub fn net_info(n: &NetEvent) -> NetInfo {
+    let op = match NetOp::try_from(n.op) {
+        Ok(NetOp::Connect) => "connect",
+        Ok(NetOp::Sendmsg) => "sendmsg",
+        Ok(NetOp::Bind) => "bind",
+        Err(_) => "unknown",
+    };
+    let (family, addr) = if n.family == AF_INET {
+        let a = [n.addr[0], n.addr[1], n.addr[2], n.addr[3]];
+        ("inet", IpAddr::V4(Ipv4Addr::from(a)))
+    } else {
+        ("inet6", IpAddr::V6(Ipv6Addr::from(n.addr)))
+    };
+    let protocol = match n.protocol {
+        6 => "tcp".to_string(),
+        17 => "udp".to_string(),
+        262 => "mptcp".to_string(),
+        p => p.to_string(),
+    };
+    NetInfo {
+        op: op.to_string(),
+        family: family.to_string(),
+        protocol,
+        addr: addr.to_string(),
+        port: n.port as u16,
+    }
+}
+
+fn op_str(op: u32) -> &'static str {
+    match NetOp::try_from(op) {
+        Ok(NetOp::Connect) => "connect",
+        Ok(NetOp::Sendmsg) => "sendmsg",
+        Ok(NetOp::Bind) => "bind",
+        Err(_) => "unknown",
+    }
+}
+
+/// The policy spelling of a kernel unix address: `/path` or `@name`.
+pub fn unix_path_str(path: &[u8], len: u32) -> String {
+    let b = &path[..(len as usize).min(path.len())];
+    let (prefix, b) = match b.split_first() {
+        Some((0, rest)) => ("@", rest),
+        _ => ("", b),
+    };
+    let mut s = String::from(prefix);
+    for &c in b {
+        if c.is_ascii_graphic() || c == b' ' {
+            s.push(c as char);
+        } else {
+            s.push_str(&format!("\\x{c:02x}"));
+        }
+    }
+    s
+}
+
+pub fn unix_info(u: &UnixEvent) -> UnixInfo {
+    UnixInfo {
+        op: op_str(u.op).to_string(),
+        path: unix_path_str(&u.path, u.path_len),
+    }
+}

@@ -1,0 +1,368 @@
+//! Lease file grants: `[[leases.grant]] files = { write = [...] }` widens an
+//! identity's `[files]` rules in the kernel while the lease lives, and the
+//! BPF LSM program ends the grant on its own at the lease's end (the expiry
+//! is in the map value), daemon or no daemon.
+//!
+//! Where BPF LSM is unavailable (our dev and CI hosts) file grants are
+//! withheld — never widened — and the lease says so; the first test proves
+//! that natively. The kernel half runs in `cargo xtask vm-test`'s guest.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use corral_tests::*;
+use serde_json::{Value, json};
+
+const EACCES: i64 = 13;
+
+struct Lab {
+    d: Option<Daemon>,
+    dirs: Dirs,
+    root: PathBuf,
+    _base: tempfile::TempDir,
+}
+
+impl Lab {
+    /// A tree `refunds/{r.txt, secret/s.txt}`, `notes/n.txt` and the
+    /// identity `agent`: reads everywhere in the tree, writes nowhere,
+    /// `refunds/secret/` denied; the scope `refunds:issue` grants writing
+    /// beneath `refunds/`.
+    fn start() -> Option<Lab> {
+        Lab::start_with("", &[])
+    }
+
+    /// `rotate`: more of `[leases]` (a `[leases.rotate]` table); `others`:
+    /// more identities (name, policy).
+    fn start_with(rotate: &str, others: &[(&str, &str)]) -> Option<Lab> {
+        if !is_root() {
+            return None;
+        }
+        let base = tempfile::tempdir().expect("tempdir");
+        // Root's alone, as the daemon's state dir is under systemd (0700).
+        std::fs::set_permissions(
+            base.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .expect("chmod");
+        let root = std::fs::canonicalize(base.path())
+            .expect("real path")
+            .join("tree");
+        for d in ["refunds/secret", "notes"] {
+            std::fs::create_dir_all(root.join(d)).expect("mkdir");
+        }
+        for f in ["refunds/r.txt", "refunds/secret/s.txt", "notes/n.txt"] {
+            std::fs::write(root.join(f), "data\n").expect("write");
+        }
+        let dirs = Dirs::new(base.path());
+        let probe = std::fs::canonicalize(probe_bin()).expect("probe");
+        let policy = format!(
+            "[identity]\nname = \"agent\"\n[files]\n\
+             read = [\"/usr/\", \"/lib/\", \"/lib64/\", \"/etc/\", \"/proc/\", \"{root}/\", \"{probe}\"]\n\
+             write = [\"/dev/null\"]\ndeny = [\"{root}/refunds/secret/\"]\n\
+             [leases]\nmax_ttl = \"1m\"\nscopes = [\"refunds:issue\", \"tickets:read\"]\n\
+             {rotate}\n\
+             [[leases.grant]]\nscope = \"refunds:issue\"\nfiles = {{ write = [\"{root}/refunds/\"] }}\n",
+            root = root.display(),
+            probe = probe.display(),
+        );
+        std::fs::write(dirs.policy_dir.join("agent.toml"), policy).expect("policy");
+        for (name, text) in others {
+            std::fs::write(dirs.policy_dir.join(format!("{name}.toml")), text).expect("policy");
+        }
+        let d = Daemon::start_with(dirs.clone()).expect("daemon did not start");
+        Some(Lab {
+            d: Some(d),
+            dirs,
+            root,
+            _base: base,
+        })
+    }
+
+    fn d(&self) -> &Daemon {
+        self.d.as_ref().expect("daemon running")
+    }
+
+    fn p(&self, rel: &str) -> String {
+        self.root.join(rel).display().to_string()
+    }
+
+    fn lsm(&self) -> bool {
+        let m = self.d().status()["daemon"]["mechanisms"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["name"] == "bpf lsm: files").cloned())
+            .unwrap_or(Value::Null);
+        if std::env::var_os("CORRAL_VM").is_some() {
+            assert_eq!(m["state"], "enforcing", "BPF LSM in the VM: {m}");
+        }
+        m["state"] == "enforcing"
+    }
+
+    fn issue(&self, scopes: &[&str], ttl: &str) -> Value {
+        let mut args = vec![
+            "lease",
+            "issue",
+            "--identity",
+            "agent",
+            "--ttl",
+            ttl,
+            "--json",
+        ];
+        for s in scopes {
+            args.extend(["--scope", s]);
+        }
+        self.d().cli_json(&args)
+    }
+
+    fn write(&self, rel: &str) -> ProbeRun {
+        self.d()
+            .probe_as("agent", &["pid", "open", &self.p(rel), "w", "sleep", "0.3"])
+    }
+
+    fn spawn(&self, steps: &[&str]) -> Child {
+        Command::new(corral_bin())
+            .arg("--socket")
+            .arg(&self.dirs.socket)
+            .args(["run", "--identity", "agent", "--"])
+            .arg(probe_bin())
+            .args(steps)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("probe")
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.d.is_none() {
+            cleanup(&self.dirs);
+        }
+    }
+}
+
+/// The refused write's event: who, what, and the leases held at the time.
+fn write_event(tail: &Tail, pid: u64, path: &str, errno: &str) -> Value {
+    let ev = tail.expect(|e| e["kind"] == "file" && e["file"]["path"] == path);
+    assert_eq!(ev["identity"], "agent", "{ev:#}");
+    assert_eq!(ev["tgid"].as_u64(), Some(pid), "{ev:#}");
+    assert_eq!(ev["comm"], "corral-probe", "{ev:#}");
+    assert_eq!(ev["verdict"], "deny", "{ev:#}");
+    assert_eq!(ev["file"]["errno"], errno, "{ev:#}");
+    assert!(
+        ev["file"]["access"]
+            .as_str()
+            .unwrap_or("")
+            .contains("write"),
+        "{ev:#}"
+    );
+    ev
+}
+
+fn writable_outside(path: &str) {
+    let out = probe_outside(&["open", path, "w"]);
+    assert_eq!(out.step("open", 0)["ok"], true, "untagged: {out:#?}");
+}
+
+fn wait(mut child: Child) -> ProbeRun {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "probe hung");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ProbeRun::from(child.wait_with_output().expect("probe"))
+}
+
+/// Without BPF LSM the grant is withheld: the write stays refused (by
+/// Landlock) and the lease says the grant is not enforced here.
+#[test]
+fn without_bpf_lsm_file_grants_are_withheld_and_said_so() {
+    let Some(lab) = Lab::start() else { return };
+    if lab.lsm() {
+        eprintln!("BPF LSM enforcing: the kernel tests below cover this host");
+        return;
+    }
+    let v = lab.issue(&["refunds:issue"], "30s");
+    assert_eq!(v["state"], "active", "{v:#}");
+    assert_eq!(v["grants"][0]["files_enforced"], false, "{v:#}");
+    assert!(
+        v["warnings"][0]
+            .as_str()
+            .unwrap_or("")
+            .contains("NOT ENFORCED"),
+        "{v:#}"
+    );
+    let tail = lab.d().tail(Some("agent"));
+    let r = lab.write("refunds/r.txt");
+    assert_eq!(r.step("open", 0)["errno"], EACCES, "{r:#?}");
+    let ev = write_event(&tail, r.pid(), &lab.p("refunds/r.txt"), "EACCES");
+    assert_eq!(ev["file"]["layer"], "landlock", "{ev:#}");
+    assert_eq!(ev["leases"][0]["id"], v["id"], "{ev:#}");
+    writable_outside(&lab.p("refunds/r.txt"));
+}
+
+#[test]
+fn a_file_grant_opens_writes_and_ends_in_the_kernel_with_the_daemon_stopped() {
+    let Some(mut lab) = Lab::start() else { return };
+    if !lab.lsm() {
+        eprintln!("skipping: BPF LSM unavailable (proven in cargo xtask vm-test)");
+        return;
+    }
+    let target = lab.p("refunds/r.txt");
+    let tail = lab.d().tail(Some("agent"));
+    // No lease: refused in the kernel, with the event; fine untagged.
+    let r = lab.write("refunds/r.txt");
+    assert_eq!(r.step("open", 0)["errno"], EPERM, "{r:#?}");
+    let ev = write_event(&tail, r.pid(), &target, "EPERM");
+    assert_eq!(ev["file"]["layer"], "lsm", "{ev:#}");
+    assert_eq!(ev["leases"], json!([]), "{ev:#}");
+    writable_outside(&target);
+
+    let v = lab.issue(&["refunds:issue"], "3s");
+    assert_eq!(v["grants"][0]["files_enforced"], true, "{v:#}");
+    let issued = Instant::now();
+    // Granted now, the deny beneath still wins, and after the lease's end
+    // refused again, with no daemon to take the grant out.
+    let child = lab.spawn(&[
+        "pid",
+        "open",
+        &target,
+        "w",
+        "open",
+        &lab.p("refunds/secret/s.txt"),
+        "w",
+        "sleep",
+        "4.5",
+        "open",
+        &target,
+        "w",
+    ]);
+    std::thread::sleep(Duration::from_millis(700));
+    let d = lab.d.take().expect("running");
+    d.stop_keep_pins();
+    let r = wait(child);
+    assert_eq!(r.step("open", 0)["ok"], true, "granted: {r:#?}");
+    assert_eq!(
+        r.step("open", 1)["errno"],
+        EPERM,
+        "deny beats the grant: {r:#?}"
+    );
+    assert_eq!(
+        r.step("open", 2)["errno"],
+        EPERM,
+        "ended with no daemon: {r:#?}"
+    );
+    assert!(issued.elapsed() > Duration::from_secs(3));
+    writable_outside(&target);
+
+    lab.d = Some(Daemon::start_with(lab.dirs.clone()).expect("restart"));
+    let l = lab
+        .d()
+        .cli_json(&["lease", "show", v["id"].as_str().unwrap(), "--json"]);
+    assert_eq!(l["state"], "expired", "{l:#}");
+}
+
+#[test]
+fn revoking_the_lease_closes_the_file_grant_and_events_name_it() {
+    let Some(lab) = Lab::start() else { return };
+    if !lab.lsm() {
+        eprintln!("skipping: BPF LSM unavailable (proven in cargo xtask vm-test)");
+        return;
+    }
+    let target = lab.p("refunds/r.txt");
+    let other = lab.p("notes/n.txt");
+    let v = lab.issue(&["refunds:issue"], "30s");
+    let id = v["id"].as_str().expect("id").to_string();
+    let tail = lab.d().tail(Some("agent"));
+    let r = lab.d().probe_as(
+        "agent",
+        &[
+            "pid", "open", &target, "w", "open", &other, "w", "sleep", "0.3",
+        ],
+    );
+    assert_eq!(r.step("open", 0)["ok"], true, "granted: {r:#?}");
+    assert_eq!(r.step("open", 1)["errno"], EPERM, "not granted: {r:#?}");
+    // A denial under the lease names it.
+    let ev = write_event(&tail, r.pid(), &other, "EPERM");
+    assert_eq!(
+        ev["leases"],
+        json!([{ "id": id, "scopes": ["refunds:issue"] }]),
+        "{ev:#}"
+    );
+    writable_outside(&other);
+
+    let t = Instant::now();
+    let out = lab.d().cli(&["lease", "revoke", &id]);
+    assert!(out.status.success(), "{out:?}");
+    let r = lab.write("refunds/r.txt");
+    eprintln!("revoke → kernel refuses the write again: {:?}", t.elapsed());
+    assert_eq!(r.step("open", 0)["errno"], EPERM, "revoked: {r:#?}");
+    let ev = write_event(&tail, r.pid(), &target, "EPERM");
+    assert_eq!(ev["leases"], json!([]), "{ev:#}");
+    writable_outside(&target);
+}
+
+/// "Only that identity may read it": the rotated token file goes to the
+/// user the agent runs as (0400), and in the kernel every other identity
+/// is refused the token directory even when its own rules allow all of `/`.
+#[test]
+fn a_rotated_token_is_its_owners_and_only_its_identity_reads_it() {
+    let other = "[identity]\nname = \"other\"\n[files]\nread = [\"/\"]\n";
+    let rotate =
+        "[leases.rotate]\nscopes = [\"tickets:read\"]\nttl = \"30s\"\nowner = \"65534:65534\"\n";
+    let Some(lab) = Lab::start_with(rotate, &[("other", other)]) else {
+        return;
+    };
+    let token = std::fs::canonicalize(&lab.dirs.state_dir)
+        .expect("state dir")
+        .join("tokens/agent.jwt");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !token.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no token file\n{}",
+            lab.d().log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(&token).expect("token");
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (65534, 65534, 0o400));
+    // The state dir is root's (0700): said loudly, not silently unreadable.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !lab.d().log_text().contains("cannot reach its token") {
+        assert!(Instant::now() < deadline, "{}", lab.d().log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !lab.lsm() {
+        eprintln!("skipping the kernel half: BPF LSM unavailable (proven in cargo xtask vm-test)");
+        return;
+    }
+    let t = token.display().to_string();
+    let tail = lab.d().tail(None);
+    let r = lab
+        .d()
+        .probe_as("other", &["pid", "open", &t, "r", "sleep", "0.3"]);
+    assert_eq!(
+        r.step("open", 0)["errno"],
+        EPERM,
+        "another identity: {r:#?}"
+    );
+    let ev = tail.expect(|e| e["kind"] == "file" && e["file"]["path"] == t.as_str());
+    assert_eq!(ev["identity"], "other", "{ev:#}");
+    assert_eq!(ev["tgid"].as_u64(), Some(r.pid()), "{ev:#}");
+    assert_eq!(ev["comm"], "corral-probe", "{ev:#}");
+    assert!(
+        ev["rule"]
+            .as_str()
+            .unwrap_or("")
+            .contains("built-in: lease token files"),
+        "{ev:#}"
+    );
+    let r = lab.d().probe_as("agent", &["pid", "open", &t, "r"]);
+    assert_eq!(r.step("open", 0)["ok"], true, "its own identity: {r:#?}");
+    let out = probe_outside(&["open", &t, "r"]);
+    assert_eq!(out.step("open", 0)["ok"], true, "untagged root: {out:#?}");
+}

@@ -1,0 +1,213 @@
+//! The guest's initramfs (gzip'd cpio, rebuilt each run): busybox, an
+//! `/init` that mounts the kernel filesystems and runs the tests, our
+//! binaries, and every library `ldd` names.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::Stdio,
+};
+
+use anyhow::{Context as _, Result};
+
+use super::{GUEST_TESTS, MARKER, SANITY_TEST, Tests, VmArgs};
+use crate::util;
+
+/// Shared libraries `ldd` names for `bin` (none for static binaries).
+fn libraries(bin: &Path) -> Result<Vec<PathBuf>> {
+    let out = util::cmd("ldd")
+        .arg(bin)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running ldd {}", bin.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut libs = Vec::new();
+    for line in text.lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
+        // "/lib64/ld-linux-x86-64.so.2 (0x...)".
+        let path = match line.split_once("=>") {
+            Some((_, rhs)) => rhs.split_whitespace().next(),
+            None => line
+                .split_whitespace()
+                .next()
+                .filter(|p| p.starts_with('/')),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            libs.push(PathBuf::from(p));
+        }
+    }
+    Ok(libs)
+}
+
+/// Copies `from` to `root/to` (following symlinks), without debug info for
+/// our own binaries (they are large and the guest unpacks them into RAM).
+fn install(from: &Path, root: &Path, to: &Path, strip: bool) -> Result<()> {
+    let dst = root.join(to.strip_prefix("/").unwrap_or(to));
+    if let Some(d) = dst.parent() {
+        fs::create_dir_all(d)?;
+    }
+    if strip && util::which("objcopy").is_some() {
+        let ok = util::cmd("objcopy")
+            .arg("--strip-debug")
+            .arg(from)
+            .arg(&dst)
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Ok(());
+        }
+    }
+    fs::copy(from, &dst).with_context(|| format!("copying {}", from.display()))?;
+    Ok(())
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// One command the guest runs: program, arguments, extra environment.
+type GuestRun = (String, Vec<String>, Vec<(String, String)>);
+
+fn init_script(runs: &[GuestRun]) -> String {
+    let mut s = String::from(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mkdir -p /proc /sys /dev /tmp /run /root
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+mount -t securityfs securityfs /sys/kernel/security
+mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+ip link set lo up
+exec </dev/null
+echo "CORRAL-VM: kernel $(uname -r), active LSMs: $(cat /sys/kernel/security/lsm), cpus: $(nproc)"
+export HOME=/root RUST_BACKTRACE=1 CORRAL_BIN=/corral/target/release/corral CORRAL_VM=1
+rc=0
+"#,
+    );
+    for (exe, args, envs) in runs {
+        let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
+        let envs: Vec<String> = envs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", shell_quote(v)))
+            .collect();
+        s.push_str(&format!(
+            "echo {}\n{} {exe} {} || rc=1\n",
+            shell_quote(&format!("CORRAL-VM: running {exe} {}", args.join(" "))),
+            envs.join(" "),
+            args.join(" ")
+        ));
+    }
+    s.push_str(&format!(
+        "if [ $rc = 0 ]; then echo \"{MARKER} pass\"; else echo \"{MARKER} fail\"; fi\n\
+         sync\npoweroff -f\n"
+    ));
+    s
+}
+
+pub(super) fn initramfs(stage: &Path, t: &Tests, args: &VmArgs) -> Result<PathBuf> {
+    let root = stage.join("root");
+    if root.exists() {
+        fs::remove_dir_all(&root).with_context(|| format!("cleaning {}", root.display()))?;
+    }
+    fs::create_dir_all(&root)?;
+    let busybox = util::which("busybox")
+        .or_else(|| Some(PathBuf::from("/bin/busybox")).filter(|p| p.is_file()))
+        .context("busybox not found (apt-get install busybox-static)")?;
+    install(&busybox, &root, Path::new("/bin/busybox"), false)?;
+    // The test harness finds the probe next to `deps/`, as cargo lays out.
+    let guest_dir = Path::new("/corral/target/release");
+    let mut bins: Vec<(PathBuf, PathBuf)> = vec![
+        (t.corral.clone(), guest_dir.join("corral")),
+        (t.probe.clone(), guest_dir.join("corral-probe")),
+    ];
+    let mut runs = Vec::new();
+    let filter = args.filter.clone();
+    for (name, exe) in &t.binaries {
+        let guest = guest_dir
+            .join("deps")
+            .join(exe.file_name().context("exe name")?);
+        let mut targs: Vec<String> = vec!["--test-threads=1".into()];
+        if GUEST_TESTS.contains(&name.as_str()) {
+            if let Some(f) = &filter {
+                targs.push(f.clone());
+            }
+        } else if name == SANITY_TEST.0 {
+            if filter
+                .as_deref()
+                .is_some_and(|f| !SANITY_TEST.1.contains(f))
+            {
+                continue;
+            }
+            targs.extend([SANITY_TEST.1.to_owned(), "--exact".into()]);
+        } else {
+            continue;
+        }
+        bins.push((exe.clone(), guest.clone()));
+        runs.push((guest.display().to_string(), targs, Vec::new()));
+        if args.bench && name == "files_lsm" {
+            runs.push((
+                guest.display().to_string(),
+                vec![
+                    "--test-threads=1".into(),
+                    "--ignored".into(),
+                    "--nocapture".into(),
+                    "bench_file_open".into(),
+                ],
+                vec![("CORRAL_VM_BENCH".into(), "1".into())],
+            ));
+        }
+    }
+    if let Some(cmd) = &args.exec {
+        runs = vec![("sh".into(), vec!["-c".into(), cmd.clone()], Vec::new())];
+    }
+    let mut libs: BTreeSet<PathBuf> = BTreeSet::new();
+    for (host, guest) in &bins {
+        install(host, &root, guest, true)?;
+        libs.extend(libraries(host)?);
+    }
+    libs.extend(libraries(&busybox)?);
+    for lib in &libs {
+        install(lib, &root, lib, false)?;
+    }
+    let etc = root.join("etc");
+    fs::create_dir_all(&etc)?;
+    fs::write(etc.join("passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    fs::write(etc.join("group"), "root:x:0:\n")?;
+    let init = root.join("init");
+    fs::write(&init, init_script(&runs))?;
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
+
+    let out = stage.join("initramfs.cpio.gz");
+    let script = format!(
+        "cd {} && find . -print0 | cpio --null -o -H newc --quiet | gzip -1 > {}",
+        shell_quote(&root.display().to_string()),
+        shell_quote(&out.display().to_string())
+    );
+    util::run(util::cmd("sh").args(["-c", &script]))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_script_runs_everything_and_reports() {
+        let s = init_script(&[(
+            "/corral/t".into(),
+            vec!["--test-threads=1".into(), "a b".into()],
+            vec![("X".into(), "1".into())],
+        )]);
+        assert!(s.contains("X='1' /corral/t '--test-threads=1' 'a b' || rc=1"));
+        assert!(s.contains("mount -t cgroup2 cgroup2 /sys/fs/cgroup"));
+        assert!(s.contains("CORRAL-VM-RESULT: pass"));
+        assert!(s.trim_end().ends_with("poweroff -f"));
+    }
+}
