@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
-use crate::ProbeRun;
+use crate::{ProbeRun, Tail};
 
 pub const EPERM: i64 = 1;
 pub const EACCES: i64 = 13;
@@ -104,4 +104,34 @@ pub fn assert_file_event(ev: &Value, identity: &str, tgid: u64, path: &str, acce
     assert_eq!(ev["verdict"], "deny", "{ev:#}");
     assert_eq!(ev["file"]["path"], path, "{ev:#}");
     assert_eq!(ev["file"]["access"], access, "{ev:#}");
+}
+
+/// Waits for the `file` event about `path` and asserts it is a denial that
+/// names the identity, the process (tgid, comm), the errno by name
+/// (`"EPERM"`) and an access including `access`; gives it for the layer's
+/// own fields.
+pub fn expect_file_denial(
+    tail: &Tail,
+    identity: &str,
+    pid: u64,
+    path: &str,
+    access: &str,
+    errno: &str,
+) -> Value {
+    let ev = tail.expect(|e| e["kind"] == "file" && e["file"]["path"] == path);
+    assert_event_source(&ev, "file", identity, pid);
+    assert_eq!(ev["verdict"], "deny", "{ev:#}");
+    assert_eq!(ev["file"]["errno"], errno, "{ev:#}");
+    assert!(
+        ev["file"]["access"].as_str().unwrap_or("").contains(access),
+        "access {access}: {ev:#}"
+    );
+    ev
+}
+
+/// `expect_file_denial` for a refusal by the BPF LSM program (EPERM).
+pub fn expect_lsm_denial(tail: &Tail, identity: &str, pid: u64, path: &str, access: &str) -> Value {
+    let ev = expect_file_denial(tail, identity, pid, path, access, "EPERM");
+    assert_eq!(ev["file"]["layer"], "lsm", "{ev:#}");
+    ev
 }

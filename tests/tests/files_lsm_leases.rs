@@ -7,22 +7,15 @@
 //! withheld — never widened — and the lease says so; the first test proves
 //! that natively. The kernel half runs in `cargo xtask vm-test`'s guest.
 
-use std::{
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use corral_tests::*;
+use corral_tests::{lease::PROBE_WAIT, *};
 use serde_json::{Value, json};
-
-const EACCES: i64 = 13;
 
 struct Lab {
     d: Option<Daemon>,
     dirs: Dirs,
-    root: PathBuf,
-    _base: tempfile::TempDir,
+    t: ScratchTree,
 }
 
 impl Lab {
@@ -40,33 +33,29 @@ impl Lab {
         if !is_root() {
             return None;
         }
-        let base = tempfile::tempdir().expect("tempdir");
+        // The tree under `tree/`, the daemon's dirs beside it.
+        let t = ScratchTree::new(
+            &["tree/refunds/secret", "tree/notes"],
+            &[
+                "tree/refunds/r.txt",
+                "tree/refunds/secret/s.txt",
+                "tree/notes/n.txt",
+            ],
+        );
         // Root's alone, as the daemon's state dir is under systemd (0700).
-        std::fs::set_permissions(
-            base.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o700),
-        )
-        .expect("chmod");
-        let root = std::fs::canonicalize(base.path())
-            .expect("real path")
-            .join("tree");
-        for d in ["refunds/secret", "notes"] {
-            std::fs::create_dir_all(root.join(d)).expect("mkdir");
-        }
-        for f in ["refunds/r.txt", "refunds/secret/s.txt", "notes/n.txt"] {
-            std::fs::write(root.join(f), "data\n").expect("write");
-        }
-        let dirs = Dirs::new(base.path());
-        let probe = std::fs::canonicalize(probe_bin()).expect("probe");
+        std::fs::set_permissions(&t.root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .expect("chmod");
+        let dirs = Dirs::new(&t.root);
         let policy = format!(
             "[identity]\nname = \"agent\"\n[files]\n\
-             read = [\"/usr/\", \"/lib/\", \"/lib64/\", \"/etc/\", \"/proc/\", \"{root}/\", \"{probe}\"]\n\
+             read = [{sys}, \"{root}/\", \"{probe}\"]\n\
              write = [\"/dev/null\"]\ndeny = [\"{root}/refunds/secret/\"]\n\
              [leases]\nmax_ttl = \"1m\"\nscopes = [\"refunds:issue\", \"tickets:read\"]\n\
              {rotate}\n\
              [[leases.grant]]\nscope = \"refunds:issue\"\nfiles = {{ write = [\"{root}/refunds/\"] }}\n",
-            root = root.display(),
-            probe = probe.display(),
+            sys = toml_list(&PROBE_SYSTEM_READ),
+            root = t.p("tree"),
+            probe = probe_real(),
         );
         std::fs::write(dirs.policy_dir.join("agent.toml"), policy).expect("policy");
         for (name, text) in others {
@@ -76,8 +65,7 @@ impl Lab {
         Some(Lab {
             d: Some(d),
             dirs,
-            root,
-            _base: base,
+            t,
         })
     }
 
@@ -86,18 +74,7 @@ impl Lab {
     }
 
     fn p(&self, rel: &str) -> String {
-        self.root.join(rel).display().to_string()
-    }
-
-    fn lsm(&self) -> bool {
-        let m = self.d().status()["daemon"]["mechanisms"]
-            .as_array()
-            .and_then(|m| m.iter().find(|m| m["name"] == "bpf lsm: files").cloned())
-            .unwrap_or(Value::Null);
-        if std::env::var_os("CORRAL_VM").is_some() {
-            assert_eq!(m["state"], "enforcing", "BPF LSM in the VM: {m}");
-        }
-        m["state"] == "enforcing"
+        self.t.p(&format!("tree/{rel}"))
     }
 
     fn issue(&self, scopes: &[&str], ttl: &str) -> Value {
@@ -120,19 +97,6 @@ impl Lab {
         self.d()
             .probe_as("agent", &["pid", "open", &self.p(rel), "w", "sleep", "0.3"])
     }
-
-    fn spawn(&self, steps: &[&str]) -> Child {
-        Command::new(corral_bin())
-            .arg("--socket")
-            .arg(&self.dirs.socket)
-            .args(["run", "--identity", "agent", "--"])
-            .arg(probe_bin())
-            .args(steps)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("probe")
-    }
 }
 
 impl Drop for Lab {
@@ -145,34 +109,11 @@ impl Drop for Lab {
 
 /// The refused write's event: who, what, and the leases held at the time.
 fn write_event(tail: &Tail, pid: u64, path: &str, errno: &str) -> Value {
-    let ev = tail.expect(|e| e["kind"] == "file" && e["file"]["path"] == path);
-    assert_eq!(ev["identity"], "agent", "{ev:#}");
-    assert_eq!(ev["tgid"].as_u64(), Some(pid), "{ev:#}");
-    assert_eq!(ev["comm"], "corral-probe", "{ev:#}");
-    assert_eq!(ev["verdict"], "deny", "{ev:#}");
-    assert_eq!(ev["file"]["errno"], errno, "{ev:#}");
-    assert!(
-        ev["file"]["access"]
-            .as_str()
-            .unwrap_or("")
-            .contains("write"),
-        "{ev:#}"
-    );
-    ev
+    expect_file_denial(tail, "agent", pid, path, "write", errno)
 }
 
 fn writable_outside(path: &str) {
-    let out = probe_outside(&["open", path, "w"]);
-    assert_eq!(out.step("open", 0)["ok"], true, "untagged: {out:#?}");
-}
-
-fn wait(mut child: Child) -> ProbeRun {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "probe hung");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    ProbeRun::from(child.wait_with_output().expect("probe"))
+    probe_outside(&["open", path, "w"]).assert_ok("open", 0);
 }
 
 /// Without BPF LSM the grant is withheld: the write stays refused (by
@@ -180,7 +121,7 @@ fn wait(mut child: Child) -> ProbeRun {
 #[test]
 fn without_bpf_lsm_file_grants_are_withheld_and_said_so() {
     let Some(lab) = Lab::start() else { return };
-    if lab.lsm() {
+    if lab.d().bpf_lsm_enforcing() {
         eprintln!("BPF LSM enforcing: the kernel tests below cover this host");
         return;
     }
@@ -196,7 +137,7 @@ fn without_bpf_lsm_file_grants_are_withheld_and_said_so() {
     );
     let tail = lab.d().tail(Some("agent"));
     let r = lab.write("refunds/r.txt");
-    assert_eq!(r.step("open", 0)["errno"], EACCES, "{r:#?}");
+    r.assert_errno("open", 0, EACCES);
     let ev = write_event(&tail, r.pid(), &lab.p("refunds/r.txt"), "EACCES");
     assert_eq!(ev["file"]["layer"], "landlock", "{ev:#}");
     assert_eq!(ev["leases"][0]["id"], v["id"], "{ev:#}");
@@ -206,17 +147,15 @@ fn without_bpf_lsm_file_grants_are_withheld_and_said_so() {
 #[test]
 fn a_file_grant_opens_writes_and_ends_in_the_kernel_with_the_daemon_stopped() {
     let Some(mut lab) = Lab::start() else { return };
-    if !lab.lsm() {
-        eprintln!("skipping: BPF LSM unavailable (proven in cargo xtask vm-test)");
+    if !lab.d().bpf_lsm_or_skip() {
         return;
     }
     let target = lab.p("refunds/r.txt");
     let tail = lab.d().tail(Some("agent"));
     // No lease: refused in the kernel, with the event; fine untagged.
     let r = lab.write("refunds/r.txt");
-    assert_eq!(r.step("open", 0)["errno"], EPERM, "{r:#?}");
-    let ev = write_event(&tail, r.pid(), &target, "EPERM");
-    assert_eq!(ev["file"]["layer"], "lsm", "{ev:#}");
+    r.assert_eperm("open", 0);
+    let ev = expect_lsm_denial(&tail, "agent", r.pid(), &target, "write");
     assert_eq!(ev["leases"], json!([]), "{ev:#}");
     writable_outside(&target);
 
@@ -225,35 +164,30 @@ fn a_file_grant_opens_writes_and_ends_in_the_kernel_with_the_daemon_stopped() {
     let issued = Instant::now();
     // Granted now, the deny beneath still wins, and after the lease's end
     // refused again, with no daemon to take the grant out.
-    let child = lab.spawn(&[
-        "pid",
-        "open",
-        &target,
-        "w",
-        "open",
-        &lab.p("refunds/secret/s.txt"),
-        "w",
-        "sleep",
-        "4.5",
-        "open",
-        &target,
-        "w",
-    ]);
+    let child = lab.d().spawn_probe_as(
+        "agent",
+        &[
+            "pid",
+            "open",
+            &target,
+            "w",
+            "open",
+            &lab.p("refunds/secret/s.txt"),
+            "w",
+            "sleep",
+            "4.5",
+            "open",
+            &target,
+            "w",
+        ],
+    );
     std::thread::sleep(Duration::from_millis(700));
     let d = lab.d.take().expect("running");
     d.stop_keep_pins();
-    let r = wait(child);
-    assert_eq!(r.step("open", 0)["ok"], true, "granted: {r:#?}");
-    assert_eq!(
-        r.step("open", 1)["errno"],
-        EPERM,
-        "deny beats the grant: {r:#?}"
-    );
-    assert_eq!(
-        r.step("open", 2)["errno"],
-        EPERM,
-        "ended with no daemon: {r:#?}"
-    );
+    let r = child.finish_within(PROBE_WAIT);
+    r.assert_ok("open", 0); // granted
+    r.assert_eperm("open", 1); // deny beats the grant
+    r.assert_eperm("open", 2); // ended with no daemon
     assert!(issued.elapsed() > Duration::from_secs(3));
     writable_outside(&target);
 
@@ -267,8 +201,7 @@ fn a_file_grant_opens_writes_and_ends_in_the_kernel_with_the_daemon_stopped() {
 #[test]
 fn revoking_the_lease_closes_the_file_grant_and_events_name_it() {
     let Some(lab) = Lab::start() else { return };
-    if !lab.lsm() {
-        eprintln!("skipping: BPF LSM unavailable (proven in cargo xtask vm-test)");
+    if !lab.d().bpf_lsm_or_skip() {
         return;
     }
     let target = lab.p("refunds/r.txt");
@@ -282,8 +215,8 @@ fn revoking_the_lease_closes_the_file_grant_and_events_name_it() {
             "pid", "open", &target, "w", "open", &other, "w", "sleep", "0.3",
         ],
     );
-    assert_eq!(r.step("open", 0)["ok"], true, "granted: {r:#?}");
-    assert_eq!(r.step("open", 1)["errno"], EPERM, "not granted: {r:#?}");
+    r.assert_ok("open", 0); // granted
+    r.assert_eperm("open", 1); // not granted
     // A denial under the lease names it.
     let ev = write_event(&tail, r.pid(), &other, "EPERM");
     assert_eq!(
@@ -298,7 +231,7 @@ fn revoking_the_lease_closes_the_file_grant_and_events_name_it() {
     assert!(out.status.success(), "{out:?}");
     let r = lab.write("refunds/r.txt");
     eprintln!("revoke → kernel refuses the write again: {:?}", t.elapsed());
-    assert_eq!(r.step("open", 0)["errno"], EPERM, "revoked: {r:#?}");
+    r.assert_eperm("open", 0); // revoked
     let ev = write_event(&tail, r.pid(), &target, "EPERM");
     assert_eq!(ev["leases"], json!([]), "{ev:#}");
     writable_outside(&target);
@@ -336,7 +269,7 @@ fn a_rotated_token_is_its_owners_and_only_its_identity_reads_it() {
         assert!(Instant::now() < deadline, "{}", lab.d().log_text());
         std::thread::sleep(Duration::from_millis(50));
     }
-    if !lab.lsm() {
+    if !lab.d().bpf_lsm_enforcing() {
         eprintln!("skipping the kernel half: BPF LSM unavailable (proven in cargo xtask vm-test)");
         return;
     }
@@ -345,15 +278,9 @@ fn a_rotated_token_is_its_owners_and_only_its_identity_reads_it() {
     let r = lab
         .d()
         .probe_as("other", &["pid", "open", &t, "r", "sleep", "0.3"]);
-    assert_eq!(
-        r.step("open", 0)["errno"],
-        EPERM,
-        "another identity: {r:#?}"
-    );
+    r.assert_eperm("open", 0); // another identity
     let ev = tail.expect(|e| e["kind"] == "file" && e["file"]["path"] == t.as_str());
-    assert_eq!(ev["identity"], "other", "{ev:#}");
-    assert_eq!(ev["tgid"].as_u64(), Some(r.pid()), "{ev:#}");
-    assert_eq!(ev["comm"], "corral-probe", "{ev:#}");
+    assert_event_source(&ev, "file", "other", r.pid());
     assert!(
         ev["rule"]
             .as_str()
@@ -362,7 +289,6 @@ fn a_rotated_token_is_its_owners_and_only_its_identity_reads_it() {
         "{ev:#}"
     );
     let r = lab.d().probe_as("agent", &["pid", "open", &t, "r"]);
-    assert_eq!(r.step("open", 0)["ok"], true, "its own identity: {r:#?}");
-    let out = probe_outside(&["open", &t, "r"]);
-    assert_eq!(out.step("open", 0)["ok"], true, "untagged root: {out:#?}");
+    r.assert_ok("open", 0); // its own identity
+    probe_outside(&["open", &t, "r"]).assert_ok("open", 0); // untagged root
 }

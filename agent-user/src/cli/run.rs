@@ -177,7 +177,7 @@ pub fn run(client: &Client, args: &RunArgs) -> anyhow::Result<u8> {
 
 /// Root inside an identity is not held by the cgroup programs: it can move
 /// itself out of the identity's cgroup, after which nothing Corral enforces
-/// applies. `corral run` says so on every start (tests/tests/bypass_net.rs
+/// applies. `corral run` says so on every start (tests/tests/bypass_net_cgroup.rs
 /// shows each way out).
 fn root_warning(identity: &str, policy: &serde_json::Value) -> String {
     let files = &policy["files"];

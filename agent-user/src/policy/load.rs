@@ -457,16 +457,18 @@ fn error_in(
     src.error_at(src.offset_in_string(&s.span(), s.get_ref(), inner), message)
 }
 
-/// Host names the network rules of a policy text mention, sorted, without
-/// resolving them (for `corral policy show`); empty when the text does not
-/// parse.
+/// Host names the network rules (and lease grants) of a policy text
+/// mention, sorted, without resolving them (for `corral policy show`);
+/// empty when the text does not parse.
 pub fn host_names(text: &str) -> Vec<String> {
     let Ok(raw) = toml::from_str::<RawPolicy>(text) else {
         return Vec::new();
     };
     let net = raw.network.unwrap_or_default();
+    let grants = raw.leases.map(|l| l.grant).unwrap_or_default();
     let mut names: Vec<String> = [&net.allow, &net.deny, &net.bind]
         .into_iter()
+        .chain(grants.iter().map(|g| &g.network))
         .flatten()
         .filter_map(|r| match rule::parse_rule(r.get_ref()).ok()?.target {
             Target::Host { name, .. } => Some(name),

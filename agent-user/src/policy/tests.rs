@@ -501,3 +501,23 @@ fn star_matches_both_families() {
     );
     assert_eq!(decision(&t, CLASS_TCP, "192.0.2.1", 80), None);
 }
+
+/// Grant host names go through the same resolver (the daemon's cache, whose
+/// refresher re-applies the policy when an answer changes) and are listed
+/// with the identity's other names.
+#[test]
+fn grant_host_names_are_resolved_and_listed_like_network_ones() {
+    let text = "[identity]\nname = \"t\"\n[network]\nallow = [\"tcp://10.0.0.1:80\"]\n\
+        [leases]\nscopes = [\"a\"]\n[[leases.grant]]\nscope = \"a\"\n\
+        network = [\"tcp://api.internal.example:443\"]\n";
+    let asked = std::cell::RefCell::new(Vec::new());
+    let p = parse_str(Path::new("p/t.toml"), text, &|h| {
+        asked.borrow_mut().push(h.to_string());
+        resolver(h)
+    })
+    .expect("loads");
+    assert_eq!(*asked.borrow(), ["api.internal.example"]);
+    let g = &p.leases.expect("leases").grants[0];
+    assert_eq!(g.network.len(), 3, "one rule per address: {:?}", g.network);
+    assert_eq!(load::host_names(text), ["api.internal.example"]);
+}

@@ -14,7 +14,7 @@
 //!       BPF-LSM steps: see `probe_steps/lsm.rs` (openat2, uring-open, bpf-map, signal, ...)
 //!       lease steps: see `probe_steps/lease.rs` (lease-call, lease-exit-race, watch-deny, burst, ...)
 //!       syscall steps: see `probe_steps/syscalls.rs` (sys, sys-thread, sys-exec, socket, ...)
-//!       network bypass steps: see `probe_steps/bypass.rs` (bp-uring-connect, bp-lsrr, ...)
+//!       network bypass steps: see `probe_steps/bypass/` (bp-uring-connect, bp-lsrr, ...)
 //! Steps chain: `probe pid connect 127.0.0.1 80 exit 3`.
 
 #[path = "probe_steps/bypass/mod.rs"]
@@ -27,6 +27,8 @@ mod lease_steps;
 mod lsm_steps;
 #[path = "probe_steps/syscalls.rs"]
 mod syscall_steps;
+#[path = "probe_steps/uring.rs"]
+mod uring;
 
 use std::{
     io::Write as _,

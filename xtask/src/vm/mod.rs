@@ -35,7 +35,12 @@ pub const APT_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio"]
 
 const MARKER: &str = "CORRAL-VM-RESULT:";
 /// Tests proven in the guest: every test of these binaries...
-const GUEST_TESTS: &[&str] = &["files_lsm", "files_lsm_leases"];
+const GUEST_TESTS: &[&str] = &[
+    "files_lsm",
+    "files_lsm_bypass",
+    "files_lsm_protect",
+    "files_lsm_leases",
+];
 /// ...plus one network test as a sanity check of the rest of Corral there.
 const SANITY_TEST: (&str, &str) = (
     "network",

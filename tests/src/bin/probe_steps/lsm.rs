@@ -15,7 +15,10 @@
 
 use std::{ffi::CString, io, os::unix::ffi::OsStrExt as _, path::Path};
 
-use super::emit;
+use super::{
+    emit,
+    uring::{Ring, Sqe},
+};
 
 pub fn is_step(op: &str) -> bool {
     matches!(
@@ -110,126 +113,22 @@ fn openat2(path: &str) -> io::Result<()> {
     Ok(())
 }
 
-// --- io_uring, by hand (no crate): one IORING_OP_OPENAT -----------------------
+// --- io_uring (the ring: `probe_steps/uring.rs`): one IORING_OP_OPENAT ------
 
-#[repr(C)]
-#[derive(Default)]
-struct SqOffsets {
-    head: u32,
-    tail: u32,
-    ring_mask: u32,
-    ring_entries: u32,
-    flags: u32,
-    dropped: u32,
-    array: u32,
-    resv1: u32,
-    user_addr: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct CqOffsets {
-    head: u32,
-    tail: u32,
-    ring_mask: u32,
-    ring_entries: u32,
-    overflow: u32,
-    cqes: u32,
-    flags: u32,
-    resv1: u32,
-    user_addr: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct UringParams {
-    sq_entries: u32,
-    cq_entries: u32,
-    flags: u32,
-    sq_thread_cpu: u32,
-    sq_thread_idle: u32,
-    features: u32,
-    wq_fd: u32,
-    resv: [u32; 3],
-    sq_off: SqOffsets,
-    cq_off: CqOffsets,
-}
-
-const IORING_OFF_SQ_RING: i64 = 0;
-const IORING_OFF_CQ_RING: i64 = 0x800_0000;
-const IORING_OFF_SQES: i64 = 0x1000_0000;
 const IORING_OP_OPENAT: u8 = 18;
-const IORING_ENTER_GETEVENTS: u32 = 1;
-
-fn map(fd: i32, len: usize, off: i64) -> io::Result<*mut u8> {
-    // SAFETY: a fresh shared mapping of the ring fd.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_POPULATE,
-            fd,
-            off,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(p.cast())
-}
 
 /// Opens `path` read-only through io_uring; the CQE's result is the errno.
 fn uring_open(path: &str) -> io::Result<()> {
     let c = cstr(path);
-    let mut p = UringParams::default();
-    // SAFETY: params outlive the call.
-    let fd =
-        check(unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, &mut p as *mut _) })? as i32;
-    let sq_len = p.sq_off.array as usize + p.sq_entries as usize * 4;
-    let cq_len = p.cq_off.cqes as usize + p.cq_entries as usize * 16;
-    let r = (|| {
-        let sq = map(fd, sq_len, IORING_OFF_SQ_RING)?;
-        let cq = map(fd, cq_len, IORING_OFF_CQ_RING)?;
-        let sqes = map(fd, 64 * p.sq_entries as usize, IORING_OFF_SQES)?;
-        // SAFETY: offsets come from the kernel for these mappings; one
-        // entry, written before the tail is published.
-        unsafe {
-            std::ptr::write_bytes(sqes, 0, 64);
-            *sqes = IORING_OP_OPENAT;
-            *(sqes.add(4) as *mut i32) = libc::AT_FDCWD;
-            *(sqes.add(16) as *mut u64) = c.as_ptr() as u64;
-            *(sqes.add(28) as *mut u32) = (libc::O_RDONLY | libc::O_CLOEXEC) as u32;
-            *(sqes.add(32) as *mut u64) = 0xc0ffee;
-            let mask = *(sq.add(p.sq_off.ring_mask as usize) as *const u32);
-            let tail_p = sq.add(p.sq_off.tail as usize) as *const std::sync::atomic::AtomicU32;
-            let tail = (*tail_p).load(std::sync::atomic::Ordering::Acquire);
-            *(sq.add(p.sq_off.array as usize) as *mut u32).add((tail & mask) as usize) = 0;
-            (*tail_p).store(tail + 1, std::sync::atomic::Ordering::Release);
-            check(libc::syscall(
-                libc::SYS_io_uring_enter,
-                fd,
-                1u32,
-                1u32,
-                IORING_ENTER_GETEVENTS,
-                std::ptr::null::<u8>(),
-                0usize,
-            ))?;
-            let cmask = *(cq.add(p.cq_off.ring_mask as usize) as *const u32);
-            let head_p = cq.add(p.cq_off.head as usize) as *const std::sync::atomic::AtomicU32;
-            let head = (*head_p).load(std::sync::atomic::Ordering::Acquire);
-            let cqe = cq.add(p.cq_off.cqes as usize + 16 * (head & cmask) as usize);
-            let res = *(cqe.add(8) as *const i32);
-            (*head_p).store(head + 1, std::sync::atomic::Ordering::Release);
-            if res < 0 {
-                return Err(io::Error::from_raw_os_error(-res));
-            }
-            close(res);
-        }
-        Ok(())
-    })();
+    let fd = Ring::new(false)?.run(Sqe {
+        opcode: IORING_OP_OPENAT,
+        fd: libc::AT_FDCWD,
+        addr: c.as_ptr() as u64,
+        op_flags: (libc::O_RDONLY | libc::O_CLOEXEC) as u32,
+        ..Sqe::default()
+    })?;
     close(fd);
-    r
+    Ok(())
 }
 
 /// clone3 with CLONE_INTO_CGROUP: the child starts in `dir`'s cgroup and

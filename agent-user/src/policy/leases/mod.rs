@@ -8,7 +8,11 @@
 //! live leases to an identity's rules, each with its lease's expiry, which
 //! the kernel compares with `CLOCK_BOOTTIME` on every decision.
 
-use std::collections::{BTreeSet, HashMap};
+mod grants;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,11 +20,13 @@ use std::time::Duration;
 use serde::Serialize;
 use toml::Spanned;
 
-use super::compile::{compile_network, compile_worst_case, digest};
-use super::error::{PolicyError, PolicyErrors, Source};
-use super::files::{ACCESS_EXEC, ACCESS_READ, ACCESS_WRITE, FileList, FileRule, check_file_path};
+use super::error::{PolicyError, Source};
+use super::files::check_file_path;
 use super::raw::{RawAnomaly, RawLeases};
-use super::{Action, IdentityPolicy, NetRule, NetTables, Origin};
+use super::{IdentityPolicy, NetRule, Origin};
+
+pub(crate) use grants::check_fit;
+pub use grants::{LiveGrant, with_grants};
 
 /// Rule ids of grant rules start here, far above any policy's own ids, so an
 /// id in an event or a kernel map says "lease grant" by itself.
@@ -394,13 +400,16 @@ fn build_leases(
                 None
             }
         });
-        let owner = r.owner.as_ref().and_then(|o| match token_owner(o.get_ref()) {
-            Ok(t) => Some(t),
-            Err(message) => {
-                errors.push(at(src, o, message));
-                None
-            }
-        });
+        let owner = r
+            .owner
+            .as_ref()
+            .and_then(|o| match token_owner(o.get_ref()) {
+                Ok(t) => Some(t),
+                Err(message) => {
+                    errors.push(at(src, o, message));
+                    None
+                }
+            });
         Rotate {
             scopes,
             ttl_s: ttl.as_secs().max(2),
@@ -478,144 +487,6 @@ fn build_anomaly(
     }
 }
 
-/// Every grant active at once must compile: the kernel's per-prefix limit
-/// is checked here, at load time, rather than when a lease is issued. Grant
-/// rules are compiled as expiring rules that never hide one another, the
-/// largest lists any set of live leases can produce (several leases of one
-/// scope collapse to one entry per rule: the later-expiring hides the rest).
-pub(crate) fn check_fit(p: &IdentityPolicy) -> Result<(), PolicyErrors> {
-    let Some(lp) = &p.leases else {
-        return Ok(());
-    };
-    if lp.grants.iter().all(|g| g.network.is_empty()) {
-        return Ok(());
-    }
-    let all = LiveGrant {
-        lease: "check".into(),
-        scopes: lp.scopes.clone(),
-        expires_ns: u64::MAX,
-    };
-    let probe = add_grants(p, std::slice::from_ref(&all), 0);
-    compile_worst_case(&probe)
-        .map(|_| ())
-        .map_err(|PolicyErrors(es)| {
-            PolicyErrors(
-                es.into_iter()
-                    .map(|mut e| {
-                        e.message = format!("with every [[leases.grant]] active: {}", e.message);
-                        e
-                    })
-                    .collect(),
-            )
-        })
-}
-
-/// One live lease of an identity, as the kernel rules need it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LiveGrant {
-    pub lease: String,
-    pub scopes: Vec<String>,
-    /// `CLOCK_BOOTTIME` nanoseconds at which the lease ends.
-    pub expires_ns: u64,
-}
-
-/// The grant rule behind a rule id: (lease slot, rule index in the lease).
-#[cfg(test)]
-fn grant_slot(rule_id: u32) -> Option<(u32, u32)> {
-    let off = rule_id.checked_sub(GRANT_RULE_BASE)?;
-    Some((off / GRANT_IDS_PER_LEASE, off % GRANT_IDS_PER_LEASE))
-}
-
-fn add_grants(base: &IdentityPolicy, live: &[LiveGrant], now_boot_ns: u64) -> IdentityPolicy {
-    let mut p = base.clone();
-    let Some(lp) = &base.leases else {
-        return p;
-    };
-    let live = live.iter().filter(|g| g.expires_ns > now_boot_ns);
-    for (slot, g) in live.take(MAX_LIVE_LEASES).enumerate() {
-        let first = GRANT_RULE_BASE + slot as u32 * GRANT_IDS_PER_LEASE;
-        let mut next = 0u32;
-        for scope in &g.scopes {
-            for grant in lp.grants_of(scope) {
-                // Rules written once but expanded (`*`, host names) share an id.
-                let mut ids: HashMap<u32, u32> = HashMap::new();
-                for r in &grant.network {
-                    let id = *ids.entry(r.id).or_insert_with(|| {
-                        next += 1;
-                        first + next.min(GRANT_IDS_PER_LEASE - 1)
-                    });
-                    let mut r = r.clone();
-                    r.id = id;
-                    r.text = format!("{} [lease {} scope {}]", r.text, g.lease, scope);
-                    p.network.expires.insert(id, g.expires_ns);
-                    p.network.rules.push(r);
-                }
-                if p.files.confined {
-                    for rule in file_grants(grant, &p.files, &g.lease, scope) {
-                        next += 1;
-                        let id = first + next.min(GRANT_IDS_PER_LEASE - 1);
-                        p.files.expires.insert(id, g.expires_ns);
-                        p.files.rules.push(FileRule { id, ..rule });
-                    }
-                }
-            }
-        }
-    }
-    p
-}
-
-/// A grant's file paths as `[files]` rules (id 0: the caller numbers them),
-/// with the access bits a written `read`/`write` rule would carry.
-fn file_grants(grant: &Grant, files: &super::FilePolicy, lease: &str, scope: &str) -> Vec<FileRule> {
-    let exec = if files.exec_restricted { 0 } else { ACCESS_EXEC };
-    let lists = [
-        (&grant.files_read, FileList::Read, ACCESS_READ | exec),
-        (
-            &grant.files_write,
-            FileList::Write,
-            ACCESS_READ | ACCESS_WRITE | exec,
-        ),
-    ];
-    let mut out = Vec::new();
-    for (paths, list, access) in lists {
-        for path in paths {
-            out.push(FileRule {
-                id: 0,
-                path: path.clone(),
-                beneath: path.ends_with('/'),
-                access,
-                action: Action::Allow,
-                list,
-                text: format!("{path} [lease {lease} scope {scope}]"),
-                origin: grant.origin.clone(),
-            });
-        }
-    }
-    out
-}
-
-/// `base` with the grants of the leases in `live` (those not yet ended at
-/// `now_boot_ns`), compiled, with its digest updated. Lease slots follow the
-/// order of `live`.
-pub fn with_grants(
-    base: &IdentityPolicy,
-    live: &[LiveGrant],
-    now_boot_ns: u64,
-) -> Result<(IdentityPolicy, NetTables), PolicyErrors> {
-    let mut p = add_grants(base, live, now_boot_ns);
-    let tables = compile_network(&p)?;
-    if p.network.expires.len() != base.network.expires.len()
-        || p.files.expires.len() != base.files.expires.len()
-    {
-        // The written policy's digest covers every section; the grants
-        // change the network tables and the file rules, which `digest`
-        // covers.
-        p.digest =
-            base.digest.rotate_left(29) ^ digest(&p, &tables).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-    Ok((p, tables))
-}
-
 /// What of `[leases]` and `[anomaly]` the digest covers: everything but
 /// positions (moving a line is not a change).
 pub(crate) fn fingerprint(p: &IdentityPolicy) -> String {
@@ -657,257 +528,4 @@ pub(crate) fn fingerprint(p: &IdentityPolicy) -> String {
         );
     }
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use agent_common::net::{ACTION_ALLOW, CLASS_TCP};
-
-    use super::super::{Action, decide, parse_str};
-    use super::*;
-
-    fn parse(text: &str) -> Result<IdentityPolicy, PolicyErrors> {
-        parse_str(Path::new("p/t.toml"), text, &|h| {
-            Err(std::io::Error::other(format!("no DNS in tests ({h})")))
-        })
-    }
-
-    const BASE: &str = "[identity]\nname = \"t\"\n[network]\n\
-        allow = [\"tcp://10.0.0.0/8:443\"]\ndeny = [\"tcp://10.30.0.0/16:*\"]\n";
-
-    fn leased(extra: &str) -> IdentityPolicy {
-        parse(&format!("{BASE}{extra}")).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    const LEASES: &str = "[leases]\nmax_ttl = \"15m\"\n\
-        scopes = [\"tickets:read\", \"refunds:issue\"]\napproval = [\"refunds:issue\"]\n\
-        [[leases.grant]]\nscope = \"refunds:issue\"\nnetwork = [\"tcp://10.30.0.5:8443\"]\n\
-        files = { write = [\"/srv/refunds/\"] }\n\
-        [anomaly]\nmax_denials = 50\nwindow = \"60s\"\nactions = [\"alert\", \"revoke-leases\", \"freeze\"]\n";
-
-    #[test]
-    fn parses_the_issue_example() {
-        let p = leased(LEASES);
-        let l = p.leases.as_ref().expect("leases");
-        assert_eq!(l.max_ttl_s, 900);
-        assert_eq!(l.scopes, ["tickets:read", "refunds:issue"]);
-        assert!(l.needs_approval("refunds:issue"));
-        assert_eq!(l.grants[0].network.len(), 1);
-        assert_eq!(l.grants[0].files_write, ["/srv/refunds/"]);
-        assert_eq!((l.grants[0].origin.line, l.grants[0].origin.col), (11, 10));
-        let a = p.anomaly.as_ref().expect("anomaly");
-        assert_eq!((a.max_denials, a.window_ms), (50, 60_000));
-        assert_eq!(a.actions.len(), 3);
-    }
-
-    #[test]
-    fn token_owner_and_file_grants_are_checked_at_load() {
-        let rotate = |owner: &str| {
-            parse(&format!(
-                "{BASE}[leases]\nscopes = [\"a\"]\n[leases.rotate]\nscopes = [\"a\"]\nowner = \"{owner}\"\n"
-            ))
-        };
-        let p = rotate("root").expect("root exists");
-        let o = p.leases.and_then(|l| l.rotate).and_then(|r| r.owner).expect("owner");
-        assert_eq!((o.uid, o.gid), (0, 0));
-        let p = rotate("1234:5678").expect("numbers need no lookup");
-        let o = p.leases.and_then(|l| l.rotate).and_then(|r| r.owner).expect("owner");
-        assert_eq!((o.uid, o.gid), (1234, 5678));
-        let e = rotate("no-such-user-here").expect_err("unknown").to_string();
-        assert!(
-            e.starts_with("p/t.toml:10:10: token owner `no-such-user-here` is not a user"),
-            "{e}"
-        );
-        assert!(rotate("1:x").is_err());
-        let e = parse(&format!(
-            "{BASE}[leases]\nscopes = [\"a\"]\n[[leases.grant]]\nscope = \"a\"\n\
-             files = {{ write = [\"/srv//x/\", \"/{}\"] }}\n",
-            "y/".repeat(150)
-        ))
-        .expect_err("bad paths")
-        .to_string();
-        assert!(e.contains("file grant: file path `/srv//x/` is not normalised"), "{e}");
-        assert!(e.contains("file grant: file rule is 301 bytes"), "{e}");
-    }
-
-    #[test]
-    fn errors_point_at_the_value() {
-        let e = parse(&format!(
-            "{BASE}[leases]\nscopes = [\"a\"]\napproval = [\"b\"]\nmax_ttl = \"2x\"\n\
-             [[leases.grant]]\nscope = \"a\"\nnetwork = [\"tcp://10.0.0.1/33:1\"]\n\
-             [anomaly]\nmax_denials = 0\nwindow = \"1m\"\nactions = [\"nuke\"]\n"
-        ))
-        .expect_err("bad");
-        let shown: Vec<String> = e.0.iter().map(|e| e.to_string()).collect();
-        assert!(
-            shown
-                .iter()
-                .any(|s| s.starts_with("p/t.toml:8:14: `approval` names scope `b`")),
-            "{shown:#?}"
-        );
-        assert!(
-            shown
-                .iter()
-                .any(|s| s.starts_with("p/t.toml:9:12: bad max_ttl `2x`")),
-            "{shown:#?}"
-        );
-        assert!(
-            shown
-                .iter()
-                .any(|s| s.starts_with("p/t.toml:12:") && s.contains("33")),
-            "{shown:#?}"
-        );
-        assert!(
-            shown
-                .iter()
-                .any(|s| s.starts_with("p/t.toml:14:15: max_denials 0")),
-            "{shown:#?}"
-        );
-        assert!(
-            shown
-                .iter()
-                .any(|s| s.starts_with("p/t.toml:16:13: bad action `nuke`")),
-            "{shown:#?}"
-        );
-        let unknown =
-            parse(&format!("{BASE}[leases]\nscopes = []\nmaxttl = \"1m\"\n")).expect_err("bad");
-        assert!(
-            unknown.0[0]
-                .to_string()
-                .starts_with("p/t.toml:8:1: unknown field `maxttl`"),
-            "{unknown}"
-        );
-    }
-
-    #[test]
-    fn approval_scopes_cannot_rotate() {
-        let e = parse(&format!(
-            "{BASE}[leases]\nscopes = [\"a\"]\napproval = [\"a\"]\n[leases.rotate]\nscopes = [\"a\"]\n"
-        ))
-        .expect_err("bad");
-        assert!(e.to_string().contains("needs approval"), "{e}");
-    }
-
-    #[test]
-    fn digest_covers_leases_not_positions() {
-        let a = leased(LEASES);
-        let moved = leased(&format!("\n\n{LEASES}"));
-        assert_eq!(a.digest, moved.digest);
-        let other = leased(&LEASES.replace("8443", "8444"));
-        assert_ne!(a.digest, other.digest);
-        let ttl = leased(&LEASES.replace("15m", "10m"));
-        assert_ne!(a.digest, ttl.digest);
-    }
-
-    #[test]
-    fn grants_get_lease_ids_and_expiry() {
-        let p = leased(LEASES);
-        let live = [LiveGrant {
-            lease: "abc".into(),
-            scopes: vec!["refunds:issue".into()],
-            expires_ns: 5_000,
-        }];
-        let (g, t) = with_grants(&p, &live, 1_000).expect("compiles");
-        assert_ne!(g.digest, p.digest);
-        let r = g.network.rules.last().expect("grant rule");
-        assert_eq!(r.id, GRANT_RULE_BASE + 1);
-        assert_eq!(grant_slot(r.id), Some((0, 1)));
-        assert!(
-            r.describe().contains("[lease abc scope refunds:issue]"),
-            "{}",
-            r.describe()
-        );
-        // The /32 grant beats the /16 deny while it lives.
-        let ip = "10.30.0.5".parse().expect("ip");
-        assert_eq!(
-            decide(&t, CLASS_TCP, ip, 8443),
-            Some((Action::Allow, GRANT_RULE_BASE + 1))
-        );
-        let e = t.v4.iter().find(|e| e.prefix_len == 32).expect("/32");
-        assert_eq!(e.list.rules[0].expires_ns, 5_000);
-        assert_eq!(e.list.rules[0].action, ACTION_ALLOW);
-        // An ended lease adds nothing.
-        let (same, _) = with_grants(&p, &live, 6_000).expect("compiles");
-        assert_eq!(same.digest, p.digest);
-    }
-
-    /// Rules of the /32 entry for 10.0.0.1 as (ports, rule id, expiry).
-    fn list_for_host(p: &IdentityPolicy) -> Vec<(u16, u16, u32, u64)> {
-        let t = compile_network(p).expect("compiles");
-        let e = t.v4.iter().find(|e| e.prefix_len == 32).expect("/32 entry");
-        e.list.rules[..e.list.count as usize]
-            .iter()
-            .map(|r| (r.port_lo, r.port_hi, r.rule_id, r.expires_ns))
-            .collect()
-    }
-
-    #[test]
-    fn expiring_rules_hide_only_what_they_outlive() {
-        let p = parse(
-            "[identity]\nname = \"t\"\n[network]\nallow = [\"tcp://10.0.0.1:*\", \"tcp://10.0.0.0/24:80\", \"tcp://10.0.0.0/24:443\"]\n"
-        )
-        .expect("parses");
-        // Without expiry, the /32 `*` hides both /24 rules pushed under it.
-        assert_eq!(list_for_host(&p), [(0, 65535, 1, 0)]);
-        // An expiring /32 grant hides nothing that outlives it: after it
-        // ends, the /24 rules decide again.
-        let mut g = p.clone();
-        g.network.expires.insert(1, 100);
-        assert_eq!(
-            list_for_host(&g),
-            [(0, 65535, 1, 100), (80, 80, 2, 0), (443, 443, 3, 0)]
-        );
-        // It hides a rule that ends no later than it does.
-        g.network.expires.insert(2, 100);
-        g.network.expires.insert(3, 200);
-        assert_eq!(list_for_host(&g), [(0, 65535, 1, 100), (443, 443, 3, 200)]);
-        // A rule that never expires hides expiring ones as before.
-        let mut n = p.clone();
-        n.network.expires.insert(2, 100);
-        assert_eq!(list_for_host(&n), [(0, 65535, 1, 0)]);
-    }
-
-    #[test]
-    fn one_scope_held_by_several_leases_is_one_entry() {
-        let p = leased(LEASES);
-        let lease = |id: &str, exp| LiveGrant {
-            lease: id.into(),
-            scopes: vec!["refunds:issue".into()],
-            expires_ns: exp,
-        };
-        let (_, t) =
-            with_grants(&p, &[lease("a", 5_000), lease("b", 9_000)], 1_000).expect("compiles");
-        let e = t.v4.iter().find(|e| e.prefix_len == 32).expect("/32");
-        let grants: Vec<u64> = e.list.rules[..e.list.count as usize]
-            .iter()
-            .filter(|r| r.rule_id >= GRANT_RULE_BASE)
-            .map(|r| r.expires_ns)
-            .collect();
-        assert_eq!(grants, [9_000], "the longest-lived copy stands for both");
-    }
-
-    #[test]
-    fn too_many_grants_for_a_prefix_is_a_load_error() {
-        let grants: String = (0..20)
-            .map(|i| {
-                format!(
-                    "[[leases.grant]]\nscope = \"s{i}\"\nnetwork = [\"tcp://10.9.0.1:{}\"]\n",
-                    1000 + i
-                )
-            })
-            .collect();
-        let scopes: Vec<String> = (0..20).map(|i| format!("\"s{i}\"")).collect();
-        let e = parse(&format!(
-            "{BASE}[leases]\nscopes = [{}]\n{grants}",
-            scopes.join(", ")
-        ))
-        .expect_err("overflow");
-        assert!(
-            e.to_string()
-                .contains("with every [[leases.grant]] active: too many rules"),
-            "{e}"
-        );
-    }
 }

@@ -1,0 +1,80 @@
+//! Putting processes and cgroups under an identity.
+
+use std::path::{Path, PathBuf};
+
+use agent_common::maps;
+use tracing::info;
+
+use super::{EnforceError, Enforcer, Live, merr};
+use crate::{
+    cgroup,
+    daemon::{fileobs, loader},
+};
+
+impl Enforcer {
+    fn known(&self, name: &str) -> Result<&Live, EnforceError> {
+        self.live
+            .get(name)
+            .filter(|l| l.policy.is_some())
+            .ok_or_else(|| EnforceError::UnknownIdentity {
+                name: name.to_string(),
+                known: self
+                    .live
+                    .iter()
+                    .filter(|(_, l)| l.policy.is_some())
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    pub(super) fn assign_pid(&mut self, name: &str, pid: u32) -> Result<PathBuf, EnforceError> {
+        if pid <= 1 {
+            return Err(EnforceError::BadPid(pid, "pid 1 (init) cannot be an agent"));
+        }
+        if pid == self.daemon_pid {
+            return Err(EnforceError::BadPid(pid, "that is the corral daemon"));
+        }
+        let cg = self.known(name)?.cgroup.clone();
+        cgroup::move_pid(&cg, pid)?;
+        info!(identity = %name, pid, "process assigned");
+        fileobs::warn_assign(
+            name,
+            self.known(name)?.policy.as_deref(),
+            &format!("pid {pid}"),
+        );
+        Ok(cg)
+    }
+
+    pub(super) fn assign_cgroup(
+        &mut self,
+        name: &str,
+        path: &Path,
+    ) -> Result<PathBuf, EnforceError> {
+        let id = self.known(name)?.id;
+        let cg_id = cgroup::id(path)?;
+        // Programs attached at the corral parent already cover its subtree;
+        // a cgroup elsewhere (a systemd unit, a container) needs its own.
+        if !path.starts_with(&self.parent) {
+            let links = loader::links_dir(&self.pin_dir, cg_id);
+            loader::attach_sock_addr(&mut self.ebpf, path, &links)?;
+            if let Ok(u) = &self.unix {
+                u.attach(path, &links)?;
+            }
+        }
+        self.cgroup_map()?
+            .insert(cg_id, id, 0)
+            .map_err(merr(maps::CGROUP_IDENTITY))?;
+        let l = self.live.get_mut(name).expect("known");
+        if !l.assigned.iter().any(|a| a == path) {
+            l.assigned.push(path.to_path_buf());
+        }
+        info!(identity = %name, cgroup = %path.display(), "cgroup assigned");
+        fileobs::warn_assign(
+            name,
+            l.policy.as_deref(),
+            &format!("cgroup {}", path.display()),
+        );
+        Ok(path.to_path_buf())
+    }
+}

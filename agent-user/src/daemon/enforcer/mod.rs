@@ -1,0 +1,394 @@
+//! The actor that owns the `aya::Ebpf` object and every map handle. Other
+//! tasks send it `Command`s; it publishes a `Snapshot` after each change.
+//! Only this task touches the object, so its helpers are `&mut self`
+//! methods, kept by job in `apply` (writing policies), `gc` (taking rules and
+//! identities away), `assign` (processes and cgroups) and `links` (program
+//! attachment at start-up).
+
+mod apply;
+mod assign;
+mod gc;
+mod links;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::Arc,
+};
+
+use agent_common::{
+    identity::{IDENTITY_NAME_LEN, IdentityState, IdentityStats, MAX_IDENTITIES, Mode},
+    maps,
+    net::{Net4Key, Net6Key, NetRuleList},
+    unix::UnixKey,
+};
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::info;
+
+use super::{
+    loader,
+    snapshot::{IdentityView, Snapshot},
+    unix::Unix,
+};
+use crate::{
+    cgroup,
+    policy::{IdentityPolicy, NetTables},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnforceError {
+    #[error("map {0}: {1}")]
+    Map(&'static str, aya::maps::MapError),
+    #[error("{0}")]
+    Cgroup(#[from] cgroup::CgroupError),
+    #[error("{0}")]
+    Load(#[from] loader::LoadError),
+    #[error("no free identity id (at most {MAX_IDENTITIES} identities)")]
+    NoIds,
+    #[error("unknown identity `{name}`; known: {known}")]
+    UnknownIdentity { name: String, known: String },
+    #[error("refusing to assign pid {0}: {1}")]
+    BadPid(u32, &'static str),
+    #[error("lease grants of {0}: {1}")]
+    Grants(String, String),
+    #[error("file rules of {0}: {1}")]
+    Files(String, super::lsm::CompileError),
+}
+
+fn merr(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> EnforceError {
+    move |e| EnforceError::Map(name, e)
+}
+
+/// One identity of a validated policy set, compiled.
+pub struct Compiled {
+    pub policy: Arc<IdentityPolicy>,
+    pub tables: NetTables,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ApplyReport {
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub removed: Vec<String>,
+    /// Identities whose policy file is gone but whose cgroup still has
+    /// processes: kept tagged, denied by default.
+    pub orphaned: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counters {
+    pub allowed: u64,
+    pub denied: u64,
+    pub audited: u64,
+}
+
+pub enum Command {
+    Apply {
+        set: Vec<Compiled>,
+        reply: oneshot::Sender<Result<ApplyReport, EnforceError>>,
+    },
+    AssignPid {
+        identity: String,
+        pid: u32,
+        reply: oneshot::Sender<Result<PathBuf, EnforceError>>,
+    },
+    AssignCgroup {
+        identity: String,
+        path: PathBuf,
+        reply: oneshot::Sender<Result<PathBuf, EnforceError>>,
+    },
+    Counters {
+        reply: oneshot::Sender<HashMap<u32, Counters>>,
+    },
+    /// The live leases of an identity changed: apply its policy with their
+    /// grants (see `lease::GrantTable`).
+    Grants {
+        identity: String,
+        live: Vec<crate::policy::LiveGrant>,
+        reply: oneshot::Sender<Result<(), EnforceError>>,
+    },
+}
+
+struct Live {
+    id: u32,
+    ruleset: u32,
+    digest: Option<u64>,
+    policy: Option<Arc<IdentityPolicy>>,
+    keys4: Vec<Key<Net4Key>>,
+    keys6: Vec<Key<Net6Key>>,
+    unix_keys: Vec<UnixKey>,
+    /// `FILE_RULES` entries (only while BPF LSM enforces `[files]`).
+    file_keys: Vec<super::lsm::FileKeyOf>,
+    cgroup: PathBuf,
+    assigned: Vec<PathBuf>,
+}
+
+pub struct Enforcer {
+    ebpf: Ebpf,
+    parent: PathBuf,
+    pin_dir: PathBuf,
+    daemon_pid: u32,
+    live: BTreeMap<String, Live>,
+    next_ruleset: u32,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    /// AF_UNIX programs and rule map, or why unix rules are not enforced.
+    unix: Result<Unix, String>,
+    /// Lease grants added to each identity's written rules.
+    grants: super::lease::GrantTable,
+    /// BPF LSM `file_open` is attached: `[files]` rules go to `FILE_RULES`.
+    files_lsm: bool,
+    /// The lease token directory, refused to every identity but for its
+    /// own token (`lsm::tokens`).
+    tokens_dir: Option<PathBuf>,
+    /// `[syscalls]`: the pinned `SYSCALL_POLICY` values and the observers.
+    syscalls: super::syscalls::Syscalls,
+}
+
+impl Enforcer {
+    /// Takes over a loaded object; identities left in pinned maps by a
+    /// previous daemon are adopted (same ids, rules kept until replaced).
+    pub fn new(
+        ebpf: Ebpf,
+        parent: PathBuf,
+        pin_dir: PathBuf,
+        snapshot: watch::Sender<Arc<Snapshot>>,
+    ) -> Result<Self, EnforceError> {
+        let mut ebpf = ebpf;
+        let syscalls = super::syscalls::Syscalls::new(&mut ebpf, &pin_dir);
+        let mut me = Enforcer {
+            syscalls,
+            ebpf,
+            parent,
+            pin_dir,
+            daemon_pid: std::process::id(),
+            live: BTreeMap::new(),
+            next_ruleset: 1,
+            snapshot,
+            unix: Err("unix socket programs not loaded".into()),
+            grants: Default::default(),
+            files_lsm: false,
+            tokens_dir: None,
+        };
+        let adopted: Vec<(u32, IdentityState)> =
+            me.identities()?.iter().filter_map(|r| r.ok()).collect();
+        for (id, st) in adopted {
+            let name = name_of(&st);
+            me.next_ruleset = me.next_ruleset.max(st.ruleset + 1);
+            info!(identity = %name, id, ruleset = st.ruleset, "adopted identity from pinned maps");
+            let cgroup = me.parent.join(&name);
+            me.live.insert(
+                name,
+                Live {
+                    id,
+                    ruleset: st.ruleset,
+                    digest: None,
+                    policy: None,
+                    keys4: Vec::new(),
+                    keys6: Vec::new(),
+                    unix_keys: Vec::new(),
+                    file_keys: Vec::new(),
+                    cgroup,
+                    assigned: Vec::new(),
+                },
+            );
+        }
+        Ok(me)
+    }
+
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(cmd) = rx.recv().await {
+            match cmd {
+                Command::Apply { set, reply } => {
+                    let r = self
+                        .apply(set)
+                        .and_then(|rep| self.sync_syscalls().map(|()| rep));
+                    self.publish();
+                    let _ = reply.send(r);
+                }
+                Command::AssignPid {
+                    identity,
+                    pid,
+                    reply,
+                } => {
+                    let _ = reply.send(self.assign_pid(&identity, pid));
+                }
+                Command::AssignCgroup {
+                    identity,
+                    path,
+                    reply,
+                } => {
+                    let r = self.assign_cgroup(&identity, &path);
+                    self.syscalls.tags_changed(&mut self.ebpf);
+                    self.publish();
+                    let _ = reply.send(r);
+                }
+                Command::Counters { reply } => {
+                    let _ = reply.send(self.counters());
+                }
+                Command::Grants {
+                    identity,
+                    live,
+                    reply,
+                } => {
+                    let live_digest = self
+                        .live
+                        .get(&identity)
+                        .filter(|l| l.policy.is_some())
+                        .map(|l| l.digest);
+                    let known = live_digest.is_some();
+                    let r = match self.grants.set(&identity, live) {
+                        // Scopes without network grants change nothing here.
+                        Some(Ok(c)) if live_digest == Some(Some(c.policy.digest)) => Ok(()),
+                        Some(Ok(c)) if known => self.apply_one(c),
+                        Some(Err(e)) if known => Err(e),
+                        _ => Ok(()),
+                    };
+                    self.publish();
+                    let _ = reply.send(r);
+                }
+            }
+        }
+    }
+
+    /// `SYSCALL_POLICY` and the syscall observers follow the live set (one
+    /// map update per changed identity), after every apply.
+    fn sync_syscalls(&mut self) -> Result<(), EnforceError> {
+        let live: Vec<super::syscalls::LiveIdentity> = self
+            .live
+            .iter()
+            .map(|(name, l)| super::syscalls::LiveIdentity {
+                id: l.id,
+                name: name.clone(),
+                ruleset: l.ruleset,
+                policy: l.policy.clone(),
+            })
+            .collect();
+        self.syscalls
+            .sync(&mut self.ebpf, &live)
+            .map_err(merr(maps::SYSCALL_POLICY))
+    }
+
+    /// What `corral status` lists for `[syscalls]`.
+    pub fn syscall_mechanisms(&self) -> Vec<super::status::Mechanism> {
+        self.syscalls.mechanisms()
+    }
+
+    fn identities(&mut self) -> Result<BpfHashMap<&mut MapData, u32, IdentityState>, EnforceError> {
+        let m = self
+            .ebpf
+            .map_mut(maps::IDENTITIES)
+            .expect("IDENTITIES in object");
+        BpfHashMap::try_from(m).map_err(merr(maps::IDENTITIES))
+    }
+
+    fn cgroup_map(&mut self) -> Result<BpfHashMap<&mut MapData, u64, u32>, EnforceError> {
+        let m = self
+            .ebpf
+            .map_mut(maps::CGROUP_IDENTITY)
+            .expect("CGROUP_IDENTITY in object");
+        BpfHashMap::try_from(m).map_err(merr(maps::CGROUP_IDENTITY))
+    }
+
+    fn net4(&mut self) -> Result<LpmTrie<&mut MapData, Net4Key, NetRuleList>, EnforceError> {
+        let m = self
+            .ebpf
+            .map_mut(maps::NET4_RULES)
+            .expect("NET4_RULES in object");
+        LpmTrie::try_from(m).map_err(merr(maps::NET4_RULES))
+    }
+
+    fn net6(&mut self) -> Result<LpmTrie<&mut MapData, Net6Key, NetRuleList>, EnforceError> {
+        let m = self
+            .ebpf
+            .map_mut(maps::NET6_RULES)
+            .expect("NET6_RULES in object");
+        LpmTrie::try_from(m).map_err(merr(maps::NET6_RULES))
+    }
+
+    fn counters(&mut self) -> HashMap<u32, Counters> {
+        let ids: Vec<u32> = self.live.values().map(|l| l.id).collect();
+        let mut out = HashMap::new();
+        let Some(m) = self.ebpf.map(maps::IDENTITY_STATS) else {
+            return out;
+        };
+        let Ok(arr) = PerCpuArray::<_, IdentityStats>::try_from(m) else {
+            return out;
+        };
+        for id in ids {
+            if let Ok(vals) = arr.get(&id, 0) {
+                let mut c = Counters::default();
+                for v in vals.iter() {
+                    c.allowed += v.allowed;
+                    c.denied += v.denied;
+                    c.audited += v.audited;
+                }
+                out.insert(id, c);
+            }
+        }
+        out
+    }
+
+    /// Whether BPF LSM enforces `[files]` (set once at start-up): only then
+    /// are file rules compiled into `FILE_RULES`.
+    pub fn set_files_lsm(&mut self, on: bool) {
+        self.files_lsm = on;
+    }
+
+    pub fn set_tokens_dir(&mut self, dir: PathBuf) {
+        self.tokens_dir = Some(dir);
+    }
+
+    fn publish(&self) {
+        let mut s = Snapshot::default();
+        for (name, l) in &self.live {
+            let mode = l.policy.as_ref().map(|p| p.mode).unwrap_or(Mode::Enforce);
+            s.by_id.insert(
+                l.id,
+                Arc::new(IdentityView {
+                    id: l.id,
+                    name: name.clone(),
+                    mode,
+                    cgroup: l.cgroup.clone(),
+                    assigned: l.assigned.clone(),
+                    policy: l.policy.clone(),
+                    ruleset: l.ruleset,
+                    v4_entries: l.keys4.len(),
+                    v6_entries: l.keys6.len(),
+                    unix_entries: l.unix_keys.len(),
+                    file_entries: l.file_keys.len(),
+                    unix_enforced: self.unix.is_ok(),
+                }),
+            );
+        }
+        self.snapshot.send_replace(Arc::new(s));
+    }
+}
+
+/// Waits until every BPF program run that started before the call has
+/// finished (`membarrier(MEMBARRIER_CMD_GLOBAL)` is `synchronize_rcu()`;
+/// programs run under the RCU read lock). Falls back to a sleep far longer
+/// than any program run where membarrier is unavailable.
+fn rcu_grace_period() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: plain syscall without pointer arguments.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if r != 0 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn name_bytes(name: &str) -> [u8; IDENTITY_NAME_LEN] {
+    let mut b = [0u8; IDENTITY_NAME_LEN];
+    let n = name.len().min(IDENTITY_NAME_LEN - 1);
+    b[..n].copy_from_slice(&name.as_bytes()[..n]);
+    b
+}
+
+fn name_of(st: &IdentityState) -> String {
+    crate::event::comm_str(&st.name)
+}
