@@ -65,7 +65,7 @@ pub struct IdentityPolicy {
     pub mode: Mode,
     pub source: PathBuf,
     pub network: NetworkPolicy,
-    /// `[files]`: confined when the section is written (see `files.rs`).
+    /// `[files]`: confined when the section is written (see `files/`).
     pub files: FilePolicy,
     /// `[leases]`: scopes this identity may hold and what they grant.
     pub leases: Option<LeasePolicy>,

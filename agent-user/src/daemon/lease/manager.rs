@@ -176,7 +176,11 @@ impl Leases {
                 .path
                 .clone()
                 .unwrap_or_else(|| self.tokens_dir.join(format!("{}.jwt", v.name)));
-            match write_token(&path, lease["token"].as_str().unwrap_or(""), r.owner.as_ref()) {
+            match write_token(
+                &path,
+                lease["token"].as_str().unwrap_or(""),
+                r.owner.as_ref(),
+            ) {
                 Ok(()) => {
                     let id = lease["id"].as_str().unwrap_or("").to_string();
                     self.rotated

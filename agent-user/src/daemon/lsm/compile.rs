@@ -92,10 +92,8 @@ pub fn compile(rules: &[RuleIn]) -> Result<Vec<FileEntry>, CompileError> {
             .cloned()
             .collect();
         let base = compile_all(&written)?;
-        let by_path: HashMap<&[u8], &FileRuleValue> = base
-            .iter()
-            .map(|e| (e.path.as_slice(), &e.value))
-            .collect();
+        let by_path: HashMap<&[u8], &FileRuleValue> =
+            base.iter().map(|e| (e.path.as_slice(), &e.value)).collect();
         let lookup = |key: &[u8], is_dir: bool, idx: usize| {
             replay(|p| by_path.get(p).copied(), key, is_dir, idx)
         };
@@ -135,7 +133,8 @@ fn replay<'a>(
     let key = &key[..key.len().min(FILE_KEY_PATH_LEN)];
     for n in (1..=key.len()).rev() {
         if let Some(v) = find(&key[..n]) {
-            let own = v.len == len || (is_dir && v.flags & FILE_VALUE_EXACT != 0 && v.len + 1 == len);
+            let own =
+                v.len == len || (is_dir && v.flags & FILE_VALUE_EXACT != 0 && v.len + 1 == len);
             return if own { v.exact[idx] } else { v.beneath[idx] };
         }
     }
@@ -484,17 +483,37 @@ mod tests {
         // Once every grant has ended, exactly the written policy.
         let base = compile(&written).unwrap();
         for path in [
-            "/", "/srv/", "/srv/a", "/srv/refunds/", "/srv/refunds/a", "/srv/refunds/secret/",
-            "/srv/refunds/secret/x", "/srv/refundsx", "/srv/kb/", "/srv/kb/new/", "/srv/kb/new/x",
-            "/srv/kb/w", "/srv/kb/wx", "/srv/kb/w/", "/etc/x",
+            "/",
+            "/srv/",
+            "/srv/a",
+            "/srv/refunds/",
+            "/srv/refunds/a",
+            "/srv/refunds/secret/",
+            "/srv/refunds/secret/x",
+            "/srv/refundsx",
+            "/srv/kb/",
+            "/srv/kb/new/",
+            "/srv/kb/new/x",
+            "/srv/kb/w",
+            "/srv/kb/wx",
+            "/srv/kb/w/",
+            "/etc/x",
         ] {
             for bit in [ACCESS_READ, ACCESS_WRITE, ACCESS_EXEC] {
-                assert_eq!(at(path, bit, 5_000), decide(&base, path, bit), "{path} {bit}");
+                assert_eq!(
+                    at(path, bit, 5_000),
+                    decide(&base, path, bit),
+                    "{path} {bit}"
+                );
             }
         }
         // Written rules never carry an end.
         assert!(base.iter().all(|x| {
-            x.value.exact.iter().chain(&x.value.beneath).all(|d| d.expires_ns == 0)
+            x.value
+                .exact
+                .iter()
+                .chain(&x.value.beneath)
+                .all(|d| d.expires_ns == 0)
         }));
     }
 

@@ -94,8 +94,14 @@ mod tests {
         let ea = entries(&a, "a");
         let eb = entries(&b, "b");
         let own = "/var/lib/corral/tokens/a.jwt";
-        assert_eq!(decide(&ea, own, ACCESS_READ), (ACTION_ALLOW, OWN_TOKEN_RULE));
-        assert_eq!(decide(&ea, own, ACCESS_WRITE), (ACTION_DENY, TOKEN_DIR_RULE));
+        assert_eq!(
+            decide(&ea, own, ACCESS_READ),
+            (ACTION_ALLOW, OWN_TOKEN_RULE)
+        );
+        assert_eq!(
+            decide(&ea, own, ACCESS_WRITE),
+            (ACTION_DENY, TOKEN_DIR_RULE)
+        );
         assert_eq!(
             decide(&ea, "/var/lib/corral/tokens/b.jwt", ACCESS_READ),
             (ACTION_DENY, TOKEN_DIR_RULE)
@@ -107,6 +113,9 @@ mod tests {
         );
         // Everything else is as written.
         assert_eq!(decide(&eb, "/var/lib/x", ACCESS_WRITE).0, ACTION_ALLOW);
-        assert_eq!(decide(&eb, "/var/lib/corral/tokensx", ACCESS_READ).0, ACTION_ALLOW);
+        assert_eq!(
+            decide(&eb, "/var/lib/corral/tokensx", ACCESS_READ).0,
+            ACTION_ALLOW
+        );
     }
 }

@@ -294,10 +294,7 @@ pub(crate) fn check_file_path(path: &str) -> Result<bool, (usize, String)> {
         return Err((i, "file path contains a NUL byte".into()));
     }
     if path.len() >= PATH_MAX {
-        let at = (0..PATH_MAX)
-            .rev()
-            .find(|&i| path.is_char_boundary(i))
-            .unwrap_or(0);
+        let at = boundary_before(path, PATH_MAX - 1);
         return Err((
             at,
             format!(
@@ -337,10 +334,7 @@ pub(crate) fn check_file_path(path: &str) -> Result<bool, (usize, String)> {
         at += c.len() + 1;
     }
     if path.len() > FILE_KEY_PATH_LEN {
-        let at = (0..=FILE_KEY_PATH_LEN)
-            .rev()
-            .find(|&i| path.is_char_boundary(i))
-            .unwrap_or(0);
+        let at = boundary_before(path, FILE_KEY_PATH_LEN);
         return Err((
             at,
             format!(
@@ -352,6 +346,15 @@ pub(crate) fn check_file_path(path: &str) -> Result<bool, (usize, String)> {
         ));
     }
     Ok(beneath)
+}
+
+/// The last char boundary at or before byte `limit` (where an over-long
+/// path's error points).
+fn boundary_before(path: &str, limit: usize) -> usize {
+    (0..=limit.min(path.len()))
+        .rev()
+        .find(|&i| path.is_char_boundary(i))
+        .unwrap_or(0)
 }
 
 /// Lexical normal form for the error message, keeping a trailing `/`.
