@@ -44,6 +44,8 @@ pub const PSEUDO_SOCKET_UNIX: u32 = 509;
 
 /// x86_64 numbers the decision looks at.
 pub const NR_SOCKET: u32 = 41;
+/// Judged like `socket` (its family is an argument too: AF_UNIX, or AF_TIPC).
+pub const NR_SOCKETPAIR: u32 = 53;
 pub const NR_SECCOMP: u32 = 317;
 
 pub const AF_UNIX: u32 = 1;
@@ -132,15 +134,31 @@ impl SyscallPolicy {
         if nr == NR_SOCKET {
             return self.socket_allowed(args[0] as u32, args[1] as u32, args[2] as u32);
         }
+        if nr == NR_SOCKETPAIR {
+            // Its own bit, and what `socket` of the same family needs (so
+            // `socketpair(AF_TIPC, ...)` is not a way around `socket:other`).
+            return self.allowed_bit(nr)
+                && self.socket_allowed(args[0] as u32, args[1] as u32, args[2] as u32);
+        }
         self.allowed_bit(nr)
     }
 
     /// `socket` plus the pseudo-syscall its family needs, if any; or
-    /// `socket:unix` alone for AF_UNIX.
+    /// `socket:unix` alone for AF_UNIX. A `deny` of `socket` refuses every
+    /// family, and a `deny` of `socket:unix` refuses AF_UNIX even where
+    /// `socket` is allowed (as the launch-time filter does in the kernel).
     #[inline(always)]
     pub fn socket_allowed(&self, family: u32, ty: u32, protocol: u32) -> bool {
-        if family == AF_UNIX && self.allowed_bit(PSEUDO_SOCKET_UNIX) {
-            return true;
+        if self.denied_bit(NR_SOCKET) {
+            return false;
+        }
+        if family == AF_UNIX {
+            if self.denied_bit(PSEUDO_SOCKET_UNIX) {
+                return false;
+            }
+            if self.allowed_bit(PSEUDO_SOCKET_UNIX) {
+                return true;
+            }
         }
         if !self.allowed_bit(NR_SOCKET) {
             return false;
@@ -190,6 +208,13 @@ pub fn bit(words: &[u64; BITMAP_WORDS], nr: u32) -> bool {
 pub fn set_bit(words: &mut [u64; BITMAP_WORDS], nr: u32) {
     if nr < BITMAP_BITS {
         words[(nr >> 6) as usize] |= 1u64 << (nr & 63);
+    }
+}
+
+#[inline(always)]
+pub fn clear_bit(words: &mut [u64; BITMAP_WORDS], nr: u32) {
+    if nr < BITMAP_BITS {
+        words[(nr >> 6) as usize] &= !(1u64 << (nr & 63));
     }
 }
 
@@ -281,6 +306,30 @@ mod tests {
         assert!(p.allows(NR_SOCKET, &[AF_UNIX as u64, 1 | 0x80000, 0]));
         assert!(!p.allows(NR_SOCKET, &[AF_INET as u64, 1, 0]));
         assert!(!p.allows(NR_SOCKET, &[AF_NETLINK as u64, SOCK_RAW as u64, 0]));
+    }
+
+    #[test]
+    fn socket_denies_and_socketpair_follow_the_family() {
+        // deny = ["socket"] with socket:unix still allowed (from @default).
+        let mut p = policy(&[PSEUDO_SOCKET_UNIX, NR_SOCKETPAIR]);
+        set_bit(&mut p.deny, NR_SOCKET);
+        assert!(!p.allows(NR_SOCKET, &[AF_UNIX as u64, 1, 0]));
+        // deny = ["socket:unix"] with socket allowed.
+        let mut p = policy(&[NR_SOCKET]);
+        set_bit(&mut p.deny, PSEUDO_SOCKET_UNIX);
+        assert!(!p.allows(NR_SOCKET, &[AF_UNIX as u64, 1, 0]));
+        assert!(p.allows(NR_SOCKET, &[AF_INET as u64, 1, 0]));
+        // socketpair: AF_UNIX with socket:unix; AF_TIPC needs socket:other.
+        let p = policy(&[PSEUDO_SOCKET_UNIX, NR_SOCKETPAIR]);
+        assert!(p.allows(NR_SOCKETPAIR, &[AF_UNIX as u64, 1, 0]));
+        assert!(!p.allows(NR_SOCKETPAIR, &[30, 4, 0]), "AF_TIPC");
+        let p = policy(&[PSEUDO_SOCKET_UNIX]);
+        assert!(
+            !p.allows(NR_SOCKETPAIR, &[AF_UNIX as u64, 1, 0]),
+            "its own bit"
+        );
+        let p = policy(&[NR_SOCKET, NR_SOCKETPAIR, PSEUDO_SOCKET_OTHER]);
+        assert!(p.allows(NR_SOCKETPAIR, &[30, 4, 0]));
     }
 
     #[test]

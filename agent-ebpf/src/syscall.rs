@@ -26,7 +26,8 @@ use agent_common::{
     identity::{CGROUP_MAX_DEPTH, MODE_AUDIT},
     syscall::{
         BITMAP_BITS, FLAG_ASSIGNED_KILL, LAYER_KERNEL, LAYER_KILL, LAYER_NOTIFY, LAYER_OBSERVED,
-        NR_SECCOMP, NR_SOCKET, SECCOMP_FILTER_FLAG_NEW_LISTENER, SyscallEvent, SyscallPolicy,
+        NR_SECCOMP, NR_SOCKET, NR_SOCKETPAIR, SECCOMP_FILTER_FLAG_NEW_LISTENER, SyscallEvent,
+        SyscallPolicy,
     },
 };
 use aya_ebpf::{
@@ -294,7 +295,7 @@ pub fn on_enter(ctx: &BtfTracePointContext) -> i32 {
         return 0;
     }
     let nr = id as u32;
-    if pol.allowed_bit(nr) && nr != NR_SOCKET {
+    if pol.allowed_bit(nr) && nr != NR_SOCKET && nr != NR_SOCKETPAIR {
         return 0;
     }
     let regs: *const u8 = ctx.arg(0);

@@ -85,6 +85,31 @@ pub fn id(path: &Path) -> Result<u64, CgroupError> {
     fs::metadata(path).map(|m| m.ino()).map_err(io_err(path))
 }
 
+/// The cgroup with kernel id `id` at or below `under` (ids are inode
+/// numbers, never reused while the cgroup exists), looking at `limit`
+/// directories at most.
+pub fn find_by_id(under: &Path, id: u64, limit: usize) -> Option<PathBuf> {
+    let mut stack = vec![under.to_path_buf()];
+    let mut seen = 0;
+    while let Some(dir) = stack.pop() {
+        seen += 1;
+        if seen > limit {
+            return None;
+        }
+        if fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
+            return Some(dir);
+        }
+        if let Ok(rd) = fs::read_dir(&dir) {
+            stack.extend(
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    None
+}
+
 /// Moves a process into a cgroup.
 pub fn move_pid(path: &Path, pid: u32) -> Result<(), CgroupError> {
     let procs = path.join("cgroup.procs");

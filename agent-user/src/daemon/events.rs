@@ -58,6 +58,48 @@ struct ProcInfo {
 const PROC_CACHE_TTL: Duration = Duration::from_secs(2);
 const PROC_CACHE_MAX: usize = 4096;
 
+/// Cgroup paths (relative to the v2 root, as `/proc/PID/cgroup` gives them)
+/// by the kernel's cgroup id in the event: the cgroup the task was in when
+/// it was judged, known even after the task exited or moved.
+#[derive(Default)]
+struct CgroupNames {
+    root: Option<std::path::PathBuf>,
+    by_id: HashMap<u64, Option<String>>,
+}
+
+/// Directories one miss may look at below an identity's cgroups.
+const CGROUP_WALK_LIMIT: usize = 4096;
+
+impl CgroupNames {
+    fn name(&mut self, id: u64, view: Option<&super::snapshot::IdentityView>) -> Option<String> {
+        if let Some(n) = self.by_id.get(&id) {
+            return n.clone();
+        }
+        let view = view?;
+        let root = match &self.root {
+            Some(r) => r.clone(),
+            None => {
+                let r = crate::cgroup::cgroup2_root().ok()?;
+                self.root = Some(r.clone());
+                r
+            }
+        };
+        let found = std::iter::once(&view.cgroup)
+            .chain(&view.assigned)
+            .find_map(|c| crate::cgroup::find_by_id(c, id, CGROUP_WALK_LIMIT))
+            .and_then(|p| {
+                let rel = p.strip_prefix(&root).ok()?;
+                Some(format!("/{}", rel.display()))
+            });
+        if self.by_id.len() > PROC_CACHE_MAX {
+            self.by_id.clear();
+        }
+        // A miss is remembered too: a cgroup made later gets a new id.
+        self.by_id.insert(id, found.clone());
+        found
+    }
+}
+
 pub async fn run(
     ring: RingBuf<MapData>,
     drops: PerCpuArray<MapData, u64>,
@@ -72,6 +114,7 @@ pub async fn run(
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("registering the ring buffer: {e}"))?;
     let mut cache: HashMap<u32, ProcInfo> = HashMap::new();
+    let mut cgroups = CgroupNames::default();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut last_drops = sum_drops(&drops);
     if last_drops > 0 {
@@ -88,7 +131,7 @@ pub async fn run(
                     stats.received.fetch_add(1, Ordering::Relaxed);
                     match Raw::decode(&item) {
                         Ok(raw) => {
-                            let mut ev = enrich(&raw, &snap, &clock, &mut cache);
+                            let mut ev = enrich(&raw, &snap, &clock, &mut cache, &mut cgroups);
                             if let Some(w) = &leases {
                                 w.observe(&mut ev, clock.wall(raw.hdr.ts_ns), raw.hdr.ts_ns);
                             }
@@ -176,10 +219,17 @@ fn proc_info(tgid: u32, cache: &mut HashMap<u32, ProcInfo>) -> ProcInfo {
     info
 }
 
-fn enrich(raw: &Raw, snap: &Snapshot, clock: &Clock, cache: &mut HashMap<u32, ProcInfo>) -> Event {
+fn enrich(
+    raw: &Raw,
+    snap: &Snapshot,
+    clock: &Clock,
+    cache: &mut HashMap<u32, ProcInfo>,
+    cgroups: &mut CgroupNames,
+) -> Event {
     let h = &raw.hdr;
     let view = snap.by_id.get(&h.identity);
     let p = proc_info(h.tgid, cache);
+    let cgroup = cgroups.name(h.cgroup_id, view.map(|v| v.as_ref()));
     let (kind, net, unix, file) = match &raw.body {
         RawBody::Net(n) => ("net", Some(event::net_info(n)), None, None),
         RawBody::Unix(u) => ("unix", None, Some(event::unix_info(u)), None),
@@ -208,9 +258,7 @@ fn enrich(raw: &Raw, snap: &Snapshot, clock: &Clock, cache: &mut HashMap<u32, Pr
         ppid: p.ppid,
         comm: Some(event::comm_str(&h.comm)),
         exe: p.exe,
-        cgroup: p
-            .cgroup
-            .or_else(|| view.map(|v| v.cgroup.display().to_string())),
+        cgroup: cgroup.or(p.cgroup),
         cgroup_id: Some(h.cgroup_id),
         net,
         unix,

@@ -25,7 +25,9 @@ use std::{
 use agent_common::{
     identity::Mode,
     maps,
-    syscall::{NR_SOCKET, SyscallEvent, SyscallPolicy, socket_pseudo},
+    syscall::{
+        NR_SOCKET, PSEUDO_SOCKET_UNIX, SyscallEvent, SyscallPolicy, clear_bit, socket_pseudo,
+    },
 };
 use aya::{
     Btf, Ebpf,
@@ -109,6 +111,11 @@ pub struct Syscalls {
     attached: bool,
     /// Whether `task_struct.seccomp.mode` was found (kill mode needs it).
     kill_capable: bool,
+    /// The kernel judges AF_UNIX connects by path (`[network] unix`). When
+    /// it cannot (before Linux 6.7), `socket:unix` is withheld: `@default`
+    /// grants AF_UNIX client sockets only because their destinations are
+    /// judged.
+    unix_enforced: bool,
 }
 
 impl Syscalls {
@@ -128,7 +135,12 @@ impl Syscalls {
             observers,
             attached: false,
             kill_capable: seccomp_mode_offset() != 0,
+            unix_enforced: true,
         }
+    }
+
+    pub fn set_unix_enforced(&mut self, on: bool) {
+        self.unix_enforced = on;
     }
 
     fn policy_map(
@@ -148,7 +160,15 @@ impl Syscalls {
         let mut keep = HashSet::new();
         for l in live {
             keep.insert(l.id);
-            let want = value_for(l);
+            let mut want = value_for(l);
+            if !self.unix_enforced && want.allowed_bit(PSEUDO_SOCKET_UNIX) {
+                warn!(
+                    identity = %l.name,
+                    "`socket:unix` withheld: this kernel does not judge AF_UNIX destinations \
+                     (unix rules need Linux 6.7); allow `socket` to grant AF_UNIX sockets anyway"
+                );
+                clear_bit(&mut want.allow, PSEUDO_SOCKET_UNIX);
+            }
             if m.get(&l.id, 0).ok() != Some(want) {
                 m.insert(l.id, want, 0)?;
             }

@@ -56,11 +56,17 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     libc::sock_filter { code, jt, jf, k }
 }
 
-/// Never allowed by the filter itself, whatever the policy: `socket` (its
-/// family is checked live), `seccomp` (live, besides the listener check),
-/// and `execve`/`execveat`: the launcher takes the listener while the child
-/// waits in its first `execve` (see `supervisor`).
-const NEVER_IN_FILTER: [u32; 4] = [agent_common::syscall::NR_SOCKET, NR_SECCOMP, 59, 322];
+/// Never allowed by the filter itself, whatever the policy: `socket` and
+/// `socketpair` (their family is checked live), `seccomp` (live, besides
+/// the listener check), and `execve`/`execveat`: the launcher takes the
+/// listener while the child waits in its first `execve` (see `supervisor`).
+const NEVER_IN_FILTER: [u32; 5] = [
+    agent_common::syscall::NR_SOCKET,
+    agent_common::syscall::NR_SOCKETPAIR,
+    NR_SECCOMP,
+    59,
+    322,
+];
 
 /// The action the filter takes for `nr` (below `TABLE_END`).
 pub fn action(nr: u32, hot_allowed: &SyscallSet, denied: &SyscallSet, enforce: bool) -> u32 {

@@ -224,8 +224,11 @@ impl Enforcer {
         if let Some(dir) = &self.tokens_dir {
             rules.extend(lsm::tokens::rules(dir, &policy.name, policy));
         }
-        let entries =
+        let mut entries =
             lsm::compile(&rules).map_err(|e| EnforceError::Files(policy.name.clone(), e))?;
+        if let Some(dir) = &self.tokens_dir {
+            lsm::tokens::enforce(&mut entries, dir, &policy.name, policy);
+        }
         lsm::write_rules(&mut self.ebpf, ruleset, &entries).map_err(merr(maps::FILE_RULES))
     }
 

@@ -43,6 +43,7 @@ impl Enforcer {
             warn!("unix socket rules are NOT ENFORCED: {why}");
             unix::detach_all(&self.pin_dir);
         }
+        self.syscalls.set_unix_enforced(unix.is_ok());
         self.unix = unix;
     }
 

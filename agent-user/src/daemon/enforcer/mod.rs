@@ -337,6 +337,7 @@ impl Enforcer {
     /// are file rules compiled into `FILE_RULES`.
     pub fn set_files_lsm(&mut self, on: bool) {
         self.files_lsm = on;
+        self.grants.files_lsm = on;
     }
 
     pub fn set_tokens_dir(&mut self, dir: PathBuf) {

@@ -17,6 +17,10 @@ pub struct GrantTable {
     /// Each identity's policy as compiled from its file (without grants).
     base: HashMap<String, Arc<IdentityPolicy>>,
     live: HashMap<String, Vec<LiveGrant>>,
+    /// BPF LSM judges opens. Without it file grants are withheld here too,
+    /// not only by Landlock: what the daemon serves as the policy in force
+    /// must never carry a file rule that cannot end with its lease.
+    pub files_lsm: bool,
 }
 
 impl GrantTable {
@@ -28,8 +32,13 @@ impl GrantTable {
         let Some(live) = self.live.get(&name).filter(|l| !l.is_empty()) else {
             return Ok(c);
         };
-        let (policy, tables) = with_grants(&c.policy, live, boot_ns())
+        let (mut policy, tables) = with_grants(&c.policy, live, boot_ns())
             .map_err(|e| EnforceError::Grants(name.clone(), e.to_string()))?;
+        if !self.files_lsm {
+            let files = &mut policy.files;
+            files.rules.retain(|r| !files.expires.contains_key(&r.id));
+            files.expires.clear();
+        }
         Ok(Compiled {
             policy: Arc::new(policy),
             tables,

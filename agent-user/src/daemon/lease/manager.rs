@@ -4,7 +4,6 @@
 
 use std::{
     collections::BTreeSet,
-    os::unix::fs::DirBuilderExt as _,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -17,7 +16,7 @@ use tracing::{info, warn};
 use super::{
     IssueReq, LeaseError, Leases, Requester, Trip,
     anomaly::{is_frozen, set_frozen, wait_frozen},
-    store::{self, LeaseState, boot_ns, now_ms},
+    store::{LeaseState, boot_ns, now_ms},
 };
 use crate::policy::AnomalyAction;
 
@@ -176,7 +175,7 @@ impl Leases {
                 .path
                 .clone()
                 .unwrap_or_else(|| self.tokens_dir.join(format!("{}.jwt", v.name)));
-            match write_token(
+            match super::token_file::write(
                 &path,
                 lease["token"].as_str().unwrap_or(""),
                 r.owner.as_ref(),
@@ -308,80 +307,4 @@ fn merge(into: &mut Value, from: &Value) {
             a.entry(k.clone()).or_insert(v.clone());
         }
     }
-}
-
-/// Writes the token atomically: root's (0600), or the owner's (0400) when
-/// the policy names the user the agent runs as. A directory Corral creates
-/// for it is traversable but not listable (0711) when there is an owner.
-fn write_token(
-    path: &std::path::Path,
-    token: &str,
-    owner: Option<&crate::policy::TokenOwner>,
-) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt as _;
-    if token.is_empty() {
-        return Err("no token".into());
-    }
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(if owner.is_some() { 0o711 } else { 0o700 })
-            .create(dir)
-            .map_err(|e| e.to_string())?;
-    }
-    let Some(o) = owner else {
-        return store::write_atomic(path, format!("{token}\n").as_bytes())
-            .map_err(|e| e.to_string());
-    };
-    // Ownership and mode are set on the new file before the rename makes it
-    // the token, so no other user ever sees it readable.
-    let tmp = path.with_extension("jwt.new");
-    std::fs::write(&tmp, format!("{token}\n")).map_err(|e| e.to_string())?;
-    let done = std::os::unix::fs::chown(&tmp, Some(o.uid), Some(o.gid))
-        .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o400)))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = done {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e.to_string());
-    }
-    if let Some((dir, mode)) = unreachable_for(path, o.uid, o.gid) {
-        // Written and kept (root-side tools may read it), but said loudly:
-        // the agent it is for cannot open it.
-        warn!(
-            path = %path.display(),
-            "user `{}` cannot reach its token: {} (mode {mode:o}) is not traversable for it; \
-             set `[leases.rotate] path` under a directory it can traverse (e.g. \
-             /run/corral/tokens/)",
-            o.name,
-            dir.display()
-        );
-    }
-    Ok(())
-}
-
-/// The first ancestor directory of `path` that `uid`/`gid` cannot traverse.
-fn unreachable_for(path: &std::path::Path, uid: u32, gid: u32) -> Option<(PathBuf, u32)> {
-    use std::os::unix::fs::MetadataExt as _;
-    if uid == 0 {
-        return None;
-    }
-    for dir in path.ancestors().skip(1) {
-        let Ok(m) = std::fs::metadata(dir) else {
-            continue;
-        };
-        let mode = m.mode() & 0o777;
-        let x = if m.uid() == uid {
-            mode & 0o100
-        } else if m.gid() == gid {
-            mode & 0o010
-        } else {
-            mode & 0o001
-        };
-        if x == 0 {
-            return Some((dir.to_path_buf(), mode));
-        }
-    }
-    None
 }

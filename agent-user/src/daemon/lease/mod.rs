@@ -18,6 +18,7 @@ mod manager;
 mod ops;
 mod store;
 pub mod token;
+mod token_file;
 
 use std::{
     collections::HashMap,

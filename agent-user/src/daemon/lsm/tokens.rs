@@ -1,16 +1,20 @@
 //! Corral's own file rules for lease token files: "only that identity may
 //! read it". Every identity whose opens the BPF LSM judges (it has a
 //! `[files]` section) is refused the daemon's token directory, whatever its
-//! written rules allow there, and an identity that rotates a token may read
+//! written rules allow there ([`enforce`] puts them above every more specific
+//! rule), and an identity that rotates a token may read
 //! its own token file. A custom `[leases.rotate] path` outside that
 //! directory is protected by its owner and mode (0600 root, or 0400 to the
 //! `owner`), not by these rules.
 
 use std::path::Path;
 
-use agent_common::file::{ACCESS_ALL, ACCESS_READ, FILE_KEY_PATH_LEN};
+use agent_common::{
+    file::{ACCESS_ALL, ACCESS_IDX_READ, ACCESS_READ, FILE_KEY_PATH_LEN, FileDecision},
+    net::{ACTION_ALLOW, ACTION_DENY},
+};
 
-use super::compile::RuleIn;
+use super::compile::{FileEntry, RuleIn};
 use crate::policy::IdentityPolicy;
 
 /// Rule ids above every written rule and below lease grants
@@ -24,6 +28,57 @@ pub fn describe(rule_id: u32) -> Option<&'static str> {
         TOKEN_DIR_RULE => Some("built-in: lease token files are readable by their identity only"),
         OWN_TOKEN_RULE => Some("built-in: an identity reads its own rotated lease token"),
         _ => None,
+    }
+}
+
+/// The identity's own token file, if it rotates one.
+fn own_token(tokens_dir: &Path, identity: &str, policy: &IdentityPolicy) -> Option<String> {
+    let r = policy.leases.as_ref()?.rotate.as_ref()?;
+    let own = r
+        .path
+        .clone()
+        .unwrap_or_else(|| tokens_dir.join(format!("{identity}.jwt")));
+    own.to_str()
+        .filter(|p| p.len() <= FILE_KEY_PATH_LEN)
+        .map(str::to_string)
+}
+
+/// Makes the built-in rules win over every written or granted rule inside
+/// the token directory (a more specific `read` of another identity's token
+/// would otherwise beat the directory's deny): everything there is refused
+/// but reading the identity's own token.
+pub fn enforce(
+    entries: &mut [FileEntry],
+    tokens_dir: &Path,
+    identity: &str,
+    policy: &IdentityPolicy,
+) {
+    let Some(dir) = tokens_dir.to_str() else {
+        return;
+    };
+    let prefix = format!("{}/", dir.trim_end_matches('/'));
+    let own = own_token(tokens_dir, identity, policy);
+    let deny = FileDecision {
+        action: ACTION_DENY,
+        rule_id: TOKEN_DIR_RULE,
+        ..FileDecision::default()
+    };
+    for e in entries
+        .iter_mut()
+        .filter(|e| e.path.starts_with(prefix.as_bytes()))
+    {
+        e.value.exact = [deny; 3];
+        e.value.beneath = [deny; 3];
+        if own
+            .as_deref()
+            .is_some_and(|o| o.as_bytes() == e.path.as_slice())
+        {
+            e.value.exact[ACCESS_IDX_READ] = FileDecision {
+                action: ACTION_ALLOW,
+                rule_id: OWN_TOKEN_RULE,
+                ..FileDecision::default()
+            };
+        }
     }
 }
 
@@ -43,31 +98,21 @@ pub fn rules(tokens_dir: &Path, identity: &str, policy: &IdentityPolicy) -> Vec<
             expires_ns: 0,
         });
     }
-    let rotate = policy.leases.as_ref().and_then(|l| l.rotate.as_ref());
-    if let Some(r) = rotate {
-        let own = r
-            .path
-            .clone()
-            .unwrap_or_else(|| tokens_dir.join(format!("{identity}.jwt")));
-        if let Some(p) = own.to_str().filter(|p| p.len() <= FILE_KEY_PATH_LEN) {
-            out.push(RuleIn {
-                path: p.to_string(),
-                access: ACCESS_READ,
-                deny: false,
-                id: OWN_TOKEN_RULE,
-                expires_ns: 0,
-            });
-        }
+    if let Some(path) = own_token(tokens_dir, identity, policy) {
+        out.push(RuleIn {
+            path,
+            access: ACCESS_READ,
+            deny: false,
+            id: OWN_TOKEN_RULE,
+            expires_ns: 0,
+        });
     }
     out
 }
 
 #[cfg(test)]
 mod tests {
-    use agent_common::{
-        file::ACCESS_WRITE,
-        net::{ACTION_ALLOW, ACTION_DENY},
-    };
+    use agent_common::file::ACCESS_WRITE;
 
     use super::super::compile::{compile, decide, rules_of};
     use super::*;
@@ -89,7 +134,9 @@ mod tests {
         let entries = |p: &IdentityPolicy, name: &str| {
             let mut r = rules_of(&p.files).expect("confined");
             r.extend(rules(dir, name, p));
-            compile(&r).expect("compile")
+            let mut e = compile(&r).expect("compile");
+            enforce(&mut e, dir, name, p);
+            e
         };
         let ea = entries(&a, "a");
         let eb = entries(&b, "b");
@@ -110,6 +157,17 @@ mod tests {
         assert_eq!(
             decide(&eb, "/var/lib/corral/tokens/", ACCESS_READ),
             (ACTION_DENY, TOKEN_DIR_RULE)
+        );
+        // A more specific written rule does not beat the built-in ones.
+        let c = policy("c", "[leases.rotate]\nscopes = [\"a\"]\n");
+        let mut c = c;
+        c.files.rules[0].path = "/var/lib/corral/tokens/a.jwt".into();
+        c.files.rules[0].beneath = false;
+        let ec = entries(&c, "c");
+        assert_eq!(decide(&ec, own, ACCESS_READ), (ACTION_DENY, TOKEN_DIR_RULE));
+        assert_eq!(
+            decide(&ec, "/var/lib/corral/tokens/c.jwt", ACCESS_READ),
+            (ACTION_ALLOW, OWN_TOKEN_RULE)
         );
         // Everything else is as written.
         assert_eq!(decide(&eb, "/var/lib/x", ACCESS_WRITE).0, ACTION_ALLOW);

@@ -318,7 +318,8 @@ fn build_leases(
                 ),
             ));
         }
-        written += g.network.len();
+        // Network rules and file paths share a lease's rule ids.
+        written += g.network.len() + g.files.as_ref().map_or(0, |f| f.read.len() + f.write.len());
         let (network, errs) = build_allow(&g.network);
         errors.extend(errs);
         let (mut files_read, mut files_write) = (Vec::new(), Vec::new());
@@ -352,7 +353,8 @@ fn build_leases(
             src,
             &g.scope,
             format!(
-                "{written} grant network rules in all; at most {} fit one lease",
+                "{written} grant rules (network rules and file paths) in all; at most {} fit one \
+                 lease",
                 GRANT_IDS_PER_LEASE - 1
             ),
         ));
