@@ -94,6 +94,11 @@ pub const FILE_OP_RMDIR: u32 = 11;
 pub const FILE_OP_TRUNCATE: u32 = 12;
 /// umount(2): self-protection (bpffs holds Corral's pins).
 pub const FILE_OP_UMOUNT: u32 = 13;
+/// chmod(2) family (fchmod too): changing who may access a path needs write
+/// access to it.
+pub const FILE_OP_CHMOD: u32 = 14;
+/// chown(2) family (fchown too), likewise.
+pub const FILE_OP_CHOWN: u32 = 15;
 
 /// A change to a directory entry (create, mkdir, symlink, unlink, rmdir,
 /// truncate by path, hard link, rename) or a mount of a tagged process,

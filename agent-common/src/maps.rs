@@ -70,9 +70,11 @@ pub const PROG_PATH_SYMLINK: &str = "corral_path_symlink";
 pub const PROG_PATH_UNLINK: &str = "corral_path_unlink";
 pub const PROG_PATH_RMDIR: &str = "corral_path_rmdir";
 pub const PROG_PATH_TRUNCATE: &str = "corral_path_truncate";
+pub const PROG_PATH_CHMOD: &str = "corral_path_chmod";
+pub const PROG_PATH_CHOWN: &str = "corral_path_chown";
 pub const PROG_SB_UMOUNT: &str = "corral_sb_umount";
 pub const PROG_TASK_ALLOC: &str = "corral_task_alloc";
-pub const LSM_PROGRAMS: [(&str, &str); 16] = [
+pub const LSM_PROGRAMS: [(&str, &str); 18] = [
     (PROG_FILE_OPEN, "file_open"),
     (PROG_PATH_LINK, "path_link"),
     (PROG_PATH_RENAME, "path_rename"),
@@ -82,6 +84,8 @@ pub const LSM_PROGRAMS: [(&str, &str); 16] = [
     (PROG_PATH_UNLINK, "path_unlink"),
     (PROG_PATH_RMDIR, "path_rmdir"),
     (PROG_PATH_TRUNCATE, "path_truncate"),
+    (PROG_PATH_CHMOD, "path_chmod"),
+    (PROG_PATH_CHOWN, "path_chown"),
     (PROG_SB_MOUNT, "sb_mount"),
     (PROG_MOVE_MOUNT, "move_mount"),
     (PROG_SB_UMOUNT, "sb_umount"),

@@ -110,6 +110,16 @@ mod lsm_entry {
         files::path_truncate(&ctx)
     }
 
+    #[lsm(hook = "path_chmod")]
+    pub fn corral_path_chmod(ctx: LsmContext) -> i32 {
+        files::path_chmod(&ctx)
+    }
+
+    #[lsm(hook = "path_chown")]
+    pub fn corral_path_chown(ctx: LsmContext) -> i32 {
+        files::path_chown(&ctx)
+    }
+
     #[lsm(hook = "sb_umount")]
     pub fn corral_sb_umount(ctx: LsmContext) -> i32 {
         protect::sb_umount(&ctx)

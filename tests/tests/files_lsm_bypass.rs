@@ -240,3 +240,64 @@ fn over_long_path_fails_closed() {
     );
     probe_outside(&steps).assert_ok("open", 0);
 }
+
+/// chmod, fchmod and chown need write access, like truncate: an agent
+/// cannot open up (or give away) what it may only read.
+#[test]
+fn mode_and_owner_changes_need_write_access() {
+    let Some((t, d)) = lsm_lab() else { return };
+    let tail = d.tail(Some("files"));
+    let r = d.probe_as(
+        "files",
+        &[
+            "pid",
+            "chmod",
+            &t.p("kb/a.md"),
+            "666",
+            "fchmod",
+            &t.p("kb/sub/b.md"),
+            "666",
+            "chown",
+            &t.p("kb"),
+            "0",
+            "0",
+            "chmod",
+            &t.p("tickets/t.txt"),
+            "600",
+            "chown",
+            &t.p("rw"),
+            "0",
+            "0",
+            "sleep",
+            "0.3",
+        ],
+    );
+    r.assert_eperm("chmod", 0);
+    r.assert_eperm("fchmod", 0);
+    r.assert_eperm("chown", 0);
+    r.assert_ok("chmod", 1);
+    r.assert_ok("chown", 1);
+    for (path, op) in [
+        (t.p("kb/a.md"), "chmod"),
+        (t.p("kb/sub/b.md"), "chmod"),
+        (t.p("kb/"), "chown"),
+    ] {
+        let ev = tail.expect(|e| e["kind"] == "file" && e["file"]["path"] == path.as_str());
+        assert_eq!(ev["file"]["op"], op, "{ev:#}");
+        assert_eq!(ev["tgid"].as_u64(), Some(r.pid()), "{ev:#}");
+        assert_eq!(ev["identity"], "files", "{ev:#}");
+        assert_eq!(ev["comm"], "corral-probe", "{ev:#}");
+        assert_eq!(ev["verdict"], "deny", "{ev:#}");
+    }
+    let out = probe_outside(&[
+        "chmod",
+        &t.p("kb/a.md"),
+        "644",
+        "chown",
+        &t.p("kb"),
+        "0",
+        "0",
+    ]);
+    out.assert_ok("chmod", 0);
+    out.assert_ok("chown", 0);
+}

@@ -131,9 +131,10 @@ fn file_note(reason: u32, path_len: u32) -> Option<String> {
 /// A refused link, rename or mount (BPF LSM) in its JSON form.
 pub fn file_op_info(e: &FileOpEvent) -> FileInfo {
     use agent_common::file::{
-        FILE_OP_CREATE, FILE_OP_LINK_SOURCE, FILE_OP_LINK_TARGET, FILE_OP_MKDIR, FILE_OP_MOUNT,
-        FILE_OP_MOVE_MOUNT, FILE_OP_RENAME_SOURCE, FILE_OP_RENAME_TARGET, FILE_OP_RMDIR,
-        FILE_OP_SYMLINK, FILE_OP_TRUNCATE, FILE_OP_UMOUNT, FILE_OP_UNLINK,
+        FILE_OP_CHMOD, FILE_OP_CHOWN, FILE_OP_CREATE, FILE_OP_LINK_SOURCE, FILE_OP_LINK_TARGET,
+        FILE_OP_MKDIR, FILE_OP_MOUNT, FILE_OP_MOVE_MOUNT, FILE_OP_RENAME_SOURCE,
+        FILE_OP_RENAME_TARGET, FILE_OP_RMDIR, FILE_OP_SYMLINK, FILE_OP_TRUNCATE, FILE_OP_UMOUNT,
+        FILE_OP_UNLINK,
     };
     let op = match e.op {
         FILE_OP_LINK_SOURCE => "link-source",
@@ -148,6 +149,8 @@ pub fn file_op_info(e: &FileOpEvent) -> FileInfo {
         FILE_OP_UNLINK => "unlink",
         FILE_OP_RMDIR => "rmdir",
         FILE_OP_TRUNCATE => "truncate",
+        FILE_OP_CHMOD => "chmod",
+        FILE_OP_CHOWN => "chown",
         FILE_OP_UMOUNT => "umount",
         _ => "unknown",
     };

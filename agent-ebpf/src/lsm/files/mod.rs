@@ -17,10 +17,11 @@ mod verdict;
 use agent_common::{
     event::{REASON_DENY_RULE, REASON_PROTECTED, VERDICT_AUDIT, VERDICT_DENY},
     file::{
-        ACCESS_WRITE, FILE_OP_CREATE, FILE_OP_LINK_SOURCE, FILE_OP_LINK_TARGET, FILE_OP_MKDIR,
-        FILE_OP_RENAME_SOURCE, FILE_OP_RENAME_TARGET, FILE_OP_RMDIR, FILE_OP_SYMLINK,
-        FILE_OP_TRUNCATE, FILE_OP_UNLINK, FILE_REASON_PATH_TOO_LONG, FILE_REASON_PROTECTED,
-        FILE_REASON_RULES_BELOW, FILE_VALUE_RULES_BELOW, IDENTITY_FLAG_FILES,
+        ACCESS_WRITE, FILE_OP_CHMOD, FILE_OP_CHOWN, FILE_OP_CREATE, FILE_OP_LINK_SOURCE,
+        FILE_OP_LINK_TARGET, FILE_OP_MKDIR, FILE_OP_RENAME_SOURCE, FILE_OP_RENAME_TARGET,
+        FILE_OP_RMDIR, FILE_OP_SYMLINK, FILE_OP_TRUNCATE, FILE_OP_UNLINK,
+        FILE_REASON_PATH_TOO_LONG, FILE_REASON_PROTECTED, FILE_REASON_RULES_BELOW,
+        FILE_VALUE_RULES_BELOW, IDENTITY_FLAG_FILES,
     },
     identity::MODE_AUDIT,
 };
@@ -238,6 +239,22 @@ pub fn path_rmdir(ctx: &LsmContext) -> i32 {
 
 /// `lsm/path_truncate(path)`: truncate(2) by path never opens the file.
 pub fn path_truncate(ctx: &LsmContext) -> i32 {
+    path_change(ctx, FILE_OP_TRUNCATE, false)
+}
+
+/// `lsm/path_chmod(path, mode)`: chmod, fchmod and fchmodat all come here.
+pub fn path_chmod(ctx: &LsmContext) -> i32 {
+    path_change(ctx, FILE_OP_CHMOD, true)
+}
+
+/// `lsm/path_chown(path, uid, gid)`: the chown family, fchown included.
+pub fn path_chown(ctx: &LsmContext) -> i32 {
+    path_change(ctx, FILE_OP_CHOWN, true)
+}
+
+/// A change to an existing path (its size, mode or owner) needs write
+/// access to it. `any_kind`: the path may be a directory (looked up as one).
+fn path_change(ctx: &LsmContext, op: u32, any_kind: bool) -> i32 {
     let Some(s) = identity::current() else {
         return 0;
     };
@@ -245,13 +262,14 @@ pub fn path_truncate(ctx: &LsmContext) -> i32 {
     let o = kernel::offsets();
     let mnt = kernel::read_ptr(path, o.path_mnt);
     let dentry = kernel::read_ptr(path, o.path_dentry);
-    if let Some(r) = protected_entry(&s, mnt, dentry, FILE_OP_TRUNCATE) {
+    if let Some(r) = protected_entry(&s, mnt, dentry, op) {
         return r;
     }
     if s.flags & IDENTITY_FLAG_FILES == 0 {
         return 0;
     }
-    judge_one(&s, mnt, dentry, false, FILE_OP_TRUNCATE, false)
+    let dir = any_kind && kernel::dentry_is_dir(&o, dentry);
+    judge_one(&s, mnt, dentry, dir, op, false)
 }
 
 /// The path walk, as a BPF *global* function: the verifier checks it once,

@@ -145,6 +145,8 @@ pub fn load_and_attach(ebpf: &mut Ebpf, pin_dir: &Path) -> LsmReport {
         "path_unlink",
         "path_rmdir",
         "path_truncate",
+        "path_chmod",
+        "path_chown",
     ];
     let files_failed: Vec<String> = failed
         .iter()

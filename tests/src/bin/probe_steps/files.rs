@@ -8,6 +8,8 @@
 
 use std::{ffi::CString, io, os::unix::ffi::OsStrExt as _, path::Path, time::Instant};
 
+use std::os::unix::fs::PermissionsExt as _;
+
 use super::emit;
 
 pub fn is_step(op: &str) -> bool {
@@ -24,6 +26,9 @@ pub fn is_step(op: &str) -> bool {
             | "rename"
             | "symlink"
             | "chdir"
+            | "chmod"
+            | "fchmod"
+            | "chown"
             | "open-loop"
             | "syscall-loop"
     )
@@ -109,6 +114,31 @@ pub fn step(args: &[String], i: usize) -> usize {
         "chdir" => {
             emit("chdir", std::env::set_current_dir(a(1)));
             i + 2
+        }
+        "chmod" => {
+            let mode = u32::from_str_radix(a(2), 8).expect("octal mode");
+            emit(
+                "chmod",
+                std::fs::set_permissions(a(1), std::fs::Permissions::from_mode(mode)),
+            );
+            i + 3
+        }
+        "fchmod" => {
+            // By descriptor: opened for reading, which the rules allow.
+            let mode = u32::from_str_radix(a(2), 8).expect("octal mode");
+            let r = std::fs::File::open(a(1))
+                .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(mode)));
+            emit("fchmod", r);
+            i + 3
+        }
+        "chown" => {
+            let uid = a(2).parse().expect("uid");
+            let gid = a(3).parse().expect("gid");
+            emit(
+                "chown",
+                std::os::unix::fs::chown(a(1), Some(uid), Some(gid)),
+            );
+            i + 4
         }
         "open-loop" => {
             let n: u64 = a(2).parse().expect("count");
