@@ -75,7 +75,7 @@ pub async fn serve(listener: UnixListener, ctx: Arc<Ctx>) {
     }
 }
 
-fn json_resp(code: StatusCode, v: Value) -> Response<RespBody> {
+pub(super) fn json_resp(code: StatusCode, v: Value) -> Response<RespBody> {
     let mut body = serde_json::to_vec_pretty(&v).expect("json");
     body.push(b'\n');
     Response::builder()
@@ -85,7 +85,7 @@ fn json_resp(code: StatusCode, v: Value) -> Response<RespBody> {
         .expect("response")
 }
 
-fn error(code: StatusCode, msg: impl ToString) -> Response<RespBody> {
+pub(super) fn error(code: StatusCode, msg: impl ToString) -> Response<RespBody> {
     json_resp(code, json!({ "error": msg.to_string() }))
 }
 

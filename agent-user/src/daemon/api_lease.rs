@@ -26,19 +26,18 @@ use std::{
 };
 
 use anyhow::Context as _;
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::BodyExt as _;
 use hyper::{
     Method, Request, Response, StatusCode, body::Incoming, server::conn::http1, service::service_fn,
 };
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::net::UnixListener;
 use tracing::{debug, info};
 
 use super::{
-    api::RespBody,
+    api::{RespBody, error as err, json_resp as resp},
     lease::{
         Actor, IssueReq, LeaseError, Leases, Requester,
         attest::{self, Peer},
@@ -59,20 +58,6 @@ pub fn service() -> Option<&'static Arc<Leases>> {
 }
 
 const MAX_WAIT: Duration = Duration::from_secs(600);
-
-fn resp(code: StatusCode, v: Value) -> Response<RespBody> {
-    let mut body = serde_json::to_vec_pretty(&v).expect("json");
-    body.push(b'\n');
-    Response::builder()
-        .status(code)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)).boxed())
-        .expect("response")
-}
-
-fn err(code: StatusCode, msg: impl ToString) -> Response<RespBody> {
-    resp(code, json!({ "error": msg.to_string() }))
-}
 
 fn lease_err(e: LeaseError, leases: &Leases) -> Response<RespBody> {
     match &e {

@@ -3,6 +3,7 @@
 
 mod api;
 mod api_lease;
+mod btf;
 mod dns;
 mod enforcer;
 mod events;

@@ -57,12 +57,12 @@ pub fn seccomp_mode_offset() -> u32 {
 }
 
 fn read_seccomp_mode_offset() -> u32 {
-    match super::unix::btf::read_vmlinux(&["task_struct", "seccomp"], &[]) {
-        Ok(f) => match (
-            f.member("task_struct", "seccomp"),
-            f.member("seccomp", "mode"),
+    match super::btf::Btf::from_sys_fs() {
+        Ok(b) => match (
+            b.offset("task_struct", "seccomp"),
+            b.offset("seccomp", "mode"),
         ) {
-            (Some(a), Some(b)) if a + b > 0 => a + b,
+            (Ok(a), Ok(b)) if a + b > 0 => a + b,
             _ => {
                 warn!("BTF has no task_struct.seccomp.mode: `assigned = \"kill\"` is unavailable");
                 0

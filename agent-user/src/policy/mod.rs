@@ -161,16 +161,7 @@ impl NetRule {
             Some(_) => format!(" [{}]", self.addr),
             None => String::new(),
         };
-        let file = self
-            .origin
-            .file
-            .file_name()
-            .unwrap_or(self.origin.file.as_os_str())
-            .to_string_lossy();
-        format!(
-            "{verb} {}{resolved} ({file}:{}:{})",
-            self.text, self.origin.line, self.origin.col
-        )
+        format!("{verb} {}{resolved} ({})", self.text, self.origin.short())
     }
 }
 
@@ -196,16 +187,7 @@ pub struct UnixRule {
 impl UnixRule {
     /// e.g. `allow unix:/run/nscd/socket (agent.toml:7:10)`.
     pub fn describe(&self) -> String {
-        let file = self
-            .origin
-            .file
-            .file_name()
-            .unwrap_or(self.origin.file.as_os_str())
-            .to_string_lossy();
-        format!(
-            "allow unix:{} ({file}:{}:{})",
-            self.path, self.origin.line, self.origin.col
-        )
+        format!("allow unix:{} ({})", self.path, self.origin.short())
     }
 }
 
@@ -215,6 +197,15 @@ pub struct Origin {
     pub file: PathBuf,
     pub line: usize,
     pub col: usize,
+}
+
+impl Origin {
+    /// `file.toml:line:col`, the file by name only (as rules describe
+    /// themselves in events and `explain`).
+    pub fn short(&self) -> String {
+        let name = self.file.file_name().unwrap_or(self.file.as_os_str());
+        format!("{}:{}:{}", name.to_string_lossy(), self.line, self.col)
+    }
 }
 
 impl fmt::Display for Origin {

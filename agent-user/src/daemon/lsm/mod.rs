@@ -9,7 +9,6 @@
 //! `corral status` and `corral doctor`. Links are pinned under
 //! `<pin_dir>/links/lsm` and handed over without a gap on restart.
 
-mod btf;
 pub mod compile;
 pub mod tokens;
 
@@ -30,6 +29,8 @@ use aya::{
     programs::{Lsm, ProgramError, links::FdLink},
 };
 use tracing::{info, warn};
+
+use super::btf::{Btf, BtfError};
 
 pub use compile::{CompileError, FileEntry, compile};
 
@@ -61,11 +62,43 @@ impl LsmReport {
 pub fn offsets() -> Result<KernelOffsets, String> {
     static CELL: OnceLock<Result<KernelOffsets, String>> = OnceLock::new();
     CELL.get_or_init(|| {
-        btf::Btf::from_sys_fs()
-            .and_then(|b| b.kernel_offsets())
+        Btf::from_sys_fs()
+            .and_then(|b| kernel_offsets(&b))
             .map_err(|e| e.to_string())
     })
     .clone()
+}
+
+/// Every offset the LSM programs read.
+fn kernel_offsets(b: &Btf) -> Result<KernelOffsets, BtfError> {
+    Ok(KernelOffsets {
+        file_f_path: b.offset("file", "f_path")?,
+        file_f_inode: b.offset("file", "f_inode")?,
+        file_f_mode: b.offset("file", "f_mode")?,
+        file_f_flags: b.offset("file", "f_flags")?,
+        path_mnt: b.offset("path", "mnt")?,
+        path_dentry: b.offset("path", "dentry")?,
+        dentry_d_parent: b.offset("dentry", "d_parent")?,
+        dentry_d_name: b.offset("dentry", "d_name")?,
+        dentry_d_inode: b.offset("dentry", "d_inode")?,
+        qstr_name: b.offset("qstr", "name")?,
+        qstr_len: b.offset("qstr", "len")?,
+        inode_i_mode: b.offset("inode", "i_mode")?,
+        inode_i_sb: b.offset("inode", "i_sb")?,
+        sb_s_magic: b.offset("super_block", "s_magic")?,
+        vfsmount_mnt_root: b.offset("vfsmount", "mnt_root")?,
+        mount_mnt: b.offset("mount", "mnt")?,
+        mount_mnt_parent: b.offset("mount", "mnt_parent")?,
+        mount_mnt_mountpoint: b.offset("mount", "mnt_mountpoint")?,
+        task_tgid: b.offset("task_struct", "tgid")?,
+        task_cgroups: b.offset("task_struct", "cgroups")?,
+        css_set_dfl_cgrp: b.offset("css_set", "dfl_cgrp")?,
+        cgroup_level: b.offset("cgroup", "level")?,
+        cgroup_kn: b.offset("cgroup", "kn")?,
+        cgroup_ancestors: b.offset("cgroup", "ancestors")?,
+        kernfs_node_id: b.offset("kernfs_node", "id")?,
+        dentry_d_sb: b.offset("dentry", "d_sb")?,
+    })
 }
 
 /// The values the loader passes as `CORRAL_KOFFSETS` / `CORRAL_F_PATH_OFF`
@@ -375,7 +408,7 @@ pub fn mechanisms() -> Vec<super::status::Mechanism> {
 pub fn kernel_probe() -> Result<(), String> {
     use std::os::fd::{FromRawFd as _, OwnedFd};
     let lsms = fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
-    let btf = btf::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+    let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
     let id = btf
         .lsm_func_id("bpf_lsm_file_open")
         .ok_or("no bpf_lsm_file_open in the kernel's BTF (built without CONFIG_BPF_LSM)")?;
@@ -426,4 +459,24 @@ pub fn kernel_probe() -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod offset_tests {
+    use super::*;
+
+    /// The real kernel's BTF, where there is one: every offset resolves and
+    /// the well-known ones have their well-known values.
+    #[test]
+    fn running_kernel_offsets() {
+        let Ok(btf) = Btf::from_sys_fs() else {
+            eprintln!("skipping: no {}", super::super::btf::VMLINUX);
+            return;
+        };
+        let o = kernel_offsets(&btf).expect("offsets");
+        assert_eq!((o.path_mnt, o.path_dentry), (0, 8));
+        assert_eq!((o.qstr_len, o.qstr_name), (4, 8));
+        assert_eq!(o.inode_i_mode, 0);
+        assert!(o.file_f_path > 0 && o.mount_mnt > 0);
+    }
 }

@@ -18,7 +18,6 @@
 //! - socketpair() and passed descriptors are not judged (no address).
 
 mod asm;
-pub(super) mod btf;
 mod prog;
 mod sys;
 
@@ -37,7 +36,10 @@ use agent_common::{
 use aya::maps::{HashMap as BpfHashMap, IterableMap as _, Map, MapData, MapError, MapType};
 use tracing::info;
 
-use super::loader::{self, LoadError};
+use super::{
+    btf::Btf,
+    loader::{self, LoadError},
+};
 use crate::policy::UnixRule;
 
 /// Link pin names (bpffs refuses dots).
@@ -79,7 +81,7 @@ pub fn kernel_support() -> Result<KernelSupport, String> {
     let no_hooks = || {
         format!("kernel {rel} has no cgroup unix hooks (BPF_CGROUP_UNIX_CONNECT needs Linux 6.7+)")
     };
-    let facts = match btf::read_vmlinux(&["bpf_sock_addr_kern"], &["bpf_attach_type"]) {
+    let btf = match Btf::from_sys_fs() {
         Ok(f) => f,
         Err(e) if version_at_least(&rel, (6, 7)) => {
             info!("no usable kernel BTF ({e}); assuming the Linux 6.7 unix hook layout");
@@ -95,13 +97,13 @@ pub fn kernel_support() -> Result<KernelSupport, String> {
         }
         Err(_) => return Err(no_hooks()),
     };
-    let at = |n: &str| facts.enumerator("bpf_attach_type", n);
+    let at = |n: &str| btf.enumerator("bpf_attach_type", n);
     let (Some(connect), Some(sendmsg)) =
         (at("BPF_CGROUP_UNIX_CONNECT"), at("BPF_CGROUP_UNIX_SENDMSG"))
     else {
         return Err(no_hooks());
     };
-    let field = |m: &str| facts.member("bpf_sock_addr_kern", m);
+    let field = |m: &str| btf.offset("bpf_sock_addr_kern", m).ok();
     let (Some(uaddr), Some(uaddrlen)) = (field("uaddr"), field("uaddrlen")) else {
         return Err(format!(
             "kernel {rel}: struct bpf_sock_addr_kern has no uaddr/uaddrlen in BTF"
@@ -346,7 +348,8 @@ mod tests {
     /// The running kernel's layout, when there is one to read.
     #[test]
     fn reads_this_kernel() {
-        if !Path::new(btf::VMLINUX).exists() || !version_at_least(&release(), (6, 7)) {
+        if !Path::new(crate::daemon::btf::VMLINUX).exists() || !version_at_least(&release(), (6, 7))
+        {
             return;
         }
         let s = kernel_support().expect("6.7+ kernel with BTF");

@@ -75,6 +75,19 @@ pub enum FileList {
 }
 
 impl FileList {
+    /// The access bits a rule of this list speaks about: `write` grants
+    /// reading too, and without an `exec` list what may be read or written
+    /// may also be executed; a deny refuses everything.
+    pub fn access(self, exec_restricted: bool) -> u32 {
+        let implied_exec = if exec_restricted { 0 } else { ACCESS_EXEC };
+        match self {
+            FileList::Read => ACCESS_READ | implied_exec,
+            FileList::Write => ACCESS_READ | ACCESS_WRITE | implied_exec,
+            FileList::Exec => ACCESS_READ | ACCESS_EXEC,
+            FileList::Deny => ACCESS_ALL,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             FileList::Read => "read",
@@ -132,18 +145,11 @@ impl FileRule {
 
     /// e.g. `deny /srv/tickets/vip/ (support-agent.toml:31:5)`.
     pub fn describe(&self) -> String {
-        let file = self
-            .origin
-            .file
-            .file_name()
-            .unwrap_or(self.origin.file.as_os_str())
-            .to_string_lossy();
         format!(
-            "{} {} ({file}:{}:{})",
+            "{} {} ({})",
             self.list.name(),
             self.text,
-            self.origin.line,
-            self.origin.col
+            self.origin.short()
         )
     }
 }
@@ -219,22 +225,14 @@ pub(crate) fn build_files(
         return (FilePolicy::default(), last_id);
     };
     let exec_restricted = raw.exec.is_some();
-    let implied_exec = if exec_restricted { 0 } else { ACCESS_EXEC };
     let no_exec = Vec::new();
     let lists = [
-        (&raw.read, FileList::Read, ACCESS_READ | implied_exec),
-        (
-            &raw.write,
-            FileList::Write,
-            ACCESS_READ | ACCESS_WRITE | implied_exec,
-        ),
-        (
-            raw.exec.as_ref().unwrap_or(&no_exec),
-            FileList::Exec,
-            ACCESS_READ | ACCESS_EXEC,
-        ),
-        (&raw.deny, FileList::Deny, ACCESS_ALL),
-    ];
+        (&raw.read, FileList::Read),
+        (&raw.write, FileList::Write),
+        (raw.exec.as_ref().unwrap_or(&no_exec), FileList::Exec),
+        (&raw.deny, FileList::Deny),
+    ]
+    .map(|(l, kind)| (l, kind, kind.access(exec_restricted)));
     let mut files = FilePolicy {
         confined: true,
         exec_restricted,

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use super::{GRANT_IDS_PER_LEASE, GRANT_RULE_BASE, Grant, MAX_LIVE_LEASES};
 use crate::policy::compile::{compile_network, compile_worst_case, digest};
 use crate::policy::error::PolicyErrors;
-use crate::policy::files::{ACCESS_EXEC, ACCESS_READ, ACCESS_WRITE, FileList, FileRule};
+use crate::policy::files::{FileList, FileRule};
 use crate::policy::{Action, FilePolicy, IdentityPolicy, NetTables};
 
 /// Every grant active at once must compile: the kernel's per-prefix limit
@@ -99,21 +99,13 @@ fn add_grants(base: &IdentityPolicy, live: &[LiveGrant], now_boot_ns: u64) -> Id
 /// A grant's file paths as `[files]` rules (id 0: the caller numbers them),
 /// with the access bits a written `read`/`write` rule would carry.
 fn file_grants(grant: &Grant, files: &FilePolicy, lease: &str, scope: &str) -> Vec<FileRule> {
-    let exec = if files.exec_restricted {
-        0
-    } else {
-        ACCESS_EXEC
-    };
     let lists = [
-        (&grant.files_read, FileList::Read, ACCESS_READ | exec),
-        (
-            &grant.files_write,
-            FileList::Write,
-            ACCESS_READ | ACCESS_WRITE | exec,
-        ),
+        (&grant.files_read, FileList::Read),
+        (&grant.files_write, FileList::Write),
     ];
     let mut out = Vec::new();
-    for (paths, list, access) in lists {
+    for (paths, list) in lists {
+        let access = list.access(files.exec_restricted);
         for path in paths {
             out.push(FileRule {
                 id: 0,

@@ -181,20 +181,11 @@ pub struct SyscallEntry {
 impl SyscallEntry {
     /// e.g. `deny ptrace (agent.toml:9:10)`.
     pub fn describe(&self, action: Action) -> String {
-        let file = self
-            .origin
-            .file
-            .file_name()
-            .unwrap_or(self.origin.file.as_os_str())
-            .to_string_lossy();
         let verb = match action {
             Action::Allow => "allow",
             Action::Deny => "deny",
         };
-        format!(
-            "{verb} {} ({file}:{}:{})",
-            self.text, self.origin.line, self.origin.col
-        )
+        format!("{verb} {} ({})", self.text, self.origin.short())
     }
 }
 

@@ -1,11 +1,11 @@
-//! Struct member offsets from the running kernel's BTF, for the LSM
-//! programs (`agent_common::file::KernelOffsets`). Unlike a flat member
-//! scan, this follows anonymous structs and unions (`qstr.len` lives in an
-//! anonymous struct inside an anonymous union).
+//! Just enough of a BTF reader to ask the running kernel where a struct
+//! member is (following anonymous structs and unions: `qstr.len` lives in
+//! an anonymous struct inside an anonymous union), what an enumerator is
+//! worth, and which `bpf_lsm_*` hooks exist. aya parses BTF too, but keeps
+//! member offsets and enum values crate-private. One reader serves the LSM
+//! offsets, the unix hook layout and the seccomp mode offset.
 
 use std::collections::HashMap;
-
-use agent_common::file::KernelOffsets;
 
 const MAGIC: u16 = 0xeb9f;
 const KIND_INT: u32 = 1;
@@ -57,6 +57,8 @@ pub struct Btf {
     types: Vec<Type>,
     by_name: HashMap<String, u32>,
     funcs: HashMap<String, u32>,
+    /// Named enums: enumerator name → value.
+    enums: HashMap<String, HashMap<String, i64>>,
 }
 
 fn u32_at(b: &[u8], at: usize) -> Result<u32, BtfError> {
@@ -103,6 +105,7 @@ impl Btf {
         }];
         let mut by_name = HashMap::new();
         let mut funcs = HashMap::new();
+        let mut enums: HashMap<String, HashMap<String, i64>> = HashMap::new();
         let mut p = types_start;
         while p < types_end {
             let name_off = u32_at(b, p)?;
@@ -122,7 +125,8 @@ impl Btf {
                 k => return Err(BtfError::Kind(k)),
             };
             let wanted = matches!(kind, KIND_STRUCT | KIND_UNION);
-            let name = if name_off == 0 || !(wanted || kind == KIND_TYPEDEF || kind == KIND_FUNC) {
+            let named = wanted || matches!(kind, KIND_TYPEDEF | KIND_FUNC | KIND_ENUM);
+            let name = if name_off == 0 || !named {
                 String::new()
             } else {
                 str_at(b, strings, strings_end, name_off)?
@@ -144,6 +148,14 @@ impl Btf {
                     });
                 }
             }
+            if kind == KIND_ENUM && !name.is_empty() {
+                let values = enums.entry(name.clone()).or_default();
+                for i in 0..vlen {
+                    let m = p + 8 * i;
+                    let ename = str_at(b, strings, strings_end, u32_at(b, m)?)?;
+                    values.insert(ename, i64::from(u32_at(b, m + 4)? as i32));
+                }
+            }
             let id = types.len() as u32;
             if kind == KIND_STRUCT && !name.is_empty() && !members.is_empty() {
                 by_name.entry(name.clone()).or_insert(id);
@@ -162,6 +174,7 @@ impl Btf {
             types,
             by_name,
             funcs,
+            enums,
         })
     }
 
@@ -217,36 +230,9 @@ impl Btf {
         Ok(bits / 8)
     }
 
-    /// Every offset the LSM programs read.
-    pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
-        Ok(KernelOffsets {
-            file_f_path: self.offset("file", "f_path")?,
-            file_f_inode: self.offset("file", "f_inode")?,
-            file_f_mode: self.offset("file", "f_mode")?,
-            file_f_flags: self.offset("file", "f_flags")?,
-            path_mnt: self.offset("path", "mnt")?,
-            path_dentry: self.offset("path", "dentry")?,
-            dentry_d_parent: self.offset("dentry", "d_parent")?,
-            dentry_d_name: self.offset("dentry", "d_name")?,
-            dentry_d_inode: self.offset("dentry", "d_inode")?,
-            qstr_name: self.offset("qstr", "name")?,
-            qstr_len: self.offset("qstr", "len")?,
-            inode_i_mode: self.offset("inode", "i_mode")?,
-            inode_i_sb: self.offset("inode", "i_sb")?,
-            sb_s_magic: self.offset("super_block", "s_magic")?,
-            vfsmount_mnt_root: self.offset("vfsmount", "mnt_root")?,
-            mount_mnt: self.offset("mount", "mnt")?,
-            mount_mnt_parent: self.offset("mount", "mnt_parent")?,
-            mount_mnt_mountpoint: self.offset("mount", "mnt_mountpoint")?,
-            task_tgid: self.offset("task_struct", "tgid")?,
-            task_cgroups: self.offset("task_struct", "cgroups")?,
-            css_set_dfl_cgrp: self.offset("css_set", "dfl_cgrp")?,
-            cgroup_level: self.offset("cgroup", "level")?,
-            cgroup_kn: self.offset("cgroup", "kn")?,
-            cgroup_ancestors: self.offset("cgroup", "ancestors")?,
-            kernfs_node_id: self.offset("kernfs_node", "id")?,
-            dentry_d_sb: self.offset("dentry", "d_sb")?,
-        })
+    /// The value of enumerator `name` of `enum en`.
+    pub fn enumerator(&self, en: &str, name: &str) -> Option<i64> {
+        self.enums.get(en)?.get(name).copied()
     }
 }
 
@@ -254,19 +240,42 @@ impl Btf {
 mod tests {
     use super::*;
 
-    /// The real kernel's BTF, where there is one: every offset resolves and
-    /// the well-known ones have their well-known values.
+    /// A hand-built BTF blob: `int`, `struct s { int a; union { int b; }; }`
+    /// and `enum e { X = 49 }`.
+    fn blob() -> Vec<u8> {
+        let strings = b"\0int\0s\0a\0b\0e\0X\0".to_vec();
+        let (int, s, a, bb, e, x) = (1u32, 5u32, 7u32, 9u32, 11u32, 13u32);
+        let mut t: Vec<u32> = vec![];
+        t.extend([int, KIND_INT << 24, 4, 32]); // type 1: int
+        t.extend([s, (KIND_STRUCT << 24) | 2, 8, a, 1, 0, 0, 4, 32]); // 2: s
+        t.extend([e, (KIND_ENUM << 24) | 1, 4, x, 49]); // 3: e
+        t.extend([0, (KIND_UNION << 24) | 1, 4, bb, 1, 0]); // 4: anonymous union
+        let types: Vec<u8> = t.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let mut out = Vec::new();
+        out.extend(MAGIC.to_le_bytes());
+        out.extend([1u8, 0]);
+        for w in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
+            out.extend(w.to_le_bytes());
+        }
+        out.extend(types);
+        out.extend(strings);
+        out
+    }
+
     #[test]
-    fn running_kernel_offsets() {
-        let Ok(btf) = Btf::from_sys_fs() else {
-            eprintln!("skipping: no {VMLINUX}");
-            return;
-        };
-        let o = btf.kernel_offsets().expect("offsets");
-        assert_eq!((o.path_mnt, o.path_dentry), (0, 8));
-        assert_eq!((o.qstr_len, o.qstr_name), (4, 8));
-        assert_eq!(o.inode_i_mode, 0);
-        assert!(o.file_f_path > 0 && o.mount_mnt > 0);
+    fn finds_members_through_anonymous_unions_and_enumerators() {
+        let b = Btf::parse(&blob()).expect("parse");
+        assert_eq!(b.offset("s", "a").ok(), Some(0));
+        assert_eq!(b.offset("s", "b").ok(), Some(4));
+        assert!(b.offset("s", "c").is_err());
+        assert_eq!(b.enumerator("e", "X"), Some(49));
+        assert_eq!(b.enumerator("e", "Y"), None);
     }
 
     #[test]
