@@ -80,8 +80,11 @@ pub struct NetEvent {
     pub port: u32,
     /// IPv4 in the first 4 bytes; IPv6 as 16 bytes.
     pub addr: [u8; 16],
+    /// SOCK_* type of the socket (`net::SOCK_STREAM`, ...).
+    pub sock_type: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<NetEvent>() == 96);
+const _: () = assert!(core::mem::size_of::<NetEvent>() == 104);
 
 /// An AF_UNIX connect()/sendmsg() judged by the cgroup unix hooks.
 #[repr(C)]

@@ -44,6 +44,10 @@ pub const PROG_SENDMSG6: &str = "corral_sendmsg6";
 pub const PROG_BIND4: &str = "corral_bind4";
 pub const PROG_BIND6: &str = "corral_bind6";
 
+/// `cgroup/sock_create`: refuses inet sockets no rule class judges (SCTP,
+/// UDP-Lite, raw, ping, ...). Attached beside the sock_addr programs.
+pub const PROG_SOCK_CREATE: &str = "corral_sock_create";
+
 /// Every cgroup sock_addr program, for loaders that attach them as a set.
 pub const SOCK_ADDR_PROGRAMS: [&str; 6] = [
     PROG_CONNECT4,

@@ -78,6 +78,25 @@ user_pod!(Net4Key, Net6Key, PortRule, NetRuleList);
 pub const OP_CONNECT: u32 = 1;
 pub const OP_SENDMSG: u32 = 2;
 pub const OP_BIND: u32 = 3;
+/// `cgroup/sock_create`: an inet socket of a kind no rule class judges.
+pub const OP_CREATE: u32 = 4;
+
+/// Socket types and protocols the `sock_create` program tells apart.
+pub const SOCK_STREAM: u32 = 1;
+pub const SOCK_DGRAM: u32 = 2;
+pub const SOCK_RAW: u32 = 3;
+pub const IPPROTO_ICMP: u32 = 1;
+pub const IPPROTO_TCP: u32 = 6;
+pub const IPPROTO_UDP: u32 = 17;
+pub const IPPROTO_ICMPV6: u32 = 58;
+pub const IPPROTO_MPTCP: u32 = 262;
+
+/// `IdentityState::flags`: `[network] sockets` names ICMP echo ("ping")
+/// sockets, which the identity may then create (their sends are not judged
+/// by address: no hook sees them).
+pub const IDENTITY_FLAG_NET_PING: u32 = 1 << 1;
+/// `IdentityState::flags`: `[network] sockets` names raw IP sockets.
+pub const IDENTITY_FLAG_NET_RAW: u32 = 1 << 2;
 
 /// Address families as the kernel numbers them.
 pub const AF_INET: u32 = 2;
@@ -90,6 +109,7 @@ crate::wire_enum!(
         Connect = OP_CONNECT,
         Sendmsg = OP_SENDMSG,
         Bind = OP_BIND,
+        Create = OP_CREATE,
     }
 );
 

@@ -55,6 +55,8 @@ pub const AF_NETLINK: u32 = 16;
 pub const AF_PACKET: u32 = 17;
 pub const AF_VSOCK: u32 = 40;
 pub const SOCK_RAW: u32 = 3;
+/// Obsolete `AF_INET` type the kernel turns into an AF_PACKET socket.
+pub const SOCK_PACKET: u32 = 10;
 /// `socket()` type bits that are the type (the rest are SOCK_NONBLOCK/CLOEXEC).
 pub const SOCK_TYPE_MASK: u32 = 0xf;
 pub const NETLINK_ROUTE: u32 = 0;
@@ -171,10 +173,16 @@ impl SyscallPolicy {
 }
 
 /// Which pseudo-syscall gates `socket(family, ty, protocol)`; 0 for none.
+///
+/// Judged by the socket the kernel will create, not by the arguments as
+/// written: `__sock_create` turns `AF_INET` + `SOCK_PACKET` into an
+/// AF_PACKET socket (the only family/type rewrite it makes; the flag bits
+/// above `SOCK_TYPE_MASK` are stripped first).
 #[inline(always)]
 pub fn socket_pseudo(family: u32, ty: u32, protocol: u32) -> u32 {
     match family {
         AF_UNIX => 0,
+        AF_INET if ty & SOCK_TYPE_MASK == SOCK_PACKET => PSEUDO_SOCKET_PACKET,
         AF_INET | AF_INET6 => {
             if ty & SOCK_TYPE_MASK == SOCK_RAW {
                 PSEUDO_SOCKET_RAW
@@ -295,11 +303,18 @@ mod tests {
         assert!(p.allows(NR_SOCKET, &[AF_NETLINK as u64, SOCK_RAW as u64, 0]));
         assert!(!p.allows(NR_SOCKET, &[AF_NETLINK as u64, SOCK_RAW as u64, 9]));
         assert!(!p.allows(NR_SOCKET, &[AF_PACKET as u64, SOCK_RAW as u64, 0]));
+        // The kernel makes an AF_PACKET socket of AF_INET + SOCK_PACKET.
+        assert!(!p.allows(NR_SOCKET, &[AF_INET as u64, SOCK_PACKET as u64, 0x300]));
+        assert!(!p.allows(
+            NR_SOCKET,
+            &[AF_INET as u64, SOCK_PACKET as u64 | 0x80000, 0]
+        ));
         assert!(!p.allows(NR_SOCKET, &[AF_INET6 as u64, SOCK_RAW as u64 | 0x800, 58]));
         assert!(!p.allows(NR_SOCKET, &[AF_VSOCK as u64, 1, 0]));
         assert!(!p.allows(NR_SOCKET, &[38, 5, 0]), "AF_ALG");
         let p = policy(&[NR_SOCKET, PSEUDO_SOCKET_PACKET]);
         assert!(p.allows(NR_SOCKET, &[AF_PACKET as u64, SOCK_RAW as u64, 0]));
+        assert!(p.allows(NR_SOCKET, &[AF_INET as u64, SOCK_PACKET as u64, 0x300]));
         let p = policy(&[PSEUDO_SOCKET_PACKET]);
         assert!(!p.allows(NR_SOCKET, &[AF_PACKET as u64, SOCK_RAW as u64, 0]));
         let p = policy(&[PSEUDO_SOCKET_UNIX]);

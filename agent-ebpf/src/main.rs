@@ -22,9 +22,17 @@ mod syscall;
 
 #[cfg(target_arch = "bpf")]
 mod entry {
-    use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+    use aya_ebpf::{
+        macros::{cgroup_sock, cgroup_sock_addr},
+        programs::{SockAddrContext, SockContext},
+    };
 
     use crate::net;
+
+    #[cgroup_sock(sock_create)]
+    pub fn corral_sock_create(ctx: SockContext) -> i32 {
+        net::judge_create(&ctx)
+    }
 
     #[cgroup_sock_addr(connect4)]
     pub fn corral_connect4(ctx: SockAddrContext) -> i32 {

@@ -1,4 +1,6 @@
-//! cgroup sock_addr hooks: connect, UDP sendmsg and bind, IPv4 and IPv6.
+//! cgroup sock_addr hooks: connect, UDP sendmsg and bind, IPv4 and IPv6;
+//! and `sock_create`, which keeps every inet socket of a tagged task to the
+//! kinds those hooks judge.
 
 use agent_common::{
     event::{
@@ -8,11 +10,16 @@ use agent_common::{
     identity::MODE_AUDIT,
     net::{
         ACTION_ALLOW, AF_INET, AF_INET6, CLASS_BIND_TCP, CLASS_BIND_UDP, CLASS_TCP, CLASS_UDP,
-        KEY_FIXED_BITS, MAX_PORT_RULES, Net4Key, Net6Key, NetRuleList, OP_BIND, OP_CONNECT,
-        OP_SENDMSG,
+        IDENTITY_FLAG_NET_PING, IDENTITY_FLAG_NET_RAW, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_MPTCP,
+        IPPROTO_TCP, IPPROTO_UDP, KEY_FIXED_BITS, MAX_PORT_RULES, Net4Key, Net6Key, NetRuleList,
+        OP_BIND, OP_CONNECT, OP_CREATE, OP_SENDMSG, SOCK_DGRAM, SOCK_RAW, SOCK_STREAM,
     },
 };
-use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, maps::lpm_trie::Key, programs::SockAddrContext};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_boot_ns,
+    maps::lpm_trie::Key,
+    programs::{SockAddrContext, SockContext},
+};
 
 use crate::{
     events::{self, COUNT_ALLOWED, COUNT_AUDITED, COUNT_DENIED},
@@ -23,15 +30,12 @@ use crate::{
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
 
-const IPPROTO_TCP: u32 = 6;
-const IPPROTO_UDP: u32 = 17;
-const IPPROTO_MPTCP: u32 = 262;
-
 #[derive(Clone, Copy)]
 pub enum Hook {
     Connect,
     Sendmsg,
     Bind,
+    Create,
 }
 
 impl Hook {
@@ -41,6 +45,7 @@ impl Hook {
             Hook::Connect => OP_CONNECT,
             Hook::Sendmsg => OP_SENDMSG,
             Hook::Bind => OP_BIND,
+            Hook::Create => OP_CREATE,
         }
     }
 }
@@ -129,6 +134,7 @@ fn ephemeral_bind(hook: Hook, port: u16) -> bool {
 
 struct Target {
     family: u32,
+    sock_type: u32,
     protocol: u32,
     port: u16,
     addr: [u8; 16],
@@ -162,6 +168,8 @@ fn verdict(s: &Subject, hook: Hook, class: u32, found: (u32, u32), t: &Target) -
                 protocol: t.protocol,
                 port: t.port as u32,
                 addr: t.addr,
+                sock_type: t.sock_type,
+                _pad: 0,
             });
             slot.submit(0);
         }
@@ -194,8 +202,8 @@ pub fn judge4(ctx: &SockAddrContext, hook: Hook) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: the context pointer is valid for the program's duration; the
     // fields are copied out before any write through it.
-    let (protocol, user_port, user_ip4) =
-        unsafe { ((*sa).protocol, (*sa).user_port, (*sa).user_ip4) };
+    let (protocol, sock_type, user_port, user_ip4) =
+        unsafe { ((*sa).protocol, (*sa).type_, (*sa).user_port, (*sa).user_ip4) };
     let class = class_of(hook, protocol);
     let port = u16::from_be(user_port as u16);
     if ephemeral_bind(hook, port) {
@@ -218,6 +226,7 @@ pub fn judge4(ctx: &SockAddrContext, hook: Hook) -> i32 {
     addr[..4].copy_from_slice(&a4);
     let t = Target {
         family: AF_INET,
+        sock_type,
         protocol,
         port,
         addr,
@@ -232,9 +241,10 @@ pub fn judge6(ctx: &SockAddrContext, hook: Hook) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: the context pointer is valid for the program's duration; the
     // fields are copied out before any write through it.
-    let (protocol, user_port, mut w) = unsafe {
+    let (protocol, sock_type, user_port, mut w) = unsafe {
         (
             (*sa).protocol,
+            (*sa).type_,
             (*sa).user_port,
             [
                 (*sa).user_ip6[0],
@@ -281,9 +291,51 @@ pub fn judge6(ctx: &SockAddrContext, hook: Hook) -> i32 {
     };
     let t = Target {
         family: AF_INET6,
+        sock_type,
         protocol,
         port,
         addr,
     };
     verdict(&s, hook, class, found, &t)
+}
+
+/// Whether an inet socket of this kind may exist in an identity: the kinds
+/// the sock_addr hooks judge (TCP, MPTCP as TCP, UDP), plus ping and raw
+/// sockets where the policy names them. Everything else (SCTP, UDP-Lite,
+/// L2TP/IP, SMC, a protocol a module adds later) would send where no
+/// program looks, so default deny refuses the socket itself.
+#[inline(always)]
+fn creatable(s: &Subject, sock_type: u32, protocol: u32) -> bool {
+    match sock_type {
+        SOCK_STREAM => protocol == IPPROTO_TCP || protocol == IPPROTO_MPTCP,
+        SOCK_DGRAM if protocol == IPPROTO_UDP => true,
+        SOCK_DGRAM if protocol == IPPROTO_ICMP || protocol == IPPROTO_ICMPV6 => {
+            s.flags & IDENTITY_FLAG_NET_PING != 0
+        }
+        SOCK_RAW => s.flags & IDENTITY_FLAG_NET_RAW != 0,
+        _ => false,
+    }
+}
+
+/// `cgroup/sock_create`: runs in `inet_create`/`inet6_create` after the
+/// kernel resolved protocol 0 to the protocol it will use, so what is judged
+/// is what would be created. Other families never reach it.
+pub fn judge_create(ctx: &SockContext) -> i32 {
+    let Some(s) = identity::current() else {
+        return ALLOW;
+    };
+    let sk = ctx.sock;
+    // SAFETY: the context pointer is valid for the program's duration.
+    let (family, sock_type, protocol) = unsafe { ((*sk).family, (*sk).type_, (*sk).protocol) };
+    if creatable(&s, sock_type, protocol) {
+        return ALLOW;
+    }
+    let t = Target {
+        family,
+        sock_type,
+        protocol,
+        port: 0,
+        addr: [0; 16],
+    };
+    verdict(&s, Hook::Create, 0, (0, 0), &t)
 }

@@ -230,15 +230,14 @@ fn sockets_made_before_assign_are_not_judged() {
     assert_net_event(&ev, "late", pid, "connect", "127.0.0.1", port);
 }
 
-/// OPEN (documented): sockets no sock_addr hook sees. Raw IP sockets
-/// (neither connect() nor sendto() is judged) and AF_PACKET sockets send
-/// whatever packet they build, to any address: both need CAP_NET_RAW, so
-/// root only (`--user` agents get EPERM from the kernel). ICMP echo
-/// ("ping") sockets: connect() is judged (`unsupported`), sendto() is not;
-/// they need the agent's group in net.ipv4.ping_group_range (no one here;
-/// everyone on many systemd distributions). AF_VSOCK sockets are not judged
-/// either. The seccomp socket-family filter (`[syscalls]`, in progress) is
-/// what can refuse these sockets.
+/// OPEN (documented) where a policy names them: raw IP sockets (neither
+/// connect() nor sendto() is judged) and ICMP echo ("ping") sockets
+/// (connect() is judged, `unsupported`; sendto() is not) exist in an
+/// identity only with `[network] sockets = ["ping", "raw"]` (without it
+/// `socket()` itself is refused: `socket_kinds.rs`). AF_PACKET sockets
+/// (CAP_NET_RAW: root only; `--user` agents get EPERM from the kernel) and
+/// AF_VSOCK sockets are not inet sockets: no cgroup socket program sees
+/// them; `[syscalls]` refuses them (`socket:packet`, `socket:vsock`).
 #[test]
 fn raw_packet_ping_and_vsock_sockets_are_not_judged() {
     if !is_root() {
@@ -248,7 +247,8 @@ fn raw_packet_ping_and_vsock_sockets_are_not_judged() {
         "raw",
         &enforce_policy(
             "raw",
-            "allow = []\nbind = [\"udp://127.0.0.1:7002\", \"udp://127.0.0.3:7003\"]",
+            "allow = []\nsockets = [\"ping\", \"raw\"]\n\
+             bind = [\"udp://127.0.0.1:7002\", \"udp://127.0.0.3:7003\"]",
         ),
     );
     // In a fresh netns (route_localnet + accept_local on lo, so a packet

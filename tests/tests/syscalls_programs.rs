@@ -77,6 +77,9 @@ fn io_uring_and_raw_socket_families_are_denied() {
         "inet",
         "socket",
         "unix",
+        // AF_INET + SOCK_PACKET: the kernel makes an AF_PACKET socket.
+        "socket",
+        "inet-packet",
     ];
     let r = d.probe_as("net", &steps);
     assert_eq!(r.code, Some(0), "{r:#?}");
@@ -87,6 +90,7 @@ fn io_uring_and_raw_socket_families_are_denied() {
     for i in 3..6 {
         r.assert_ok("socket", i);
     }
+    r.assert_eperm("socket", 6);
     let ev = tail.expect(|e| is_syscall(e, "io_uring_setup"));
     assert_syscall_event(
         &ev,
@@ -111,8 +115,17 @@ fn io_uring_and_raw_socket_families_are_denied() {
             .contains("socket:packet"),
         "{ev:#}"
     );
+    let ev = tail.expect(|e| {
+        is_syscall(e, "socket")
+            && e["syscall"]["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains("AF_INET SOCK_PACKET (needs `socket:packet`)")
+    });
+    assert_syscall_event(&ev, "net", r.pid(), ("socket", 41), "notify", "deny");
 
     let out = probe_outside(&steps[1..]);
+    out.assert_ok("socket", 6);
     assert_eq!(
         out.step("io-uring-setup", 0)["ok"],
         true,

@@ -22,7 +22,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::MapType,
     programs::{
-        CgroupAttachMode, CgroupSockAddr,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr,
         links::{FdLink, PinnedLink},
     },
 };
@@ -160,7 +160,21 @@ pub fn load(pin_dir: &Path, ringbuf_size: u32, daemon_tgid: u32) -> Result<Ebpf,
         prog.load()
             .map_err(|source| LoadError::Program { name, source })?;
     }
+    let name = maps::PROG_SOCK_CREATE;
+    sock_create(&mut ebpf)?
+        .load()
+        .map_err(|source| LoadError::Program { name, source })?;
     Ok(ebpf)
+}
+
+fn sock_create(ebpf: &mut Ebpf) -> Result<&mut CgroupSock, LoadError> {
+    let name = maps::PROG_SOCK_CREATE;
+    let p = ebpf.program_mut(name).ok_or(LoadError::Program {
+        name,
+        source: aya::programs::ProgramError::UnexpectedProgramType,
+    })?;
+    p.try_into()
+        .map_err(|source| LoadError::Program { name, source })
 }
 
 fn program<'a>(
@@ -230,8 +244,9 @@ fn check_layouts(mdir: &Path) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Attaches every sock_addr program at `cgroup` and pins the links under
-/// `links_dir`, replacing links a previous daemon pinned there without a gap.
+/// Attaches every socket program (sock_create and the sock_addr set) at
+/// `cgroup` and pins the links under `links_dir`, replacing links a previous
+/// daemon pinned there without a gap.
 pub fn attach_sock_addr(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Result<(), LoadError> {
     fs::create_dir_all(links_dir).map_err(|source| LoadError::PinDir {
         path: links_dir.to_path_buf(),
@@ -241,6 +256,25 @@ pub fn attach_sock_addr(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Res
         path: cgroup.to_path_buf(),
         source,
     })?;
+    let link_err = |name: &str| {
+        let path = links_dir.join(name);
+        move |e: aya::programs::links::LinkError| LoadError::Link {
+            path,
+            message: e.to_string(),
+        }
+    };
+    // First, so no socket of a kind nothing judges is made while the others
+    // are being attached.
+    let name = maps::PROG_SOCK_CREATE;
+    let perr = |source| LoadError::Program { name, source };
+    let prog = sock_create(ebpf)?;
+    let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(perr)?;
+    let link: FdLink = prog
+        .take_link(id)
+        .map_err(perr)?
+        .try_into()
+        .map_err(link_err(name))?;
+    pin_replacing(link, links_dir, name)?;
     for name in maps::SOCK_ADDR_PROGRAMS {
         let prog = program(ebpf, name)?;
         let id = prog
@@ -250,10 +284,7 @@ pub fn attach_sock_addr(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Res
             .take_link(id)
             .map_err(|source| LoadError::Program { name, source })?
             .try_into()
-            .map_err(|e: aya::programs::links::LinkError| LoadError::Link {
-                path: links_dir.join(name),
-                message: e.to_string(),
-            })?;
+            .map_err(link_err(name))?;
         pin_replacing(link, links_dir, name)?;
     }
     Ok(())

@@ -44,7 +44,10 @@ impl fmt::Display for Event {
             self.tgid.map_or("-".into(), |p| p.to_string()),
             o(&self.comm),
         )?;
-        if let Some(n) = &self.net {
+        if let Some(n) = self.net.as_ref().filter(|n| n.op == "create") {
+            // socket() itself: no address yet, the kind is the target.
+            write!(f, "socket {} {} {}", n.family, n.sock_type, n.protocol)?;
+        } else if let Some(n) = &self.net {
             let addr = if n.family == "inet6" {
                 format!("[{}]", n.addr)
             } else {

@@ -10,14 +10,18 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NetInfo {
-    /// `connect`, `sendmsg` or `bind`.
+    /// `connect`, `sendmsg`, `bind` or `create` (`socket()` itself).
     pub op: String,
     /// `inet` or `inet6`.
     pub family: String,
-    /// `tcp`, `udp` or the IP protocol number.
+    /// `tcp`, `udp`, `mptcp`, `icmp`, ... or the IP protocol number.
     pub protocol: String,
     pub addr: String,
     pub port: u16,
+    /// The socket's type: `stream`, `dgram`, `raw`, `seqpacket`, ... (absent
+    /// in events of older daemons).
+    #[serde(default, rename = "type", skip_serializing_if = "String::is_empty")]
+    pub sock_type: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,12 +34,7 @@ pub struct UnixInfo {
 }
 
 pub fn net_info(n: &NetEvent) -> NetInfo {
-    let op = match NetOp::try_from(n.op) {
-        Ok(NetOp::Connect) => "connect",
-        Ok(NetOp::Sendmsg) => "sendmsg",
-        Ok(NetOp::Bind) => "bind",
-        Err(_) => "unknown",
-    };
+    let op = op_str(n.op);
     let (family, addr) = if n.family == AF_INET {
         let a = [n.addr[0], n.addr[1], n.addr[2], n.addr[3]];
         ("inet", IpAddr::V4(Ipv4Addr::from(a)))
@@ -43,10 +42,27 @@ pub fn net_info(n: &NetEvent) -> NetInfo {
         ("inet6", IpAddr::V6(Ipv6Addr::from(n.addr)))
     };
     let protocol = match n.protocol {
+        1 => "icmp".to_string(),
         6 => "tcp".to_string(),
         17 => "udp".to_string(),
+        58 => "icmpv6".to_string(),
+        115 => "l2tp".to_string(),
+        132 => "sctp".to_string(),
+        136 => "udplite".to_string(),
+        255 => "raw".to_string(),
+        256 => "smc".to_string(),
         262 => "mptcp".to_string(),
         p => p.to_string(),
+    };
+    let sock_type = match n.sock_type {
+        0 => String::new(),
+        1 => "stream".to_string(),
+        2 => "dgram".to_string(),
+        3 => "raw".to_string(),
+        4 => "rdm".to_string(),
+        5 => "seqpacket".to_string(),
+        6 => "dccp".to_string(),
+        t => t.to_string(),
     };
     NetInfo {
         op: op.to_string(),
@@ -54,6 +70,7 @@ pub fn net_info(n: &NetEvent) -> NetInfo {
         protocol,
         addr: addr.to_string(),
         port: n.port as u16,
+        sock_type,
     }
 }
 
@@ -62,6 +79,7 @@ fn op_str(op: u32) -> &'static str {
         Ok(NetOp::Connect) => "connect",
         Ok(NetOp::Sendmsg) => "sendmsg",
         Ok(NetOp::Bind) => "bind",
+        Ok(NetOp::Create) => "create",
         Err(_) => "unknown",
     }
 }

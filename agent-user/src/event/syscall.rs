@@ -54,6 +54,7 @@ pub fn syscall_info(e: &agent_common::syscall::SyscallEvent) -> SyscallInfo {
             2 => "SOCK_DGRAM".to_string(),
             3 => "SOCK_RAW".to_string(),
             5 => "SOCK_SEQPACKET".to_string(),
+            10 => "SOCK_PACKET".to_string(),
             t => format!("type {t}"),
         };
         let needs = match sc::socket_pseudo(e.args[0] as u32, e.args[1] as u32, e.args[2] as u32) {

@@ -391,6 +391,11 @@ pub(crate) fn digest(p: &IdentityPolicy, t: &NetTables) -> u64 {
         h.u32(u.id);
         h.bytes(u.path.as_bytes());
     }
+    // Only when set, so digests recorded before `sockets` existed still match.
+    let sockets = p.network.socket_flags();
+    if sockets != 0 {
+        h.u32(sockets);
+    }
     // File grants of live leases (the written rules are in the load digest).
     for (id, expires) in &p.files.expires {
         h.u32(*id);

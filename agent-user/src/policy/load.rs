@@ -433,6 +433,26 @@ fn build_network(
             Err(e) => errors.push(error_in(src, path, e.at, e.message)),
         }
     }
+    for kind in &raw.sockets {
+        match super::SocketKind::ALL
+            .iter()
+            .find(|(name, _)| name == kind.get_ref())
+        {
+            Some((_, k)) if !net.sockets.contains(k) => net.sockets.push(*k),
+            Some(_) => {}
+            None => errors.push(error_in(
+                src,
+                kind,
+                0,
+                format!(
+                    "unknown socket kind `{}`: `[network] sockets` takes \"ping\" (ICMP echo) \
+                     and \"raw\" (raw IP); TCP, MPTCP and UDP sockets need no entry",
+                    kind.get_ref()
+                ),
+            )),
+        }
+    }
+    net.sockets.sort();
     net
 }
 

@@ -84,6 +84,10 @@ pub struct IdentityPolicy {
 pub struct NetworkPolicy {
     pub rules: Vec<NetRule>,
     pub unix: Vec<UnixRule>,
+    /// `[network] sockets`: inet socket kinds besides TCP/UDP/MPTCP that the
+    /// identity may create. Every other kind is refused at `socket()`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sockets: Vec<SocketKind>,
     /// `CLOCK_BOOTTIME` expiry (ns) of rules that end on their own, by rule
     /// id: the grants of live leases, added by the daemon (never written in
     /// a file). Rules not listed never expire.
@@ -96,6 +100,36 @@ impl NetworkPolicy {
     /// The rule behind a `rule_id` from a kernel event (tests check ids).
     pub fn rule_by_id(&self, id: u32) -> Option<&NetRule> {
         self.rules.iter().find(|r| r.id == id)
+    }
+}
+
+/// An inet socket kind no address rule can judge, allowed by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SocketKind {
+    /// ICMP echo sockets (`SOCK_DGRAM`, `IPPROTO_ICMP`/`IPPROTO_ICMPV6`).
+    Ping,
+    /// Raw IP sockets (`SOCK_RAW`, any protocol; CAP_NET_RAW).
+    Raw,
+}
+
+impl SocketKind {
+    pub const ALL: [(&'static str, SocketKind); 2] =
+        [("ping", SocketKind::Ping), ("raw", SocketKind::Raw)];
+
+    /// The `IdentityState::flags` bit the kernel checks.
+    pub fn flag(self) -> u32 {
+        match self {
+            SocketKind::Ping => agent_common::net::IDENTITY_FLAG_NET_PING,
+            SocketKind::Raw => agent_common::net::IDENTITY_FLAG_NET_RAW,
+        }
+    }
+}
+
+impl NetworkPolicy {
+    /// `IdentityState::flags` bits of `sockets`.
+    pub fn socket_flags(&self) -> u32 {
+        self.sockets.iter().fold(0, |f, k| f | k.flag())
     }
 }
 

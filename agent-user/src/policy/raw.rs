@@ -48,6 +48,9 @@ pub struct RawNetwork {
     pub bind: Vec<Spanned<String>>,
     #[serde(default)]
     pub unix: Vec<Spanned<String>>,
+    /// Socket kinds beyond TCP/UDP the identity may create (`ping`, `raw`).
+    #[serde(default)]
+    pub sockets: Vec<Spanned<String>>,
 }
 
 /// `[files]`: see `files.rs`. `exec` is an `Option` because an absent list

@@ -103,11 +103,12 @@ impl Enforcer {
         let state = IdentityState {
             ruleset,
             mode: c.policy.mode.into(),
-            flags: if c.policy.files.confined {
-                agent_common::file::IDENTITY_FLAG_FILES
-            } else {
-                0
-            },
+            flags: c.policy.network.socket_flags()
+                | if c.policy.files.confined {
+                    agent_common::file::IDENTITY_FLAG_FILES
+                } else {
+                    0
+                },
             _pad: 0,
             name: name_bytes(&name),
         };

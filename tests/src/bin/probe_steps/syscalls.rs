@@ -100,6 +100,27 @@ fn socket(kind: &str) -> io::Result<i64> {
         "vsock" => (libc::AF_VSOCK, libc::SOCK_STREAM, 0),
         "unix" => (libc::AF_UNIX, libc::SOCK_STREAM, 0),
         "inet" => (libc::AF_INET, libc::SOCK_STREAM, 0),
+        // Kinds the cgroup sock_create program tells apart (protocol as the
+        // kernel resolves it).
+        "tcp6" => (libc::AF_INET6, libc::SOCK_STREAM, 0),
+        "udp" => (libc::AF_INET, libc::SOCK_DGRAM, 0),
+        "udp6" => (libc::AF_INET6, libc::SOCK_DGRAM, 0),
+        "mptcp" => (libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_MPTCP),
+        "udplite" => (libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE),
+        "udplite6" => (libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE),
+        "sctp" => (libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP),
+        "sctp-seq6" => (libc::AF_INET6, libc::SOCK_SEQPACKET, libc::IPPROTO_SCTP),
+        "l2tp" => (libc::AF_INET, libc::SOCK_DGRAM, 115),
+        "ping" => (libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP),
+        "ping6" => (libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_ICMPV6),
+        "raw6" => (libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6),
+        "raw-tcp" => (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP),
+        // The kernel turns this into an AF_PACKET socket.
+        "inet-packet" => (
+            libc::AF_INET,
+            10, // SOCK_PACKET
+            (libc::ETH_P_ALL as u16).to_be() as i32,
+        ),
         other => panic!("probe: unknown socket kind `{other}`"),
     };
     // SAFETY: plain syscalls; the fd is closed at once.
