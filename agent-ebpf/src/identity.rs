@@ -1,14 +1,16 @@
 //! Who is calling: every hook resolves its subject here.
 
 use agent_common::identity::{CGROUP_MAX_DEPTH, MODE_ENFORCE};
-use aya_ebpf::{
-    Global,
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid},
-};
+use aya_ebpf::{Global, helpers::bpf_get_current_ancestor_cgroup_id};
 
 use crate::maps::{CGROUP_IDENTITY, IDENTITIES};
 
-/// The daemon's tgid, set at load time so the daemon can never judge itself.
+/// The loading daemon's tgid. Only names the daemon as a target in
+/// self-protection events: it exempts nobody. A pid outlives the daemon
+/// (pins keep the programs running while it is stopped), so a tagged
+/// process later given that pid must still be judged; the daemon is never
+/// judged because it is never tagged (it refuses to run in, or tag, a
+/// cgroup that holds it).
 #[unsafe(no_mangle)]
 static CORRAL_DAEMON_TGID: Global<u32> = Global::new(0);
 
@@ -31,10 +33,6 @@ pub fn daemon_tgid() -> u32 {
 /// `None` for untagged tasks, which are never judged.
 #[inline(always)]
 pub fn current() -> Option<Subject> {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if tgid == CORRAL_DAEMON_TGID.load() {
-        return None;
-    }
     // Plain scalar accumulator: an Option accumulator upset the verifier.
     let mut found: u32 = 0;
     let mut level: i32 = 0;

@@ -93,6 +93,8 @@ pub struct Dirs {
     pub pin_dir: PathBuf,
     /// Relative to the cgroup v2 root.
     pub cgroup_parent: String,
+    /// A cgroup (absolute) the daemon is started in; `None`: the test's own.
+    pub daemon_cgroup: Option<PathBuf>,
 }
 
 impl Dirs {
@@ -111,6 +113,7 @@ impl Dirs {
             pin_dir: PathBuf::from("/sys/fs/bpf").join(&tag),
             cgroup_parent: tag.clone(),
             tag,
+            daemon_cgroup: None,
         }
     }
 
@@ -159,7 +162,22 @@ impl Daemon {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
         let logf = std::fs::File::create(&log).expect("log");
-        let child = Command::new(corral_bin())
+        let mut cmd = Command::new(corral_bin());
+        if let Some(cg) = &dirs.daemon_cgroup {
+            let procs = std::ffi::CString::new(path_str(&cg.join("cgroup.procs"))).expect("no NUL");
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                    if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(fd);
+                    Ok(())
+                })
+            };
+        }
+        let child = cmd
             .arg("--socket")
             .arg(&dirs.socket)
             .arg("daemon")
@@ -201,6 +219,11 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The daemon's pid (0 once it was stopped).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     pub fn log_text(&self) -> String {

@@ -191,7 +191,7 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
         enforcer::Enforcer::new(ebpf, parent.clone(), args.pin_dir.clone(), snap_tx)?;
     // AF_UNIX rules: programs aya 0.14 cannot load, assembled and loaded by
     // hand against the pinned maps; attached by readopt_links like the rest.
-    enforcer.set_unix(unix::Unix::load(&args.pin_dir, std::process::id()));
+    enforcer.set_unix(unix::Unix::load(&args.pin_dir));
     enforcer.set_files_lsm(lsm_report.files_enforced());
     // By real path: the kernel judges resolved paths.
     let state_real = std::fs::canonicalize(&args.state_dir).unwrap_or(args.state_dir.clone());

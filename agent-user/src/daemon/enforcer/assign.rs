@@ -52,6 +52,14 @@ impl Enforcer {
         path: &Path,
     ) -> Result<PathBuf, EnforceError> {
         let id = self.known(name)?.id;
+        if let Some(own) = own_cgroup()
+            && own.starts_with(path)
+        {
+            return Err(EnforceError::OwnCgroup {
+                tagged: path.to_path_buf(),
+                own,
+            });
+        }
         let cg_id = cgroup::id(path)?;
         // Programs attached at the corral parent already cover its subtree;
         // a cgroup elsewhere (a systemd unit, a container) needs its own.
@@ -76,5 +84,36 @@ impl Enforcer {
             &format!("cgroup {}", path.display()),
         );
         Ok(path.to_path_buf())
+    }
+}
+
+/// The daemon's own cgroup, absolute (`None` when it cannot be read).
+fn own_cgroup() -> Option<PathBuf> {
+    let rel = cgroup::of_pid(std::process::id()).ok()?;
+    Some(
+        cgroup::cgroup2_root()
+            .ok()?
+            .join(rel.trim_start_matches('/')),
+    )
+}
+
+impl Enforcer {
+    /// Refuses to run inside a tagged cgroup (left tagged by an earlier
+    /// daemon, or a unit started inside an agent's cgroup).
+    pub(super) fn check_own_cgroup(&mut self) -> Result<(), EnforceError> {
+        let Some(own) = own_cgroup() else {
+            return Ok(());
+        };
+        let map = self.cgroup_map()?;
+        for dir in own.ancestors() {
+            let Ok(id) = cgroup::id(dir) else { break };
+            if map.get(&id, 0).is_ok() {
+                return Err(EnforceError::OwnCgroup {
+                    tagged: dir.to_path_buf(),
+                    own,
+                });
+            }
+        }
+        Ok(())
     }
 }

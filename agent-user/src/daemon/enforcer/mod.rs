@@ -54,6 +54,14 @@ pub enum EnforceError {
     UnknownIdentity { name: String, known: String },
     #[error("refusing to assign pid {0}: {1}")]
     BadPid(u32, &'static str),
+    /// Nothing exempts the daemon by pid any more: it stays unjudged by
+    /// staying untagged.
+    #[error(
+        "cgroup {} holds the corral daemon (which runs in {}): tagging it would put the daemon \
+         under an identity's rules; run agents in a cgroup of their own",
+        tagged.display(), own.display()
+    )]
+    OwnCgroup { tagged: PathBuf, own: PathBuf },
     #[error("lease grants of {0}: {1}")]
     Grants(String, String),
     #[error("file rules of {0}: {1}")]
@@ -197,6 +205,9 @@ impl Enforcer {
                 },
             );
         }
+        // Before anything is applied: a daemon inside an identity would
+        // judge itself.
+        me.check_own_cgroup()?;
         Ok(me)
     }
 

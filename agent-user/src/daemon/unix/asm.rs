@@ -54,6 +54,7 @@ impl Size {
 pub enum Alu {
     Add = 0x00,
     Sub = 0x10,
+    #[cfg(test)]
     Rsh = 0x70,
     Mov = 0xb0,
 }

@@ -178,7 +178,7 @@ impl Unix {
     /// Loads both programs against the pinned maps under `pin_dir` (the aya
     /// object must be loaded first). `Err` says why unix rules cannot be
     /// enforced on this host.
-    pub fn load(pin_dir: &Path, daemon_tgid: u32) -> Result<Unix, String> {
+    pub fn load(pin_dir: &Path) -> Result<Unix, String> {
         let support = kernel_support()?;
         let mdir = loader::maps_dir(pin_dir);
         let rules = rules_map(&mdir)?;
@@ -202,7 +202,6 @@ impl Unix {
             (LINK_SENDMSG, "corral_snd_unix", OP_SENDMSG, support.sendmsg),
         ] {
             let insns = prog::build(&prog::Params {
-                daemon_tgid,
                 op,
                 ctx: support.ctx,
                 maps: fds,

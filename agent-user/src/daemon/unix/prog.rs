@@ -89,7 +89,6 @@ pub struct MapFds {
 }
 
 pub struct Params {
-    pub daemon_tgid: u32,
     /// `net::OP_CONNECT` or `net::OP_SENDMSG`, written into events.
     pub op: u32,
     pub ctx: CtxLayout,
@@ -123,11 +122,8 @@ pub fn build(p: &Params) -> Result<Vec<Insn>, AsmError> {
         (a.label(), a.label(), a.label(), a.label(), a.label());
     let (fill, verdict, done) = (a.label(), a.label(), a.label());
 
-    // r6 = ctx; the daemon itself is never judged.
+    // r6 = ctx. Nobody is exempt by pid (see agent-ebpf `identity`).
     a.mov(Reg::R6, Reg::R1);
-    a.call(GET_CURRENT_PID_TGID);
-    a.alu_imm(Alu::Rsh, Reg::R0, 32);
-    a.jmp_imm(Jmp::Eq, Reg::R0, p.daemon_tgid as i32, untagged);
 
     // Identity: deepest tagged ancestor cgroup (r7 = identity, r8 = level).
     a.mov_imm(Reg::R7, 0);
@@ -309,7 +305,6 @@ mod tests {
     #[test]
     fn builds_within_limits() {
         let p = Params {
-            daemon_tgid: 42,
             op: 1,
             ctx: CtxLayout {
                 uaddr: 8,
