@@ -47,6 +47,11 @@ pub const NR_SOCKET: u32 = 41;
 /// Judged like `socket` (its family is an argument too: AF_UNIX, or AF_TIPC).
 pub const NR_SOCKETPAIR: u32 = 53;
 pub const NR_SECCOMP: u32 = 317;
+pub const NR_IOCTL: u32 = 16;
+/// ioctls that push input into a terminal: `corral run` refuses them in
+/// the kernel for every agent (seccomp, whatever its policy).
+pub const TIOCSTI: u32 = 0x5412;
+pub const TIOCLINUX: u32 = 0x541c;
 
 pub const AF_UNIX: u32 = 1;
 pub const AF_INET: u32 = 2;

@@ -21,13 +21,13 @@
 use agent_common::{
     event::{
         COMM_LEN, EventHeader, KIND_SYSCALL, REASON_DENY_RULE, REASON_FAIL_CLOSED, REASON_NO_RULE,
-        VERDICT_AUDIT, VERDICT_DENY, VERDICT_KILL,
+        REASON_PROTECTED, VERDICT_AUDIT, VERDICT_DENY, VERDICT_KILL,
     },
     identity::{CGROUP_MAX_DEPTH, MODE_AUDIT},
     syscall::{
         BITMAP_BITS, FLAG_ASSIGNED_KILL, LAYER_KERNEL, LAYER_KILL, LAYER_NOTIFY, LAYER_OBSERVED,
-        NR_SECCOMP, NR_SOCKET, NR_SOCKETPAIR, SECCOMP_FILTER_FLAG_NEW_LISTENER, SyscallEvent,
-        SyscallPolicy,
+        NR_IOCTL, NR_SECCOMP, NR_SOCKET, NR_SOCKETPAIR, SECCOMP_FILTER_FLAG_NEW_LISTENER,
+        SyscallEvent, SyscallPolicy, TIOCLINUX, TIOCSTI,
     },
 };
 use aya_ebpf::{
@@ -366,7 +366,11 @@ pub fn on_exit(ctx: &BtfTracePointContext) -> i32 {
     let in_kernel = nr >= X32_SYSCALL_BIT
         || pol.denied_bit(nr)
         || (nr == NR_SECCOMP && args[1] & SECCOMP_FILTER_FLAG_NEW_LISTENER != 0);
-    let (layer, reason) = if ret == -ENOSYS {
+    // The launcher's terminal filter (every `corral run` agent).
+    let terminal = nr == NR_IOCTL && (args[1] as u32 == TIOCSTI || args[1] as u32 == TIOCLINUX);
+    let (layer, reason) = if terminal && ret == -EPERM {
+        (LAYER_KERNEL, REASON_PROTECTED)
+    } else if ret == -ENOSYS {
         // Notified, and nobody answers: the launcher is gone (closed).
         (LAYER_NOTIFY, REASON_FAIL_CLOSED)
     } else if in_kernel {

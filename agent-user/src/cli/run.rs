@@ -143,13 +143,15 @@ pub fn run(client: &Client, args: &RunArgs) -> anyhow::Result<u8> {
             Ok(())
         });
     }
-    // The terminal's SIGINT/SIGQUIT reach the child directly (same process
-    // group); the launcher must outlive it to report its status.
+    // The child runs in a session of its own (see sandbox::terminal): the
+    // terminal's ^C reaches it through its pty, and signals sent to the
+    // launcher are passed on. The launcher must outlive it to report its
+    // status.
     // SAFETY: installing plain handlers before any child exists.
     unsafe {
-        signal(Signal::SIGINT, SigHandler::SigIgn)?;
-        signal(Signal::SIGQUIT, SigHandler::SigIgn)?;
         for s in [
+            Signal::SIGINT,
+            Signal::SIGQUIT,
             Signal::SIGTERM,
             Signal::SIGHUP,
             Signal::SIGUSR1,
@@ -203,8 +205,8 @@ fn root_warning(identity: &str, policy: &serde_json::Value) -> String {
     format!(
         "corral: WARNING: `{identity}` runs as ROOT. {leave}; once out, none of the \
          identity's rules apply. Root can also detach Corral's programs (bpf()) and send \
-         through raw and AF_PACKET sockets, which network rules never see. Start agents \
-         with --user USER."
+         through AF_PACKET sockets, which network rules never see. Start agents with \
+         --user USER."
     )
 }
 

@@ -39,33 +39,41 @@ pub fn syscall_info(e: &agent_common::syscall::SyscallEvent) -> SyscallInfo {
         38 => Some("ENOSYS".to_string()),
         n => Some(format!("errno {n}")),
     };
-    let detail = (e.nr == sc::NR_SOCKET).then(|| {
-        let family = match e.args[0] as u32 {
-            sc::AF_UNIX => "AF_UNIX".to_string(),
-            sc::AF_INET => "AF_INET".to_string(),
-            sc::AF_INET6 => "AF_INET6".to_string(),
-            sc::AF_NETLINK => format!("AF_NETLINK protocol {}", e.args[2] as u32),
-            sc::AF_PACKET => "AF_PACKET".to_string(),
-            sc::AF_VSOCK => "AF_VSOCK".to_string(),
-            f => format!("family {f}"),
-        };
-        let ty = match e.args[1] as u32 & sc::SOCK_TYPE_MASK {
-            1 => "SOCK_STREAM".to_string(),
-            2 => "SOCK_DGRAM".to_string(),
-            3 => "SOCK_RAW".to_string(),
-            5 => "SOCK_SEQPACKET".to_string(),
-            10 => "SOCK_PACKET".to_string(),
-            t => format!("type {t}"),
-        };
-        let needs = match sc::socket_pseudo(e.args[0] as u32, e.args[1] as u32, e.args[2] as u32) {
-            0 => String::new(),
-            p => format!(
-                " (needs `{}`)",
-                crate::policy::syscalls::name_of(p).unwrap_or("?")
-            ),
-        };
-        format!("{family} {ty}{needs}")
+    let terminal = (e.nr == sc::NR_IOCTL).then(|| match e.args[1] as u32 {
+        sc::TIOCSTI => "TIOCSTI (terminal input injection)".to_string(),
+        sc::TIOCLINUX => "TIOCLINUX (terminal input injection)".to_string(),
+        c => format!("cmd {c:#x}"),
     });
+    let detail = (e.nr == sc::NR_SOCKET)
+        .then(|| {
+            let family = match e.args[0] as u32 {
+                sc::AF_UNIX => "AF_UNIX".to_string(),
+                sc::AF_INET => "AF_INET".to_string(),
+                sc::AF_INET6 => "AF_INET6".to_string(),
+                sc::AF_NETLINK => format!("AF_NETLINK protocol {}", e.args[2] as u32),
+                sc::AF_PACKET => "AF_PACKET".to_string(),
+                sc::AF_VSOCK => "AF_VSOCK".to_string(),
+                f => format!("family {f}"),
+            };
+            let ty = match e.args[1] as u32 & sc::SOCK_TYPE_MASK {
+                1 => "SOCK_STREAM".to_string(),
+                2 => "SOCK_DGRAM".to_string(),
+                3 => "SOCK_RAW".to_string(),
+                5 => "SOCK_SEQPACKET".to_string(),
+                10 => "SOCK_PACKET".to_string(),
+                t => format!("type {t}"),
+            };
+            let needs =
+                match sc::socket_pseudo(e.args[0] as u32, e.args[1] as u32, e.args[2] as u32) {
+                    0 => String::new(),
+                    p => format!(
+                        " (needs `{}`)",
+                        crate::policy::syscalls::name_of(p).unwrap_or("?")
+                    ),
+                };
+            format!("{family} {ty}{needs}")
+        })
+        .or(terminal);
     SyscallInfo {
         nr: e.nr,
         name,

@@ -16,12 +16,15 @@ pub mod landlock;
 pub mod seccomp;
 pub mod supervisor;
 pub mod syscalls;
+pub mod terminal;
 
 use std::process::Child;
 
 /// What the launcher prepared for one child.
-#[derive(Default)]
 pub struct Confinement {
+    /// Own session, own pty, no terminal injection (see `terminal.rs`);
+    /// taken by `supervise` to run the relay.
+    terminal: Option<terminal::Terminal>,
     /// `[files]` rules as a Landlock ruleset, when BPF LSM does not enforce
     /// them (see `landlock.rs`).
     landlock: Option<landlock::Landlock>,
@@ -35,6 +38,7 @@ impl Confinement {
     /// the daemon serves it (`GET /v1/policy/NAME`).
     pub fn prepare(identity: &str, policy: &serde_json::Value) -> anyhow::Result<Confinement> {
         Ok(Confinement {
+            terminal: Some(terminal::Terminal::prepare()?),
             landlock: landlock::prepare(policy)?,
             syscalls: syscalls::prepare(identity, policy)?,
         })
@@ -42,6 +46,9 @@ impl Confinement {
 
     /// Runs in the child between fork and exec: no allocation, no locks.
     pub fn apply_in_child(&self) -> std::io::Result<()> {
+        if let Some(t) = &self.terminal {
+            t.apply_in_child()?;
+        }
         // Landlock first: a syscall filter installed after it may refuse
         // the landlock_* calls themselves.
         if let Some(l) = &self.landlock {
@@ -56,7 +63,15 @@ impl Confinement {
 
     /// Runs in the parent after spawn, until the child exits; returns its
     /// exit status.
-    pub fn supervise(self, child: &mut Child) -> std::io::Result<std::process::ExitStatus> {
-        child.wait()
+    pub fn supervise(mut self, child: &mut Child) -> std::io::Result<std::process::ExitStatus> {
+        let relay = match self.terminal.take() {
+            Some(t) => t.start_relay()?,
+            None => None,
+        };
+        let status = child.wait();
+        if let Some(r) = relay {
+            r.finish();
+        }
+        status
     }
 }

@@ -10,14 +10,26 @@
 //! io-uring-setup         io_uring_setup(8, ..) |
 //! socket FAMILY          socket(): packet, raw (AF_INET SOCK_RAW ICMP),
 //!                        netlink-route, netlink-generic, vsock, unix, inet |
-//! sys-loop NAME N        N calls of getppid or getpgrp; ns per call
+//! sys-loop NAME N        N calls of getppid or getpgrp; ns per call |
+//! tiocsti FD|PATH TEXT   ioctl(TIOCSTI) of each byte of TEXT into the
+//!                        terminal on fd FD, or opened at PATH |
+//! ia32-getpid            getpid through `int 0x80` (the i386 ABI; number 20) |
+//! tty                    the session id and the terminal on stdin
 
 use std::{ffi::CString, io, os::unix::process::CommandExt as _, time::Instant};
 
 pub fn is_step(op: &str) -> bool {
     matches!(
         op,
-        "sys" | "sys-thread" | "sys-exec" | "io-uring-setup" | "socket" | "sys-loop"
+        "sys"
+            | "sys-thread"
+            | "sys-exec"
+            | "io-uring-setup"
+            | "socket"
+            | "sys-loop"
+            | "tiocsti"
+            | "ia32-getpid"
+            | "tty"
     )
 }
 
@@ -136,6 +148,49 @@ fn socket(kind: &str) -> io::Result<i64> {
     }
 }
 
+fn tiocsti(target: &str, text: &str) -> io::Result<i64> {
+    let (fd, opened) = match target.parse::<i32>() {
+        Ok(fd) => (fd, false),
+        Err(_) => {
+            let p = CString::new(target).expect("no NUL");
+            // SAFETY: plain open; closed below.
+            (
+                ret(unsafe { libc::open(p.as_ptr(), libc::O_RDWR | libc::O_NOCTTY) } as i64)?
+                    as i32,
+                true,
+            )
+        }
+    };
+    let mut r = Ok(0);
+    for b in text.bytes() {
+        // SAFETY: TIOCSTI reads one byte from the pointer.
+        r = ret(unsafe { libc::ioctl(fd, libc::TIOCSTI, &b as *const u8) } as i64);
+        if r.is_err() {
+            break;
+        }
+    }
+    if opened {
+        // SAFETY: our own fd.
+        unsafe { libc::close(fd) };
+    }
+    r
+}
+
+/// getpid (20 in the i386 table; 20 is writev on x86_64) through the
+/// 32-bit entry point, from this 64-bit process.
+fn ia32_getpid() -> io::Result<i64> {
+    let mut rax: i64 = 20;
+    // SAFETY: int 0x80 with a syscall that takes no arguments; it clobbers
+    // only eax (and the flags) on return.
+    unsafe {
+        std::arch::asm!("int 0x80", inout("rax") rax, options(nostack));
+    }
+    if (-4095..0).contains(&rax) {
+        return Err(io::Error::from_raw_os_error(-rax as i32));
+    }
+    Ok(rax)
+}
+
 /// Runs the step at `args[i]`; returns the index of the next step.
 pub fn step(args: &[String], i: usize) -> usize {
     let op = args[i].as_str();
@@ -180,6 +235,28 @@ pub fn step(args: &[String], i: usize) -> usize {
         "socket" => {
             print(op, &args[i + 1], socket(&args[i + 1]));
             i + 2
+        }
+        "tiocsti" => {
+            print(op, &args[i + 1], tiocsti(&args[i + 1], &args[i + 2]));
+            i + 3
+        }
+        "tty" => {
+            // SAFETY: plain calls; ttyname's buffer is copied at once.
+            let (sid, name) = unsafe {
+                let n = libc::ttyname(0);
+                let name = if n.is_null() {
+                    String::new()
+                } else {
+                    std::ffi::CStr::from_ptr(n).to_string_lossy().into_owned()
+                };
+                (libc::getsid(0), name)
+            };
+            println!(r#"{{"op":"tty","ok":true,"errno":0,"sid":{sid},"stdin_tty":"{name}"}}"#);
+            i + 1
+        }
+        "ia32-getpid" => {
+            print(op, "getpid", ia32_getpid());
+            i + 1
         }
         "sys-loop" => {
             let name = args[i + 1].as_str();
