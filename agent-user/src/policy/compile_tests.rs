@@ -195,6 +195,7 @@ fn many_rules(n: u32) -> IdentityPolicy {
         network: NetworkPolicy {
             rules,
             unix: Vec::new(),
+            sockets: Vec::new(),
             expires: Default::default(),
         },
         files: Default::default(),
