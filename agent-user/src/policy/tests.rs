@@ -178,7 +178,7 @@ fn unknown_keys_and_sections_are_errors() {
     let e = error(&format!("{HEAD}alow = [\"tcp://1.2.3.4:1\"]\n"));
     assert_eq!(
         e,
-        "p/t.toml:4:1: unknown field `alow`, expected one of `allow`, `deny`, `bind`, `unix`"
+        "p/t.toml:4:1: unknown field `alow`, expected one of `allow`, `deny`, `bind`, `unix`, `sockets`"
     );
     let e = error("[identity]\nname = \"a\"\n\n[netwrk]\n");
     assert!(e.starts_with("p/t.toml:4:2: unknown field `netwrk`"), "{e}");
