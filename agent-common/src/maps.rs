@@ -32,6 +32,14 @@ pub const FILE_SCRATCH: &str = "FILE_SCRATCH";
 /// (`BPF_OBJ_GET` on `<pin_dir>/maps/SYSCALL_POLICY`) to answer seccomp
 /// notifications, with or without a daemon running.
 pub const SYSCALL_POLICY: &str = "SYSCALL_POLICY";
+/// `HashMap<u32 tgid, u32 identity id>`: live `corral run` launchers that
+/// installed Corral's seccomp filter in their child. Each registers itself
+/// before it starts the child and removes itself when the child is gone
+/// (the daemon removes entries of dead launchers). A tagged process is
+/// bound by Corral's filter only if one of its parents is registered: a
+/// process that installs a filter of its own is still "assigned" for
+/// `assigned = "kill"`.
+pub const SC_LAUNCHERS: &str = "SC_LAUNCHERS";
 /// `Array<u64>[1]`: generation of the cgroup tags, bumped by the daemon
 /// after every change to `CGROUP_IDENTITY`; `SYSCALL_CG_CACHE` entries of
 /// another generation are stale.
@@ -142,6 +150,6 @@ pub const GLOBAL_KOFFSETS: &str = "CORRAL_KOFFSETS";
 /// Global overridden at load time with `struct file` → `f_path` (a separate
 /// scalar: `bpf_d_path` needs it as a verifier-known constant).
 pub const GLOBAL_F_PATH_OFF: &str = "CORRAL_F_PATH_OFF";
-/// Global overridden at load time with the offset of `task_struct.seccomp.mode`
-/// from BTF (0: unknown, and then no process is ever killed).
-pub const GLOBAL_SECCOMP_MODE_OFF: &str = "CORRAL_SECCOMP_MODE_OFF";
+/// Global overridden at load time with `syscall::TaskOffsets` from BTF
+/// (`seccomp_mode` 0: unknown, and then no process is ever killed).
+pub const GLOBAL_TASK_OFFSETS: &str = "CORRAL_TASK_OFFSETS";

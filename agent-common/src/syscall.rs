@@ -48,6 +48,34 @@ pub const NR_SOCKET: u32 = 41;
 pub const NR_SOCKETPAIR: u32 = 53;
 pub const NR_SECCOMP: u32 = 317;
 pub const NR_IOCTL: u32 = 16;
+/// `SyscallEvent::nr` flag: the number is of the i386 table (`int 0x80`
+/// from a 64-bit process), not the x86_64 one.
+pub const NR_IA32_FLAG: u32 = 0x8000_0000;
+/// The x32 ABI's bit in a syscall number.
+pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// Offsets into `struct task_struct` (from the running kernel's BTF) the
+/// syscall observers read; a zero field means unknown. Global
+/// `maps::GLOBAL_TASK_OFFSETS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOffsets {
+    /// `seccomp.mode`: whether the task runs under a filter.
+    pub seccomp_mode: u32,
+    /// `real_parent` (a pointer): walked to find a `corral run` launcher.
+    pub real_parent: u32,
+    /// `tgid`.
+    pub tgid: u32,
+    /// `thread_info.status` (x86: `TS_COMPAT` marks an i386 syscall).
+    pub ti_status: u32,
+}
+const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 16);
+crate::user_pod!(TaskOffsets);
+
+/// x86 `TS_COMPAT`: the current syscall came through an i386 entry point.
+pub const TS_COMPAT: u32 = 0x0002;
+/// How many parents up the observers look for a launcher.
+pub const LAUNCHER_MAX_DEPTH: u32 = 16;
 /// ioctls that push input into a terminal: `corral run` refuses them in
 /// the kernel for every agent (seccomp, whatever its policy).
 pub const TIOCSTI: u32 = 0x5412;

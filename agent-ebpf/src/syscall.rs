@@ -25,9 +25,10 @@ use agent_common::{
     },
     identity::{CGROUP_MAX_DEPTH, MODE_AUDIT},
     syscall::{
-        BITMAP_BITS, FLAG_ASSIGNED_KILL, LAYER_KERNEL, LAYER_KILL, LAYER_NOTIFY, LAYER_OBSERVED,
-        NR_IOCTL, NR_SECCOMP, NR_SOCKET, NR_SOCKETPAIR, SECCOMP_FILTER_FLAG_NEW_LISTENER,
-        SyscallEvent, SyscallPolicy, TIOCLINUX, TIOCSTI,
+        BITMAP_BITS, FLAG_ASSIGNED_KILL, LAUNCHER_MAX_DEPTH, LAYER_KERNEL, LAYER_KILL,
+        LAYER_NOTIFY, LAYER_OBSERVED, NR_IA32_FLAG, NR_IOCTL, NR_SECCOMP, NR_SOCKET, NR_SOCKETPAIR,
+        SECCOMP_FILTER_FLAG_NEW_LISTENER, SyscallEvent, SyscallPolicy, TIOCLINUX, TIOCSTI,
+        TS_COMPAT, TaskOffsets, X32_SYSCALL_BIT,
     },
 };
 use aya_ebpf::{
@@ -38,7 +39,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel, generated::bpf_send_signal,
     },
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::BtfTracePointContext,
 };
 
@@ -47,10 +48,20 @@ use crate::{
     maps::{CGROUP_IDENTITY, EVENTS, SYSCALL_POLICY},
 };
 
-/// Offset of `task_struct.seccomp.mode`, from the running kernel's BTF; 0
+/// `task_struct` offsets from the running kernel's BTF; `seccomp_mode` 0
 /// when unknown (then no task counts as unfiltered and nothing is killed).
 #[unsafe(no_mangle)]
-static CORRAL_SECCOMP_MODE_OFF: Global<u32> = Global::new(0);
+static CORRAL_TASK_OFFSETS: Global<TaskOffsets> = Global::new(TaskOffsets {
+    seccomp_mode: 0,
+    real_parent: 0,
+    tgid: 0,
+    ti_status: 0,
+});
+
+/// `HashMap<u32 tgid, u32 identity>`: live `corral run` launchers (see
+/// agent-common `maps::SC_LAUNCHERS`). Pinned: launchers write it.
+#[map(name = "SC_LAUNCHERS")]
+static LAUNCHERS: HashMap<u32, u32> = HashMap::pinned(4096, 0);
 
 /// Cached identity of one cgroup, valid for one tag generation.
 #[repr(C)]
@@ -95,8 +106,6 @@ const SECCOMP_MODE_FILTER: i32 = 2;
 const SIGKILL: u32 = 9;
 const EPERM: i64 = 1;
 const ENOSYS: i64 = 38;
-/// Syscall numbers at or above this are the x32 ABI (the filter refuses them).
-const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
 /// Byte offsets in x86_64 `struct pt_regs` (a fixed layout).
 const REGS_DX: usize = 12 * 8;
@@ -182,18 +191,70 @@ fn args_of(regs: *const u8) -> [u64; 3] {
     [reg(regs, REGS_DI), reg(regs, REGS_SI), reg(regs, REGS_DX)]
 }
 
-/// Whether the current task runs under a seccomp filter (`None`: unknown).
+/// Whether the current task is bound by Corral's seccomp filter (`None`:
+/// unknown). Any filter is not enough: a process can install its own, so
+/// the filter counts only when a parent is a registered `corral run`
+/// launcher (which installs it before the agent's first instruction).
 #[inline(always)]
-fn has_seccomp_filter() -> Option<bool> {
-    let off = CORRAL_SECCOMP_MODE_OFF.load();
-    if off == 0 {
+fn has_corral_filter() -> Option<bool> {
+    let o = CORRAL_TASK_OFFSETS.load();
+    if o.seccomp_mode == 0 {
         return None;
     }
     // SAFETY: helper without arguments; the pointer is only probe-read.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     // SAFETY: probe read of the current task's own field.
-    let mode = unsafe { bpf_probe_read_kernel(task.wrapping_add(off as usize) as *const i32) };
-    mode.ok().map(|m| m == SECCOMP_MODE_FILTER)
+    let mode =
+        unsafe { bpf_probe_read_kernel(task.wrapping_add(o.seccomp_mode as usize) as *const i32) };
+    if mode.ok()? != SECCOMP_MODE_FILTER {
+        return Some(false);
+    }
+    Some(launched(&o, task))
+}
+
+/// Whether a parent of `task` (up to `LAUNCHER_MAX_DEPTH` levels) is a
+/// registered launcher.
+#[inline(always)]
+fn launched(o: &TaskOffsets, task: *const u8) -> bool {
+    let mut t = task;
+    let mut depth: u32 = 0;
+    while depth < LAUNCHER_MAX_DEPTH {
+        // SAFETY: probe reads of task fields; a bad pointer reads as 0.
+        let parent =
+            unsafe { bpf_probe_read_kernel(t.wrapping_add(o.real_parent as usize) as *const u64) }
+                .unwrap_or(0);
+        if parent == 0 || parent == t as u64 {
+            return false;
+        }
+        let p = parent as *const u8;
+        // SAFETY: as above.
+        let tgid = unsafe { bpf_probe_read_kernel(p.wrapping_add(o.tgid as usize) as *const u32) }
+            .unwrap_or(0);
+        // SAFETY: plain u32 value, only tested for presence.
+        if tgid != 0 && unsafe { LAUNCHERS.get(&tgid) }.is_some() {
+            return true;
+        }
+        t = p;
+        depth += 1;
+    }
+    false
+}
+
+/// Whether the current syscall came through the i386 entry point (`int
+/// 0x80` from a 64-bit process): its number is not an x86_64 number.
+#[inline(always)]
+fn ia32_call() -> bool {
+    let off = CORRAL_TASK_OFFSETS.load().ti_status;
+    if off == 0 {
+        return false;
+    }
+    // SAFETY: helper without arguments; probe read of the task's own field.
+    let status = unsafe {
+        bpf_probe_read_kernel(
+            (bpf_get_current_task() as *const u8).wrapping_add(off as usize) as *const u32,
+        )
+    };
+    status.unwrap_or(0) & TS_COMPAT != 0
 }
 
 struct Seen {
@@ -291,21 +352,34 @@ pub fn on_enter(ctx: &BtfTracePointContext) -> i32 {
             let _ = PENDING.insert(pid_tgid as u32, entered, 0);
         }
     }
-    if !pol.confined() || id < 0 || id >= BITMAP_BITS as i64 {
+    if !pol.confined() || id < 0 {
         return 0;
     }
-    let nr = id as u32;
-    if pol.allowed_bit(nr) && nr != NR_SOCKET && nr != NR_SOCKETPAIR {
+    // Only x86_64 numbers index the policy: an i386 (`int 0x80`) or x32
+    // call is one the policy cannot allow (the launch-time filter refuses
+    // both ABIs outright).
+    let ia32 = ia32_call();
+    let compat = ia32 || id as u64 & X32_SYSCALL_BIT as u64 != 0;
+    let nr = if ia32 {
+        id as u32 | NR_IA32_FLAG
+    } else if compat {
+        id as u32
+    } else if id >= BITMAP_BITS as i64 {
+        return 0;
+    } else {
+        id as u32
+    };
+    if !compat && pol.allowed_bit(nr) && nr != NR_SOCKET && nr != NR_SOCKETPAIR {
         return 0;
     }
     let regs: *const u8 = ctx.arg(0);
     let args = args_of(regs);
-    if pol.allows(nr, &args) {
+    if !compat && pol.allows(nr, &args) {
         return 0;
     }
     // The call runs although the policy does not allow it.
     let audit = pol.mode == MODE_AUDIT;
-    let (layer, verdict) = match has_seccomp_filter() {
+    let (layer, verdict) = match has_corral_filter() {
         // Audit mode: the launcher let it through. Enforce mode: the filter
         // compiled at launch allows it in the kernel (a hot syscall the
         // policy has dropped since), or a policy change raced the answer.
@@ -321,11 +395,18 @@ pub fn on_enter(ctx: &BtfTracePointContext) -> i32 {
     } else if !first_audit((pid_tgid >> 32) as u32, nr, pol.generation) {
         return 0;
     }
+    // Bitmaps are only ever indexed by an x86_64 number (the verifier
+    // cannot see that a flagged number never reaches them otherwise).
+    let reason = if compat {
+        REASON_NO_RULE
+    } else {
+        reason_for(pol, nr)
+    };
     emit(&Seen {
         identity,
         mode: pol.mode,
         verdict,
-        reason: reason_for(pol, nr),
+        reason,
         nr,
         layer,
         errno: 0,
@@ -350,10 +431,10 @@ pub fn on_exit(ctx: &BtfTracePointContext) -> i32 {
         return 0;
     }
     let regs: *const u8 = ctx.arg(0);
-    let nr = reg(regs, REGS_ORIG_AX) as u32;
+    let raw_nr = reg(regs, REGS_ORIG_AX) as u32;
     // SAFETY: plain u32 copied out.
     if let Some(last) = unsafe { PENDING.get(bpf_get_current_pid_tgid() as u32) }
-        && *last == nr.wrapping_add(1)
+        && *last == raw_nr.wrapping_add(1)
     {
         // It entered: the call itself failed, nobody refused it.
         return 0;
@@ -363,8 +444,12 @@ pub fn on_exit(ctx: &BtfTracePointContext) -> i32 {
         return 0;
     };
     let args = args_of(regs);
-    let in_kernel = nr >= X32_SYSCALL_BIT
-        || pol.denied_bit(nr)
+    // The launch-time filter refuses every i386 and x32 call in the kernel.
+    let ia32 = ia32_call();
+    let compat = ia32 || raw_nr >= BITMAP_BITS;
+    let nr = if ia32 { raw_nr | NR_IA32_FLAG } else { raw_nr };
+    let in_kernel = compat
+        || pol.denied_bit(raw_nr & (BITMAP_BITS - 1))
         || (nr == NR_SECCOMP && args[1] & SECCOMP_FILTER_FLAG_NEW_LISTENER != 0);
     // The launcher's terminal filter (every `corral run` agent).
     let terminal = nr == NR_IOCTL && (args[1] as u32 == TIOCSTI || args[1] as u32 == TIOCLINUX);
@@ -373,10 +458,12 @@ pub fn on_exit(ctx: &BtfTracePointContext) -> i32 {
     } else if ret == -ENOSYS {
         // Notified, and nobody answers: the launcher is gone (closed).
         (LAYER_NOTIFY, REASON_FAIL_CLOSED)
+    } else if compat {
+        (LAYER_KERNEL, REASON_NO_RULE)
     } else if in_kernel {
-        (LAYER_KERNEL, reason_for(pol, nr))
+        (LAYER_KERNEL, reason_for(pol, raw_nr & (BITMAP_BITS - 1)))
     } else {
-        (LAYER_NOTIFY, reason_for(pol, nr))
+        (LAYER_NOTIFY, reason_for(pol, raw_nr & (BITMAP_BITS - 1)))
     };
     emit(&Seen {
         identity,

@@ -144,8 +144,8 @@ pub fn load(pin_dir: &Path, ringbuf_size: u32, daemon_tgid: u32) -> Result<Ebpf,
         .map_max_entries(maps::EVENTS, ringbuf_size)
         .override_global(maps::GLOBAL_DAEMON_TGID, &daemon_tgid, true)
         .override_global(
-            maps::GLOBAL_SECCOMP_MODE_OFF,
-            &super::syscalls::seccomp_mode_offset(),
+            maps::GLOBAL_TASK_OFFSETS,
+            &super::syscalls::task_offsets(),
             true,
         )
         .override_global(maps::GLOBAL_KOFFSETS, &lsm_offsets, true)

@@ -26,7 +26,8 @@ use agent_common::{
     identity::Mode,
     maps,
     syscall::{
-        NR_SOCKET, PSEUDO_SOCKET_UNIX, SyscallEvent, SyscallPolicy, clear_bit, socket_pseudo,
+        NR_SOCKET, PSEUDO_SOCKET_UNIX, SyscallEvent, SyscallPolicy, TaskOffsets, clear_bit,
+        socket_pseudo,
     },
 };
 use aya::{
@@ -52,26 +53,78 @@ use crate::{
 /// Offset of `task_struct.seccomp.mode` in the running kernel, from BTF;
 /// 0 when it cannot be found (then the observers never kill). Read once.
 pub fn seccomp_mode_offset() -> u32 {
-    static OFF: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *OFF.get_or_init(read_seccomp_mode_offset)
+    task_offsets().seccomp_mode
 }
 
-fn read_seccomp_mode_offset() -> u32 {
-    match super::btf::Btf::from_sys_fs() {
-        Ok(b) => match (
-            b.offset("task_struct", "seccomp"),
-            b.offset("seccomp", "mode"),
-        ) {
-            (Ok(a), Ok(b)) if a + b > 0 => a + b,
-            _ => {
-                warn!("BTF has no task_struct.seccomp.mode: `assigned = \"kill\"` is unavailable");
-                0
-            }
-        },
+/// Removes the marks of launchers that died without removing their own
+/// (SIGKILL): a later process given that pid must not vouch for anyone's
+/// filter. A launcher is a live process named like this one (`corral`;
+/// the binary's path may differ, or have been replaced by an upgrade).
+fn prune_launchers(ebpf: &mut Ebpf) {
+    let Some(m) = ebpf.map_mut(maps::SC_LAUNCHERS) else {
+        return;
+    };
+    let Ok(mut m) = BpfHashMap::<_, u32, u32>::try_from(m) else {
+        return;
+    };
+    let me = fs::read_to_string("/proc/self/comm").ok();
+    let dead: Vec<u32> = m
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|tgid| fs::read_to_string(format!("/proc/{tgid}/comm")).ok() != me)
+        .collect();
+    for tgid in dead {
+        let _ = m.remove(&tgid);
+    }
+}
+
+/// `task_struct` offsets for the syscall observers (zeros where BTF does
+/// not say: no kill mode then, and an i386 call is judged as unknown).
+pub fn task_offsets() -> TaskOffsets {
+    static OFF: std::sync::OnceLock<TaskOffsets> = std::sync::OnceLock::new();
+    *OFF.get_or_init(read_task_offsets)
+}
+
+fn read_task_offsets() -> TaskOffsets {
+    let b = match super::btf::Btf::from_sys_fs() {
+        Ok(b) => b,
         Err(e) => {
             warn!("reading kernel BTF ({e}): `assigned = \"kill\"` is unavailable");
+            return TaskOffsets::default();
+        }
+    };
+    let seccomp_mode = match (
+        b.offset("task_struct", "seccomp"),
+        b.offset("seccomp", "mode"),
+    ) {
+        (Ok(a), Ok(m)) if a + m > 0 => a + m,
+        _ => {
+            warn!("BTF has no task_struct.seccomp.mode: `assigned = \"kill\"` is unavailable");
             0
         }
+    };
+    let ti_status = match (
+        b.offset("task_struct", "thread_info"),
+        b.offset("thread_info", "status"),
+    ) {
+        (Ok(a), Ok(s)) => a + s,
+        _ => 0,
+    };
+    let real_parent = b.offset("task_struct", "real_parent").unwrap_or(0);
+    let tgid = b.offset("task_struct", "tgid").unwrap_or(0);
+    if real_parent == 0 || tgid == 0 || ti_status == 0 {
+        // Without them launched agents cannot be told from assigned ones,
+        // nor i386 calls from x86_64 ones: refuse to kill rather than guess.
+        warn!(
+            "BTF lacks task_struct.real_parent/tgid/thread_info.status: `assigned = \"kill\"` is unavailable"
+        );
+        return TaskOffsets::default();
+    }
+    TaskOffsets {
+        seccomp_mode,
+        real_parent,
+        tgid,
+        ti_status,
     }
 }
 
@@ -186,6 +239,7 @@ impl Syscalls {
             .any(|l| l.policy.as_ref().is_some_and(|p| p.syscalls.is_some()));
         self.set_observers(ebpf, want);
         self.tags_changed(ebpf);
+        prune_launchers(ebpf);
         Ok(())
     }
 

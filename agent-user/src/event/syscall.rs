@@ -24,8 +24,15 @@ pub struct SyscallInfo {
 /// `SyscallEvent` to its JSON form.
 pub fn syscall_info(e: &agent_common::syscall::SyscallEvent) -> SyscallInfo {
     use agent_common::syscall::{self as sc, Layer};
-    let name =
-        crate::policy::syscalls::name_of(e.nr).map_or_else(|| format!("#{}", e.nr), str::to_string);
+    // Numbers of another ABI are not x86_64 names (`int 0x80` getpid is 20,
+    // x86_64 writev).
+    let name = if e.nr & sc::NR_IA32_FLAG != 0 {
+        format!("ia32:#{}", e.nr & !sc::NR_IA32_FLAG)
+    } else if e.nr & sc::X32_SYSCALL_BIT != 0 {
+        format!("x32:#{}", e.nr & !sc::X32_SYSCALL_BIT)
+    } else {
+        crate::policy::syscalls::name_of(e.nr).map_or_else(|| format!("#{}", e.nr), str::to_string)
+    };
     let layer = match Layer::try_from(e.layer) {
         Ok(Layer::Kernel) => "kernel",
         Ok(Layer::Notify) => "notify",

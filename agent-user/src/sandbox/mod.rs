@@ -13,6 +13,7 @@
 //! Each mechanism lives in its own module and adds one field here.
 
 pub mod landlock;
+pub mod launcher_mark;
 pub mod seccomp;
 pub mod supervisor;
 pub mod syscalls;

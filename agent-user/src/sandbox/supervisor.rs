@@ -119,12 +119,13 @@ impl PolicyMap {
     }
 }
 
-fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+/// A pinned map, read-only (`BPF_F_RDONLY`) unless `write`.
+pub(super) fn obj_get_rw(path: &Path, write: bool) -> io::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in the pin path"))?;
     let attr = ObjGetAttr {
         pathname: c.as_ptr() as u64,
-        file_flags: BPF_F_RDONLY,
+        file_flags: if write { 0 } else { BPF_F_RDONLY },
         ..Default::default()
     };
     // SAFETY: `attr` points at a NUL-terminated path alive for the call.
@@ -141,6 +142,10 @@ fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     }
     // SAFETY: a fresh fd the kernel just returned to us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    obj_get_rw(path, false)
 }
 
 /// Who the supervisor answers for.

@@ -23,6 +23,8 @@ use crate::policy::syscalls::{ALWAYS_ALLOWED, SyscallSet, hot_set, name_bytes, n
 pub struct SyscallConfinement {
     filter: Filter,
     handshake: Arc<Handshake>,
+    /// Held until the launcher is done (see `launcher_mark`).
+    _mark: Option<super::launcher_mark::LauncherMark>,
 }
 
 /// `None` when the identity has no `[syscalls]` section.
@@ -102,7 +104,26 @@ pub fn prepare(
     // its memory (it answers for the agent).
     // SAFETY: plain prctl on ourselves.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
-    Ok(Some(SyscallConfinement { filter, handshake }))
+    // After this, the child's filter counts as Corral's for the observers.
+    let marks = map_path.with_file_name(agent_common::maps::SC_LAUNCHERS);
+    let mark = match super::launcher_mark::LauncherMark::register(&marks, id) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            // An older daemon has no such map: its observers go by the
+            // filter alone.
+            eprintln!(
+                "corral run: cannot register with {} ({e}); `assigned = \"kill\"` may take \
+                 this agent for an assigned process",
+                marks.display()
+            );
+            None
+        }
+    };
+    Ok(Some(SyscallConfinement {
+        filter,
+        handshake,
+        _mark: mark,
+    }))
 }
 
 impl SyscallConfinement {

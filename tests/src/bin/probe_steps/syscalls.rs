@@ -14,7 +14,10 @@
 //! tiocsti FD|PATH TEXT   ioctl(TIOCSTI) of each byte of TEXT into the
 //!                        terminal on fd FD, or opened at PATH |
 //! ia32-getpid            getpid through `int 0x80` (the i386 ABI; number 20) |
-//! tty                    the session id and the terminal on stdin
+//! tty                    the session id and the terminal on stdin |
+//! seccomp-own            no_new_privs + a seccomp filter of its own that
+//!                        allows everything (what a process would do to pass
+//!                        for one under Corral's filter)
 
 use std::{ffi::CString, io, os::unix::process::CommandExt as _, time::Instant};
 
@@ -30,6 +33,7 @@ pub fn is_step(op: &str) -> bool {
             | "tiocsti"
             | "ia32-getpid"
             | "tty"
+            | "seccomp-own"
     )
 }
 
@@ -239,6 +243,33 @@ pub fn step(args: &[String], i: usize) -> usize {
         "tiocsti" => {
             print(op, &args[i + 1], tiocsti(&args[i + 1], &args[i + 2]));
             i + 3
+        }
+        "seccomp-own" => {
+            let prog = [libc::sock_filter {
+                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 0,
+                k: libc::SECCOMP_RET_ALLOW,
+            }];
+            let fprog = libc::sock_fprog {
+                len: 1,
+                filter: prog.as_ptr().cast_mut(),
+            };
+            // SAFETY: prctl, then seccomp with a live one-instruction program.
+            let r = unsafe {
+                ret(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as libc::c_long).and_then(
+                    |_| {
+                        ret(libc::syscall(
+                            libc::SYS_seccomp,
+                            libc::SECCOMP_SET_MODE_FILTER,
+                            0,
+                            &fprog as *const libc::sock_fprog,
+                        ))
+                    },
+                )
+            };
+            print(op, "seccomp", r);
+            i + 1
         }
         "tty" => {
             // SAFETY: plain calls; ttyname's buffer is copied at once.
