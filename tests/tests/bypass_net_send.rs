@@ -216,8 +216,9 @@ fn connected_udp_socket_cannot_send_elsewhere() {
 }
 
 /// Other IP protocols on stream and datagram sockets: MPTCP is judged as
-/// TCP; UDP-Lite is no `udp` rule's class and is refused (`unsupported`)
-/// even where a `udp` rule would allow the address and port.
+/// TCP; UDP-Lite is no `udp` rule's class and its socket is refused at
+/// creation (`unsupported`) even where a `udp` rule would allow the address
+/// and port (every such kind: `socket_kinds.rs`).
 #[test]
 fn mptcp_and_udplite_are_judged() {
     if !is_root() {
@@ -257,7 +258,8 @@ fn mptcp_and_udplite_are_judged() {
     r.assert_eperm("bp-sendto-proto", 0);
     let ev = net_event(&tail, "127.0.0.1", no_port);
     assert_net_event(&ev, "proto", r.pid(), "connect", "127.0.0.1", no_port);
-    let ev = net_event(&tail, "127.0.0.1", u);
+    let ev = tail.expect(|e| e["net"]["op"] == "create" && e["net"]["protocol"] == "udplite");
+    assert_event_source(&ev, "net", "proto", r.pid());
     assert_eq!(ev["reason"], "unsupported", "{ev:#}");
     let out = probe_outside(&[
         "bp-connect-proto",

@@ -147,3 +147,47 @@ fn an_unknown_socket_kind_is_an_error_with_its_position() {
     assert!(err.contains("p.toml:4:21"), "{err}");
     assert!(err.contains("unknown socket kind `sctp`"), "{err}");
 }
+
+#[test]
+fn sctp_and_l2tp_are_refused_where_the_kernel_has_them() {
+    if !is_root() {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let kinds = [
+        ("sctp", "inet", "stream", "sctp"),
+        ("sctp-seq6", "inet6", "seqpacket", "sctp"),
+        ("l2tp", "inet", "dgram", "l2tp"),
+    ];
+    // Outside first: which of them this kernel has at all.
+    let out = probe_outside(&steps(kinds.iter().map(|k| k.0)));
+    let have: Vec<_> = kinds
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| out.step("socket", *n)["ok"] == true)
+        .map(|(_, k)| *k)
+        .collect();
+    if have.len() < kinds.len() {
+        let missing: Vec<&str> = kinds
+            .iter()
+            .filter(|k| !have.contains(k))
+            .map(|k| k.0)
+            .collect();
+        // The QEMU guest loads these modules: missing there is a failure.
+        assert!(
+            std::env::var_os("CORRAL_VM").is_none(),
+            "the guest kernel lacks {missing:?}: {out:#?}"
+        );
+        eprintln!("skipping {missing:?}: not in this kernel (proven in cargo xtask vm-test)");
+    }
+    if have.is_empty() {
+        return;
+    }
+    let (d, tail) =
+        Daemon::start_tailed("proto", &enforce_policy("proto", "allow = [\"tcp://*:*\"]"));
+    let r = d.probe_as("proto", &steps(have.iter().map(|k| k.0)));
+    for (n, kind) in have.iter().enumerate() {
+        r.assert_eperm("socket", n);
+        expect_create_event(&tail, "proto", r.pid(), *kind);
+    }
+}

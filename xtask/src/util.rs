@@ -143,6 +143,23 @@ pub fn run(c: &mut Command) -> Result<()> {
 }
 
 /// Runs `c` quietly and returns its stdout; fails (with its stderr) if it fails.
+/// Like `output`, the raw bytes of stdout.
+pub fn output_bytes(c: &mut Command) -> Result<Vec<u8>> {
+    let line = display(c);
+    let out = c
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot start `{line}`"))?;
+    if !out.status.success() {
+        bail!(
+            "`{line}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
+}
+
 pub fn output(c: &mut Command) -> Result<String> {
     let line = display(c);
     let out = c

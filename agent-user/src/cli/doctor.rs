@@ -93,20 +93,37 @@ pub fn run(a: &JsonFlag) -> anyhow::Result<u8> {
         ok: true,
         detail: release,
     });
-    let kill_off = crate::daemon::seccomp_mode_offset();
+    let task = crate::daemon::task_offsets();
     checks.push(Check {
         name: "syscall kill mode",
-        ok: kill_off != 0,
-        detail: if kill_off != 0 {
+        ok: task.seccomp_mode != 0,
+        detail: if task.seccomp_mode != 0 {
             format!(
-                "task_struct.seccomp.mode at +{kill_off} (BTF): `assigned = \"kill\"` can tell \
-                 processes without Corral's filter; it kills AFTER the call, never prevents it"
+                "task_struct.seccomp.mode +{}, real_parent +{}, thread_info.status +{} (BTF): \
+                 `assigned = \"kill\"` tells processes under Corral's filter (a parent is a \
+                 registered `corral run` launcher) from the rest, and i386 calls from x86_64 \
+                 ones; it kills AFTER the call, never prevents it",
+                task.seccomp_mode, task.real_parent, task.ti_status
             )
         } else {
-            "NOT AVAILABLE: no task_struct.seccomp in the kernel's BTF; processes without \
-             Corral's seccomp filter are only audited"
+            "NOT AVAILABLE: task_struct.seccomp/real_parent/thread_info.status missing from \
+             the kernel's BTF; processes without Corral's seccomp filter are only audited"
                 .into()
         },
+    });
+    let legacy = std::fs::read_to_string("/proc/sys/dev/tty/legacy_tiocsti").unwrap_or_default();
+    checks.push(Check {
+        name: "terminal injection",
+        ok: seccomp.contains("errno"),
+        detail: format!(
+            "`corral run` gives agents their own session and pty and refuses TIOCSTI/TIOCLINUX \
+             with seccomp (dev.tty.legacy_tiocsti = {})",
+            if legacy.is_empty() {
+                "n/a"
+            } else {
+                legacy.trim()
+            }
+        ),
     });
     let unix = crate::daemon::unix_kernel_support();
     checks.push(Check {

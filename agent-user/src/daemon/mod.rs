@@ -38,7 +38,7 @@ use tracing::{error, info, warn};
 pub use loader::{object_is_stub, unload};
 pub use lsm::kernel_probe as lsm_kernel_probe;
 pub use reload::compile_dir;
-pub use syscalls::seccomp_mode_offset;
+pub use syscalls::task_offsets;
 pub use unix::kernel_support as unix_kernel_support;
 
 #[derive(clap::Args, Debug, Clone)]

@@ -206,17 +206,29 @@ fn rule_json(r: &crate::policy::NetRule) -> Value {
 pub fn mechanisms(sock_addr_attached: bool, unix_unavailable: Option<&str>) -> Vec<Mechanism> {
     let mut v = vec![
         Mechanism {
-            name: "network (cgroup sock_addr: connect/sendmsg/bind, IPv4+IPv6)",
+            name: "network (cgroup sock_create + sock_addr: socket/connect/sendmsg/bind, IPv4+IPv6)",
             state: if sock_addr_attached {
                 "enforcing"
             } else {
                 "unavailable"
             },
             detail: if sock_addr_attached {
-                "attached at the corral cgroup parent".into()
+                "attached at the corral cgroup parent; inet sockets of a kind no rule judges \
+                 (SCTP, UDP-Lite, L2TP/IP, raw, ping, ...) are refused at socket() unless \
+                 `[network] sockets` names ping/raw; AF_PACKET and AF_VSOCK are not inet \
+                 sockets: refuse them with [syscalls] (socket:packet, socket:vsock)"
+                    .into()
             } else {
                 "programs did not attach".into()
             },
+        },
+        Mechanism {
+            name: "terminal (corral run)",
+            state: "enforcing",
+            detail: "agents run in a session of their own, on a pty the launcher relays when \
+                     started from a terminal; a seccomp filter refuses TIOCSTI/TIOCLINUX \
+                     (terminal input injection) on every ABI, for root too"
+                .into(),
         },
         Mechanism {
             name: "unix socket paths",

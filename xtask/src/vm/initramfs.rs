@@ -70,7 +70,7 @@ fn shell_quote(s: &str) -> String {
 /// One command the guest runs: program, arguments, extra environment.
 type GuestRun = (String, Vec<String>, Vec<(String, String)>);
 
-fn init_script(runs: &[GuestRun]) -> String {
+fn init_script(runs: &[GuestRun], modules: &[String]) -> String {
     let mut s = String::from(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -111,7 +111,12 @@ rc=0
     s
 }
 
-pub(super) fn initramfs(stage: &Path, t: &Tests, args: &VmArgs) -> Result<PathBuf> {
+pub(super) fn initramfs(
+    stage: &Path,
+    t: &Tests,
+    modules: &[super::modules::Module],
+    args: &VmArgs,
+) -> Result<PathBuf> {
     let root = stage.join("root");
     if root.exists() {
         fs::remove_dir_all(&root).with_context(|| format!("cleaning {}", root.display()))?;
@@ -178,10 +183,20 @@ pub(super) fn initramfs(stage: &Path, t: &Tests, args: &VmArgs) -> Result<PathBu
     }
     let etc = root.join("etc");
     fs::create_dir_all(&etc)?;
-    fs::write(etc.join("passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
-    fs::write(etc.join("group"), "root:x:0:\n")?;
+    // `nobody`: the tests that run agents with `--user`.
+    fs::write(
+        etc.join("passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )?;
+    fs::write(etc.join("group"), "root:x:0:\nnogroup:x:65534:\n")?;
+    let mdir = root.join("lib/modules");
+    fs::create_dir_all(&mdir)?;
+    for m in modules {
+        fs::write(mdir.join(format!("{}.ko", m.name)), &m.bytes)?;
+    }
+    let names: Vec<String> = modules.iter().map(|m| m.name.clone()).collect();
     let init = root.join("init");
-    fs::write(&init, init_script(&runs))?;
+    fs::write(&init, init_script(&runs, &names))?;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
 
     let out = stage.join("initramfs.cpio.gz");
@@ -200,11 +215,16 @@ mod tests {
 
     #[test]
     fn init_script_runs_everything_and_reports() {
-        let s = init_script(&[(
-            "/corral/t".into(),
-            vec!["--test-threads=1".into(), "a b".into()],
-            vec![("X".into(), "1".into())],
-        )]);
+        let s = init_script(
+            &[(
+                "/corral/t".into(),
+                vec!["--test-threads=1".into(), "a b".into()],
+                vec![("X".into(), "1".into())],
+            )],
+            &["libcrc32c".into(), "sctp".into()],
+        );
+        assert!(s.contains("insmod /lib/modules/libcrc32c.ko ||"));
+        assert!(s.find("libcrc32c.ko").unwrap() < s.find("sctp.ko").unwrap());
         assert!(s.contains("X='1' /corral/t '--test-threads=1' 'a b' || rc=1"));
         assert!(s.contains("mount -t cgroup2 cgroup2 /sys/fs/cgroup"));
         assert!(s.contains("CORRAL-VM-RESULT: pass"));

@@ -13,6 +13,8 @@ use crate::util;
 
 pub(super) struct Kernel {
     pub(super) vmlinuz: PathBuf,
+    /// `lib/modules/<version>` of the unpacked package.
+    pub(super) modules: Option<PathBuf>,
     /// The `lsm=` boot list: the kernel's default with `bpf` added.
     pub(super) lsm: String,
 }
@@ -156,8 +158,14 @@ pub(super) fn kernel(ws: &Path) -> Result<Kernel> {
     if !lsm.iter().any(|l| l == "bpf") {
         lsm.push("bpf".into());
     }
+    let modules = fs::read_dir(dir.join("lib/modules"))
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| e.ok())
+        .map(|e| e.path());
     Ok(Kernel {
         vmlinuz,
+        modules,
         lsm: lsm.join(","),
     })
 }

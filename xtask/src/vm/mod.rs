@@ -18,6 +18,7 @@
 
 mod initramfs;
 mod kernel;
+mod modules;
 mod qemu;
 
 use std::{
@@ -31,7 +32,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{build, setup, util};
 
 /// Debian packages the VM step needs.
-pub const APT_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio"];
+pub const APT_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio", "xz-utils"];
 
 const MARKER: &str = "CORRAL-VM-RESULT:";
 /// Tests proven in the guest: every test of these binaries...
@@ -40,6 +41,8 @@ const GUEST_TESTS: &[&str] = &[
     "files_lsm_bypass",
     "files_lsm_protect",
     "files_lsm_leases",
+    // SCTP and L2TP/IP are modules there (see `modules`).
+    "socket_kinds",
 ];
 /// ...plus one network test as a sanity check of the rest of Corral there.
 const SANITY_TEST: (&str, &str) = (
@@ -107,7 +110,12 @@ fn run_guest(ws: &Path, args: &VmArgs) -> Result<()> {
         kernel.lsm
     );
     let stage = ws.join("target/vm");
-    let initrd = initramfs::initramfs(&stage, &tests, args).context("building the initramfs")?;
+    let mods = match &kernel.modules {
+        Some(dir) => modules::resolve(dir).context("reading the guest's kernel modules")?,
+        None => Vec::new(),
+    };
+    let initrd =
+        initramfs::initramfs(&stage, &tests, &mods, args).context("building the initramfs")?;
     println!(
         "vm: initramfs {} ({:.1} MiB), ready after {:.1?}",
         initrd.display(),
