@@ -153,8 +153,12 @@ impl Terminal {
         };
         drop(slave);
         // Keystrokes go to the agent's pty as typed: its line discipline
-        // (echo, ^C) does the rest.
-        let saved = if ttys[0] { raw_mode(0)? } else { None };
+        // (echo, ^C) does the rest. Only from the foreground: a launcher
+        // started in the background (`&`) that touched the terminal's modes
+        // or read it would be stopped (SIGTTOU/SIGTTIN), and the shell owns
+        // the keyboard then.
+        let relay_input = ttys[0] && foreground(0);
+        let saved = if relay_input { raw_mode(0)? } else { None };
         let out_fd: RawFd = if ttys[1] {
             1
         } else if ttys[2] {
@@ -218,6 +222,12 @@ fn open_pty(ttys: [bool; 3]) -> io::Result<Pty> {
             ttys,
         })
     }
+}
+
+/// Whether this process group owns the terminal on `fd`.
+fn foreground(fd: RawFd) -> bool {
+    // SAFETY: plain calls on a terminal fd.
+    unsafe { libc::tcgetpgrp(fd) == libc::getpgrp() }
 }
 
 fn raw_mode(fd: RawFd) -> io::Result<Option<libc::termios>> {
