@@ -47,6 +47,8 @@ pub fn run(ws: &Path, args: &TestArgs) -> Result<()> {
                 "agent-common",
                 "-p",
                 "agent-user",
+                "-p",
+                "xtask",
             ]);
             if let Some(f) = &args.filter {
                 c.arg("--").arg(f);

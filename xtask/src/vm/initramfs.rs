@@ -91,6 +91,13 @@ export HOME=/root RUST_BACKTRACE=1 CORRAL_BIN=/corral/target/release/corral CORR
 rc=0
 "#,
     );
+    // Dependencies come first in `modules`; a failure is said, and the
+    // test that needs the module fails in the guest.
+    for m in modules {
+        s.push_str(&format!(
+            "insmod /lib/modules/{m}.ko || echo 'CORRAL-VM: insmod {m} failed'\n"
+        ));
+    }
     for (exe, args, envs) in runs {
         let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
         let envs: Vec<String> = envs
