@@ -68,9 +68,30 @@ pub struct TaskOffsets {
     pub tgid: u32,
     /// `thread_info.status` (x86: `TS_COMPAT` marks an i386 syscall).
     pub ti_status: u32,
+    /// `start_boottime` (u64 ns): tells a launcher from a later process
+    /// given its pid.
+    pub start_boottime: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 16);
-crate::user_pod!(TaskOffsets);
+const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 24);
+
+/// Value of `maps::SC_LAUNCHERS` (key: the launcher's tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LauncherEntry {
+    /// The identity it launched: a launched process later assigned to
+    /// another identity is that identity's assigned process.
+    pub identity: u32,
+    pub _pad: u32,
+    /// The launcher's start time in clock ticks since boot (USER_HZ, as
+    /// `/proc/PID/stat` field 22 gives it).
+    pub start_ticks: u64,
+}
+const _: () = assert!(core::mem::size_of::<LauncherEntry>() == 16);
+/// Nanoseconds per USER_HZ tick (USER_HZ is 100 on every architecture
+/// the kernel's `/proc` reports in).
+pub const NS_PER_USER_TICK: u64 = 10_000_000;
+crate::user_pod!(TaskOffsets, LauncherEntry);
 
 /// x86 `TS_COMPAT`: the current syscall came through an i386 entry point.
 pub const TS_COMPAT: u32 = 0x0002;

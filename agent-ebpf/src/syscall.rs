@@ -26,9 +26,9 @@ use agent_common::{
     identity::{CGROUP_MAX_DEPTH, MODE_AUDIT},
     syscall::{
         BITMAP_BITS, FLAG_ASSIGNED_KILL, LAUNCHER_MAX_DEPTH, LAYER_KERNEL, LAYER_KILL,
-        LAYER_NOTIFY, LAYER_OBSERVED, NR_IA32_FLAG, NR_IOCTL, NR_SECCOMP, NR_SOCKET, NR_SOCKETPAIR,
-        SECCOMP_FILTER_FLAG_NEW_LISTENER, SyscallEvent, SyscallPolicy, TIOCLINUX, TIOCSTI,
-        TS_COMPAT, TaskOffsets, X32_SYSCALL_BIT,
+        LAYER_NOTIFY, LAYER_OBSERVED, LauncherEntry, NR_IA32_FLAG, NR_IOCTL, NR_SECCOMP, NR_SOCKET,
+        NR_SOCKETPAIR, NS_PER_USER_TICK, SECCOMP_FILTER_FLAG_NEW_LISTENER, SyscallEvent,
+        SyscallPolicy, TIOCLINUX, TIOCSTI, TS_COMPAT, TaskOffsets, X32_SYSCALL_BIT,
     },
 };
 use aya_ebpf::{
@@ -56,12 +56,14 @@ static CORRAL_TASK_OFFSETS: Global<TaskOffsets> = Global::new(TaskOffsets {
     real_parent: 0,
     tgid: 0,
     ti_status: 0,
+    start_boottime: 0,
+    _pad: 0,
 });
 
-/// `HashMap<u32 tgid, u32 identity>`: live `corral run` launchers (see
+/// `HashMap<u32 tgid, LauncherEntry>`: live `corral run` launchers (see
 /// agent-common `maps::SC_LAUNCHERS`). Pinned: launchers write it.
 #[map(name = "SC_LAUNCHERS")]
-static LAUNCHERS: HashMap<u32, u32> = HashMap::pinned(4096, 0);
+static LAUNCHERS: HashMap<u32, LauncherEntry> = HashMap::pinned(4096, 0);
 
 /// Cached identity of one cgroup, valid for one tag generation.
 #[repr(C)]
@@ -196,7 +198,7 @@ fn args_of(regs: *const u8) -> [u64; 3] {
 /// the filter counts only when a parent is a registered `corral run`
 /// launcher (which installs it before the agent's first instruction).
 #[inline(always)]
-fn has_corral_filter() -> Option<bool> {
+fn has_corral_filter(identity: u32) -> Option<bool> {
     let o = CORRAL_TASK_OFFSETS.load();
     if o.seccomp_mode == 0 {
         return None;
@@ -209,13 +211,14 @@ fn has_corral_filter() -> Option<bool> {
     if mode.ok()? != SECCOMP_MODE_FILTER {
         return Some(false);
     }
-    Some(launched(&o, task))
+    Some(launched(&o, task, identity))
 }
 
 /// Whether a parent of `task` (up to `LAUNCHER_MAX_DEPTH` levels) is a
-/// registered launcher.
+/// registered launcher of `identity`: the same tgid, started at the same
+/// tick (not a later process given a dead launcher's pid).
 #[inline(always)]
-fn launched(o: &TaskOffsets, task: *const u8) -> bool {
+fn launched(o: &TaskOffsets, task: *const u8, identity: u32) -> bool {
     let mut t = task;
     let mut depth: u32 = 0;
     while depth < LAUNCHER_MAX_DEPTH {
@@ -230,9 +233,17 @@ fn launched(o: &TaskOffsets, task: *const u8) -> bool {
         // SAFETY: as above.
         let tgid = unsafe { bpf_probe_read_kernel(p.wrapping_add(o.tgid as usize) as *const u32) }
             .unwrap_or(0);
-        // SAFETY: plain u32 value, only tested for presence.
-        if tgid != 0 && unsafe { LAUNCHERS.get(&tgid) }.is_some() {
-            return true;
+        // SAFETY: plain-data value copied out.
+        if tgid != 0
+            && let Some(e) = unsafe { LAUNCHERS.get(&tgid) }
+        {
+            let (want_identity, want_ticks) = (e.identity, e.start_ticks);
+            // SAFETY: as above.
+            let start = unsafe {
+                bpf_probe_read_kernel(p.wrapping_add(o.start_boottime as usize) as *const u64)
+            }
+            .unwrap_or(0);
+            return want_identity == identity && start / NS_PER_USER_TICK == want_ticks;
         }
         t = p;
         depth += 1;
@@ -379,7 +390,7 @@ pub fn on_enter(ctx: &BtfTracePointContext) -> i32 {
     }
     // The call runs although the policy does not allow it.
     let audit = pol.mode == MODE_AUDIT;
-    let (layer, verdict) = match has_corral_filter() {
+    let (layer, verdict) = match has_corral_filter(identity) {
         // Audit mode: the launcher let it through. Enforce mode: the filter
         // compiled at launch allows it in the kernel (a hot syscall the
         // policy has dropped since), or a policy change raced the answer.

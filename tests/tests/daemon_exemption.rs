@@ -171,6 +171,23 @@ fn the_daemon_never_tags_the_cgroup_it_runs_in() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("holds the corral daemon"), "{err}");
+    // Spelt through `..`, it is still the daemon's cgroup.
+    let name = own.0.file_name().and_then(|n| n.to_str()).expect("name");
+    let dotted = d.dirs.parent_cgroup().join("..").join(name);
+    let out = d.cli(&["assign", "--identity", "a", "--cgroup", path_str(&dotted)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    // A thread of the daemon moves the whole daemon: refused like its pid.
+    let tid = std::fs::read_dir(format!("/proc/{}/task", d.pid()))
+        .expect("daemon threads")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|t| *t != d.pid())
+        .expect("the daemon has threads");
+    let out = d.cli(&["assign", "--identity", "a", "--pid", &tid.to_string()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("that is the corral daemon"), "{err}");
     assert!(d.cli(&["status"]).status.success());
 
     // A daemon restarted inside a cgroup an earlier daemon tagged refuses

@@ -26,8 +26,8 @@ use agent_common::{
     identity::Mode,
     maps,
     syscall::{
-        NR_SOCKET, PSEUDO_SOCKET_UNIX, SyscallEvent, SyscallPolicy, TaskOffsets, clear_bit,
-        socket_pseudo,
+        LauncherEntry, NR_SOCKET, PSEUDO_SOCKET_UNIX, SyscallEvent, SyscallPolicy, TaskOffsets,
+        clear_bit, socket_pseudo,
     },
 };
 use aya::{
@@ -57,21 +57,22 @@ pub fn seccomp_mode_offset() -> u32 {
 }
 
 /// Removes the marks of launchers that died without removing their own
-/// (SIGKILL): a later process given that pid must not vouch for anyone's
-/// filter. A launcher is a live process named like this one (`corral`;
-/// the binary's path may differ, or have been replaced by an upgrade).
+/// (SIGKILL), so the map does not fill up. (A later process given such a
+/// pid vouches for nobody either way: the kernel side compares start times.)
 fn prune_launchers(ebpf: &mut Ebpf) {
     let Some(m) = ebpf.map_mut(maps::SC_LAUNCHERS) else {
         return;
     };
-    let Ok(mut m) = BpfHashMap::<_, u32, u32>::try_from(m) else {
+    let Ok(mut m) = BpfHashMap::<_, u32, LauncherEntry>::try_from(m) else {
         return;
     };
-    let me = fs::read_to_string("/proc/self/comm").ok();
     let dead: Vec<u32> = m
-        .keys()
+        .iter()
         .filter_map(Result::ok)
-        .filter(|tgid| fs::read_to_string(format!("/proc/{tgid}/comm")).ok() != me)
+        .filter(|(tgid, e)| {
+            crate::sandbox::launcher_mark::start_ticks(*tgid) != Some(e.start_ticks)
+        })
+        .map(|(tgid, _)| tgid)
         .collect();
     for tgid in dead {
         let _ = m.remove(&tgid);
@@ -112,7 +113,8 @@ fn read_task_offsets() -> TaskOffsets {
     };
     let real_parent = b.offset("task_struct", "real_parent").unwrap_or(0);
     let tgid = b.offset("task_struct", "tgid").unwrap_or(0);
-    if real_parent == 0 || tgid == 0 || ti_status == 0 {
+    let start_boottime = b.offset("task_struct", "start_boottime").unwrap_or(0);
+    if real_parent == 0 || tgid == 0 || ti_status == 0 || start_boottime == 0 {
         // Without them launched agents cannot be told from assigned ones,
         // nor i386 calls from x86_64 ones: refuse to kill rather than guess.
         warn!(
@@ -125,6 +127,8 @@ fn read_task_offsets() -> TaskOffsets {
         real_parent,
         tgid,
         ti_status,
+        start_boottime,
+        _pad: 0,
     }
 }
 

@@ -3,13 +3,20 @@
 //! (a parent of it is a registered launcher), and not under one it
 //! installed itself to pass for a launched agent and escape `assigned =
 //! "kill"`. Registered before the child starts; removed on drop (the
-//! daemon removes the marks of launchers that died).
+//! daemon removes the marks of launchers that died). The entry holds the
+//! identity launched and the launcher's start time, which the kernel side
+//! compares: a process later given a dead launcher's pid vouches for
+//! nobody. The key is the pid as the outermost pid namespace this process
+//! can see names it; a launcher inside a pid namespace of its own is then
+//! not found, and its agents count as assigned (fail closed).
 
 use std::{
     io,
     os::fd::{AsRawFd as _, OwnedFd},
     path::Path,
 };
+
+use agent_common::syscall::LauncherEntry;
 
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
@@ -50,14 +57,20 @@ impl LauncherMark {
     /// Registers this process as the launcher of `identity_id`.
     pub fn register(map_path: &Path, identity_id: u32) -> io::Result<LauncherMark> {
         let map = super::supervisor::obj_get_rw(map_path, true)?;
-        let tgid = std::process::id();
+        let tgid = outer_tgid().unwrap_or_else(std::process::id);
+        let entry = LauncherEntry {
+            identity: identity_id,
+            _pad: 0,
+            start_ticks: start_ticks(tgid)
+                .ok_or_else(|| io::Error::other("cannot read this process's start time"))?,
+        };
         bpf(
             BPF_MAP_UPDATE_ELEM,
             &ElemAttr {
                 map_fd: map.as_raw_fd() as u32,
                 _pad: 0,
                 key: &tgid as *const u32 as u64,
-                value: &identity_id as *const u32 as u64,
+                value: &entry as *const LauncherEntry as u64,
                 flags: 0,
             },
         )?;
@@ -77,5 +90,38 @@ impl Drop for LauncherMark {
                 flags: 0,
             },
         );
+    }
+}
+
+/// This process's pid in the outermost pid namespace `/proc` shows
+/// (`NStgid`'s first entry).
+fn outer_tgid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NStgid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Start time of process `tgid` in clock ticks since boot (`/proc/PID/stat`
+/// field 22), `None` when it does not exist.
+pub fn start_ticks(tgid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{tgid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_its_own_start_time() {
+        let me = std::process::id();
+        assert!(super::start_ticks(me).is_some());
+        assert_eq!(super::outer_tgid(), Some(me));
+        assert_eq!(super::start_ticks(u32::MAX), None);
     }
 }

@@ -47,30 +47,41 @@ fn ins(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     libc::sock_filter { code, jt, jf, k }
 }
 
-/// The terminal-injection filter (layer 3).
-fn filter() -> [libc::sock_filter; 13] {
+/// ioctls refused on every fd: input injection (TIOCSTI, TIOCLINUX's
+/// selection paste), and console keymap changes that bind a key to a
+/// string or another key (KDSKBSENT, KDSKBENT, KDSETKEYCODE; root only)
+/// for the operator to press later.
+const REFUSED: [u32; 5] = [TIOCSTI, TIOCLINUX, 0x4b49, 0x4b47, 0x4b4d];
+
+/// The terminal-injection filter (layer 3): ioctl on the x86_64, x32 and
+/// i386 ABIs, by its `cmd`.
+fn filter() -> Vec<libc::sock_filter> {
     use super::seccomp::{AUDIT_ARCH_X86_64, RET_ALLOW, RET_EPERM};
-    [
+    let n = REFUSED.len() as u8;
+    // Indices: 8 loads cmd, 9.. compare it, then ALLOW at 9+n, EPERM after.
+    let mut p = vec![
         /* 0 */ ins(LD_W_ABS, OFF_ARCH, 0, 0),
         /* 1 */ ins(JEQ_K, AUDIT_ARCH_I386, 0, 2),
         /* 2 */ ins(LD_W_ABS, OFF_NR, 0, 0),
-        /* 3 */ ins(JEQ_K, NR_IOCTL_I386, 4, 7),
-        /* 4 */ ins(JEQ_K, AUDIT_ARCH_X86_64, 0, 6),
+        /* 3 */ ins(JEQ_K, NR_IOCTL_I386, 4, 5 + n),
+        /* 4 */ ins(JEQ_K, AUDIT_ARCH_X86_64, 0, 4 + n),
         /* 5 */ ins(LD_W_ABS, OFF_NR, 0, 0),
         /* 6 */ ins(JEQ_K, NR_IOCTL_X86_64, 1, 0),
-        /* 7 */ ins(JEQ_K, NR_IOCTL_X32, 0, 3),
+        /* 7 */ ins(JEQ_K, NR_IOCTL_X32, 0, 1 + n),
         /* 8 */ ins(LD_W_ABS, OFF_ARG1_LO, 0, 0),
-        /* 9 */ ins(JEQ_K, TIOCSTI, 2, 0),
-        /* 10 */ ins(JEQ_K, TIOCLINUX, 1, 0),
-        /* 11 */ ins(RET_K, RET_ALLOW, 0, 0),
-        /* 12 */ ins(RET_K, RET_EPERM, 0, 0),
-    ]
+    ];
+    for (i, cmd) in REFUSED.iter().enumerate() {
+        p.push(ins(JEQ_K, *cmd, n - i as u8, 0));
+    }
+    p.push(ins(RET_K, RET_ALLOW, 0, 0));
+    p.push(ins(RET_K, RET_EPERM, 0, 0));
+    p
 }
 
 /// What the launcher prepared: the filter, and a pty when the launch has a
 /// terminal.
 pub struct Terminal {
-    prog: [libc::sock_filter; 13],
+    prog: Vec<libc::sock_filter>,
     pty: Option<Pty>,
 }
 
@@ -341,8 +352,13 @@ impl Relay {
             let _ = i.join();
         }
         if let Some(t) = self.saved.take() {
-            // SAFETY: restoring the modes read from this terminal.
-            unsafe { libc::tcsetattr(0, libc::TCSADRAIN, &t) };
+            // SAFETY: restoring the modes read from this terminal, then
+            // dropping input nobody read: a terminal's answer to a query
+            // the agent wrote last must not reach the shell as typed input.
+            unsafe {
+                libc::tcsetattr(0, libc::TCSADRAIN, &t);
+                libc::tcflush(0, libc::TCIFLUSH);
+            }
         }
     }
 }
@@ -383,7 +399,7 @@ mod tests {
     fn refuses_terminal_injection_on_every_abi_and_nothing_else() {
         use super::super::seccomp::{AUDIT_ARCH_X86_64, RET_ALLOW, RET_EPERM};
         let x86 = AUDIT_ARCH_X86_64;
-        for cmd in [TIOCSTI, TIOCLINUX] {
+        for cmd in REFUSED {
             assert_eq!(eval(x86, NR_IOCTL_X86_64, cmd), RET_EPERM);
             assert_eq!(eval(x86, NR_IOCTL_X32, cmd), RET_EPERM);
             assert_eq!(eval(AUDIT_ARCH_I386, NR_IOCTL_I386, cmd), RET_EPERM);

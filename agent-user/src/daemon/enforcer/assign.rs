@@ -32,7 +32,8 @@ impl Enforcer {
         if pid <= 1 {
             return Err(EnforceError::BadPid(pid, "pid 1 (init) cannot be an agent"));
         }
-        if pid == self.daemon_pid {
+        // A thread id moves its whole process: compare the thread group.
+        if pid == self.daemon_pid || tgid_of(pid) == Some(self.daemon_pid) {
             return Err(EnforceError::BadPid(pid, "that is the corral daemon"));
         }
         let cg = self.known(name)?.cgroup.clone();
@@ -52,6 +53,13 @@ impl Enforcer {
         path: &Path,
     ) -> Result<PathBuf, EnforceError> {
         let id = self.known(name)?.id;
+        // By its real path: `corral/../system.slice` must not pass for a
+        // cgroup under the corral parent, nor hide that it holds the daemon.
+        let real = std::fs::canonicalize(path).map_err(|source| cgroup::CgroupError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let path = real.as_path();
         if let Some(own) = own_cgroup()
             && own.starts_with(path)
         {
@@ -85,6 +93,17 @@ impl Enforcer {
         );
         Ok(path.to_path_buf())
     }
+}
+
+/// The thread group a pid (or thread id) belongs to.
+fn tgid_of(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The daemon's own cgroup, absolute (`None` when it cannot be read).
