@@ -291,6 +291,15 @@ fn show(client: &Client, name: &str, json: bool) -> anyhow::Result<u8> {
             s(&h["refresh_every"])
         );
     }
+    for p in v["protected_paths"].as_array().into_iter().flatten() {
+        println!(
+            "  protected {:<40} refused: {:<15} #{} {}",
+            s(&p["path"]),
+            s(&p["refused"]),
+            p["rule_id"],
+            s(&p["why"])
+        );
+    }
     crate::policy::syscalls::print_show(&v["syscalls"]);
     let k = &v["kernel_entries"];
     println!(

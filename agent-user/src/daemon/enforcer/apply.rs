@@ -218,16 +218,19 @@ impl Enforcer {
         if !self.files_lsm {
             return Ok(Vec::new());
         }
-        let Some(mut rules) = lsm::compile::rules_of(&policy.files) else {
+        // Without `[files]`, only Corral's protected paths are written (the
+        // kernel then refuses only what they refuse).
+        let mut rules = lsm::compile::rules_of(&policy.files).unwrap_or_default();
+        if let Some(p) = &self.protected {
+            rules.extend(p.rules(&policy.name, policy));
+        }
+        if rules.is_empty() {
             return Ok(Vec::new());
-        };
-        if let Some(dir) = &self.tokens_dir {
-            rules.extend(lsm::tokens::rules(dir, &policy.name, policy));
         }
         let mut entries =
             lsm::compile(&rules).map_err(|e| EnforceError::Files(policy.name.clone(), e))?;
-        if let Some(dir) = &self.tokens_dir {
-            lsm::tokens::enforce(&mut entries, dir, &policy.name, policy);
+        if let Some(p) = &self.protected {
+            p.enforce(&mut entries, &policy.name, policy);
         }
         lsm::write_rules(&mut self.ebpf, ruleset, &entries).map_err(merr(maps::FILE_RULES))
     }

@@ -10,7 +10,7 @@
 //! `<pin_dir>/links/lsm` and handed over without a gap on restart.
 
 pub mod compile;
-pub mod tokens;
+pub mod builtin;
 
 use std::{
     collections::HashSet,
@@ -98,6 +98,12 @@ fn kernel_offsets(b: &Btf) -> Result<KernelOffsets, BtfError> {
         cgroup_ancestors: b.offset("cgroup", "ancestors")?,
         kernfs_node_id: b.offset("kernfs_node", "id")?,
         dentry_d_sb: b.offset("dentry", "d_sb")?,
+        task_fs: b.offset("task_struct", "fs")?,
+        fs_root: b.offset("fs_struct", "root")?,
+        task_nsproxy: b.offset("task_struct", "nsproxy")?,
+        nsproxy_mnt_ns: b.offset("nsproxy", "mnt_ns")?,
+        mnt_ns_root: b.offset("mnt_namespace", "root")?,
+        mount_mnt_ns: b.offset("mount", "mnt_ns")?,
     })
 }
 
