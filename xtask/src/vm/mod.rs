@@ -39,6 +39,7 @@ const GUEST_TESTS: &[&str] = &[
     "files_lsm",
     "files_lsm_bypass",
     "files_lsm_protect",
+    "files_lsm_escape",
     "files_lsm_leases",
 ];
 /// ...plus one network test as a sanity check of the rest of Corral there.
