@@ -242,6 +242,10 @@ pub const FILE_VALUE_EXACT: u32 = 1;
 /// `FileRuleValue::flags`: other entries lie beneath this directory (so a
 /// directory rename from here would carry rules' subjects away).
 pub const FILE_VALUE_RULES_BELOW: u32 = 2;
+/// `FileRuleValue::flags`: one of Corral's protected paths lies beneath
+/// this directory: moving it is refused as self-protection (every mode,
+/// every identity).
+pub const FILE_VALUE_PROTECTED_BELOW: u32 = 4;
 
 /// `FILE_RULES` value: everything one LPM lookup needs to decide. The
 /// compiler pushes decisions of shorter directory rules down into longer

@@ -189,17 +189,24 @@ fn protected_paths_are_refused_to_a_root_agent_allowed_everything() {
     for path in [&key, &bin, &policy_dir] {
         assert!(listed.contains(&path.as_str()), "{path} in {listed:?}");
     }
+    // The directory above the state dir: moving it would carry the key
+    // out from under its rule.
+    let above = state.parent().expect("parent").display().to_string();
+    let moved = format!("{above}.moved");
     for identity in ["rootrw", "netonly"] {
         let tail = d.tail(Some(identity));
         let r = d.probe_as(
             identity,
             &[
-                "pid", "open", &key, "r", "append", &policy, "chmod", &bin, &mode,
+                "pid", "open", &key, "r", "append", &policy, "chmod", &bin, &mode, "rename",
+                &above, &moved,
             ],
         );
         r.assert_eperm("open", 0);
         r.assert_eperm("append", 0);
         r.assert_eperm("chmod", 0);
+        r.assert_eperm("rename", 0);
+        assert!(Path::new(&key).exists());
         for (path, access) in [(&key, "read"), (&policy, "write"), (&bin, "write")] {
             let ev = tail.expect(|e| e["kind"] == "file" && e["file"]["path"] == path.as_str());
             assert_event_source(&ev, "file", identity, r.pid());
@@ -213,6 +220,10 @@ fn protected_paths_are_refused_to_a_root_agent_allowed_everything() {
                 "the event names the built-in rule: {ev:#}"
             );
         }
+        let ev = tail.expect(|e| e["kind"] == "file" && e["file"]["path"] == format!("{above}/"));
+        assert_event_source(&ev, "file", identity, r.pid());
+        assert_eq!(ev["file"]["op"], "rename-source", "{ev:#}");
+        assert_eq!(ev["reason"], "self-protection", "{ev:#}");
     }
     let o = probe_outside(&["open", &key, "r", "append", &policy, "chmod", &bin, &mode]);
     o.assert_ok("open", 0);

@@ -21,7 +21,8 @@ use agent_common::{
         FILE_OP_LINK_TARGET, FILE_OP_MKDIR, FILE_OP_RENAME_SOURCE, FILE_OP_RENAME_TARGET,
         FILE_OP_RMDIR, FILE_OP_SYMLINK, FILE_OP_TRUNCATE, FILE_OP_UNLINK,
         FILE_REASON_NO_HOST_PATH, FILE_REASON_PATH_TOO_LONG, FILE_REASON_PROTECTED,
-        FILE_REASON_RULES_BELOW, FILE_VALUE_RULES_BELOW, IDENTITY_FLAG_FILES,
+        FILE_REASON_RULES_BELOW, FILE_VALUE_PROTECTED_BELOW, FILE_VALUE_RULES_BELOW,
+        IDENTITY_FLAG_FILES,
     },
     identity::MODE_AUDIT,
 };
@@ -74,6 +75,15 @@ fn judge_side(
         len += 1;
     }
     let v = lookup(sc, s.ruleset, len);
+    if check_below
+        && let Some(val) = v
+        && val.flags & FILE_VALUE_PROTECTED_BELOW != 0
+        && val.len == len
+    {
+        // Moving a directory above Corral's protected paths would move
+        // them out from under their rules.
+        return refuse_protected(s, sc, len, op, ACCESS_WRITE, 0);
+    }
     if let Some((access, rule_id)) = builtin_refusal(v, len, dir, ACCESS_WRITE) {
         return refuse_protected(s, sc, len, op, access, rule_id);
     }

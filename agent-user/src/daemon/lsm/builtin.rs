@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use agent_common::{
     file::{
         ACCESS_ALL, ACCESS_IDX_EXEC, ACCESS_IDX_READ, ACCESS_IDX_WRITE, ACCESS_READ, ACCESS_WRITE,
-        BUILTIN_RULE_MIN, FILE_KEY_PATH_LEN, FileDecision,
+        BUILTIN_RULE_MIN, FILE_KEY_PATH_LEN, FILE_VALUE_PROTECTED_BELOW, FileDecision,
     },
     net::{ACTION_ALLOW, ACTION_DENY},
 };
@@ -194,6 +194,18 @@ impl Protected {
                 }
             }
         }
+        // Directories above a protected path (every ancestor is an entry):
+        // renaming one would carry the protected path elsewhere.
+        for e in entries.iter_mut() {
+            if e.path.ends_with(b"/")
+                && self
+                    .list
+                    .iter()
+                    .any(|p| p.path.len() > e.path.len() && p.path.as_bytes().starts_with(&e.path))
+            {
+                e.value.flags |= FILE_VALUE_PROTECTED_BELOW;
+            }
+        }
         if let Some(own) = own {
             for e in entries.iter_mut().filter(|e| e.path == own.as_bytes()) {
                 e.value.exact[ACCESS_IDX_READ] = FileDecision {
@@ -331,5 +343,13 @@ mod tests {
             assert_eq!(decide(&e, "/usr/bin/corral.new", ACCESS_WRITE).0, as_written);
         }
         assert_eq!(pr.list().len(), 5);
+        // Every directory above a protected path is marked: it cannot be
+        // renamed away.
+        let p = policy("nofiles", "", "");
+        let e = entries(&pr, &p, "nofiles");
+        for dir in ["/", "/var/", "/var/lib/", "/etc/corral/", "/usr/bin/"] {
+            let v = e.iter().find(|x| x.path == dir.as_bytes()).expect(dir);
+            assert_ne!(v.value.flags & FILE_VALUE_PROTECTED_BELOW, 0, "{dir}");
+        }
     }
 }
