@@ -1,7 +1,9 @@
 //! The BPF LSM half: `[files]` rules in the kernel (`file_open`,
 //! `path_link`, `path_rename`) and self-protection (`bpf`, `task_kill`,
-//! `ptrace_access_check`, `sb_mount`, `move_mount`; cgroupfs writes and
-//! bpffs opens in `file_open`).
+//! `file_send_sigiotask`/`file_fcntl`/`file_ioctl`, `ptrace_access_check`,
+//! `sb_mount`, `move_mount`, `sb_pivotroot`, `userns_create`; cgroupfs
+//! writes, bpffs opens and Corral's protected paths (`builtin`) in
+//! `file_open` and the path hooks).
 //!
 //! The programs are optional: many kernels cannot run them (BPF LSM not in
 //! the boot `lsm=` list, or no BPF trampolines, as on our PVM dev machines).
@@ -398,9 +400,11 @@ pub fn mechanisms() -> Vec<super::status::Mechanism> {
                 "unavailable"
             },
             detail: match &r.protect {
-                Ok(()) => "tagged processes: no bpf(), no signals or ptrace outside their \
-                           identity or to the daemon, no cgroupfs writes, no bpffs access, no \
-                           mounts"
+                Ok(()) => "tagged processes: no bpf(), no signals (kill family, SIGIO \
+                           through file owners) or ptrace outside their identity or to the \
+                           daemon, no cgroupfs writes, no bpffs access, no mounts or \
+                           pivot_root, no user namespaces with [files], Corral's protected \
+                           paths (state dir, policy dir, binary) refused"
                     .into(),
                 Err(why) => format!("NOT ENFORCED: {why}"),
             },
