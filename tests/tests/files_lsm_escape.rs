@@ -290,7 +290,15 @@ fn user_namespaces_and_detached_mount_trees_are_refused() {
         let tail = d.tail(Some(identity));
         let r = d.probe_as(
             identity,
-            &["pid", "userns", "open-tree-read", &root, "etc/x"],
+            &[
+                "pid",
+                "userns",
+                "open-tree-read",
+                &root,
+                "etc/x",
+                "fsmount-create",
+                "new",
+            ],
         );
         if identity == "files" {
             r.assert_eperm("userns", 0);
@@ -310,8 +318,24 @@ fn user_namespaces_and_detached_mount_trees_are_refused() {
             ev["file"]["note"].as_str().unwrap_or("").contains("detached"),
             "{ev:#}"
         );
+        // A new file system mounted nowhere (fsopen/fsmount): creating in
+        // it is refused the same way (the path hooks' walk).
+        r.assert_ok("fsmount", 0);
+        r.assert_eperm("fsmount-create", 0);
+        let ev = tail.expect(|e| {
+            e["kind"] == "file" && e["reason"] == "fail-closed" && e["file"]["op"] == "create"
+        });
+        assert_event_source(&ev, "file", identity, r.pid());
     }
-    let o = probe_outside(&["userns", "open-tree-read", &root, "etc/x"]);
+    let o = probe_outside(&[
+        "userns",
+        "open-tree-read",
+        &root,
+        "etc/x",
+        "fsmount-create",
+        "new",
+    ]);
     o.assert_ok("userns", 0);
     o.assert_ok("open-tree-read", 0);
+    o.assert_ok("fsmount-create", 0);
 }

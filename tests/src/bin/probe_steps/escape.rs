@@ -9,7 +9,9 @@
 //! chroot DIR   (chroot + chdir /: the remaining steps run inside) |
 //! pivot-root NEW OLD |
 //! open-tree-read DIR REL   (open_tree(OPEN_TREE_CLONE) of DIR, then read
-//! REL through the detached copy; emits "open-tree" and "open-tree-read")
+//! REL through the detached copy; emits "open-tree" and "open-tree-read") |
+//! fsmount-create NAME   (a new tmpfs from fsopen/fsmount, never attached;
+//! creates NAME in it; emits "fsmount" and "fsmount-create")
 
 use std::{ffi::CString, io, os::unix::ffi::OsStrExt as _, path::Path};
 
@@ -25,6 +27,7 @@ pub fn is_step(op: &str) -> bool {
             | "chroot"
             | "pivot-root"
             | "open-tree-read"
+            | "fsmount-create"
     )
 }
 
@@ -67,6 +70,10 @@ struct OwnerEx {
 }
 const SYS_OPEN_TREE: i64 = 428;
 const OPEN_TREE_CLONE: u32 = 1;
+const SYS_FSOPEN: i64 = 430;
+const SYS_FSCONFIG: i64 = 431;
+const SYS_FSMOUNT: i64 = 432;
+const FSCONFIG_CMD_CREATE: u32 = 6;
 
 pub fn step(args: &[String], i: usize) -> usize {
     let a = |k: usize| args[i + k].as_str();
@@ -187,6 +194,46 @@ pub fn step(args: &[String], i: usize) -> usize {
                 Err(e) => emit("open-tree", Err(e)),
             }
             i + 3
+        }
+        "fsmount-create" => {
+            // SAFETY: plain syscalls with valid strings; fds closed below.
+            let m = unsafe {
+                check(libc::syscall(SYS_FSOPEN, c"tmpfs".as_ptr(), 0u32)).and_then(|fs| {
+                    let r = check(libc::syscall(
+                        SYS_FSCONFIG,
+                        fs as i32,
+                        FSCONFIG_CMD_CREATE,
+                        std::ptr::null::<u8>(),
+                        std::ptr::null::<u8>(),
+                        0,
+                    ))
+                    .and_then(|_| check(libc::syscall(SYS_FSMOUNT, fs as i32, 0u32, 0u32)));
+                    close(fs as i32);
+                    r
+                })
+            };
+            match m {
+                Ok(mfd) => {
+                    emit("fsmount", Ok(()));
+                    let name = cstr(a(1));
+                    // SAFETY: valid path relative to our mount fd.
+                    let r = check(unsafe {
+                        libc::openat(
+                            mfd as i32,
+                            name.as_ptr(),
+                            libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+                            0o644,
+                        )
+                    } as i64);
+                    if let Ok(fd) = r {
+                        close(fd as i32);
+                    }
+                    close(mfd as i32);
+                    emit("fsmount-create", r.map(drop));
+                }
+                Err(e) => emit("fsmount", Err(e)),
+            }
+            i + 2
         }
         other => panic!("unknown escape step {other}"),
     }
