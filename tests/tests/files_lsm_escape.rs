@@ -48,7 +48,10 @@ impl SigioFifo {
         // SAFETY: plain syscalls on a valid path and our own fd.
         unsafe {
             assert_eq!(libc::mkfifo(p.as_ptr(), 0o666), 0, "mkfifo");
-            let fd = libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC);
+            let fd = libc::open(
+                p.as_ptr(),
+                libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            );
             assert!(fd >= 0, "open fifo");
             assert_eq!(libc::fcntl(fd, libc::F_SETOWN, owner as i32), 0);
             assert_eq!(
@@ -315,7 +318,10 @@ fn user_namespaces_and_detached_mount_trees_are_refused() {
         let ev = tail.expect(|e| e["kind"] == "file" && e["reason"] == "fail-closed");
         assert_event_source(&ev, "file", identity, r.pid());
         assert!(
-            ev["file"]["note"].as_str().unwrap_or("").contains("detached"),
+            ev["file"]["note"]
+                .as_str()
+                .unwrap_or("")
+                .contains("detached"),
             "{ev:#}"
         );
         // A new file system mounted nowhere (fsopen/fsmount): creating in

@@ -232,13 +232,7 @@ pub fn root_is_ns_root(o: &KernelOffsets, ns: u64) -> bool {
 /// `mnt_mountpoint`, prepending each name into `build`. One loop with no
 /// per-component state, so the verifier's cost stays linear.
 #[inline(always)]
-pub fn build_path(
-    o: &KernelOffsets,
-    s: &mut FileScratch,
-    mnt: u64,
-    dentry: u64,
-    ns: u64,
-) -> Built {
+pub fn build_path(o: &KernelOffsets, s: &mut FileScratch, mnt: u64, dentry: u64, ns: u64) -> Built {
     let mut mnt = mnt;
     let mut dentry = dentry;
     let mut root = read_ptr(mnt, o.vfsmount_mnt_root);

@@ -29,7 +29,14 @@ use crate::{
 const PTRACE_MODE_NOAUDIT: u32 = 0x04;
 
 #[inline(always)]
-pub(super) fn emit(s: &Subject, op: u32, target_tgid: u32, target_identity: u32, arg: u32, daemon: bool) {
+pub(super) fn emit(
+    s: &Subject,
+    op: u32,
+    target_tgid: u32,
+    target_identity: u32,
+    arg: u32,
+    daemon: bool,
+) {
     events::count(s.identity, COUNT_DENIED);
     let Some(mut slot) = EVENTS.reserve::<ProtectEvent>(0) else {
         events::count_drop();

@@ -13,11 +13,9 @@ use super::verdict::{
 use crate::{
     events::{self, COUNT_ALLOWED},
     identity,
-    lsm::{
-        kernel::{
-            self, BPF_FS_MAGIC, CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, FileScratch, PATH_BUF,
-            S_IFDIR, S_IFMT,
-        },
+    lsm::kernel::{
+        self, BPF_FS_MAGIC, CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, FileScratch, PATH_BUF,
+        S_IFDIR, S_IFMT,
     },
 };
 

@@ -97,8 +97,16 @@ impl Protected {
         };
         let key = state_dir.join(crate::daemon::lease::KEY_FILE);
         add(dir_of(state_dir), ACCESS_ALL, STATE_DIR_RULE);
-        add(dir_of(&state_dir.join("tokens")), ACCESS_ALL, TOKEN_DIR_RULE);
-        add(key.to_str().map(str::to_string), ACCESS_ALL, SIGNING_KEY_RULE);
+        add(
+            dir_of(&state_dir.join("tokens")),
+            ACCESS_ALL,
+            TOKEN_DIR_RULE,
+        );
+        add(
+            key.to_str().map(str::to_string),
+            ACCESS_ALL,
+            SIGNING_KEY_RULE,
+        );
         add(dir_of(policy_dir), ACCESS_WRITE, POLICY_DIR_RULE);
         add(
             binary.and_then(|b| b.to_str()).map(str::to_string),
@@ -173,8 +181,9 @@ impl Protected {
             };
             let dir = p.path.ends_with('/');
             for e in entries.iter_mut() {
-                let exact = e.path == p.path.as_bytes();
-                if !exact && !(dir && e.path.starts_with(p.path.as_bytes())) {
+                let on = e.path == p.path.as_bytes();
+                let beneath = dir && e.path.starts_with(p.path.as_bytes());
+                if !(on || beneath) {
                     continue;
                 }
                 for (bit, idx) in [
@@ -239,9 +248,8 @@ mod tests {
     use super::*;
 
     fn policy(name: &str, files: &str, extra: &str) -> IdentityPolicy {
-        let text = format!(
-            "[identity]\nname = \"{name}\"\n{files}\n[leases]\nscopes = [\"a\"]\n{extra}"
-        );
+        let text =
+            format!("[identity]\nname = \"{name}\"\n{files}\n[leases]\nscopes = [\"a\"]\n{extra}");
         let no_dns = |_: &str| -> std::io::Result<Vec<std::net::IpAddr>> { Ok(vec![]) };
         crate::policy::parse_str(Path::new("t.toml"), &text, &no_dns).expect("policy")
     }
@@ -301,10 +309,7 @@ mod tests {
         );
         // Everything else is as written.
         assert_eq!(decide(&eb, "/var/lib/x", ACCESS_WRITE).0, ACTION_ALLOW);
-        assert_eq!(
-            decide(&eb, "/var/lib/corralx", ACCESS_READ).0,
-            ACTION_ALLOW
-        );
+        assert_eq!(decide(&eb, "/var/lib/corralx", ACCESS_READ).0, ACTION_ALLOW);
     }
 
     #[test]
@@ -315,7 +320,11 @@ mod tests {
             let e = entries(&pr, &p, name);
             let key = "/var/lib/corral/lease-signing-key.pem";
             for a in [ACCESS_READ, ACCESS_WRITE, ACCESS_EXEC] {
-                assert_eq!(decide(&e, key, a), (ACTION_DENY, SIGNING_KEY_RULE), "{name}");
+                assert_eq!(
+                    decide(&e, key, a),
+                    (ACTION_DENY, SIGNING_KEY_RULE),
+                    "{name}"
+                );
                 assert_eq!(
                     decide(&e, "/var/lib/corral/leases.json", a),
                     (ACTION_DENY, STATE_DIR_RULE)
@@ -340,7 +349,10 @@ mod tests {
                 as_written
             );
             assert_eq!(decide(&e, "/usr/bin/corral", ACCESS_EXEC).0, as_written);
-            assert_eq!(decide(&e, "/usr/bin/corral.new", ACCESS_WRITE).0, as_written);
+            assert_eq!(
+                decide(&e, "/usr/bin/corral.new", ACCESS_WRITE).0,
+                as_written
+            );
         }
         assert_eq!(pr.list().len(), 5);
         // Every directory above a protected path is marked: it cannot be

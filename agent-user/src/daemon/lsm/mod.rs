@@ -11,8 +11,8 @@
 //! `corral status` and `corral doctor`. Links are pinned under
 //! `<pin_dir>/links/lsm` and handed over without a gap on restart.
 
-pub mod compile;
 pub mod builtin;
+pub mod compile;
 
 use std::{
     collections::HashSet,
