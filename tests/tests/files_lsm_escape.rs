@@ -238,36 +238,16 @@ fn protected_paths_are_refused_to_a_root_agent_allowed_everything() {
 fn a_chrooted_agent_is_judged_by_host_path() {
     let Some((t, d)) = lsm_lab() else { return };
     // In the tree, `etc/x`: inside the chroot it is `/etc/x`, which the
-    // rule `/etc/` would allow if the path were the chroot's view.
+    // rule `/etc/` would allow if the path were the chroot's view; and a
+    // static program at `usr/lib/bb`, which `/usr/lib/` lets run.
     std::fs::create_dir_all(t.p("etc")).expect("mkdir");
     std::fs::write(t.p("etc/x"), "x\n").expect("write");
+    std::fs::create_dir_all(t.p("usr/lib")).expect("mkdir");
+    std::fs::copy("/bin/busybox", t.p("usr/lib/bb")).expect("a static busybox");
     let tail = d.tail(Some("files"));
     let root = t.root.display().to_string();
-    let r = d.probe_as(
-        "files",
-        &[
-            "pid",
-            "pivot-root",
-            &root,
-            &t.p("rw"),
-            "chroot",
-            &root,
-            "open",
-            "/etc/x",
-            "r",
-            "open",
-            "/kb/a.md",
-            "r",
-        ],
-    );
-    r.assert_eperm("pivot-root", 0);
-    r.assert_ok("chroot", 0);
-    r.assert_eperm("open", 0); // host path <tree>/etc/x: no rule
-    r.assert_ok("open", 1); // host path <tree>/kb/a.md: allowed
-    let ev = tail.expect(|e| e["kind"] == "protect" && e["protect"]["op"] == "pivot-root");
-    assert_event_source(&ev, "protect", "files", r.pid());
-    expect_lsm_denial(&tail, "files", r.pid(), &t.p("etc/x"), "read");
-    let o = probe_outside(&[
+    let steps = [
+        "pid",
         "pivot-root",
         &root,
         &t.p("rw"),
@@ -276,11 +256,31 @@ fn a_chrooted_agent_is_judged_by_host_path() {
         "open",
         "/etc/x",
         "r",
-    ]);
+        "open",
+        "/kb/a.md",
+        "r",
+        "exec",
+        "/usr/lib/bb",
+    ];
+    let r = d.probe_as("files", &steps);
+    r.assert_eperm("pivot-root", 0);
+    r.assert_ok("chroot", 0);
+    r.assert_eperm("open", 0); // host path <tree>/etc/x: no rule
+    r.assert_ok("open", 1); // host path <tree>/kb/a.md: allowed
+    r.assert_eperm("exec", 0); // host path <tree>/usr/lib/bb: no exec rule
+    let ev = tail.expect(|e| e["kind"] == "protect" && e["protect"]["op"] == "pivot-root");
+    assert_event_source(&ev, "protect", "files", r.pid());
+    expect_lsm_denial(&tail, "files", r.pid(), &t.p("etc/x"), "read");
+    let ev = tail.expect(|e| e["kind"] == "file" && e["file"]["path"] == t.p("usr/lib/bb"));
+    assert_eq!(ev["file"]["access"], "exec", "{ev:#}");
+    assert_eq!(ev["identity"], "files", "{ev:#}");
+    let o = probe_outside(&steps[1..]);
     // Outside the kernel gets past the hook (and refuses: not a mount).
     o.assert_errno("pivot-root", 0, EINVAL);
     o.assert_ok("chroot", 0);
     o.assert_ok("open", 0);
+    o.assert_ok("open", 1);
+    o.assert_ok("exec", 0);
 }
 
 #[test]
