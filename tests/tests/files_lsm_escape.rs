@@ -259,7 +259,7 @@ fn a_chrooted_agent_is_judged_by_host_path() {
         "open",
         "/kb/a.md",
         "r",
-        "exec",
+        "execve",
         "/usr/lib/bb",
     ];
     let r = d.probe_as("files", &steps);
@@ -267,7 +267,7 @@ fn a_chrooted_agent_is_judged_by_host_path() {
     r.assert_ok("chroot", 0);
     r.assert_eperm("open", 0); // host path <tree>/etc/x: no rule
     r.assert_ok("open", 1); // host path <tree>/kb/a.md: allowed
-    r.assert_eperm("exec", 0); // host path <tree>/usr/lib/bb: no exec rule
+    r.assert_eperm("execve", 0); // host path <tree>/usr/lib/bb: no exec rule
     let ev = tail.expect(|e| e["kind"] == "protect" && e["protect"]["op"] == "pivot-root");
     assert_event_source(&ev, "protect", "files", r.pid());
     expect_lsm_denial(&tail, "files", r.pid(), &t.p("etc/x"), "read");
@@ -280,7 +280,7 @@ fn a_chrooted_agent_is_judged_by_host_path() {
     o.assert_ok("chroot", 0);
     o.assert_ok("open", 0);
     o.assert_ok("open", 1);
-    o.assert_ok("exec", 0);
+    o.assert_ok("execve", 0);
 }
 
 #[test]

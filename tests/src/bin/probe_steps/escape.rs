@@ -10,6 +10,8 @@
 //! pivot-root NEW OLD |
 //! open-tree-read DIR REL   (open_tree(OPEN_TREE_CLONE) of DIR, then read
 //! REL through the detached copy; emits "open-tree" and "open-tree-read") |
+//! execve PATH   (fork + raw execve, no other file opened: works in a bare
+//! chroot; ok when the program started) |
 //! fsmount-create NAME   (a new tmpfs from fsopen/fsmount, never attached;
 //! creates NAME in it; emits "fsmount" and "fsmount-create")
 
@@ -28,6 +30,7 @@ pub fn is_step(op: &str) -> bool {
             | "pivot-root"
             | "open-tree-read"
             | "fsmount-create"
+            | "execve"
     )
 }
 
@@ -194,6 +197,36 @@ pub fn step(args: &[String], i: usize) -> usize {
                 Err(e) => emit("open-tree", Err(e)),
             }
             i + 3
+        }
+        "execve" => {
+            let path = cstr(a(1));
+            let mut fds = [0i32; 2];
+            // SAFETY: a pipe whose write end closes on a successful exec;
+            // the child only makes async-signal-safe calls.
+            let r = unsafe {
+                assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
+                let pid = libc::fork();
+                if pid == 0 {
+                    let argv = [path.as_ptr(), std::ptr::null()];
+                    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+                    libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+                    let e = *libc::__errno_location();
+                    libc::write(fds[1], (&e as *const i32).cast(), 4);
+                    libc::_exit(127);
+                }
+                libc::close(fds[1]);
+                let mut e = 0i32;
+                let n = libc::read(fds[0], (&mut e as *mut i32).cast(), 4);
+                libc::close(fds[0]);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+                if n == 4 {
+                    Err(io::Error::from_raw_os_error(e))
+                } else {
+                    Ok(())
+                }
+            };
+            emit("execve", r);
+            i + 2
         }
         "fsmount-create" => {
             // SAFETY: plain syscalls with valid strings; fds closed below.
