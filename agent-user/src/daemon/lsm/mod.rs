@@ -45,13 +45,23 @@ pub struct LsmReport {
     /// `Ok` when every self-protection hook is attached; otherwise which
     /// are not, and why.
     pub protect: Result<(), String>,
+    /// Hooks this kernel does not have that only narrow what is already
+    /// closed another way (see [`OPTIONAL_HOOKS`]), and what that means.
+    pub missing: Vec<String>,
 }
+
+/// Hooks newer than the kernels Corral runs on: without them the class
+/// stays closed another way, so self-protection still reads `enforcing`,
+/// with a note. `userns_create` (6.7+): the views a user namespace allows
+/// are still judged by host path or refused (no host path).
+const OPTIONAL_HOOKS: [&str; 1] = ["userns_create"];
 
 impl LsmReport {
     pub fn unavailable(why: String) -> LsmReport {
         LsmReport {
             files: Err(why.clone()),
             protect: Err(why),
+            missing: Vec::new(),
         }
     }
 
@@ -196,8 +206,18 @@ pub fn load_and_attach(ebpf: &mut Ebpf, pin_dir: &Path) -> LsmReport {
         .collect();
     let protect_failed: Vec<String> = failed
         .iter()
-        .filter(|(h, _)| !files_hooks.contains(h))
+        .filter(|(h, _)| !files_hooks.contains(h) && !OPTIONAL_HOOKS.contains(h))
         .map(|(h, e)| format!("{h}: {e}"))
+        .collect();
+    let missing: Vec<String> = failed
+        .iter()
+        .filter(|(h, _)| OPTIONAL_HOOKS.contains(h))
+        .map(|(h, e)| {
+            format!(
+                "{h} not attached ({e}): user namespaces are not refused; opens through the \
+                 views they allow are still judged by host path or refused"
+            )
+        })
         .collect();
     LsmReport {
         files: if files_failed.is_empty() {
@@ -213,6 +233,7 @@ pub fn load_and_attach(ebpf: &mut Ebpf, pin_dir: &Path) -> LsmReport {
         } else {
             Err(format!("hooks not attached: {}", protect_failed.join("; ")))
         },
+        missing,
     }
 }
 
@@ -349,6 +370,9 @@ pub fn log_report(r: &LsmReport) {
              Landlock where it can"
         ),
     }
+    for m in &r.missing {
+        warn!(mechanism = "self-protection (BPF LSM)", "{m}");
+    }
     match &r.protect {
         Ok(()) => info!(mechanism = "self-protection (BPF LSM)", "enforced"),
         Err(why) => warn!(
@@ -405,7 +429,8 @@ pub fn mechanisms() -> Vec<super::status::Mechanism> {
                            daemon, no cgroupfs writes, no bpffs access, no mounts or \
                            pivot_root, no user namespaces with [files], Corral's protected \
                            paths (state dir, policy dir, binary) refused"
-                    .into(),
+                    .to_string()
+                    + &r.missing.iter().map(|m| format!("; {m}")).collect::<String>(),
                 Err(why) => format!("NOT ENFORCED: {why}"),
             },
         },
