@@ -345,3 +345,39 @@ fn user_namespaces_and_detached_mount_trees_are_refused() {
     o.assert_ok("open-tree-read", 0);
     o.assert_ok("fsmount-create", 0);
 }
+
+#[test]
+fn protected_paths_stay_refused_to_an_orphaned_identity_without_files() {
+    let Some((_t, d)) = lsm_lab() else { return };
+    let tail = d.tail(Some("netonly"));
+    let state = std::fs::canonicalize(&d.dirs.state_dir).expect("state dir");
+    let key = state.join("lease-signing-key.pem").display().to_string();
+    let flags = tempfile::tempdir().expect("tempdir");
+    let go = flags.path().join("go");
+    let mut p = d.spawn_probe_as(
+        "netonly",
+        &[
+            "pid",
+            "wait-file",
+            go.to_str().expect("utf-8"),
+            "open",
+            &key,
+            "r",
+        ],
+    );
+    let pid = p.next_step("pid")["pid"].as_u64().expect("pid");
+    // Its policy file goes while it runs: tagged, everything denied, and
+    // the protected paths must stay refused (it has no [files] rules).
+    let g = d.generation();
+    std::fs::remove_file(d.dirs.policy_dir.join("netonly.toml")).expect("rm policy");
+    d.wait_generation_past(g, Duration::from_secs(5));
+    let r = &d.status()["reload"]["last_report"];
+    assert_eq!(r["orphaned"][0], "netonly", "{r:#}");
+    std::fs::write(&go, "").expect("go");
+    assert_eq!(p.next_step("open")["errno"], 1, "EPERM");
+    let ev = tail.expect(|e| e["kind"] == "file" && e["file"]["path"] == key.as_str());
+    assert_event_source(&ev, "file", "netonly", pid);
+    assert_eq!(ev["reason"], "self-protection", "{ev:#}");
+    probe_outside(&["open", &key, "r"]).assert_ok("open", 0);
+    drop(p);
+}

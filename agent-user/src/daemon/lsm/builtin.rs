@@ -125,8 +125,8 @@ impl Protected {
     }
 
     /// The identity's own token file, if it rotates one.
-    fn own_token(&self, identity: &str, policy: &IdentityPolicy) -> Option<String> {
-        let r = policy.leases.as_ref()?.rotate.as_ref()?;
+    fn own_token(&self, identity: &str, policy: Option<&IdentityPolicy>) -> Option<String> {
+        let r = policy?.leases.as_ref()?.rotate.as_ref()?;
         let own = r
             .path
             .clone()
@@ -137,8 +137,9 @@ impl Protected {
     }
 
     /// The rules to add to `identity`'s compiled `[files]` rules (all of
-    /// them for an identity without `[files]`).
-    pub fn rules(&self, identity: &str, policy: &IdentityPolicy) -> Vec<RuleIn> {
+    /// them for an identity without `[files]`; `policy` None: an identity
+    /// whose policy is gone).
+    pub fn rules(&self, identity: &str, policy: Option<&IdentityPolicy>) -> Vec<RuleIn> {
         let mut out: Vec<RuleIn> = self
             .list
             .iter()
@@ -167,7 +168,12 @@ impl Protected {
     /// identity's token, or `write` of a policy file, would otherwise beat
     /// the built-in deny): the refused accesses are denied there, whatever
     /// else applies, except reading the identity's own token.
-    pub fn enforce(&self, entries: &mut [FileEntry], identity: &str, policy: &IdentityPolicy) {
+    pub fn enforce(
+        &self,
+        entries: &mut [FileEntry],
+        identity: &str,
+        policy: Option<&IdentityPolicy>,
+    ) {
         let own = self.own_token(identity, policy);
         // Shorter paths first, so a more specific protected path decides
         // beneath it (the token dir inside the state dir).
@@ -266,9 +272,9 @@ mod tests {
 
     fn entries(pr: &Protected, p: &IdentityPolicy, name: &str) -> Vec<FileEntry> {
         let mut r = rules_of(&p.files).unwrap_or_default();
-        r.extend(pr.rules(name, p));
+        r.extend(pr.rules(name, Some(p)));
         let mut e = compile(&r).expect("compile");
-        pr.enforce(&mut e, name, p);
+        pr.enforce(&mut e, name, Some(p));
         e
     }
 

@@ -424,13 +424,18 @@ pub fn mechanisms() -> Vec<super::status::Mechanism> {
                 "unavailable"
             },
             detail: match &r.protect {
-                Ok(()) => "tagged processes: no bpf(), no signals (kill family, SIGIO \
+                Ok(()) => {
+                    "tagged processes: no bpf(), no signals (kill family, SIGIO \
                            through file owners) or ptrace outside their identity or to the \
                            daemon, no cgroupfs writes, no bpffs access, no mounts or \
                            pivot_root, no user namespaces with [files], Corral's protected \
                            paths (state dir, policy dir, binary) refused"
-                    .to_string()
-                    + &r.missing.iter().map(|m| format!("; {m}")).collect::<String>(),
+                        .to_string()
+                        + &r.missing
+                            .iter()
+                            .map(|m| format!("; {m}"))
+                            .collect::<String>()
+                }
                 Err(why) => format!("NOT ENFORCED: {why}"),
             },
         },
