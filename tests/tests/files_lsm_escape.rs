@@ -177,6 +177,7 @@ fn protected_paths_are_refused_to_a_root_agent_allowed_everything() {
     );
     let bin = bin.display().to_string();
     let shown = d.cli_json(&["policy", "show", "rootrw", "--json"]);
+    assert_eq!(shown["protected_paths_enforced"], true, "{shown:#}");
     let listed: Vec<&str> = shown["protected_paths"]
         .as_array()
         .expect("protected_paths")

@@ -179,6 +179,7 @@ pub fn policy_json(v: &IdentityView, sections: Sections) -> Value {
         // Corral's own ground, refused to every identity where BPF LSM
         // runs (`bpf lsm: files`), whatever its rules say.
         out["protected_paths"] = json!(super::lsm::builtin::current());
+        out["protected_paths_enforced"] = super::lsm::files_enforced().into();
     }
     if sections.has("syscalls") {
         out["syscalls"] = super::syscalls::policy_json(p);

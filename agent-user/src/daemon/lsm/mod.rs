@@ -391,6 +391,12 @@ pub fn set_report(r: LsmReport) {
     let _ = REPORT.set(r);
 }
 
+/// Whether `[files]` rules (and with them Corral's protected paths) are
+/// enforced in the kernel, as recorded at start-up.
+pub fn files_enforced() -> bool {
+    REPORT.get().is_some_and(LsmReport::files_enforced)
+}
+
 /// `corral status` / daemon log entries for the BPF LSM half.
 pub fn mechanisms() -> Vec<super::status::Mechanism> {
     let r = REPORT
