@@ -76,6 +76,10 @@ pub const FILE_REASON_PROTECTED: u32 = 4;
 /// A directory rename whose source holds rules beneath it: allowing it would
 /// move those rules' subject out from under them, so it is refused.
 pub const FILE_REASON_RULES_BELOW: u32 = 5;
+/// The file's host path cannot be established: its mount is not reachable
+/// from the initial mount namespace's root (a detached or cloned mount
+/// tree, another mount namespace's mounts). Denied (fail closed).
+pub const FILE_REASON_NO_HOST_PATH: u32 = 6;
 
 /// `FileOpEvent::op`: which LSM hook refused.
 pub const FILE_OP_LINK_SOURCE: u32 = 1;
@@ -126,6 +130,18 @@ pub const PROTECT_SIGNAL: u32 = 2;
 pub const PROTECT_PTRACE: u32 = 3;
 /// clone3(CLONE_INTO_CGROUP): a child started in another cgroup.
 pub const PROTECT_CLONE_INTO_CGROUP: u32 = 4;
+/// A signal through a file's owner (SIGIO/SIGURG, `file_send_sigiotask`)
+/// to a process outside the identity or to the daemon.
+pub const PROTECT_SIGIO: u32 = 5;
+/// Making another process a file's signal owner (`fcntl(F_SETOWN*)`,
+/// `ioctl(FIOSETOWN/SIOCSPGRP)`); `arg` is the fcntl/ioctl command.
+pub const PROTECT_SETOWN: u32 = 6;
+/// pivot_root(2): it would change the root every path is judged from
+/// (chroot need not be refused: opens are judged by host path).
+pub const PROTECT_PIVOT_ROOT: u32 = 7;
+/// A new user namespace (`userns_create`) for an identity with `[files]`:
+/// it gives an unprivileged agent mount namespaces and detached mounts.
+pub const PROTECT_USERNS: u32 = 8;
 
 /// A tagged process was refused `bpf()`, a signal or ptrace
 /// (`event::KIND_PROTECT`).
@@ -146,6 +162,18 @@ pub struct ProtectEvent {
     pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<ProtectEvent>() == 88);
+
+/// Rule ids of Corral's built-in protected paths (`daemon::lsm::builtin`):
+/// a deny from one of them is self-protection, refused in every mode and
+/// for identities without `[files]` too. Below lease grants' ids.
+pub const BUILTIN_RULE_MIN: u32 = 0x7fff_ff00;
+pub const BUILTIN_RULE_END: u32 = 0x8000_0000;
+
+/// Whether `rule_id` is one of Corral's built-in protected-path rules.
+#[inline(always)]
+pub const fn is_builtin_rule(rule_id: u32) -> bool {
+    rule_id >= BUILTIN_RULE_MIN && rule_id < BUILTIN_RULE_END
+}
 
 /// `IdentityState::flags` bit: the identity has a `[files]` section, so the
 /// `file_open` program judges its opens (without it, opens are not judged;
@@ -214,6 +242,10 @@ pub const FILE_VALUE_EXACT: u32 = 1;
 /// `FileRuleValue::flags`: other entries lie beneath this directory (so a
 /// directory rename from here would carry rules' subjects away).
 pub const FILE_VALUE_RULES_BELOW: u32 = 2;
+/// `FileRuleValue::flags`: one of Corral's protected paths lies beneath
+/// this directory: moving it is refused as self-protection (every mode,
+/// every identity).
+pub const FILE_VALUE_PROTECTED_BELOW: u32 = 4;
 
 /// `FILE_RULES` value: everything one LPM lookup needs to decide. The
 /// compiler pushes decisions of shorter directory rules down into longer
@@ -264,8 +296,16 @@ pub struct KernelOffsets {
     pub cgroup_ancestors: u32,
     pub kernfs_node_id: u32,
     pub dentry_d_sb: u32,
+    /// The task's root and mount namespace, and a mount's namespace: to
+    /// judge opens by host path (chroot, detached mounts).
+    pub task_fs: u32,
+    pub fs_root: u32,
+    pub task_nsproxy: u32,
+    pub nsproxy_mnt_ns: u32,
+    pub mnt_ns_root: u32,
+    pub mount_mnt_ns: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 104);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 128);
 
 user_pod!(
     FileOpEvent,

@@ -83,10 +83,17 @@ pub const PROG_PATH_UNLINK: &str = "corral_path_unlink";
 pub const PROG_PATH_RMDIR: &str = "corral_path_rmdir";
 pub const PROG_PATH_TRUNCATE: &str = "corral_path_truncate";
 pub const PROG_PATH_CHMOD: &str = "corral_path_chmod";
+/// Signals through a file's owner (SIGIO/SIGURG), and setting that owner.
+pub const PROG_FILE_SIGIO: &str = "corral_file_send_sigiotask";
+pub const PROG_FILE_FCNTL: &str = "corral_file_fcntl";
+pub const PROG_FILE_IOCTL: &str = "corral_file_ioctl";
+/// What changes a task's view of the file system.
+pub const PROG_SB_PIVOTROOT: &str = "corral_sb_pivotroot";
+pub const PROG_USERNS_CREATE: &str = "corral_userns_create";
 pub const PROG_PATH_CHOWN: &str = "corral_path_chown";
 pub const PROG_SB_UMOUNT: &str = "corral_sb_umount";
 pub const PROG_TASK_ALLOC: &str = "corral_task_alloc";
-pub const LSM_PROGRAMS: [(&str, &str); 18] = [
+pub const LSM_PROGRAMS: [(&str, &str); 23] = [
     (PROG_FILE_OPEN, "file_open"),
     (PROG_PATH_LINK, "path_link"),
     (PROG_PATH_RENAME, "path_rename"),
@@ -105,6 +112,11 @@ pub const LSM_PROGRAMS: [(&str, &str); 18] = [
     (PROG_LSM_BPF, "bpf"),
     (PROG_TASK_KILL, "task_kill"),
     (PROG_PTRACE, "ptrace_access_check"),
+    (PROG_FILE_SIGIO, "file_send_sigiotask"),
+    (PROG_FILE_FCNTL, "file_fcntl"),
+    (PROG_FILE_IOCTL, "file_ioctl"),
+    (PROG_SB_PIVOTROOT, "sb_pivotroot"),
+    (PROG_USERNS_CREATE, "userns_create"),
 ];
 
 /// Syscall observers (`tp_btf`): every syscall of every task passes them,

@@ -71,7 +71,7 @@ mod entry {
 mod lsm_entry {
     use aya_ebpf::{macros::lsm, programs::LsmContext};
 
-    use crate::lsm::{files, protect};
+    use crate::lsm::{files, protect, signals, view};
 
     #[lsm(hook = "file_open")]
     pub fn corral_file_open(ctx: LsmContext) -> i32 {
@@ -161,6 +161,31 @@ mod lsm_entry {
     #[lsm(hook = "ptrace_access_check")]
     pub fn corral_ptrace_access_check(ctx: LsmContext) -> i32 {
         protect::ptrace_access_check(&ctx)
+    }
+
+    #[lsm(hook = "file_send_sigiotask")]
+    pub fn corral_file_send_sigiotask(ctx: LsmContext) -> i32 {
+        signals::file_send_sigiotask(&ctx)
+    }
+
+    #[lsm(hook = "file_fcntl")]
+    pub fn corral_file_fcntl(ctx: LsmContext) -> i32 {
+        signals::file_fcntl(&ctx)
+    }
+
+    #[lsm(hook = "file_ioctl")]
+    pub fn corral_file_ioctl(ctx: LsmContext) -> i32 {
+        signals::file_ioctl(&ctx)
+    }
+
+    #[lsm(hook = "sb_pivotroot")]
+    pub fn corral_sb_pivotroot(ctx: LsmContext) -> i32 {
+        view::sb_pivotroot(&ctx)
+    }
+
+    #[lsm(hook = "userns_create")]
+    pub fn corral_userns_create(ctx: LsmContext) -> i32 {
+        view::userns_create(&ctx)
     }
 }
 

@@ -396,6 +396,8 @@ fn bench_file_open() {
         ("Corral, tagged, 10 rules", vec![]),
         ("Corral, tagged, 1,000 rules", vec![]),
         ("Corral, tagged, 100,000 rules", vec![]),
+        // Protected paths are judged for identities without [files] too.
+        ("Corral, tagged, no [files]", vec![]),
     ];
     let dirs: Vec<String> = PROBE_SYSTEM_READ
         .iter()
@@ -416,14 +418,19 @@ fn bench_file_open() {
         r.assert_ok("landlock-read", 0);
         rows[1].1.push(ns(&r));
     }
-    let Some(d) = lsm_daemon(&[("r10", &p10), ("r1k", &p1k), ("r100k", &p100k)]) else {
+    let Some(d) = lsm_daemon(&[
+        ("r10", &p10),
+        ("r1k", &p1k),
+        ("r100k", &p100k),
+        ("netonly", NETONLY_POLICY),
+    ]) else {
         return;
     };
     for _ in 0..rounds {
         rows[2]
             .1
             .push(ns(&probe_outside(&["open-loop", &target, &n])));
-        for (row, id) in [(3, "r10"), (4, "r1k"), (5, "r100k")] {
+        for (row, id) in [(3, "r10"), (4, "r1k"), (5, "r100k"), (6, "netonly")] {
             rows[row]
                 .1
                 .push(ns(&d.probe_as(id, &["open-loop", &target, &n])));

@@ -38,6 +38,12 @@ static CORRAL_KOFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     cgroup_ancestors: 0,
     kernfs_node_id: 0,
     dentry_d_sb: 0,
+    task_fs: 0,
+    fs_root: 0,
+    task_nsproxy: 0,
+    nsproxy_mnt_ns: 0,
+    mnt_ns_root: 0,
+    mount_mnt_ns: 0,
 });
 
 /// `struct file` → `f_path`, separately: `bpf_d_path` needs `file + off` to
@@ -89,6 +95,8 @@ pub struct FileScratch {
     build: [u8; PATH_BUF + PATH_SLACK],
     /// Scratch word for `FileScratch::opaque`.
     tmp: u64,
+    /// Why the last `build_path` failed (`FILE_REASON_*`).
+    pub why: u32,
 }
 
 impl FileScratch {
@@ -184,6 +192,39 @@ pub enum Built {
     Ok(u32),
     /// More than `MAX_WALK` steps, or longer than `PATH_BUF`.
     TooLong,
+    /// The walk ended at a root mount that is not the caller's mount
+    /// namespace root (a detached or cloned tree, another namespace).
+    NoHostPath,
+}
+
+/// `MNT_NS_INTERNAL` and other error-pointer values of `mount.mnt_ns`:
+/// kernel-internal mounts (pipefs, sockfs, nsfs, anon inodes).
+#[inline(always)]
+pub fn internal_ns(ns: u64) -> bool {
+    (ns as i64) < 0 && (ns as i64) >= -4095
+}
+
+/// The calling task's mount namespace.
+#[inline(always)]
+pub fn current_mnt_ns(o: &KernelOffsets) -> u64 {
+    // SAFETY: helper without arguments.
+    let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() };
+    read_ptr(read_ptr(task, o.task_nsproxy), o.nsproxy_mnt_ns)
+}
+
+/// Whether the calling task's root is its mount namespace's root (then
+/// `bpf_d_path` gives host paths; after chroot it does not).
+#[inline(always)]
+pub fn root_is_ns_root(o: &KernelOffsets, ns: u64) -> bool {
+    // SAFETY: helper without arguments.
+    let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() };
+    let fs = read_ptr(task, o.task_fs);
+    let mnt = read_ptr(fs, o.fs_root + o.path_mnt);
+    let dentry = read_ptr(fs, o.fs_root + o.path_dentry);
+    let ns_root = read_ptr(ns, o.mnt_ns_root);
+    ns_root != 0
+        && mnt == ns_root + o.mount_mnt as u64
+        && dentry == read_ptr(mnt, o.vfsmount_mnt_root)
 }
 
 /// The absolute path of (`mnt`, `dentry`), as `d_path` would give it from
@@ -191,7 +232,7 @@ pub enum Built {
 /// `mnt_mountpoint`, prepending each name into `build`. One loop with no
 /// per-component state, so the verifier's cost stays linear.
 #[inline(always)]
-pub fn build_path(o: &KernelOffsets, s: &mut FileScratch, mnt: u64, dentry: u64) -> Built {
+pub fn build_path(o: &KernelOffsets, s: &mut FileScratch, mnt: u64, dentry: u64, ns: u64) -> Built {
     let mut mnt = mnt;
     let mut dentry = dentry;
     let mut root = read_ptr(mnt, o.vfsmount_mnt_root);
@@ -210,6 +251,12 @@ pub fn build_path(o: &KernelOffsets, s: &mut FileScratch, mnt: u64, dentry: u64)
             let mount = mnt - o.mount_mnt as u64;
             let parent = read_ptr(mount, o.mount_mnt_parent);
             if parent == 0 || parent == mount {
+                // A root mount: only the caller's namespace root makes the
+                // path a host path (the namespace is the host's tree or a
+                // copy of it: tagged tasks cannot mount or pivot_root).
+                if read_ptr(mount, o.mount_mnt_ns) != ns {
+                    return Built::NoHostPath;
+                }
                 complete = true;
                 break;
             }

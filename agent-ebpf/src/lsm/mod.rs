@@ -7,6 +7,8 @@
 pub mod files;
 pub mod kernel;
 pub mod protect;
+pub mod signals;
+pub mod view;
 
 /// The errno every refusal returns (negated, as LSM hooks do).
 pub const EPERM: i32 = 1;

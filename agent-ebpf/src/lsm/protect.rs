@@ -29,7 +29,14 @@ use crate::{
 const PTRACE_MODE_NOAUDIT: u32 = 0x04;
 
 #[inline(always)]
-fn emit(s: &Subject, op: u32, target_tgid: u32, target_identity: u32, arg: u32, daemon: bool) {
+pub(super) fn emit(
+    s: &Subject,
+    op: u32,
+    target_tgid: u32,
+    target_identity: u32,
+    arg: u32,
+    daemon: bool,
+) {
     events::count(s.identity, COUNT_DENIED);
     let Some(mut slot) = EVENTS.reserve::<ProtectEvent>(0) else {
         events::count_drop();
@@ -63,7 +70,7 @@ pub fn bpf(ctx: &LsmContext) -> i32 {
 /// never on the daemon. Returns (allowed, target tgid, target identity,
 /// target is the daemon).
 #[inline(always)]
-fn may_touch(s: &Subject, task: u64) -> (bool, u32, u32, bool) {
+pub(super) fn may_touch(s: &Subject, task: u64) -> (bool, u32, u32, bool) {
     let o = kernel::offsets();
     let tgid = kernel::task_tgid(&o, task);
     let daemon = tgid != 0 && tgid == identity::daemon_tgid();

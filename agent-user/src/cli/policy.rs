@@ -291,6 +291,19 @@ fn show(client: &Client, name: &str, json: bool) -> anyhow::Result<u8> {
             s(&h["refresh_every"])
         );
     }
+    let protected_note = if v["protected_paths_enforced"] == true {
+        ""
+    } else {
+        " (NOT ENFORCED: needs BPF LSM, see `corral status`)"
+    };
+    for p in v["protected_paths"].as_array().into_iter().flatten() {
+        println!(
+            "  protected {:<40} refused: {:<15} {}{protected_note}",
+            s(&p["path"]),
+            s(&p["refused"]),
+            s(&p["why"])
+        );
+    }
     crate::policy::syscalls::print_show(&v["syscalls"]);
     let k = &v["kernel_entries"];
     println!(

@@ -195,7 +195,11 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
     enforcer.set_files_lsm(lsm_report.files_enforced());
     // By real path: the kernel judges resolved paths.
     let state_real = std::fs::canonicalize(&args.state_dir).unwrap_or(args.state_dir.clone());
-    enforcer.set_tokens_dir(state_real.join("tokens"));
+    let policy_real = std::fs::canonicalize(&args.policy_dir).unwrap_or(args.policy_dir.clone());
+    let binary = std::env::current_exe().ok();
+    let protected = lsm::builtin::Protected::new(&state_real, &policy_real, binary.as_deref());
+    lsm::builtin::set_current(protected.clone());
+    enforcer.set_protected(protected);
     enforcer.readopt_links(&cg_root)?;
     let unix_unavailable = enforcer.unix_unavailable();
     let syscall_mechanisms = enforcer.syscall_mechanisms();

@@ -61,6 +61,6 @@ impl Snapshot {
                 let f = policy.files.rules.iter().find(|f| f.id == rule_id)?;
                 Some(f.describe())
             })
-            .or_else(|| super::lsm::tokens::describe(rule_id).map(str::to_string))
+            .or_else(|| super::lsm::builtin::describe(rule_id).map(str::to_string))
     }
 }

@@ -176,6 +176,10 @@ pub fn policy_json(v: &IdentityView, sections: Sections) -> Value {
     }
     if sections.has("files") {
         out["files"] = super::fileobs::files_json(p);
+        // Corral's own ground, refused to every identity where BPF LSM
+        // runs (`bpf lsm: files`), whatever its rules say.
+        out["protected_paths"] = json!(super::lsm::builtin::current());
+        out["protected_paths_enforced"] = super::lsm::files_enforced().into();
     }
     if sections.has("syscalls") {
         out["syscalls"] = super::syscalls::policy_json(p);

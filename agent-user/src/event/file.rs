@@ -34,7 +34,9 @@ pub struct FileInfo {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProtectInfo {
-    /// `bpf`, `signal`, `ptrace` or `clone-into-cgroup`.
+    /// `bpf`, `signal`, `ptrace`, `clone-into-cgroup`, `sigio` (a signal
+    /// through a file's owner), `setown` (making another process a file's
+    /// signal owner), `pivot-root` or `userns`.
     pub op: String,
     /// The target process (signal, ptrace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -44,8 +46,8 @@ pub struct ProtectInfo {
     pub target_identity_id: Option<u32>,
     /// The target is the Corral daemon.
     pub target_is_daemon: bool,
-    /// The signal number (signal), the bpf command (bpf), or the ptrace
-    /// access mode bits (ptrace).
+    /// The signal number (signal, sigio), the bpf command (bpf), the ptrace
+    /// access mode bits (ptrace), or the fcntl/ioctl command (setown).
     pub arg: u32,
 }
 
@@ -109,14 +111,21 @@ pub fn file_info(e: &FileEvent, path: String) -> FileInfo {
 /// Why a file event's path is what it is (`FILE_REASON_*` beyond the rule).
 fn file_note(reason: u32, path_len: u32) -> Option<String> {
     use agent_common::file::{
-        FILE_PATH_LEN, FILE_REASON_PATH_TOO_LONG, FILE_REASON_PROTECTED, FILE_REASON_RULES_BELOW,
-        FILE_REASON_UNRESOLVED,
+        FILE_PATH_LEN, FILE_REASON_NO_HOST_PATH, FILE_REASON_PATH_TOO_LONG, FILE_REASON_PROTECTED,
+        FILE_REASON_RULES_BELOW, FILE_REASON_UNRESOLVED,
     };
     match reason {
         FILE_REASON_PATH_TOO_LONG => Some("path longer than the kernel buffer (denied)".into()),
         FILE_REASON_UNRESOLVED => Some("the kernel could not resolve the path (denied)".into()),
         FILE_REASON_PROTECTED => Some(
-            "Corral self-protection: no writes in cgroupfs, no access to bpffs, no mounts".into(),
+            "Corral self-protection: no writes in cgroupfs, no access to bpffs, no mounts, \
+             Corral's protected paths (see `corral policy show`)"
+                .into(),
+        ),
+        FILE_REASON_NO_HOST_PATH => Some(
+            "not reachable from the mount namespace's root (a detached or cloned mount, \
+             another namespace): no host path to judge (denied)"
+                .into(),
         ),
         FILE_REASON_RULES_BELOW => {
             Some("a directory with file rules beneath it cannot be moved".into())
@@ -170,16 +179,24 @@ pub fn file_op_info(e: &FileOpEvent) -> FileInfo {
 
 pub fn protect_info(e: &ProtectEvent) -> ProtectInfo {
     use agent_common::file::{
-        PROTECT_BPF, PROTECT_CLONE_INTO_CGROUP, PROTECT_PTRACE, PROTECT_SIGNAL,
+        PROTECT_BPF, PROTECT_CLONE_INTO_CGROUP, PROTECT_PIVOT_ROOT, PROTECT_PTRACE, PROTECT_SETOWN,
+        PROTECT_SIGIO, PROTECT_SIGNAL, PROTECT_USERNS,
     };
     let op = match e.op {
         PROTECT_BPF => "bpf",
         PROTECT_SIGNAL => "signal",
         PROTECT_PTRACE => "ptrace",
         PROTECT_CLONE_INTO_CGROUP => "clone-into-cgroup",
+        PROTECT_SIGIO => "sigio",
+        PROTECT_SETOWN => "setown",
+        PROTECT_PIVOT_ROOT => "pivot-root",
+        PROTECT_USERNS => "userns",
         _ => "unknown",
     };
-    let targeted = e.op == PROTECT_SIGNAL || e.op == PROTECT_PTRACE;
+    // setown: the pid F_SETOWN named (negative: a process group), when
+    // the command carries it by value.
+    let targeted = matches!(e.op, PROTECT_SIGNAL | PROTECT_PTRACE | PROTECT_SIGIO)
+        || (e.op == PROTECT_SETOWN && e.target_tgid != 0);
     ProtectInfo {
         op: op.into(),
         target_pid: targeted.then_some(e.target_tgid),

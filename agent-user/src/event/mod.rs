@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 
 pub use self::{
     decode::{Raw, RawBody},
-    file::{FileInfo, ProtectInfo, file_info, file_op_info, file_path_str, protect_info},
+    file::{
+        FileInfo, ProtectInfo, access_str, file_info, file_op_info, file_path_str, protect_info,
+    },
     net::{NetInfo, UnixInfo, net_info, unix_info},
     syscall::{SyscallInfo, syscall_info},
 };

@@ -12,6 +12,7 @@
 //!       unix-loop PATH=allow|deny ... SECS   (like loop, for unix connects; ns per connect)
 //!       file steps: see `probe_steps/files.rs` (open, exec, link, rename, ...)
 //!       BPF-LSM steps: see `probe_steps/lsm.rs` (openat2, uring-open, bpf-map, signal, ...)
+//!       escape steps: see `probe_steps/escape.rs` (setown, userns, chroot, open-tree-read, ...)
 //!       lease steps: see `probe_steps/lease.rs` (lease-call, lease-exit-race, watch-deny, burst, ...)
 //!       syscall steps: see `probe_steps/syscalls.rs` (sys, sys-thread, sys-exec, socket, ...)
 //!       network bypass steps: see `probe_steps/bypass/` (bp-uring-connect, bp-lsrr, ...)
@@ -19,6 +20,8 @@
 
 #[path = "probe_steps/bypass/mod.rs"]
 mod bypass_steps;
+#[path = "probe_steps/escape.rs"]
+mod escape_steps;
 #[path = "probe_steps/files.rs"]
 mod file_steps;
 #[path = "probe_steps/lease.rs"]
@@ -187,6 +190,7 @@ fn main() {
                 i = j + 1;
             }
             op if bypass_steps::is_step(op) => i = bypass_steps::step(&args, i),
+            op if escape_steps::is_step(op) => i = escape_steps::step(&args, i),
             op if file_steps::is_step(op) => i = file_steps::step(&args, i),
             op if lease_steps::is_step(op) => i = lease_steps::step(&args, i),
             op if lsm_steps::is_step(op) => i = lsm_steps::step(&args, i),

@@ -40,6 +40,7 @@ const GUEST_TESTS: &[&str] = &[
     "files_lsm",
     "files_lsm_bypass",
     "files_lsm_protect",
+    "files_lsm_escape",
     "files_lsm_leases",
     // SCTP and L2TP/IP are modules there (see `modules`).
     "socket_kinds",

@@ -19,15 +19,17 @@ use agent_common::{
     file::{
         ACCESS_WRITE, FILE_OP_CHMOD, FILE_OP_CHOWN, FILE_OP_CREATE, FILE_OP_LINK_SOURCE,
         FILE_OP_LINK_TARGET, FILE_OP_MKDIR, FILE_OP_RENAME_SOURCE, FILE_OP_RENAME_TARGET,
-        FILE_OP_RMDIR, FILE_OP_SYMLINK, FILE_OP_TRUNCATE, FILE_OP_UNLINK,
+        FILE_OP_RMDIR, FILE_OP_SYMLINK, FILE_OP_TRUNCATE, FILE_OP_UNLINK, FILE_REASON_NO_HOST_PATH,
         FILE_REASON_PATH_TOO_LONG, FILE_REASON_PROTECTED, FILE_REASON_RULES_BELOW,
-        FILE_VALUE_RULES_BELOW, IDENTITY_FLAG_FILES,
+        FILE_VALUE_PROTECTED_BELOW, FILE_VALUE_RULES_BELOW, IDENTITY_FLAG_FILES,
     },
     identity::MODE_AUDIT,
 };
 use aya_ebpf::programs::LsmContext;
 
-use self::verdict::{emit_op, judge, lookup, refuse_by_rule, refuse_unresolved};
+use self::verdict::{
+    builtin_refusal, emit_op, judge, lookup, refuse_by_rule, refuse_protected, refuse_unresolved,
+};
 use crate::{
     events::{self, COUNT_AUDITED, COUNT_DENIED},
     identity::{self, Subject},
@@ -41,6 +43,8 @@ pub use open::file_open;
 
 /// Judges write access to (`mnt`, `dentry`) for a link or rename side.
 /// `dir`: look the path up as a directory. Returns the hook's verdict.
+/// Identities without `[files]` meet only Corral's built-in protected
+/// paths (and a path that is not a host path).
 #[inline(always)]
 fn judge_side(
     s: &Subject,
@@ -51,9 +55,14 @@ fn judge_side(
     op: u32,
     check_below: bool,
 ) -> i32 {
+    let confined = s.flags & IDENTITY_FLAG_FILES != 0;
     let mut len = corral_path_of(mnt, dentry);
     if len == 0 {
-        return refuse_unresolved(s, sc, op, ACCESS_WRITE, FILE_REASON_PATH_TOO_LONG);
+        let why = sc.why;
+        if !confined && why != FILE_REASON_NO_HOST_PATH {
+            return 0;
+        }
+        return refuse_unresolved(s, sc, op, ACCESS_WRITE, why);
     }
     if dir && len > 1 && (len as usize) < PATH_BUF {
         // SAFETY: bounded below PATH_BUF.
@@ -65,6 +74,21 @@ fn judge_side(
         len += 1;
     }
     let v = lookup(sc, s.ruleset, len);
+    if check_below
+        && let Some(val) = v
+        && val.flags & FILE_VALUE_PROTECTED_BELOW != 0
+        && val.len == len
+    {
+        // Moving a directory above Corral's protected paths would move
+        // them out from under their rules.
+        return refuse_protected(s, sc, len, op, ACCESS_WRITE, 0);
+    }
+    if let Some((access, rule_id)) = builtin_refusal(v, len, dir, ACCESS_WRITE) {
+        return refuse_protected(s, sc, len, op, access, rule_id);
+    }
+    if !confined {
+        return 0;
+    }
     if check_below
         && let Some(val) = v
         && val.flags & FILE_VALUE_RULES_BELOW != 0
@@ -142,9 +166,6 @@ pub fn path_link(ctx: &LsmContext) -> i32 {
     if let Some(r) = protected_entry(&s, mnt, new_dentry, FILE_OP_LINK_TARGET) {
         return r;
     }
-    if s.flags & IDENTITY_FLAG_FILES == 0 {
-        return 0;
-    }
     let r = judge_one(&s, mnt, old_dentry, false, FILE_OP_LINK_SOURCE, false);
     if r != 0 {
         return r;
@@ -171,9 +192,6 @@ pub fn path_rename(ctx: &LsmContext) -> i32 {
     }
     if let Some(r) = protected_entry(&s, new_mnt, new_dentry, FILE_OP_RENAME_TARGET) {
         return r;
-    }
-    if s.flags & IDENTITY_FLAG_FILES == 0 {
-        return 0;
     }
     let dir = kernel::dentry_is_dir(&o, old_dentry);
     let r = judge_one(&s, old_mnt, old_dentry, dir, FILE_OP_RENAME_SOURCE, dir);
@@ -204,9 +222,6 @@ fn entry_change(ctx: &LsmContext, op: u32, dir_entry: bool) -> i32 {
     let mnt = kernel::read_ptr(dir, kernel::offsets().path_mnt);
     if let Some(r) = protected_entry(&s, mnt, dentry, op) {
         return r;
-    }
-    if s.flags & IDENTITY_FLAG_FILES == 0 {
-        return 0;
     }
     judge_one(&s, mnt, dentry, dir_entry, op, false)
 }
@@ -265,9 +280,6 @@ fn path_change(ctx: &LsmContext, op: u32, any_kind: bool) -> i32 {
     if let Some(r) = protected_entry(&s, mnt, dentry, op) {
         return r;
     }
-    if s.flags & IDENTITY_FLAG_FILES == 0 {
-        return 0;
-    }
     let dir = any_kind && kernel::dentry_is_dir(&o, dentry);
     judge_one(&s, mnt, dentry, dir, op, false)
 }
@@ -286,9 +298,17 @@ pub extern "C" fn corral_path_of(mnt: u64, dentry: u64) -> u32 {
     let Some(sc) = kernel::scratch() else {
         return 0;
     };
-    match kernel::build_path(&o, sc, mnt, dentry) {
+    let ns = kernel::current_mnt_ns(&o);
+    match kernel::build_path(&o, sc, mnt, dentry, ns) {
         Built::Ok(l) => l,
-        Built::TooLong => 0,
+        Built::TooLong => {
+            sc.why = FILE_REASON_PATH_TOO_LONG;
+            0
+        }
+        Built::NoHostPath => {
+            sc.why = FILE_REASON_NO_HOST_PATH;
+            0
+        }
     }
 }
 

@@ -1,25 +1,21 @@
 //! `lsm/file_open`: every open and exec, judged by the path the VFS
 //! resolved.
 
-use agent_common::{
-    event::{REASON_PROTECTED, VERDICT_DENY},
-    file::{
-        ACCESS_EXEC, ACCESS_READ, ACCESS_WRITE, FILE_REASON_PATH_TOO_LONG, FILE_REASON_PROTECTED,
-        FILE_REASON_UNRESOLVED, IDENTITY_FLAG_FILES,
-    },
+use agent_common::file::{
+    ACCESS_EXEC, ACCESS_READ, ACCESS_WRITE, FILE_REASON_NO_HOST_PATH, FILE_REASON_PATH_TOO_LONG,
+    FILE_REASON_UNRESOLVED, IDENTITY_FLAG_FILES, KernelOffsets,
 };
 use aya_ebpf::{helpers::generated::bpf_d_path, programs::LsmContext};
 
-use super::verdict::{emit_open, judge, lookup, refuse_by_rule, refuse_unresolved};
+use super::verdict::{
+    builtin_refusal, judge, lookup, refuse_by_rule, refuse_protected, refuse_unresolved,
+};
 use crate::{
-    events::{self, COUNT_ALLOWED, COUNT_DENIED},
-    identity::{self, Subject},
-    lsm::{
-        EPERM,
-        kernel::{
-            self, BPF_FS_MAGIC, CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, FileScratch, PATH_BUF,
-            S_IFDIR, S_IFMT,
-        },
+    events::{self, COUNT_ALLOWED},
+    identity,
+    lsm::kernel::{
+        self, BPF_FS_MAGIC, CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, FileScratch, PATH_BUF,
+        S_IFDIR, S_IFMT,
     },
 };
 
@@ -55,23 +51,6 @@ fn access_of(fmode: u32, fflags: u32) -> u32 {
     a
 }
 
-/// Self-protection: refused in every mode.
-#[inline(always)]
-fn refuse_protected(s: &Subject, sc: &FileScratch, len: u32, access: u32) -> i32 {
-    events::count(s.identity, COUNT_DENIED);
-    emit_open(
-        s,
-        sc,
-        len,
-        access,
-        VERDICT_DENY,
-        REASON_PROTECTED,
-        FILE_REASON_PROTECTED,
-        0,
-    );
-    -EPERM
-}
-
 /// `bpf_d_path` of the opened file into the scratch buffer: Ok(len without
 /// NUL) or the helper's error.
 #[inline(always)]
@@ -92,7 +71,41 @@ fn d_path(file: u64, sc: &mut FileScratch) -> Result<u32, i64> {
     Ok((r - 1) as u32)
 }
 
-/// `lsm/file_open`.
+/// The opened file's host path into the scratch buffer: `bpf_d_path`
+/// where it gives one (the task's root is its mount namespace's root),
+/// else the path walk to the namespace root (after chroot). A file whose
+/// mount is not in the caller's mount namespace (a detached or cloned
+/// tree, another namespace's mounts) has no host path we can establish:
+/// Err(`FILE_REASON_*`).
+#[inline(always)]
+fn host_path(o: &KernelOffsets, file: u64, sc: &mut FileScratch) -> Result<u32, u32> {
+    let mnt = kernel::read_ptr(file, o.file_f_path + o.path_mnt);
+    let file_ns = kernel::read_ptr(mnt - o.mount_mnt as u64, o.mount_mnt_ns);
+    let ns = kernel::current_mnt_ns(o);
+    // Kernel-internal mounts (pipes, sockets, anon inodes re-opened
+    // through /proc) have names, not paths: d_path says which.
+    if !kernel::internal_ns(file_ns) {
+        if file_ns != ns {
+            return Err(FILE_REASON_NO_HOST_PATH);
+        }
+        if !kernel::root_is_ns_root(o, ns) {
+            let dentry = kernel::read_ptr(file, o.file_f_path + o.path_dentry);
+            let len = super::corral_path_of(mnt, dentry);
+            return if len == 0 { Err(sc.why) } else { Ok(len) };
+        }
+    }
+    d_path(file, sc).map_err(|e| {
+        if e == -ENAMETOOLONG {
+            FILE_REASON_PATH_TOO_LONG
+        } else {
+            FILE_REASON_UNRESOLVED
+        }
+    })
+}
+
+/// `lsm/file_open`. Every tagged open resolves its host path (Corral's
+/// built-in protected paths apply to identities without `[files]` too);
+/// only identities with `[files]` are judged by rules.
 pub fn file_open(ctx: &LsmContext) -> i32 {
     let Some(s) = identity::current() else {
         return 0;
@@ -113,25 +126,21 @@ pub fn file_open(ctx: &LsmContext) -> i32 {
     let protected = magic == BPF_FS_MAGIC
         || ((magic == CGROUP2_SUPER_MAGIC || magic == CGROUP_SUPER_MAGIC)
             && access & ACCESS_WRITE != 0);
-    if !protected && s.flags & IDENTITY_FLAG_FILES == 0 {
-        return 0;
-    }
-    let mut len = match d_path(file, sc) {
+    let confined = s.flags & IDENTITY_FLAG_FILES != 0;
+    let mut len = match host_path(&o, file, sc) {
         Ok(l) => l,
-        Err(e) => {
+        Err(why) => {
             if protected {
-                return refuse_protected(&s, sc, 0, access);
+                return refuse_protected(&s, sc, 0, 0, access, 0);
             }
-            let why = if e == -ENAMETOOLONG {
-                FILE_REASON_PATH_TOO_LONG
-            } else {
-                FILE_REASON_UNRESOLVED
-            };
+            if !confined && why != FILE_REASON_NO_HOST_PATH {
+                return 0;
+            }
             return refuse_unresolved(&s, sc, 0, access, why);
         }
     };
     if protected {
-        return refuse_protected(&s, sc, len, access);
+        return refuse_protected(&s, sc, len, 0, access, 0);
     }
     // Pipes, sockets and anonymous inodes re-opened through /proc/self/fd
     // have names like `pipe:[123]`: not filesystem paths, not judged.
@@ -149,6 +158,12 @@ pub fn file_open(ctx: &LsmContext) -> i32 {
         len += 1;
     }
     let v = lookup(sc, s.ruleset, len);
+    if let Some((refused, rule_id)) = builtin_refusal(v, len, is_dir, access) {
+        return refuse_protected(&s, sc, len, 0, refused, rule_id);
+    }
+    if !confined {
+        return 0;
+    }
     match judge(v, len, is_dir, access) {
         None => {
             events::count(s.identity, COUNT_ALLOWED);

@@ -13,15 +13,16 @@ use crate::{
 use agent_common::{
     event::{
         KIND_FILE, KIND_FILE_OP, REASON_DENY_RULE, REASON_FAIL_CLOSED, REASON_NO_RULE,
-        VERDICT_AUDIT, VERDICT_DENY,
+        REASON_PROTECTED, VERDICT_AUDIT, VERDICT_DENY,
     },
     file::{
         ACCESS_EXEC, ACCESS_IDX_EXEC, ACCESS_IDX_READ, ACCESS_IDX_WRITE, ACCESS_READ, ACCESS_WRITE,
-        FILE_KEY_FIXED_BITS, FILE_KEY_PATH_LEN, FILE_PATH_LEN, FILE_REASON_NONE, FILE_VALUE_EXACT,
-        FileEvent, FileKey, FileOpEvent, FileRuleValue, LAYER_LSM,
+        FILE_KEY_FIXED_BITS, FILE_KEY_PATH_LEN, FILE_PATH_LEN, FILE_REASON_NONE,
+        FILE_REASON_PROTECTED, FILE_VALUE_EXACT, FileEvent, FileKey, FileOpEvent, FileRuleValue,
+        LAYER_LSM, is_builtin_rule,
     },
     identity::MODE_AUDIT,
-    net::ACTION_ALLOW,
+    net::{ACTION_ALLOW, ACTION_DENY},
 };
 use aya_ebpf::{
     helpers::generated::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
@@ -98,6 +99,74 @@ pub(super) fn judge(
         i += 1;
     }
     None
+}
+
+/// A requested access refused by one of Corral's built-in protected paths
+/// (self-protection: every mode, every identity). Returns (access,
+/// rule_id) of the first such access.
+#[inline(always)]
+pub(super) fn builtin_refusal(
+    v: Option<&FileRuleValue>,
+    len: u32,
+    is_dir: bool,
+    access: u32,
+) -> Option<(u32, u32)> {
+    let wanted = [
+        (ACCESS_READ, ACCESS_IDX_READ),
+        (ACCESS_WRITE, ACCESS_IDX_WRITE),
+        (ACCESS_EXEC, ACCESS_IDX_EXEC),
+    ];
+    v?;
+    let mut i = 0;
+    while i < 3 {
+        let (bit, idx) = wanted[i];
+        if access & bit != 0 {
+            let (action, rule_id) = decide(v, len, is_dir, idx);
+            if action == ACTION_DENY && is_builtin_rule(rule_id) {
+                return Some((bit, rule_id));
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Self-protection refusal of an open (`op` 0) or a change: every mode.
+#[inline(always)]
+pub(super) fn refuse_protected(
+    s: &Subject,
+    sc: &FileScratch,
+    len: u32,
+    op: u32,
+    access: u32,
+    rule_id: u32,
+) -> i32 {
+    events::count(s.identity, COUNT_DENIED);
+    if op == 0 {
+        emit_open(
+            s,
+            sc,
+            len,
+            access,
+            VERDICT_DENY,
+            REASON_PROTECTED,
+            FILE_REASON_PROTECTED,
+            rule_id,
+        );
+    } else {
+        emit_op(
+            s,
+            sc,
+            len,
+            op,
+            access,
+            VERDICT_DENY,
+            REASON_PROTECTED,
+            FILE_REASON_PROTECTED,
+            rule_id,
+        );
+    }
+    -EPERM
 }
 
 /// Copies up to `FILE_PATH_LEN` bytes of the resolved path into an event.

@@ -219,18 +219,42 @@ impl Enforcer {
         if !self.files_lsm {
             return Ok(Vec::new());
         }
-        let Some(mut rules) = lsm::compile::rules_of(&policy.files) else {
+        // Without `[files]`, only Corral's protected paths are written (the
+        // kernel then refuses only what they refuse).
+        let mut rules = lsm::compile::rules_of(&policy.files).unwrap_or_default();
+        if let Some(p) = &self.protected {
+            rules.extend(p.rules(&policy.name, Some(policy)));
+        }
+        if rules.is_empty() {
             return Ok(Vec::new());
-        };
-        if let Some(dir) = &self.tokens_dir {
-            rules.extend(lsm::tokens::rules(dir, &policy.name, policy));
         }
         let mut entries =
             lsm::compile(&rules).map_err(|e| EnforceError::Files(policy.name.clone(), e))?;
-        if let Some(dir) = &self.tokens_dir {
-            lsm::tokens::enforce(&mut entries, dir, &policy.name, policy);
+        if let Some(p) = &self.protected {
+            p.enforce(&mut entries, &policy.name, Some(policy));
         }
         lsm::write_rules(&mut self.ebpf, ruleset, &entries).map_err(merr(maps::FILE_RULES))
+    }
+
+    /// Corral's protected paths alone under a fresh ruleset, for an
+    /// identity whose policy is gone while processes remain (without
+    /// `[files]` they would otherwise meet no protected path). Ruleset 0
+    /// when BPF LSM does not enforce files.
+    pub(super) fn write_protected_only(
+        &mut self,
+        name: &str,
+    ) -> Result<(u32, Vec<lsm::FileKeyOf>), EnforceError> {
+        let Some(p) = self.protected.clone().filter(|_| self.files_lsm) else {
+            return Ok((0, Vec::new()));
+        };
+        let mut entries = lsm::compile(&p.rules(name, None))
+            .map_err(|e| EnforceError::Files(name.to_string(), e))?;
+        p.enforce(&mut entries, name, None);
+        let ruleset = self.next_ruleset;
+        self.next_ruleset += 1;
+        let keys =
+            lsm::write_rules(&mut self.ebpf, ruleset, &entries).map_err(merr(maps::FILE_RULES))?;
+        Ok((ruleset, keys))
     }
 
     pub(super) fn delete_unix(&mut self, keys: &[UnixKey]) {

@@ -86,8 +86,16 @@ impl Enforcer {
                 .sum::<usize>();
         // File access that was confined stays confined: with no rules, denied.
         let files_confined = l.policy.as_ref().is_some_and(|p| p.files.confined);
+        // Without `[files]`, Corral's protected paths stay refused: their
+        // rules alone, under a ruleset of their own (no network or unix
+        // entries: those stay denied by default).
+        let (ruleset, protected_keys) = if files_confined || procs == 0 {
+            (0, Vec::new())
+        } else {
+            self.write_protected_only(name)?
+        };
         let empty = IdentityState {
-            ruleset: 0,
+            ruleset,
             mode: MODE_ENFORCE,
             flags: if files_confined {
                 agent_common::file::IDENTITY_FLAG_FILES
@@ -97,7 +105,8 @@ impl Enforcer {
             _pad: 0,
             name: name_bytes(name),
         };
-        // First take every rule away (ruleset 0 has no entries), so there is
+        // First take every rule away (ruleset 0, or the protected paths'
+        // own, has no allow entries), so there is
         // no moment with a stale allow.
         self.identities()?
             .insert(id, empty, 0)
@@ -105,8 +114,8 @@ impl Enforcer {
         let l = self.live.get_mut(name).expect("checked above");
         let (k4, k6) = (std::mem::take(&mut l.keys4), std::mem::take(&mut l.keys6));
         let ku = std::mem::take(&mut l.unix_keys);
-        let kf = std::mem::take(&mut l.file_keys);
-        l.ruleset = 0;
+        let kf = std::mem::replace(&mut l.file_keys, protected_keys);
+        l.ruleset = ruleset;
         l.policy = None;
         l.digest = None;
         self.delete_rules(&k4, &k6);

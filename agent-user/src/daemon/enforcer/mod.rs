@@ -152,7 +152,7 @@ pub struct Enforcer {
     files_lsm: bool,
     /// The lease token directory, refused to every identity but for its
     /// own token (`lsm::tokens`).
-    tokens_dir: Option<PathBuf>,
+    protected: Option<crate::daemon::lsm::builtin::Protected>,
     /// `[syscalls]`: the pinned `SYSCALL_POLICY` values and the observers.
     syscalls: super::syscalls::Syscalls,
 }
@@ -180,7 +180,7 @@ impl Enforcer {
             unix: Err("unix socket programs not loaded".into()),
             grants: Default::default(),
             files_lsm: false,
-            tokens_dir: None,
+            protected: None,
         };
         let adopted: Vec<(u32, IdentityState)> =
             me.identities()?.iter().filter_map(|r| r.ok()).collect();
@@ -351,8 +351,9 @@ impl Enforcer {
         self.grants.files_lsm = on;
     }
 
-    pub fn set_tokens_dir(&mut self, dir: PathBuf) {
-        self.tokens_dir = Some(dir);
+    /// Corral's protected paths, written into every identity's ruleset.
+    pub fn set_protected(&mut self, p: crate::daemon::lsm::builtin::Protected) {
+        self.protected = Some(p);
     }
 
     fn publish(&self) {

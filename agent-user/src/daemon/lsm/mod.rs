@@ -1,7 +1,9 @@
 //! The BPF LSM half: `[files]` rules in the kernel (`file_open`,
 //! `path_link`, `path_rename`) and self-protection (`bpf`, `task_kill`,
-//! `ptrace_access_check`, `sb_mount`, `move_mount`; cgroupfs writes and
-//! bpffs opens in `file_open`).
+//! `file_send_sigiotask`/`file_fcntl`/`file_ioctl`, `ptrace_access_check`,
+//! `sb_mount`, `move_mount`, `sb_pivotroot`, `userns_create`; cgroupfs
+//! writes, bpffs opens and Corral's protected paths (`builtin`) in
+//! `file_open` and the path hooks).
 //!
 //! The programs are optional: many kernels cannot run them (BPF LSM not in
 //! the boot `lsm=` list, or no BPF trampolines, as on our PVM dev machines).
@@ -9,8 +11,8 @@
 //! `corral status` and `corral doctor`. Links are pinned under
 //! `<pin_dir>/links/lsm` and handed over without a gap on restart.
 
+pub mod builtin;
 pub mod compile;
-pub mod tokens;
 
 use std::{
     collections::HashSet,
@@ -43,13 +45,23 @@ pub struct LsmReport {
     /// `Ok` when every self-protection hook is attached; otherwise which
     /// are not, and why.
     pub protect: Result<(), String>,
+    /// Hooks this kernel does not have that only narrow what is already
+    /// closed another way (see [`OPTIONAL_HOOKS`]), and what that means.
+    pub missing: Vec<String>,
 }
+
+/// Hooks newer than the kernels Corral runs on: without them the class
+/// stays closed another way, so self-protection still reads `enforcing`,
+/// with a note. `userns_create` (6.7+): the views a user namespace allows
+/// are still judged by host path or refused (no host path).
+const OPTIONAL_HOOKS: [&str; 1] = ["userns_create"];
 
 impl LsmReport {
     pub fn unavailable(why: String) -> LsmReport {
         LsmReport {
             files: Err(why.clone()),
             protect: Err(why),
+            missing: Vec::new(),
         }
     }
 
@@ -98,6 +110,12 @@ fn kernel_offsets(b: &Btf) -> Result<KernelOffsets, BtfError> {
         cgroup_ancestors: b.offset("cgroup", "ancestors")?,
         kernfs_node_id: b.offset("kernfs_node", "id")?,
         dentry_d_sb: b.offset("dentry", "d_sb")?,
+        task_fs: b.offset("task_struct", "fs")?,
+        fs_root: b.offset("fs_struct", "root")?,
+        task_nsproxy: b.offset("task_struct", "nsproxy")?,
+        nsproxy_mnt_ns: b.offset("nsproxy", "mnt_ns")?,
+        mnt_ns_root: b.offset("mnt_namespace", "root")?,
+        mount_mnt_ns: b.offset("mount", "mnt_ns")?,
     })
 }
 
@@ -188,8 +206,18 @@ pub fn load_and_attach(ebpf: &mut Ebpf, pin_dir: &Path) -> LsmReport {
         .collect();
     let protect_failed: Vec<String> = failed
         .iter()
-        .filter(|(h, _)| !files_hooks.contains(h))
+        .filter(|(h, _)| !files_hooks.contains(h) && !OPTIONAL_HOOKS.contains(h))
         .map(|(h, e)| format!("{h}: {e}"))
+        .collect();
+    let missing: Vec<String> = failed
+        .iter()
+        .filter(|(h, _)| OPTIONAL_HOOKS.contains(h))
+        .map(|(h, e)| {
+            format!(
+                "{h} not attached ({e}): user namespaces are not refused; opens through the \
+                 views they allow are still judged by host path or refused"
+            )
+        })
         .collect();
     LsmReport {
         files: if files_failed.is_empty() {
@@ -205,6 +233,7 @@ pub fn load_and_attach(ebpf: &mut Ebpf, pin_dir: &Path) -> LsmReport {
         } else {
             Err(format!("hooks not attached: {}", protect_failed.join("; ")))
         },
+        missing,
     }
 }
 
@@ -341,6 +370,9 @@ pub fn log_report(r: &LsmReport) {
              Landlock where it can"
         ),
     }
+    for m in &r.missing {
+        warn!(mechanism = "self-protection (BPF LSM)", "{m}");
+    }
     match &r.protect {
         Ok(()) => info!(mechanism = "self-protection (BPF LSM)", "enforced"),
         Err(why) => warn!(
@@ -357,6 +389,12 @@ static REPORT: OnceLock<LsmReport> = OnceLock::new();
 /// Records what `load_and_attach` got (once, at start-up), for status.
 pub fn set_report(r: LsmReport) {
     let _ = REPORT.set(r);
+}
+
+/// Whether `[files]` rules (and with them Corral's protected paths) are
+/// enforced in the kernel, as recorded at start-up.
+pub fn files_enforced() -> bool {
+    REPORT.get().is_some_and(LsmReport::files_enforced)
 }
 
 /// `corral status` / daemon log entries for the BPF LSM half.
@@ -392,10 +430,18 @@ pub fn mechanisms() -> Vec<super::status::Mechanism> {
                 "unavailable"
             },
             detail: match &r.protect {
-                Ok(()) => "tagged processes: no bpf(), no signals or ptrace outside their \
-                           identity or to the daemon, no cgroupfs writes, no bpffs access, no \
-                           mounts"
-                    .into(),
+                Ok(()) => {
+                    "tagged processes: no bpf(), no signals (kill family, SIGIO \
+                           through file owners) or ptrace outside their identity or to the \
+                           daemon, no cgroupfs writes, no bpffs access, no mounts or \
+                           pivot_root, no user namespaces with [files], Corral's protected \
+                           paths (state dir, policy dir, binary) refused"
+                        .to_string()
+                        + &r.missing
+                            .iter()
+                            .map(|m| format!("; {m}"))
+                            .collect::<String>()
+                }
                 Err(why) => format!("NOT ENFORCED: {why}"),
             },
         },

@@ -1,0 +1,103 @@
+//! Signals that do not go through `task_kill`: SIGIO/SIGURG sent to a
+//! file's owner (`fcntl(F_SETOWN)` + `O_ASYNC`, optionally `F_SETSIG` to
+//! pick any signal, SIGKILL included).
+//!
+//! Every other way a tagged process can signal goes through `task_kill`
+//! (kill, tgkill, tkill, rt_(tg)sigqueueinfo, pidfd_send_signal, kill(-1)
+//! per target) or only reaches the caller itself or its own children
+//! (posix timers and mq_notify signal their own thread group; `exit_signal`
+//! goes to the parent — the caller — and is reset to SIGCHLD on
+//! reparenting or with `CLONE_PARENT`; `PR_SET_PDEATHSIG` signals the
+//! caller; leases and dnotify make the caller the owner).
+//!
+//! A fown signal is raised by whoever triggers the I/O (possibly another
+//! process, or softirq), so it is judged twice: at delivery when a tagged
+//! task triggers it, and where the owner is chosen — a tagged process may
+//! name only itself (`F_SETOWN` with its own pid, or 0); the variants
+//! whose target the kernel reads from user memory after this hook
+//! (`F_SETOWN_EX`, `FIOSETOWN`, `SIOCSPGRP`) are refused outright, since a
+//! second thread could change the target between our read and the
+//! kernel's.
+
+use agent_common::file::{PROTECT_SETOWN, PROTECT_SIGIO};
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, programs::LsmContext};
+
+use super::{
+    EPERM,
+    protect::{emit, may_touch},
+};
+use crate::identity;
+
+const SIGIO: u32 = 29;
+const F_SETOWN: u32 = 8;
+const F_SETOWN_EX: u32 = 15;
+const FIOSETOWN: u32 = 0x8901;
+const SIOCSPGRP: u32 = 0x8902;
+
+/// `lsm/file_send_sigiotask(tsk, fown, sig)`: a SIGIO/SIGURG (or the
+/// `F_SETSIG` signal) triggered by a tagged task, to a task outside its
+/// identity or to the daemon.
+pub fn file_send_sigiotask(ctx: &LsmContext) -> i32 {
+    let Some(s) = identity::current() else {
+        return 0;
+    };
+    let task: u64 = ctx.arg(0);
+    let sig: u64 = ctx.arg(2);
+    let (ok, tgid, target, daemon) = may_touch(&s, task);
+    if ok {
+        return 0;
+    }
+    // 0 means the default, SIGIO.
+    let sig = if sig as u32 == 0 { SIGIO } else { sig as u32 };
+    emit(&s, PROTECT_SIGIO, tgid, target, sig, daemon);
+    -EPERM
+}
+
+/// `lsm/file_fcntl(file, cmd, arg)`: the owner of a file's signals.
+pub fn file_fcntl(ctx: &LsmContext) -> i32 {
+    let cmd: u64 = ctx.arg(1);
+    let cmd = cmd as u32;
+    if cmd != F_SETOWN && cmd != F_SETOWN_EX {
+        return 0;
+    }
+    let Some(s) = identity::current() else {
+        return 0;
+    };
+    let arg: u64 = ctx.arg(2);
+    let who = arg as i32;
+    if cmd == F_SETOWN {
+        let id = bpf_get_current_pid_tgid();
+        // Positive: a process (its thread group); negative: a process
+        // group, which may hold processes outside the identity (the
+        // launcher's job). 0 clears the owner. Pids are the caller's view;
+        // in a pid namespace of its own its pid differs and it is refused
+        // (fail closed).
+        if who == 0 || who as u32 == (id >> 32) as u32 || who as u32 == id as u32 {
+            return 0;
+        }
+    }
+    emit(
+        &s,
+        PROTECT_SETOWN,
+        if cmd == F_SETOWN { who as u32 } else { 0 },
+        0,
+        cmd,
+        false,
+    );
+    -EPERM
+}
+
+/// `lsm/file_ioctl(file, cmd, arg)`: `FIOSETOWN`/`SIOCSPGRP` set a
+/// socket's owner from user memory (see the module comment).
+pub fn file_ioctl(ctx: &LsmContext) -> i32 {
+    let cmd: u64 = ctx.arg(1);
+    let cmd = cmd as u32;
+    if cmd != FIOSETOWN && cmd != SIOCSPGRP {
+        return 0;
+    }
+    let Some(s) = identity::current() else {
+        return 0;
+    };
+    emit(&s, PROTECT_SETOWN, 0, 0, cmd, false);
+    -EPERM
+}
