@@ -93,7 +93,9 @@ pub const PROG_USERNS_CREATE: &str = "corral_userns_create";
 pub const PROG_PATH_CHOWN: &str = "corral_path_chown";
 pub const PROG_SB_UMOUNT: &str = "corral_sb_umount";
 pub const PROG_TASK_ALLOC: &str = "corral_task_alloc";
-pub const LSM_PROGRAMS: [(&str, &str); 23] = [
+/// Socket families no cgroup program judges (see agent-ebpf `lsm::sockets`).
+pub const PROG_SOCKET_CREATE: &str = "corral_socket_create";
+pub const LSM_PROGRAMS: [(&str, &str); 24] = [
     (PROG_FILE_OPEN, "file_open"),
     (PROG_PATH_LINK, "path_link"),
     (PROG_PATH_RENAME, "path_rename"),
@@ -117,6 +119,7 @@ pub const LSM_PROGRAMS: [(&str, &str); 23] = [
     (PROG_FILE_IOCTL, "file_ioctl"),
     (PROG_SB_PIVOTROOT, "sb_pivotroot"),
     (PROG_USERNS_CREATE, "userns_create"),
+    (PROG_SOCKET_CREATE, "socket_create"),
 ];
 
 /// Syscall observers (`tp_btf`): every syscall of every task passes them,

@@ -97,6 +97,11 @@ pub const IPPROTO_MPTCP: u32 = 262;
 pub const IDENTITY_FLAG_NET_PING: u32 = 1 << 1;
 /// `IdentityState::flags`: `[network] sockets` names raw IP sockets.
 pub const IDENTITY_FLAG_NET_RAW: u32 = 1 << 2;
+/// `IdentityState::flags`: `[network] sockets` names AF_PACKET sockets
+/// (refused by BPF LSM otherwise).
+pub const IDENTITY_FLAG_NET_PACKET: u32 = 1 << 3;
+/// `IdentityState::flags`: `[network] sockets` names AF_VSOCK sockets.
+pub const IDENTITY_FLAG_NET_VSOCK: u32 = 1 << 4;
 
 /// Address families as the kernel numbers them.
 pub const AF_INET: u32 = 2;

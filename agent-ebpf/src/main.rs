@@ -153,6 +153,11 @@ mod lsm_entry {
         protect::bpf(&ctx)
     }
 
+    #[lsm(hook = "socket_create")]
+    pub fn corral_socket_create(ctx: LsmContext) -> i32 {
+        crate::lsm::sockets::socket_create(&ctx)
+    }
+
     #[lsm(hook = "task_kill")]
     pub fn corral_task_kill(ctx: LsmContext) -> i32 {
         protect::task_kill(&ctx)

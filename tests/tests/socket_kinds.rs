@@ -191,3 +191,45 @@ fn sctp_and_l2tp_are_refused_where_the_kernel_has_them() {
         expect_create_event(&tail, "proto", r.pid(), *kind);
     }
 }
+
+/// Where BPF LSM runs, families no cgroup program sees are refused at
+/// `socket()` for tagged processes: AF_RDS and AF_RXRPC (IP traffic sent by
+/// a kernel thread; refused before the kernel even looks for the module),
+/// AF_PACKET and AF_VSOCK unless `[network] sockets` names them.
+/// Natively (no BPF LSM) this is open without `[syscalls]` (README).
+#[test]
+fn other_socket_families_are_refused_where_bpf_lsm_runs() {
+    if !is_root() {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let d = Daemon::start(&[
+        ("fam", &enforce_policy("fam", "allow = []")),
+        (
+            "pk",
+            &enforce_policy("pk", "allow = []\nsockets = [\"packet\"]"),
+        ),
+    ]);
+    if !d.bpf_lsm_or_skip() {
+        return;
+    }
+    let tail = d.tail(None);
+    let steps = [
+        "pid", "socket", "packet", "socket", "rds", "socket", "rxrpc", "socket", "vsock",
+    ];
+    let r = d.probe_as("fam", &steps);
+    for (n, family) in ["packet", "rds", "rxrpc", "vsock"].iter().enumerate() {
+        r.assert_eperm("socket", n);
+        let ev = tail.expect(|e| e["net"]["op"] == "create" && e["net"]["family"] == *family);
+        assert_event_source(&ev, "net", "fam", r.pid());
+        assert_eq!(ev["reason"], "unsupported", "{ev:#}");
+    }
+    // Named: AF_PACKET is created; AF_RDS still refused.
+    let r = d.probe_as("pk", &steps);
+    r.assert_ok("socket", 0);
+    r.assert_eperm("socket", 1);
+    // Outside: the kernel has both (rds is loaded in the guest).
+    let out = probe_outside(&steps[1..5]);
+    out.assert_ok("socket", 0);
+    out.assert_ok("socket", 1);
+}

@@ -8,6 +8,7 @@ pub mod files;
 pub mod kernel;
 pub mod protect;
 pub mod signals;
+pub mod sockets;
 pub mod view;
 
 /// The errno every refusal returns (negated, as LSM hooks do).

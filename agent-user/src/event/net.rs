@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use agent_common::{
     event::{NetEvent, UnixEvent},
-    net::{AF_INET, NetOp},
+    net::{AF_INET, AF_INET6, NetOp},
 };
 use serde::{Deserialize, Serialize};
 
@@ -35,11 +35,14 @@ pub struct UnixInfo {
 
 pub fn net_info(n: &NetEvent) -> NetInfo {
     let op = op_str(n.op);
-    let (family, addr) = if n.family == AF_INET {
-        let a = [n.addr[0], n.addr[1], n.addr[2], n.addr[3]];
-        ("inet", IpAddr::V4(Ipv4Addr::from(a)))
-    } else {
-        ("inet6", IpAddr::V6(Ipv6Addr::from(n.addr)))
+    let (family, addr) = match n.family {
+        AF_INET => {
+            let a = [n.addr[0], n.addr[1], n.addr[2], n.addr[3]];
+            ("inet".to_string(), IpAddr::V4(Ipv4Addr::from(a)))
+        }
+        AF_INET6 => ("inet6".to_string(), IpAddr::V6(Ipv6Addr::from(n.addr))),
+        // `socket()` of another family, refused by BPF LSM (no address).
+        f => (family_name(f), IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
     };
     let protocol = match n.protocol {
         1 => "icmp".to_string(),
@@ -66,11 +69,26 @@ pub fn net_info(n: &NetEvent) -> NetInfo {
     };
     NetInfo {
         op: op.to_string(),
-        family: family.to_string(),
+        family,
         protocol,
         addr: addr.to_string(),
         port: n.port as u16,
         sock_type,
+    }
+}
+
+fn family_name(f: u32) -> String {
+    match f {
+        1 => "unix".into(),
+        16 => "netlink".into(),
+        17 => "packet".into(),
+        21 => "rds".into(),
+        30 => "tipc".into(),
+        33 => "rxrpc".into(),
+        38 => "alg".into(),
+        40 => "vsock".into(),
+        44 => "xdp".into(),
+        f => format!("family {f}"),
     }
 }
 

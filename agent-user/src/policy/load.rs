@@ -445,8 +445,9 @@ fn build_network(
                 kind,
                 0,
                 format!(
-                    "unknown socket kind `{}`: `[network] sockets` takes \"ping\" (ICMP echo) \
-                     and \"raw\" (raw IP); TCP, MPTCP and UDP sockets need no entry",
+                    "unknown socket kind `{}`: `[network] sockets` takes \"ping\" (ICMP echo), \
+                     \"raw\" (raw IP), \"packet\" (AF_PACKET) and \"vsock\" (AF_VSOCK); TCP, \
+                     MPTCP and UDP sockets need no entry",
                     kind.get_ref()
                 ),
             )),

@@ -111,17 +111,27 @@ pub enum SocketKind {
     Ping,
     /// Raw IP sockets (`SOCK_RAW`, any protocol; CAP_NET_RAW).
     Raw,
+    /// AF_PACKET sockets (CAP_NET_RAW); refused by BPF LSM otherwise.
+    Packet,
+    /// AF_VSOCK sockets; refused by BPF LSM otherwise.
+    Vsock,
 }
 
 impl SocketKind {
-    pub const ALL: [(&'static str, SocketKind); 2] =
-        [("ping", SocketKind::Ping), ("raw", SocketKind::Raw)];
+    pub const ALL: [(&'static str, SocketKind); 4] = [
+        ("ping", SocketKind::Ping),
+        ("raw", SocketKind::Raw),
+        ("packet", SocketKind::Packet),
+        ("vsock", SocketKind::Vsock),
+    ];
 
     /// The `IdentityState::flags` bit the kernel checks.
     pub fn flag(self) -> u32 {
         match self {
             SocketKind::Ping => agent_common::net::IDENTITY_FLAG_NET_PING,
             SocketKind::Raw => agent_common::net::IDENTITY_FLAG_NET_RAW,
+            SocketKind::Packet => agent_common::net::IDENTITY_FLAG_NET_PACKET,
+            SocketKind::Vsock => agent_common::net::IDENTITY_FLAG_NET_VSOCK,
         }
     }
 }

@@ -110,7 +110,19 @@ impl Terminal {
     pub fn prepare() -> io::Result<Terminal> {
         let ttys = [is_tty(0), is_tty(1), is_tty(2)];
         let pty = if ttys.iter().any(|t| *t) {
-            Some(open_pty(ttys)?)
+            match open_pty(ttys) {
+                Ok(p) => Some(p),
+                // No devpts (a bare initramfs, some containers): the own
+                // session and the filter still keep the operator's terminal
+                // out of reach; the agent just shares it for output.
+                Err(e) => {
+                    eprintln!(
+                        "corral run: no pty for the agent ({e}); it keeps the terminal it was \
+                         given, in a session of its own, with TIOCSTI refused"
+                    );
+                    None
+                }
+            }
         } else {
             None
         };

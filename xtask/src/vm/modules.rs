@@ -1,6 +1,7 @@
 //! Kernel modules the guest loads before the tests: protocols that Debian
 //! builds as modules and that the tests must see refused (SCTP, L2TP/IP:
-//! inet sockets no Corral rule class judges). The initramfs has no
+//! inet sockets no Corral rule class judges; AF_RDS over TCP: a family whose
+//! IP traffic a kernel worker sends). The initramfs has no
 //! `modules.dep` (depmod never ran), so dependencies are read from each
 //! module's own `.modinfo` (`depends=`), decompressed with `xz`.
 
@@ -14,7 +15,14 @@ use anyhow::{Context as _, Result};
 use crate::util;
 
 /// Modules the guest loads, by path under `kernel/`.
-pub(super) const WANTED: &[&str] = &["net/sctp/sctp", "net/l2tp/l2tp_ip"];
+pub(super) const WANTED: &[&str] = &[
+    "net/sctp/sctp",
+    "net/l2tp/l2tp_ip",
+    // Not rds_tcp: it opens a kernel listener in every new network
+    // namespace, from the creating task, whose bind the identity's rules
+    // then judge (fail closed: a tagged process could not unshare a netns).
+    "net/rds/rds",
+];
 
 /// One module: its name and its decompressed bytes.
 pub(super) struct Module {

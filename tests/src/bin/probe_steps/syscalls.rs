@@ -131,6 +131,10 @@ fn socket(kind: &str) -> io::Result<i64> {
         "ping6" => (libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_ICMPV6),
         "raw6" => (libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6),
         "raw-tcp" => (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP),
+        // AF_RXRPC over IPv4 UDP: the kernel's krxrpcio thread sends.
+        "rxrpc" => (33, libc::SOCK_DGRAM, libc::AF_INET),
+        // AF_RDS: over TCP, a krdsd worker connects for the caller.
+        "rds" => (21, libc::SOCK_SEQPACKET, 0),
         // The kernel turns this into an AF_PACKET socket.
         "inet-packet" => (
             libc::AF_INET,
