@@ -134,7 +134,9 @@ pub const PROTECT_CLONE_INTO_CGROUP: u32 = 4;
 /// to a process outside the identity or to the daemon.
 pub const PROTECT_SIGIO: u32 = 5;
 /// Making another process a file's signal owner (`fcntl(F_SETOWN*)`,
-/// `ioctl(FIOSETOWN/SIOCSPGRP)`); `arg` is the fcntl/ioctl command.
+/// `ioctl(FIOSETOWN/SIOCSPGRP)`), or arming a file whose owner is outside
+/// (`F_SETSIG`, `F_SETFL` with `O_ASYNC`, `FIOASYNC`); `arg` is the
+/// fcntl/ioctl command, the target the owner when known.
 pub const PROTECT_SETOWN: u32 = 6;
 /// pivot_root(2): it would change the root every path is judged from
 /// (chroot need not be refused: opens are judged by host path).
@@ -304,8 +306,20 @@ pub struct KernelOffsets {
     pub nsproxy_mnt_ns: u32,
     pub mnt_ns_root: u32,
     pub mount_mnt_ns: u32,
+    /// A file's signal owner (`fown_struct`), for `F_SETSIG`/`O_ASYNC` on
+    /// a file whose owner is outside the identity. `f_owner_ptr`: 1 when
+    /// `file.f_owner` is a pointer (6.12+), 0 when embedded; `fown_ok`: 0
+    /// when this kernel's BTF lacks a field (then not judged).
+    pub file_f_owner: u32,
+    pub f_owner_ptr: u32,
+    pub fown_pid: u32,
+    pub fown_pid_type: u32,
+    pub pid_tasks: u32,
+    pub task_pid_links: u32,
+    pub fown_ok: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 128);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 160);
 
 user_pod!(
     FileOpEvent,

@@ -152,6 +152,92 @@ fn sigio_to_processes_outside_the_identity_is_refused() {
     }
 }
 
+/// A pipe this process made (inherited by every child: no CLOEXEC) whose
+/// read end has `owner` as its signal owner, not yet armed.
+struct OwnedPipe {
+    r: i32,
+    w: i32,
+}
+
+impl OwnedPipe {
+    fn new(owner: u32) -> OwnedPipe {
+        let mut fds = [0i32; 2];
+        // SAFETY: plain syscalls on our own fds.
+        unsafe {
+            assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+            assert_eq!(libc::fcntl(fds[0], libc::F_SETOWN, owner as i32), 0);
+        }
+        OwnedPipe {
+            r: fds[0],
+            w: fds[1],
+        }
+    }
+
+    fn poke(&self) {
+        // SAFETY: one byte into our own pipe.
+        assert_eq!(unsafe { libc::write(self.w, b"x".as_ptr().cast(), 1) }, 1);
+    }
+}
+
+impl Drop for OwnedPipe {
+    fn drop(&mut self) {
+        // SAFETY: our own fds.
+        unsafe {
+            libc::close(self.r);
+            libc::close(self.w);
+        }
+    }
+}
+
+#[test]
+fn arming_a_file_owned_outside_is_refused() {
+    let Some((_t, d)) = lsm_lab() else { return };
+    let tail = d.tail(Some("netonly"));
+    let mut outside = sleeper();
+    let pipe = OwnedPipe::new(outside.id());
+    let fd = pipe.r.to_string();
+    // The agent inherited a file whose owner is outside: choosing its
+    // signal (SIGKILL) or turning on O_ASYNC would let the owner's own I/O
+    // deliver the agent's choice.
+    let steps = [
+        "pid",
+        "fd-setsig",
+        &fd,
+        "9",
+        "fd-async",
+        &fd,
+        "fd-fioasync",
+        &fd,
+    ];
+    let r = d.probe_as("netonly", &steps);
+    r.assert_eperm("fd-setsig", 0);
+    r.assert_eperm("fd-async", 0);
+    r.assert_eperm("fd-fioasync", 0);
+    pipe.poke();
+    assert_eq!(
+        exited_by_signal(&mut outside, Duration::from_millis(500)),
+        None
+    );
+    // F_SETSIG, F_SETFL, FIOASYNC.
+    for cmd in [10u32, libc::F_SETFL as u32, 0x5452] {
+        let ev = tail.expect(|e| e["kind"] == "protect" && e["protect"]["arg"] == cmd);
+        assert_event_source(&ev, "protect", "netonly", r.pid());
+        assert_eq!(ev["protect"]["op"], "setown", "{ev:#}");
+        assert_eq!(ev["protect"]["target_pid"], outside.id(), "{ev:#}");
+    }
+    // Outside: the same arming works, and the owner's next I/O delivers
+    // the chosen SIGKILL.
+    let o = probe_outside(&steps[1..]);
+    o.assert_ok("fd-setsig", 0);
+    o.assert_ok("fd-async", 0);
+    o.assert_ok("fd-fioasync", 0);
+    pipe.poke();
+    assert_eq!(
+        exited_by_signal(&mut outside, Duration::from_secs(5)),
+        Some(libc::SIGKILL)
+    );
+}
+
 #[test]
 fn protected_paths_are_refused_to_a_root_agent_allowed_everything() {
     let t = lsm_tree();

@@ -44,6 +44,14 @@ static CORRAL_KOFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     nsproxy_mnt_ns: 0,
     mnt_ns_root: 0,
     mount_mnt_ns: 0,
+    file_f_owner: 0,
+    f_owner_ptr: 0,
+    fown_pid: 0,
+    fown_pid_type: 0,
+    pid_tasks: 0,
+    task_pid_links: 0,
+    fown_ok: 0,
+    _pad: 0,
 });
 
 /// `struct file` → `f_path`, separately: `bpf_d_path` needs `file + off` to

@@ -17,22 +17,84 @@
 //! whose target the kernel reads from user memory after this hook
 //! (`F_SETOWN_EX`, `FIOSETOWN`, `SIOCSPGRP`) are refused outright, since a
 //! second thread could change the target between our read and the
-//! kernel's.
+//! kernel's. A file whose owner is already outside (inherited or passed
+//! in, set up by a process outside) may not be armed by a tagged process:
+//! `F_SETSIG` (choosing the signal: SIGKILL too), `F_SETFL` with `O_ASYNC`
+//! and `FIOASYNC` are refused there, so the agent cannot make someone
+//! else's I/O deliver its choice of signal.
 
 use agent_common::file::{PROTECT_SETOWN, PROTECT_SIGIO};
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, programs::LsmContext};
 
 use super::{
-    EPERM,
+    EPERM, kernel,
     protect::{emit, may_touch},
 };
-use crate::identity;
+use crate::identity::{self, Subject};
 
 const SIGIO: u32 = 29;
 const F_SETOWN: u32 = 8;
 const F_SETOWN_EX: u32 = 15;
 const FIOSETOWN: u32 = 0x8901;
 const SIOCSPGRP: u32 = 0x8902;
+const F_SETFL: u32 = 4;
+const F_SETSIG: u32 = 10;
+const O_ASYNC: u64 = 0o20000;
+const FIOASYNC: u32 = 0x5452;
+/// `enum pid_type`: a process group or session owner.
+const PIDTYPE_PGID: u32 = 2;
+/// `struct hlist_node`, the element of `task_struct.pid_links[]`.
+const HLIST_NODE: u32 = 16;
+
+/// Whether `file`'s signal owner is outside the caller's identity (or the
+/// daemon, or a process group): Some((tgid, identity, daemon)) then.
+#[inline(always)]
+fn owner_outside(s: &Subject, file: u64) -> Option<(u32, u32, bool)> {
+    let o = kernel::offsets();
+    if o.fown_ok == 0 {
+        return None;
+    }
+    let fown = if o.f_owner_ptr != 0 {
+        kernel::read_ptr(file, o.file_f_owner)
+    } else {
+        file + o.file_f_owner as u64
+    };
+    if fown == 0 {
+        return None;
+    }
+    let pid = kernel::read_ptr(fown, o.fown_pid);
+    if pid == 0 {
+        return None;
+    }
+    let ptype = kernel::read::<u32>(fown, o.fown_pid_type);
+    if ptype >= PIDTYPE_PGID {
+        return Some((0, 0, false));
+    }
+    let first = kernel::read_ptr(pid, o.pid_tasks + 8 * ptype);
+    if first == 0 {
+        // The owner has exited: no one to signal.
+        return None;
+    }
+    let task = first - (o.task_pid_links + HLIST_NODE * ptype) as u64;
+    let (ok, tgid, target, daemon) = may_touch(s, task);
+    if ok {
+        None
+    } else {
+        Some((tgid, target, daemon))
+    }
+}
+
+/// Refuses arming `file` (`cmd`) when its owner is outside the identity.
+#[inline(always)]
+fn refuse_arming(s: &Subject, file: u64, cmd: u32) -> i32 {
+    match owner_outside(s, file) {
+        None => 0,
+        Some((tgid, target, daemon)) => {
+            emit(s, PROTECT_SETOWN, tgid, target, cmd, daemon);
+            -EPERM
+        }
+    }
+}
 
 /// `lsm/file_send_sigiotask(tsk, fown, sig)`: a SIGIO/SIGURG (or the
 /// `F_SETSIG` signal) triggered by a tagged task, to a task outside its
@@ -57,13 +119,17 @@ pub fn file_send_sigiotask(ctx: &LsmContext) -> i32 {
 pub fn file_fcntl(ctx: &LsmContext) -> i32 {
     let cmd: u64 = ctx.arg(1);
     let cmd = cmd as u32;
-    if cmd != F_SETOWN && cmd != F_SETOWN_EX {
+    let arg: u64 = ctx.arg(2);
+    let arming = cmd == F_SETSIG || (cmd == F_SETFL && arg & O_ASYNC != 0);
+    if cmd != F_SETOWN && cmd != F_SETOWN_EX && !arming {
         return 0;
     }
     let Some(s) = identity::current() else {
         return 0;
     };
-    let arg: u64 = ctx.arg(2);
+    if arming {
+        return refuse_arming(&s, kernel::arg_scalar(ctx, 0), cmd);
+    }
     let who = arg as i32;
     if cmd == F_SETOWN {
         let id = bpf_get_current_pid_tgid();
@@ -88,16 +154,22 @@ pub fn file_fcntl(ctx: &LsmContext) -> i32 {
 }
 
 /// `lsm/file_ioctl(file, cmd, arg)`: `FIOSETOWN`/`SIOCSPGRP` set a
-/// socket's owner from user memory (see the module comment).
+/// socket's owner from user memory (see the module comment); `FIOASYNC`
+/// arms a file.
 pub fn file_ioctl(ctx: &LsmContext) -> i32 {
     let cmd: u64 = ctx.arg(1);
     let cmd = cmd as u32;
-    if cmd != FIOSETOWN && cmd != SIOCSPGRP {
+    if cmd != FIOSETOWN && cmd != SIOCSPGRP && cmd != FIOASYNC {
         return 0;
     }
     let Some(s) = identity::current() else {
         return 0;
     };
+    if cmd == FIOASYNC {
+        // On or off, read from user memory: refused either way when the
+        // owner is outside.
+        return refuse_arming(&s, kernel::arg_scalar(ctx, 0), cmd);
+    }
     emit(&s, PROTECT_SETOWN, 0, 0, cmd, false);
     -EPERM
 }

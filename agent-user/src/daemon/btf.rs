@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 const MAGIC: u16 = 0xeb9f;
 const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
 const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
@@ -228,6 +229,27 @@ impl Btf {
             return Err(missing());
         }
         Ok(bits / 8)
+    }
+
+    /// Whether `member` of `struct st` (a direct member) is a pointer,
+    /// through typedefs and qualifiers. None when there is no such member.
+    pub fn member_is_pointer(&self, st: &str, member: &str) -> Option<bool> {
+        let id = *self.by_name.get(st)?;
+        let m = self.types[id as usize]
+            .members
+            .iter()
+            .find(|m| m.name == member)?;
+        let mut ty = m.ty;
+        for _ in 0..16 {
+            let t = self.types.get(ty as usize)?;
+            match t.kind {
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    ty = t.ty
+                }
+                k => return Some(k == KIND_PTR),
+            }
+        }
+        None
     }
 
     /// The value of enumerator `name` of `enum en`.

@@ -83,7 +83,32 @@ pub fn offsets() -> Result<KernelOffsets, String> {
 
 /// Every offset the LSM programs read.
 fn kernel_offsets(b: &Btf) -> Result<KernelOffsets, BtfError> {
+    // Optional: without them, F_SETSIG/O_ASYNC on outside-owned files are
+    // not judged (everything else is).
+    let fown = || -> Option<(u32, u32, u32, u32, u32, u32)> {
+        Some((
+            b.offset("file", "f_owner").ok()?,
+            u32::from(b.member_is_pointer("file", "f_owner")?),
+            b.offset("fown_struct", "pid").ok()?,
+            b.offset("fown_struct", "pid_type").ok()?,
+            b.offset("pid", "tasks").ok()?,
+            b.offset("task_struct", "pid_links").ok()?,
+        ))
+    };
+    let (f_owner, f_owner_ptr, fown_pid, fown_pid_type, pid_tasks, task_pid_links, fown_ok) =
+        match fown() {
+            Some((a, b, c, d, e, f)) => (a, b, c, d, e, f, 1),
+            None => (0, 0, 0, 0, 0, 0, 0),
+        };
     Ok(KernelOffsets {
+        file_f_owner: f_owner,
+        f_owner_ptr,
+        fown_pid,
+        fown_pid_type,
+        pid_tasks,
+        task_pid_links,
+        fown_ok,
+        _pad: 0,
         file_f_path: b.offset("file", "f_path")?,
         file_f_inode: b.offset("file", "f_inode")?,
         file_f_mode: b.offset("file", "f_mode")?,
@@ -524,5 +549,6 @@ mod offset_tests {
         assert_eq!((o.qstr_len, o.qstr_name), (4, 8));
         assert_eq!(o.inode_i_mode, 0);
         assert!(o.file_f_path > 0 && o.mount_mnt > 0);
+        assert_eq!(o.fown_ok, 1, "fown_struct fields");
     }
 }

@@ -10,6 +10,8 @@
 //! pivot-root NEW OLD |
 //! open-tree-read DIR REL   (open_tree(OPEN_TREE_CLONE) of DIR, then read
 //! REL through the detached copy; emits "open-tree" and "open-tree-read") |
+//! fd-setsig FD SIG | fd-async FD | fd-fioasync FD   (arm an inherited fd
+//! for signals: F_SETSIG, F_SETFL O_ASYNC, ioctl FIOASYNC on) |
 //! execve PATH   (fork + raw execve, no other file opened: works in a bare
 //! chroot; ok when the program started) |
 //! fsmount-create NAME   (a new tmpfs from fsopen/fsmount, never attached;
@@ -31,6 +33,9 @@ pub fn is_step(op: &str) -> bool {
             | "open-tree-read"
             | "fsmount-create"
             | "execve"
+            | "fd-setsig"
+            | "fd-async"
+            | "fd-fioasync"
     )
 }
 
@@ -63,6 +68,7 @@ fn close(fd: i32) {
 
 const F_OWNER_PID: i32 = 1;
 const F_SETOWN_EX: i32 = 15;
+const F_SETSIG: i32 = 10;
 const FIOSETOWN: libc::Ioctl = 0x8901;
 
 /// `struct f_owner_ex`.
@@ -197,6 +203,32 @@ pub fn step(args: &[String], i: usize) -> usize {
                 Err(e) => emit("open-tree", Err(e)),
             }
             i + 3
+        }
+        "fd-setsig" => {
+            let fd: i32 = a(1).parse().expect("fd");
+            let sig: i32 = a(2).parse().expect("signal");
+            // SAFETY: plain fcntl on an inherited fd.
+            let r = check(unsafe { libc::fcntl(fd, F_SETSIG, sig) } as i64);
+            emit("fd-setsig", r.map(drop));
+            i + 3
+        }
+        "fd-async" => {
+            let fd: i32 = a(1).parse().expect("fd");
+            // SAFETY: plain fcntl on an inherited fd.
+            let r = check(unsafe {
+                let fl = libc::fcntl(fd, libc::F_GETFL);
+                libc::fcntl(fd, libc::F_SETFL, fl | libc::O_ASYNC)
+            } as i64);
+            emit("fd-async", r.map(drop));
+            i + 2
+        }
+        "fd-fioasync" => {
+            let fd: i32 = a(1).parse().expect("fd");
+            let on: i32 = 1;
+            // SAFETY: FIOASYNC reads one int.
+            let r = check(unsafe { libc::ioctl(fd, libc::FIOASYNC, &on as *const i32) } as i64);
+            emit("fd-fioasync", r.map(drop));
+            i + 2
         }
         "execve" => {
             let path = cstr(a(1));
