@@ -235,7 +235,7 @@ fn launched(o: &TaskOffsets, task: *const u8, identity: u32) -> bool {
             .unwrap_or(0);
         // SAFETY: plain-data value copied out.
         if tgid != 0
-            && let Some(e) = unsafe { LAUNCHERS.get(&tgid) }
+            && let Some(e) = unsafe { LAUNCHERS.get(tgid) }
         {
             let (want_identity, want_ticks) = (e.identity, e.start_ticks);
             // SAFETY: as above.
