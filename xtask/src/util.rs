@@ -143,7 +143,6 @@ pub fn run(c: &mut Command) -> Result<()> {
 }
 
 /// Runs `c` quietly and returns its stdout; fails (with its stderr) if it fails.
-/// Like `output`, the raw bytes of stdout.
 pub fn output_bytes(c: &mut Command) -> Result<Vec<u8>> {
     let line = display(c);
     let out = c
@@ -160,20 +159,9 @@ pub fn output_bytes(c: &mut Command) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
+/// `output_bytes`, as text.
 pub fn output(c: &mut Command) -> Result<String> {
-    let line = display(c);
-    let out = c
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot start `{line}`"))?;
-    if !out.status.success() {
-        bail!(
-            "`{line}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    output_bytes(c).map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
 /// Whether this process runs with effective uid 0 (from /proc, std only).
