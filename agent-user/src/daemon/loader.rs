@@ -167,8 +167,11 @@ pub fn load(pin_dir: &Path, ringbuf_size: u32, daemon_tgid: u32) -> Result<Ebpf,
     Ok(ebpf)
 }
 
-fn sock_create(ebpf: &mut Ebpf) -> Result<&mut CgroupSock, LoadError> {
-    let name = maps::PROG_SOCK_CREATE;
+/// A program of the object, as its type (`CgroupSockAddr`, `CgroupSock`).
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
     let p = ebpf.program_mut(name).ok_or(LoadError::Program {
         name,
         source: aya::programs::ProgramError::UnexpectedProgramType,
@@ -177,16 +180,8 @@ fn sock_create(ebpf: &mut Ebpf) -> Result<&mut CgroupSock, LoadError> {
         .map_err(|source| LoadError::Program { name, source })
 }
 
-fn program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut CgroupSockAddr, LoadError> {
-    let p = ebpf.program_mut(name).ok_or(LoadError::Program {
-        name,
-        source: aya::programs::ProgramError::UnexpectedProgramType,
-    })?;
-    p.try_into()
-        .map_err(|source| LoadError::Program { name, source })
+fn sock_create(ebpf: &mut Ebpf) -> Result<&mut CgroupSock, LoadError> {
+    program(ebpf, maps::PROG_SOCK_CREATE)
 }
 
 /// Pins from another build of corral must not be reused blindly: a changed
@@ -276,7 +271,7 @@ pub fn attach_sock_addr(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Res
         .map_err(link_err(name))?;
     pin_replacing(link, links_dir, name)?;
     for name in maps::SOCK_ADDR_PROGRAMS {
-        let prog = program(ebpf, name)?;
+        let prog: &mut CgroupSockAddr = program(ebpf, name)?;
         let id = prog
             .attach(&cg, CgroupAttachMode::Single)
             .map_err(|source| LoadError::Program { name, source })?;
