@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{Daemon, corral_bin, json_lines, probe_bin};
+use crate::{Daemon, corral_bin, json_lines, path_str, probe_bin, touch, wait_for};
 
 /// Result of one probe run: its exit status and JSON step lines.
 #[derive(Debug)]
@@ -66,6 +66,39 @@ pub fn with_pid<'a>(steps: &[&'a str]) -> Vec<&'a str> {
 }
 
 impl Daemon {
+    /// The test's own probe, running `before`, then assigned to `identity`
+    /// with `corral assign --pid`, then running `steps`; returns it and its
+    /// exit status.
+    pub fn assigned_probe(
+        &self,
+        identity: &str,
+        before: &[&str],
+        steps: &[&str],
+    ) -> (Child, std::process::ExitStatus) {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let go = tmp.path().join("go");
+        let mut args = before.to_vec();
+        args.extend(["wait-file", path_str(&go)]);
+        args.extend_from_slice(steps);
+        let mut child = Command::new(probe_bin())
+            .args(&args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("probe");
+        let pid = child.id().to_string();
+        let out = self.cli(&["assign", "--identity", identity, "--pid", &pid]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        touch(&go);
+        let status = wait_for(Duration::from_secs(20), "the probe to finish", || {
+            child.try_wait().expect("wait")
+        });
+        (child, status)
+    }
+
     /// `corral run --user USER` with the probe.
     pub fn probe_as_user(&self, identity: &str, user: &str, steps: &[&str]) -> ProbeRun {
         let probe = probe_bin();

@@ -6,45 +6,9 @@
 //! the x86_64 call of the same number. Agents that `corral run` started are
 //! told apart by their launcher, registered in `SC_LAUNCHERS`.
 
-use std::{
-    os::unix::process::ExitStatusExt as _,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{os::unix::process::ExitStatusExt as _, time::Duration};
 
 use corral_tests::*;
-
-/// The test's own probe, running `before`, then assigned to `identity`,
-/// then running `steps`; returns it and its exit status.
-fn assigned_probe(
-    d: &Daemon,
-    identity: &str,
-    before: &[&str],
-    steps: &[&str],
-) -> (Child, std::process::ExitStatus) {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let go = tmp.path().join("go");
-    let mut args = before.to_vec();
-    args.extend(["wait-file", path_str(&go)]);
-    args.extend_from_slice(steps);
-    let mut child = Command::new(probe_bin())
-        .args(&args)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("probe");
-    let pid = child.id().to_string();
-    let out = d.cli(&["assign", "--identity", identity, "--pid", &pid]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    touch(&go);
-    let status = wait_for(Duration::from_secs(20), "the probe to finish", || {
-        child.try_wait().expect("wait")
-    });
-    (child, status)
-}
 
 fn killer_policy() -> String {
     syscall_policy(
@@ -66,8 +30,7 @@ fn an_own_seccomp_filter_does_not_escape_kill_mode() {
     // Filtered before it is assigned, like a service with systemd's
     // SystemCallFilter= or a sandboxed browser process (installing one
     // afterwards is itself a call @default does not allow).
-    let (child, status) = assigned_probe(
-        &d,
+    let (child, status) = d.assigned_probe(
         "killer",
         &["seccomp-own"],
         &["sys", "mkdir", path_str(&dir), "sleep", "0.2"],
@@ -103,7 +66,7 @@ fn an_i386_syscall_is_not_judged_as_an_x86_64_one() {
     // i386 getpid is 20, x86_64 writev: allowed by @default. As an i386
     // call it is one no x86_64 policy allows.
     let (d, tail) = Daemon::start_tailed("killer", &killer_policy());
-    let (child, status) = assigned_probe(&d, "killer", &[], &["ia32-getpid", "sleep", "0.2"]);
+    let (child, status) = d.assigned_probe("killer", &[], &["ia32-getpid", "sleep", "0.2"]);
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
     let ev = tail.expect(|e| e["kind"] == "syscall");
     assert_event_source(&ev, "syscall", "killer", child.id() as u64);

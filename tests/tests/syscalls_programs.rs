@@ -4,10 +4,7 @@
 //! kill mode for assigned processes. Every denial test shows the errno
 //! inside the identity, success outside it, and the event.
 
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use corral_tests::*;
 use serde_json::Value;
@@ -275,35 +272,13 @@ fn kill_mode_kills_an_assigned_process_after_the_call_and_audit_reports() {
     );
 
     let tail = d.tail(None);
-    for (identity, dir, go, killed) in [
-        ("killer", t("k"), t("go-k"), true),
-        ("watcher", t("w"), t("go-w"), false),
-    ] {
+    for (identity, dir, killed) in [("killer", t("k"), true), ("watcher", t("w"), false)] {
         // The test's own child, not started by `corral run`: no filter.
-        let mut child = Command::new(probe_bin())
-            .args([
-                "wait-file",
-                path_str(&go),
-                "sys",
-                "mkdir",
-                path_str(&dir),
-                "sleep",
-                "0.2",
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("probe");
-        let pid = child.id().to_string();
-        let out = d.cli(&["assign", "--identity", identity, "--pid", &pid]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let (child, status) = d.assigned_probe(
+            identity,
+            &[],
+            &["sys", "mkdir", path_str(&dir), "sleep", "0.2"],
         );
-        touch(&go);
-        let status = wait_for(Duration::from_secs(20), "the probe to finish", || {
-            child.try_wait().expect("wait")
-        });
         use std::os::unix::process::ExitStatusExt as _;
         // Either way the call ran: kill mode does not prevent it.
         assert!(dir.is_dir(), "{identity}: mkdir ran");

@@ -78,22 +78,29 @@ pub(super) fn may_touch(s: &Subject, task: u64) -> (bool, u32, u32, bool) {
     (!daemon && target == s.identity, tgid, target, daemon)
 }
 
+/// Refuses the caller `task` unless `may_touch` allows it; reports the
+/// refusal as `op` with `arg` when `report` (checks the kernel only asks
+/// about are refused silently).
+#[inline(always)]
+pub(super) fn guard_task(s: &Subject, task: u64, op: u32, arg: u32, report: bool) -> i32 {
+    let (ok, tgid, target, daemon) = may_touch(s, task);
+    if ok {
+        return 0;
+    }
+    if report {
+        emit(s, op, tgid, target, arg, daemon);
+    }
+    -EPERM
+}
+
 /// `lsm/task_kill(p, info, sig, cred)`.
 pub fn task_kill(ctx: &LsmContext) -> i32 {
     let Some(s) = identity::current() else {
         return 0;
     };
-    let task: u64 = ctx.arg(0);
-    let sig: u64 = ctx.arg(2);
-    let (ok, tgid, target, daemon) = may_touch(&s, task);
-    if ok {
-        return 0;
-    }
+    let sig = ctx.arg::<u64>(2) as u32;
     // Signal 0 only probes for existence: refused, not worth an event.
-    if sig as u32 != 0 {
-        emit(&s, PROTECT_SIGNAL, tgid, target, sig as u32, daemon);
-    }
-    -EPERM
+    guard_task(&s, ctx.arg(0), PROTECT_SIGNAL, sig, sig != 0)
 }
 
 /// `lsm/ptrace_access_check(child, mode)`: ptrace, /proc/PID/mem and the
@@ -102,16 +109,9 @@ pub fn ptrace_access_check(ctx: &LsmContext) -> i32 {
     let Some(s) = identity::current() else {
         return 0;
     };
-    let task: u64 = ctx.arg(0);
-    let mode: u64 = ctx.arg(1);
-    let (ok, tgid, target, daemon) = may_touch(&s, task);
-    if ok {
-        return 0;
-    }
-    if mode as u32 & PTRACE_MODE_NOAUDIT == 0 {
-        emit(&s, PROTECT_PTRACE, tgid, target, mode as u32, daemon);
-    }
-    -EPERM
+    let mode = ctx.arg::<u64>(1) as u32;
+    let report = mode & PTRACE_MODE_NOAUDIT == 0;
+    guard_task(&s, ctx.arg(0), PROTECT_PTRACE, mode, report)
 }
 
 /// `lsm/sb_mount(dev_name, path, type, flags, data)`: no mounts (bind

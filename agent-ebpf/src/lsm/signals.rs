@@ -28,7 +28,7 @@ use aya_ebpf::{helpers::bpf_get_current_pid_tgid, programs::LsmContext};
 
 use super::{
     EPERM, kernel,
-    protect::{emit, may_touch},
+    protect::{emit, guard_task, may_touch},
 };
 use crate::identity::{self, Subject};
 
@@ -103,16 +103,12 @@ pub fn file_send_sigiotask(ctx: &LsmContext) -> i32 {
     let Some(s) = identity::current() else {
         return 0;
     };
-    let task: u64 = ctx.arg(0);
-    let sig: u64 = ctx.arg(2);
-    let (ok, tgid, target, daemon) = may_touch(&s, task);
-    if ok {
-        return 0;
-    }
     // 0 means the default, SIGIO.
-    let sig = if sig as u32 == 0 { SIGIO } else { sig as u32 };
-    emit(&s, PROTECT_SIGIO, tgid, target, sig, daemon);
-    -EPERM
+    let sig = match ctx.arg::<u64>(2) as u32 {
+        0 => SIGIO,
+        n => n,
+    };
+    guard_task(&s, ctx.arg(0), PROTECT_SIGIO, sig, true)
 }
 
 /// `lsm/file_fcntl(file, cmd, arg)`: the owner of a file's signals.

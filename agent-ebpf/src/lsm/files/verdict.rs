@@ -142,30 +142,13 @@ pub(super) fn refuse_protected(
     rule_id: u32,
 ) -> i32 {
     events::count(s.identity, COUNT_DENIED);
-    if op == 0 {
-        emit_open(
-            s,
-            sc,
-            len,
-            access,
-            VERDICT_DENY,
-            REASON_PROTECTED,
-            FILE_REASON_PROTECTED,
-            rule_id,
-        );
-    } else {
-        emit_op(
-            s,
-            sc,
-            len,
-            op,
-            access,
-            VERDICT_DENY,
-            REASON_PROTECTED,
-            FILE_REASON_PROTECTED,
-            rule_id,
-        );
-    }
+    let d = Decision {
+        verdict: VERDICT_DENY,
+        reason: REASON_PROTECTED,
+        file_reason: FILE_REASON_PROTECTED,
+        rule_id,
+    };
+    emit_decision(s, sc, len, op, access, &d);
     -EPERM
 }
 
@@ -189,6 +172,43 @@ pub(super) fn copy_path(dst: *mut u8, s: &FileScratch, len: u32) -> u32 {
         };
     }
     n
+}
+
+/// What an event says about a decision.
+pub(super) struct Decision {
+    pub verdict: u32,
+    pub reason: u32,
+    pub file_reason: u32,
+    pub rule_id: u32,
+}
+
+/// Reports a decision on an open (`op` 0) or on a change (`emit_op`).
+#[inline(always)]
+fn emit_decision(s: &Subject, sc: &FileScratch, len: u32, op: u32, access: u32, d: &Decision) {
+    if op == 0 {
+        emit_open(
+            s,
+            sc,
+            len,
+            access,
+            d.verdict,
+            d.reason,
+            d.file_reason,
+            d.rule_id,
+        );
+    } else {
+        emit_op(
+            s,
+            sc,
+            len,
+            op,
+            access,
+            d.verdict,
+            d.reason,
+            d.file_reason,
+            d.rule_id,
+        );
+    }
 }
 
 /// Reports a refused (or audited) open.
@@ -273,30 +293,13 @@ pub(super) fn refuse_by_rule(
     let audit = s.mode == MODE_AUDIT;
     let verdict = if audit { VERDICT_AUDIT } else { VERDICT_DENY };
     events::count(s.identity, if audit { COUNT_AUDITED } else { COUNT_DENIED });
-    if op == 0 {
-        emit_open(
-            s,
-            sc,
-            len,
-            access,
-            verdict,
-            reason,
-            FILE_REASON_NONE,
-            rule_id,
-        );
-    } else {
-        emit_op(
-            s,
-            sc,
-            len,
-            op,
-            access,
-            verdict,
-            reason,
-            FILE_REASON_NONE,
-            rule_id,
-        );
-    }
+    let d = Decision {
+        verdict,
+        reason,
+        file_reason: FILE_REASON_NONE,
+        rule_id,
+    };
+    emit_decision(s, sc, len, op, access, &d);
     if audit { 0 } else { -EPERM }
 }
 
@@ -312,29 +315,12 @@ pub(super) fn refuse_unresolved(
     let audit = s.mode == MODE_AUDIT;
     let verdict = if audit { VERDICT_AUDIT } else { VERDICT_DENY };
     events::count(s.identity, if audit { COUNT_AUDITED } else { COUNT_DENIED });
-    if op == 0 {
-        emit_open(
-            s,
-            sc,
-            0,
-            access,
-            verdict,
-            REASON_FAIL_CLOSED,
-            file_reason,
-            0,
-        );
-    } else {
-        emit_op(
-            s,
-            sc,
-            0,
-            op,
-            access,
-            verdict,
-            REASON_FAIL_CLOSED,
-            file_reason,
-            0,
-        );
-    }
+    let d = Decision {
+        verdict,
+        reason: REASON_FAIL_CLOSED,
+        file_reason,
+        rule_id: 0,
+    };
+    emit_decision(s, sc, 0, op, access, &d);
     if audit { 0 } else { -EPERM }
 }
