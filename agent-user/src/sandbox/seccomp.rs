@@ -123,6 +123,11 @@ impl Filter {
         self.prog.len()
     }
 
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.prog.is_empty()
+    }
+
     /// Runs the filter on `(arch, nr, args[1])` the way the kernel would.
     #[cfg(test)]
     pub fn eval(&self, arch: u32, nr: u32, arg1: u64) -> u32 {

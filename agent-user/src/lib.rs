@@ -1,0 +1,10 @@
+//! The `corral` daemon, CLI and launcher as a library: the binary is a thin
+//! `main`, and the privileged tests and fuzz targets use the same types and
+//! parsers the daemon runs.
+
+pub mod cgroup;
+pub mod cli;
+pub mod daemon;
+pub mod event;
+pub mod policy;
+pub mod sandbox;
