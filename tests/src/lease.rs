@@ -24,11 +24,18 @@ pub type PolicyText<'a> = (&'a str, &'a dyn Fn(&Path) -> String);
 pub struct Lab {
     d: Option<Daemon>,
     pub dirs: Dirs,
+    /// Extra `corral daemon` arguments, kept for restarts.
+    args: Vec<String>,
     _base: tempfile::TempDir,
 }
 
 impl Lab {
     pub fn start(policies: &[PolicyText<'_>]) -> Lab {
+        Lab::start_opts(policies, &[])
+    }
+
+    /// Like `start`, with extra `corral daemon` arguments.
+    pub fn start_opts(policies: &[PolicyText<'_>], args: &[&str]) -> Lab {
         let base = tempfile::tempdir().expect("tempdir");
         let dirs = Dirs::new(base.path());
         let sock = lease_sock(&dirs);
@@ -36,10 +43,11 @@ impl Lab {
             std::fs::write(dirs.policy_dir.join(format!("{name}.toml")), text(&sock))
                 .expect("policy");
         }
-        let d = Daemon::start_with(dirs.clone()).expect("daemon did not start");
+        let d = Daemon::start_with_opts(dirs.clone(), args, &[]).expect("daemon did not start");
         Lab {
             d: Some(d),
             dirs,
+            args: args.iter().map(|a| a.to_string()).collect(),
             _base: base,
         }
     }
@@ -68,7 +76,8 @@ impl Lab {
 
     pub fn restart(&mut self) {
         assert!(self.d.is_none());
-        self.d = Some(Daemon::start_with(self.dirs.clone()).expect("restart"));
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.d = Some(Daemon::start_with_opts(self.dirs.clone(), &args, &[]).expect("restart"));
     }
 
     /// `corral …` with the given args; JSON stdout.

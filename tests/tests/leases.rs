@@ -268,7 +268,11 @@ fn measure_lease_issue_rate() {
     }
     let port = tcp_listener("127.0.0.1:0");
     let leases = leases_section(port, port).replace("max_ttl = \"1m\"", "max_ttl = \"10m\"");
-    let lab = Lab::start(&[("agent", &|s: &Path| policy("agent", s, "", &leases))]);
+    // Measures the service, not the per-identity rate limit.
+    let lab = Lab::start_opts(
+        &[("agent", &|s: &Path| policy("agent", s, "", &leases))],
+        &["--lease-rate", "1000000"],
+    );
     let plain = call_body(&["tickets:read"], "5m", json!({}));
     let granted = call_body(&["db:write"], "5m", json!({}));
     let r = lab.d().probe_as(

@@ -170,6 +170,42 @@ fn strs(v: &Value) -> Vec<&str> {
         .collect()
 }
 
+/// One line per API socket: load against its limits, and what was refused
+/// (a hostile or runaway local client shows here first).
+fn render_sockets(s: &Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for name in ["control", "agent"] {
+        let g = &s[name];
+        if g.is_null() {
+            continue;
+        }
+        let l = &g["limits"];
+        let _ = writeln!(
+            out,
+            "{:<12} {} open (max {}, {} per uid), {} refused over the total, {} over per-uid, {} accept errors",
+            format!("{name} api"),
+            g["open"],
+            l["max_conns"],
+            l["per_uid"],
+            g["refused_over_total"],
+            g["refused_over_per_uid"],
+            g["accept_errors"]
+        );
+    }
+    let rl = &s["agent_rate_limit"];
+    if let Some(m) = rl["refused"].as_object().filter(|m| !m.is_empty()) {
+        let list: Vec<String> = m.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(
+            out,
+            "rate-limited {} (limit {}/s per identity)",
+            list.join(", "),
+            rl["per_identity_per_sec"]
+        );
+    }
+    out
+}
+
 fn render_status(v: &Value) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -243,6 +279,7 @@ fn render_status(v: &Value) -> String {
         }
     }
     out += &render_leases(&v["leases"]);
+    out += &render_sockets(&v["sockets"]);
     let _ = writeln!(out, "mechanisms:");
     for m in d["mechanisms"].as_array().into_iter().flatten() {
         let state = m["state"].as_str().unwrap_or("?");

@@ -15,17 +15,13 @@ use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
 use hyper::{
     Method, Request, Response, StatusCode,
     body::{Body, Frame, Incoming},
-    server::conn::http1,
-    service::service_fn,
 };
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::{
     net::UnixListener,
     sync::{broadcast, mpsc, oneshot, watch},
 };
-use tracing::debug;
 
 use super::{
     enforcer::Command,
@@ -48,31 +44,43 @@ pub struct Ctx {
     pub event_stats: Arc<EventStats>,
     pub reloader: Arc<Reloader>,
     pub info: status::DaemonInfo,
+    pub sockets: Sockets,
+}
+
+/// The two API sockets' admission state, for `corral status`.
+#[derive(Clone)]
+pub struct Sockets {
+    pub control: Arc<super::conn::Gate>,
+    pub agent: Arc<super::conn::Gate>,
+    pub rate: Arc<super::conn::rate::RateLimit>,
+}
+
+impl Sockets {
+    pub fn view(&self) -> Value {
+        json!({
+            "control": self.control.view(),
+            "agent": self.agent.view(),
+            "agent_rate_limit": {
+                "per_identity_per_sec": self.rate.per_sec(),
+                "refused": self.rate.refused(),
+            },
+            "max_body_bytes": super::conn::body::MAX,
+        })
+    }
 }
 
 pub async fn serve(listener: UnixListener, ctx: Arc<Ctx>) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                debug!("accept: {e}");
-                continue;
-            }
-        };
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(route(req, &ctx).await) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                debug!("api connection: {e}");
-            }
-        });
-    }
+    let gate = ctx.sockets.control.clone();
+    super::conn::serve(
+        listener,
+        gate,
+        |_| (),
+        move |req, _| {
+            let ctx = ctx.clone();
+            async move { route(req, &ctx).await }
+        },
+    )
+    .await
 }
 
 pub(super) fn json_resp(code: StatusCode, v: Value) -> Response<RespBody> {
@@ -105,16 +113,7 @@ fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
 async fn body_json<T: for<'de> Deserialize<'de> + Default>(
     req: Request<Incoming>,
 ) -> Result<T, String> {
-    let bytes = req
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    if bytes.is_empty() {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(&bytes).map_err(|e| format!("bad JSON body: {e}"))
+    super::conn::body::json(req).await
 }
 
 async fn route(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBody> {

@@ -18,19 +18,12 @@
 //! `GET /v1/leases/jwks` · `GET /v1/whoami` (agent).
 
 use std::{
-    convert::Infallible,
-    os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
-    path::Path,
+    os::fd::AsRawFd as _,
     sync::{Arc, OnceLock},
     time::Duration,
 };
 
-use anyhow::Context as _;
-use http_body_util::BodyExt as _;
-use hyper::{
-    Method, Request, Response, StatusCode, body::Incoming, server::conn::http1, service::service_fn,
-};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::UnixListener;
@@ -38,6 +31,7 @@ use tracing::{debug, info};
 
 use super::{
     api::{RespBody, error as err, json_resp as resp},
+    conn::{Gate, rate::RateLimit},
     lease::{
         Actor, IssueReq, LeaseError, Leases, Requester,
         attest::{self, Peer},
@@ -123,16 +117,7 @@ struct RevokeBody {
 }
 
 async fn body<T: for<'de> Deserialize<'de> + Default>(req: Request<Incoming>) -> Result<T, String> {
-    let bytes = req
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(&bytes).map_err(|e| format!("bad JSON body: {e}"))
+    super::conn::body::json(req).await
 }
 
 /// Who is asking: the operator, or an attested process of `identity`.
@@ -334,64 +319,39 @@ async fn issue(req: Request<Incoming>, l: &Leases, caller: Caller) -> Response<R
     resp(code, v)
 }
 
-/// Binds the agent socket: any local process may connect (mode 0666); the
-/// kernel says who it is.
-pub fn bind_agent(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!(
-                "another corral daemon is already serving {}",
-                path.display()
-            );
-        }
-        std::fs::remove_file(path)?;
-    }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
-    Ok(listener)
-}
-
-/// Serves the agent socket: each connection's peer is pinned at accept and
-/// attested again on every request.
-pub async fn serve_agent(listener: UnixListener, leases: Arc<Leases>) {
+/// Serves the agent socket (mode 0666: the kernel says who the caller is):
+/// each connection's peer is pinned at accept and attested again on every
+/// request; attested callers are rate-limited per identity.
+pub async fn serve_agent(
+    listener: UnixListener,
+    gate: Arc<Gate>,
+    leases: Arc<Leases>,
+    rate: Arc<RateLimit>,
+) {
     info!("agent lease socket ready");
-    loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                debug!("accept: {e}");
-                continue;
+    super::conn::serve(
+        listener,
+        gate,
+        |stream| {
+            let peer = attest::peer_of(stream.as_raw_fd());
+            if let Ok(p) = &peer {
+                debug!(pid = p.pid, uid = p.uid, via = p.via, "agent connection");
             }
-        };
-        let peer = attest::peer_of(stream.as_raw_fd());
-        if let Ok(p) = &peer {
-            debug!(pid = p.pid, uid = p.uid, via = p.via, "agent connection");
-        }
-        let peer = Arc::new(peer);
-        let leases = leases.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let (peer, leases) = (peer.clone(), leases.clone());
-                async move { Ok::<_, Infallible>(agent_request(req, &peer, &leases).await) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                debug!("agent connection: {e}");
-            }
-        });
-    }
+            peer
+        },
+        move |req, peer| {
+            let (leases, rate) = (leases.clone(), rate.clone());
+            async move { agent_request(req, &peer, &leases, &rate).await }
+        },
+    )
+    .await
 }
 
 async fn agent_request(
     req: Request<Incoming>,
     peer: &Result<Peer, attest::AttestError>,
     leases: &Leases,
+    rate: &RateLimit,
 ) -> Response<RespBody> {
     let attested = match peer {
         Ok(p) => attest::attest(p),
@@ -410,6 +370,20 @@ async fn agent_request(
             ),
         );
     };
+    if let Err(wait) = rate.take(&identity) {
+        let mut r = err(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "identity `{identity}` is over its rate limit of {} requests/s on this socket",
+                rate.per_sec()
+            ),
+        );
+        r.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from(wait.as_secs().max(1)),
+        );
+        return r;
+    }
     let caller = Caller::Agent {
         identity,
         requester: Requester::Agent {

@@ -4,6 +4,7 @@
 mod api;
 mod api_lease;
 mod btf;
+mod conn;
 mod dns;
 mod enforcer;
 mod events;
@@ -20,7 +21,6 @@ mod unix;
 mod watch;
 
 use std::{
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -91,6 +91,20 @@ pub struct DaemonArgs {
     /// instead of refusing to start (every lease is dropped).
     #[arg(long)]
     pub reset_leases: bool,
+    /// Open connections the agent socket admits, all callers together.
+    #[arg(long, default_value_t = 256)]
+    pub lease_max_connections: u32,
+    /// Open connections the agent socket admits from one uid.
+    #[arg(long, default_value_t = 32)]
+    pub lease_max_connections_per_uid: u32,
+    /// Requests per second one identity may make on the agent socket
+    /// (bursts of twice that); more get 429 and a `rate-limited` event.
+    #[arg(long, default_value_t = 20)]
+    pub lease_rate: u32,
+    /// A connection waiting longer than this for a request's headers (idle
+    /// keep-alive included) is closed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease_idle_timeout: std::time::Duration,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
@@ -143,6 +157,10 @@ pub fn run(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
 async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("corral daemon must run as root (it loads eBPF programs and creates cgroups)");
+    }
+    match conn::raise_nofile() {
+        Ok(n) => info!(nofile = n, "descriptor limit"),
+        Err(e) => warn!("cannot raise RLIMIT_NOFILE: {e}"),
     }
     // Policy first: a bad directory refuses start-up before anything changes.
     let dir = args.policy_dir.clone();
@@ -262,10 +280,39 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
         .lease_socket
         .clone()
         .unwrap_or_else(|| socket.with_file_name("lease.sock"));
-    let agent_listener = api_lease::bind_agent(&lease_socket)?;
+    // Any local process may connect (mode 0666); the kernel attests who.
+    let agent_listener = conn::bind::bind(&lease_socket, 0o666, None)?;
     api_lease::install(leases.clone());
     tokio::spawn(leases.clone().run(trip_rx));
-    let agent_server = tokio::spawn(api_lease::serve_agent(agent_listener, leases.clone()));
+    let sockets = api::Sockets {
+        control: conn::Gate::new(
+            "control",
+            conn::Limits {
+                max_conns: 128,
+                per_uid: 128,
+                header_timeout: std::time::Duration::from_secs(30),
+            },
+        ),
+        agent: conn::Gate::new(
+            "agent",
+            conn::Limits {
+                max_conns: args.lease_max_connections,
+                per_uid: args.lease_max_connections_per_uid,
+                header_timeout: args.lease_idle_timeout,
+            },
+        ),
+        rate: Arc::new(conn::rate::RateLimit::new(args.lease_rate, hub.tx.clone())),
+    };
+    conn::spawn_isolated(
+        "corral-agent-api",
+        api_lease::serve_agent(
+            agent_listener,
+            sockets.agent.clone(),
+            leases.clone(),
+            sockets.rate.clone(),
+        ),
+    )
+    .context("starting the agent socket's thread")?;
     if let Some(w) = watcher {
         tokio::spawn(w.run(reloader.clone()));
     }
@@ -302,6 +349,7 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
         event_stats: hub.stats.clone(),
         reloader: reloader.clone(),
         info,
+        sockets,
     });
     let server = tokio::spawn(api::serve(listener, ctx));
     sd_notify("READY=1\nSTATUS=enforcing");
@@ -324,7 +372,7 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
     sd_notify("STOPPING=1");
     server.abort();
     let _ = std::fs::remove_file(&socket);
-    agent_server.abort();
+    // The agent socket's thread ends with the process.
     let _ = std::fs::remove_file(&lease_socket);
     match &outcome {
         Ok(sig) => info!("{sig}: shutting down"),
@@ -352,29 +400,15 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
 }
 
 fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    if path.exists() {
-        // A live daemon answers; a stale socket file is replaced.
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!(
-                "another corral daemon is already serving {}",
-                path.display()
-            );
-        }
-        std::fs::remove_file(path)?;
-    }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    let mode = if group.is_some() { 0o660 } else { 0o600 };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    if let Some(g) = group {
-        let grp = nix::unistd::Group::from_name(g)?
-            .with_context(|| format!("socket group `{g}` does not exist"))?;
-        nix::unistd::chown(path, None, Some(grp.gid))?;
-    }
-    Ok(listener)
+    let gid = match group {
+        None => None,
+        Some(g) => Some(
+            nix::unistd::Group::from_name(g)?
+                .with_context(|| format!("socket group `{g}` does not exist"))?
+                .gid,
+        ),
+    };
+    conn::bind::bind(path, if gid.is_some() { 0o660 } else { 0o600 }, gid)
 }
 
 /// systemd readiness (Type=notify), without a libsystemd dependency.

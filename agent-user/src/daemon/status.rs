@@ -101,6 +101,7 @@ pub async fn status_json(ctx: &Ctx) -> Value {
         "reload": ctx.reloader.status(),
         // `null` before the lease service is up (start-up only).
         "leases": super::api_lease::service().map(|l| l.summary()),
+        "sockets": ctx.sockets.view(),
     })
 }
 

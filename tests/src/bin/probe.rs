@@ -14,6 +14,7 @@
 //!       BPF-LSM steps: see `probe_steps/lsm.rs` (openat2, uring-open, bpf-map, signal, ...)
 //!       escape steps: see `probe_steps/escape.rs` (setown, userns, chroot, open-tree-read, ...)
 //!       lease steps: see `probe_steps/lease.rs` (lease-call, lease-exit-race, watch-deny, burst, ...)
+//!       hostile-client steps: see `probe_steps/flood.rs` (hold-conns, body-flood, lease-storm)
 //!       syscall steps: see `probe_steps/syscalls.rs` (sys, sys-thread, sys-exec, socket, ...)
 //!       network bypass steps: see `probe_steps/bypass/` (bp-uring-connect, bp-lsrr, ...)
 //! Steps chain: `probe pid connect 127.0.0.1 80 exit 3`.
@@ -24,6 +25,8 @@ mod bypass_steps;
 mod escape_steps;
 #[path = "probe_steps/files.rs"]
 mod file_steps;
+#[path = "probe_steps/flood.rs"]
+mod flood_steps;
 #[path = "probe_steps/lease.rs"]
 mod lease_steps;
 #[path = "probe_steps/lsm.rs"]
@@ -193,6 +196,7 @@ fn main() {
             op if escape_steps::is_step(op) => i = escape_steps::step(&args, i),
             op if file_steps::is_step(op) => i = file_steps::step(&args, i),
             op if lease_steps::is_step(op) => i = lease_steps::step(&args, i),
+            op if flood_steps::is_step(op) => i = flood_steps::step(&args, i),
             op if lsm_steps::is_step(op) => i = lsm_steps::step(&args, i),
             op if syscall_steps::is_step(op) => i = syscall_steps::step(&args, i),
             other => panic!("unknown probe step {other}"),
