@@ -160,7 +160,6 @@ pub fn remove_tree(path: &Path) -> Vec<PathBuf> {
 }
 
 /// Freezes (true) or thaws (false) a cgroup tree via `cgroup.freeze`.
-#[allow(dead_code, reason = "used by the anomaly response (leases issue)")]
 pub fn set_frozen(path: &Path, frozen: bool) -> Result<(), CgroupError> {
     let f = path.join("cgroup.freeze");
     fs::write(&f, if frozen { "1" } else { "0" }).map_err(io_err(&f))

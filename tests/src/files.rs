@@ -80,10 +80,10 @@ impl Daemon {
     pub fn bpf_lsm_or_skip(&self) -> bool {
         let on = self.bpf_lsm_enforcing();
         if !on {
-            eprintln!(
-                "skipping: BPF LSM unavailable (proven in cargo xtask vm-test): {}",
+            crate::skip(&format!(
+                "BPF LSM unavailable (proven in cargo xtask vm-test): {}",
                 self.mechanism("bpf lsm: files")["detail"]
-            );
+            ));
         }
         on
     }

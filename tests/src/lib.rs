@@ -62,14 +62,42 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// Privileged tests need root; without it they say so and do nothing.
+/// Privileged tests need root; without it they record a skip and do
+/// nothing.
 pub fn is_root() -> bool {
     // SAFETY: plain syscall.
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
-        eprintln!("skipping: needs root (run through `cargo xtask test`)");
+        skip("needs root (run through `cargo xtask test`)");
     }
     root
+}
+
+/// Records that the running test (or part of it, `why` says which) did not
+/// run here. libtest reports such a test as `ok`, so the reason is also
+/// appended to `$CORRAL_SKIP_LOG`, where `cargo xtask test` counts and
+/// lists skips in its summary.
+pub fn skip(why: &str) {
+    let t = std::thread::current();
+    // The test binary's name without cargo's hash: `files_lsm-0a1b…`.
+    let suite = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|s| s.rsplit_once('-').map_or(s.clone(), |(a, _)| a.to_string()))
+        .unwrap_or_default();
+    let test = format!("{suite}::{}", t.name().unwrap_or("?"));
+    eprintln!("skipping ({test}): {why}");
+    if let Some(log) = std::env::var_os("CORRAL_SKIP_LOG") {
+        use std::io::Write as _;
+        let line = format!("{test}\t{}\n", why.replace('\n', " "));
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
 }
 
 pub fn cgroup2_root() -> PathBuf {

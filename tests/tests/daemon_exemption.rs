@@ -81,7 +81,7 @@ fn next_step(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
 #[test]
 fn a_process_given_the_stopped_daemons_pid_is_judged() {
     if !is_root() {
-        eprintln!("skipping: needs root");
+        skip("needs root");
         return;
     }
     let port = tcp_listener("127.0.0.1:0");
@@ -154,7 +154,7 @@ fn a_process_given_the_stopped_daemons_pid_is_judged() {
 #[test]
 fn the_daemon_never_tags_the_cgroup_it_runs_in() {
     if !is_root() {
-        eprintln!("skipping: needs root");
+        skip("needs root");
         return;
     }
     let own = OwnCgroup::new("daemon");

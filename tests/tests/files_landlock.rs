@@ -77,7 +77,9 @@ fn daemon(policies: &[(&str, &str)]) -> Option<Daemon> {
     let d = Daemon::start(policies);
     let files = d.mechanism("files");
     if files["state"] != "fallback" {
-        eprintln!("skipping: the files layer here is not the Landlock fallback: {files}");
+        skip(&format!(
+            "the files layer here is not the Landlock fallback: {files}"
+        ));
         return None;
     }
     Some(d)

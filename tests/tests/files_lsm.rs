@@ -363,7 +363,7 @@ fn lsm_enforcement_survives_a_daemon_restart() {
 #[ignore = "benchmark: cargo xtask vm-test --bench"]
 fn bench_file_open() {
     if std::env::var_os("CORRAL_VM_BENCH").is_none() || !is_root() {
-        eprintln!("skipping: set CORRAL_VM_BENCH=1 (cargo xtask vm-test --bench)");
+        skip("benchmark: set CORRAL_VM_BENCH=1 (cargo xtask vm-test --bench)");
         return;
     }
     let t = lsm_tree();

@@ -276,7 +276,7 @@ fn a_rotated_token_is_its_owners_and_only_its_identity_reads_it() {
         std::thread::sleep(Duration::from_millis(50));
     }
     if !lab.d().bpf_lsm_enforcing() {
-        eprintln!("skipping the kernel half: BPF LSM unavailable (proven in cargo xtask vm-test)");
+        skip("the kernel half: BPF LSM unavailable (proven in cargo xtask vm-test)");
         return;
     }
     let t = token.display().to_string();

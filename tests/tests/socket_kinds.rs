@@ -68,7 +68,7 @@ fn expect_create_event(
 #[test]
 fn socket_kinds_no_rule_judges_are_refused_at_creation() {
     if !is_root() {
-        eprintln!("skipping: needs root");
+        skip("needs root");
         return;
     }
     let (d, tail) = Daemon::start_tailed("kinds", &enforce_policy("kinds", "allow = []"));
@@ -98,7 +98,7 @@ fn socket_kinds_no_rule_judges_are_refused_at_creation() {
 #[test]
 fn named_socket_kinds_are_allowed_and_audit_mode_reports() {
     if !is_root() {
-        eprintln!("skipping: needs root");
+        skip("needs root");
         return;
     }
     let d = Daemon::start(&[
@@ -151,7 +151,7 @@ fn an_unknown_socket_kind_is_an_error_with_its_position() {
 #[test]
 fn sctp_and_l2tp_are_refused_where_the_kernel_has_them() {
     if !is_root() {
-        eprintln!("skipping: needs root");
+        skip("needs root");
         return;
     }
     let kinds = [
@@ -178,7 +178,9 @@ fn sctp_and_l2tp_are_refused_where_the_kernel_has_them() {
             std::env::var_os("CORRAL_VM").is_none(),
             "the guest kernel lacks {missing:?}: {out:#?}"
         );
-        eprintln!("skipping {missing:?}: not in this kernel (proven in cargo xtask vm-test)");
+        skip(&format!(
+            "{missing:?}: not in this kernel (proven in cargo xtask vm-test)"
+        ));
     }
     if have.is_empty() {
         return;
@@ -200,7 +202,7 @@ fn sctp_and_l2tp_are_refused_where_the_kernel_has_them() {
 #[test]
 fn other_socket_families_are_refused_where_bpf_lsm_runs() {
     if !is_root() {
-        eprintln!("skipping: needs root");
+        skip("needs root");
         return;
     }
     let d = Daemon::start(&[

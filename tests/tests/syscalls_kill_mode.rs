@@ -21,7 +21,7 @@ fn killer_policy() -> String {
 #[test]
 fn an_own_seccomp_filter_does_not_escape_kill_mode() {
     if !is_root() {
-        eprintln!("skipping: needs root");
+        skip("needs root");
         return;
     }
     let tmp = tempfile::tempdir().expect("tmp");
@@ -60,7 +60,7 @@ fn an_own_seccomp_filter_does_not_escape_kill_mode() {
 #[test]
 fn an_i386_syscall_is_not_judged_as_an_x86_64_one() {
     if !is_root() {
-        eprintln!("skipping: needs root");
+        skip("needs root");
         return;
     }
     // i386 getpid is 20, x86_64 writev: allowed by @default. As an i386
@@ -93,7 +93,7 @@ fn an_i386_syscall_is_not_judged_as_an_x86_64_one() {
 #[test]
 fn launched_agents_are_not_taken_for_assigned_ones() {
     if !is_root() {
-        eprintln!("skipping: needs root");
+        skip("needs root");
         return;
     }
     let tmp = tempfile::tempdir().expect("tmp");

@@ -101,7 +101,7 @@ fn steps_of(screen: &str) -> Vec<Value> {
 #[test]
 fn an_agent_cannot_type_into_the_operators_terminal() {
     if !is_root() {
-        eprintln!("skipping: needs root");
+        skip("needs root");
         return;
     }
     let t = open_pty();
@@ -180,7 +180,7 @@ fn an_agent_cannot_type_into_the_operators_terminal() {
 #[test]
 fn without_a_terminal_the_agent_still_has_its_own_session() {
     if !is_root() {
-        eprintln!("skipping: needs root");
+        skip("needs root");
         return;
     }
     let (d, _tail) = Daemon::start_tailed("noterm", &enforce_policy("noterm", "allow = []"));

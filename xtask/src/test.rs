@@ -65,9 +65,10 @@ pub fn run(ws: &Path, args: &TestArgs) -> Result<()> {
                     .current_dir(ws),
             )
         })?;
-        steps.step("privileged tests (as root, one at a time)", || {
+        let skips = steps.step("privileged tests (as root, one at a time)", || {
             privileged_tests(ws, &bin, args)
         })?;
+        steps.note_skips(skips);
     } else {
         println!("\nskipping privileged tests: tests/ crate missing");
         steps.skip("build privileged tests", "tests/ crate missing");
@@ -85,14 +86,34 @@ pub fn run(ws: &Path, args: &TestArgs) -> Result<()> {
 
 /// Runs the `corral-tests` binaries as root, serially. Root comes from
 /// running as root (CI) or `sudo -E`; no global cargo runner is configured.
-fn privileged_tests(ws: &Path, bin: &Path, args: &TestArgs) -> Result<()> {
-    let mut c = util::as_root("cargo", &[("CORRAL_BIN", bin.as_os_str())])?;
+/// Returns the skips the tests recorded (libtest reports them as `ok`).
+fn privileged_tests(ws: &Path, bin: &Path, args: &TestArgs) -> Result<Vec<String>> {
+    let log = ws.join("target").join("privileged-skips.log");
+    let _ = fs::remove_file(&log);
+    let mut c = util::as_root(
+        "cargo",
+        &[
+            ("CORRAL_BIN", bin.as_os_str()),
+            ("CORRAL_SKIP_LOG", log.as_os_str()),
+        ],
+    )?;
     c.args(["test", "--release", "-p", "corral-tests", "--"])
         .arg("--test-threads=1");
     if let Some(f) = &args.filter {
         c.arg(f);
     }
-    util::run(c.current_dir(ws).stdin(Stdio::null()))
+    util::run(c.current_dir(ws).stdin(Stdio::null()))?;
+    Ok(read_skips(&log))
+}
+
+/// One `test<TAB>why` line per recorded skip.
+fn read_skips(log: &Path) -> Vec<String> {
+    fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.replacen('\t', ": ", 1))
+        .collect()
 }
 
 /// The QEMU step: boot Debian's kernel with BPF LSM in a TCG guest and run
@@ -232,6 +253,7 @@ fn break_unit(unit: &str) -> Result<String> {
 struct Steps {
     n: usize,
     done: Vec<(String, String)>,
+    skipped_tests: Vec<String>,
 }
 
 impl Steps {
@@ -251,10 +273,29 @@ impl Steps {
             .push((title.to_owned(), format!("skipped ({why})")));
     }
 
+    /// Tests of the last step that passed without running (all or part).
+    fn note_skips(&mut self, skips: Vec<String>) {
+        if let Some(last) = self.done.last_mut()
+            && !skips.is_empty()
+        {
+            last.1 = format!("ok, {} skipped (listed below)", skips.len());
+        }
+        self.skipped_tests.extend(skips);
+    }
+
     fn summary(&self) {
         util::header("test summary");
         for (title, result) in &self.done {
             println!("  {title:<45} {result}");
+        }
+        if !self.skipped_tests.is_empty() {
+            println!(
+                "\n  {} privileged tests (or parts) SKIPPED, reported `ok` by libtest:",
+                self.skipped_tests.len()
+            );
+            for s in &self.skipped_tests {
+                println!("    - {s}");
+            }
         }
         println!("all test steps passed");
     }

@@ -2,7 +2,6 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use agent_common::identity::Mode;
 use agent_common::net::{ACTION_ALLOW, ACTION_DENY, CLASS_TCP, MAX_PORT_RULES, PortRule};
@@ -206,18 +205,14 @@ fn many_rules(n: u32) -> IdentityPolicy {
     }
 }
 
-/// ~100k distinct /32s under two containing prefixes. Release builds do this
-/// in tens of milliseconds; the bound is loose for debug builds and CI.
+/// ~100k distinct /32s under two containing prefixes. How long it takes is
+/// measured by `cargo xtask bench` (policy apply), never asserted here.
 #[test]
-fn hundred_thousand_rules_compile_fast() {
+fn hundred_thousand_rules_compile() {
     let n = 100_000;
     let p = many_rules(n);
-    let start = Instant::now();
     let t = compile_network(&p).expect("compiles");
-    let took = start.elapsed();
     assert_eq!(t.v4.len(), n as usize + 2);
-    let limit = if cfg!(debug_assertions) { 20 } else { 1 };
-    assert!(took < Duration::from_secs(limit), "took {took:?}");
     let d = |a: u32, port| decide(&t, CLASS_TCP, IpAddr::V4(Ipv4Addr::from(a)), port);
     assert_eq!(d(0x0a00_0000 + 3, 443), Some((Action::Allow, 2)));
     assert_eq!(d(0x0a00_0000, 443), Some((Action::Deny, 1)));

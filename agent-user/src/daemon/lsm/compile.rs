@@ -518,14 +518,13 @@ mod tests {
     }
 
     #[test]
-    fn many_rules_compile_quickly() {
+    /// Time is measured by `cargo xtask bench` (policy apply), not here.
+    fn many_rules_compile() {
         let rules: Vec<RuleIn> = (0..100_000)
             .map(|i| r(&format!("/srv/d{}/f{i}", i % 100), R, false, i + 1))
             .collect();
-        let t = std::time::Instant::now();
         let e = compile(&rules).unwrap();
         assert_eq!(e.len(), 100_000 + 100 + 2);
-        assert!(t.elapsed().as_secs() < 5);
     }
 
     /// The compiled entries decide exactly as the policy model's reference
