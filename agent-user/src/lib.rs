@@ -2,6 +2,7 @@
 //! `main`, and the privileged tests and fuzz targets use the same types and
 //! parsers the daemon runs.
 
+pub mod audit;
 pub mod cgroup;
 pub mod cli;
 pub mod daemon;

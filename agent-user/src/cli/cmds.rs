@@ -40,7 +40,7 @@ pub struct AssignArgs {
 pub struct TailArgs {
     #[arg(long)]
     pub identity: Option<String>,
-    #[arg(long, value_parser = ["net", "unix", "file", "syscall", "lease", "anomaly"])]
+    #[arg(long, value_parser = ["net", "unix", "file", "protect", "syscall", "lease", "anomaly", "policy", "operator"])]
     pub kind: Option<String>,
     /// JSON lines (schema in the README).
     #[arg(long)]

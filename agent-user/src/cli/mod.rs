@@ -1,5 +1,6 @@
 //! Command-line interface: `corral daemon` and the client commands.
 
+mod audit;
 mod client;
 mod cmds;
 mod doctor;
@@ -58,6 +59,9 @@ pub enum Cmd {
     /// Release an identity frozen by an anomaly response (and resume its
     /// lease requests and token rotation).
     Thaw(lease::ThawArgs),
+    /// The tamper-evident audit log: verify, query, export the key.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
 }
 
 pub fn main() -> ExitCode {
@@ -78,6 +82,7 @@ pub fn main() -> ExitCode {
         Cmd::Install(a) => install::run(&a).map(|_| 0),
         Cmd::Lease(c) => lease::run(&client, c),
         Cmd::Thaw(a) => lease::thaw(&client, &a),
+        Cmd::Audit(c) => audit::run(c),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -45,6 +45,7 @@ pub struct Ctx {
     pub reloader: Arc<Reloader>,
     pub info: status::DaemonInfo,
     pub sockets: Sockets,
+    pub audit: Arc<super::audit::Audit>,
 }
 
 /// The two API sockets' admission state, for `corral status`.
@@ -74,13 +75,41 @@ pub async fn serve(listener: UnixListener, ctx: Arc<Ctx>) {
     super::conn::serve(
         listener,
         gate,
-        |_| (),
-        move |req, _| {
+        |stream| stream.peer_cred().ok(),
+        move |req, cred| {
             let ctx = ctx.clone();
-            async move { route(req, &ctx).await }
+            async move {
+                let (method, route_path) = (req.method().clone(), req.uri().path().to_string());
+                let resp = route(req, &ctx).await;
+                // Reads change nothing; every other call is an operator
+                // action, recorded with who made it (the audit log).
+                if method != Method::GET {
+                    operator_action(&ctx, &method, &route_path, cred.as_ref().as_ref(), &resp);
+                }
+                resp
+            }
         },
     )
     .await
+}
+
+fn operator_action(
+    ctx: &Ctx,
+    method: &Method,
+    route: &str,
+    cred: Option<&tokio::net::unix::UCred>,
+    resp: &Response<RespBody>,
+) {
+    let mut ev = Event::notice("operator", now_rfc3339());
+    ev.operator = Some(json!({
+        "method": method.as_str(),
+        "route": route,
+        "uid": cred.map(|c| c.uid()),
+        "gid": cred.map(|c| c.gid()),
+        "pid": cred.and_then(|c| c.pid()),
+        "status": resp.status().as_u16(),
+    }));
+    let _ = ctx.events.send(Arc::new(ev));
 }
 
 pub(super) fn json_resp(code: StatusCode, v: Value) -> Response<RespBody> {

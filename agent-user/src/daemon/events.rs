@@ -267,6 +267,8 @@ fn enrich(
         leases: None,
         lease: None,
         anomaly: None,
+        policy: None,
+        operator: None,
         protect: None,
         syscall: None,
     };

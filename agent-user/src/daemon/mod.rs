@@ -3,6 +3,7 @@
 
 mod api;
 mod api_lease;
+mod audit;
 mod btf;
 mod conn;
 mod dns;
@@ -105,6 +106,8 @@ pub struct DaemonArgs {
     /// keep-alive included) is closed.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub lease_idle_timeout: std::time::Duration,
+    #[command(flatten)]
+    pub audit: audit::AuditArgs,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
@@ -225,6 +228,11 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
     let mut actor = tokio::spawn(enforcer.run(cmd_rx));
 
     let hub = events::Hub::new();
+    // Subscribed before the reader starts: the log misses nothing.
+    let audit_log = Arc::new(
+        audit::Audit::start(&args.state_dir, args.audit.clone(), hub.tx.subscribe())
+            .context("opening the audit log")?,
+    );
     // Leases: a missing or corrupt store stops the start-up here, before
     // the first policy apply changes anything in the kernel.
     let leases = Arc::new(lease::Leases::open(
@@ -252,11 +260,14 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
         Some(lease_watch),
     ));
 
-    let reloader = Arc::new(reload::Reloader::new(
-        args.policy_dir.clone(),
-        cmd_tx.clone(),
-        dns::Config::new(args.dns_refresh),
-    ));
+    let reloader = Arc::new(
+        reload::Reloader::new(
+            args.policy_dir.clone(),
+            cmd_tx.clone(),
+            dns::Config::new(args.dns_refresh),
+        )
+        .with_events(hub.tx.clone()),
+    );
     // Watches are set before the first apply, so no edit in between is lost.
     let watcher = if args.no_watch {
         None
@@ -350,6 +361,7 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
         reloader: reloader.clone(),
         info,
         sockets,
+        audit: audit_log.clone(),
     });
     let server = tokio::spawn(api::serve(listener, ctx));
     sd_notify("READY=1\nSTATUS=enforcing");
@@ -371,6 +383,7 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
     };
     sd_notify("STOPPING=1");
     server.abort();
+    audit_log.shutdown().await;
     let _ = std::fs::remove_file(&socket);
     // The agent socket's thread ends with the process.
     let _ = std::fs::remove_file(&lease_socket);

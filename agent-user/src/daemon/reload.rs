@@ -11,14 +11,17 @@ use std::{
 };
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{error, info};
 
 use super::{
     dns::{self, HostCache, HostView},
     enforcer::{ApplyReport, Command, Compiled, EnforceError},
 };
-use crate::policy::{self, PolicyErrors, PolicySet, PolicySource};
+use crate::{
+    event::Event,
+    policy::{self, PolicyErrors, PolicySet, PolicySource},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -74,6 +77,8 @@ pub struct Reloader {
     status: Mutex<ReloadStatus>,
     in_force: Mutex<Option<Arc<InForce>>>,
     serial: tokio::sync::Mutex<()>,
+    /// Where each reload is reported (`policy` events; the audit log).
+    events: Option<broadcast::Sender<Arc<Event>>>,
 }
 
 /// Parses and compiles every file of a directory with the system resolver
@@ -111,7 +116,13 @@ impl Reloader {
             status: Mutex::default(),
             in_force: Mutex::default(),
             serial: tokio::sync::Mutex::new(()),
+            events: None,
         }
+    }
+
+    pub fn with_events(mut self, tx: broadcast::Sender<Arc<Event>>) -> Reloader {
+        self.events = Some(tx);
+        self
     }
 
     pub fn status(&self) -> ReloadStatus {
@@ -183,9 +194,14 @@ impl Reloader {
         .expect("policy compile task panicked");
         let compiled_in = started.elapsed();
 
+        let mut digests = BTreeMap::new();
         let result = match compiled {
             Err(e) => Err(ReloadError::Policy(e)),
             Ok((set, sources, used)) => {
+                digests = set
+                    .iter()
+                    .map(|c| (c.policy.name.clone(), format!("{:016x}", c.policy.digest)))
+                    .collect();
                 let hosts = hosts_by_identity(&set, &sources);
                 match self.apply(set).await {
                     Ok(report) => {
@@ -239,6 +255,24 @@ impl Reloader {
                     "reload failed, the previous policy stays in force: {e}"
                 );
             }
+        }
+        // Host name refreshes run every few seconds: reported when they
+        // changed something or failed.
+        let quiet = trigger == "dns"
+            && matches!(&result, Ok(r) if r.changed.is_empty() && r.removed.is_empty());
+        if let Some(tx) = self.events.as_ref().filter(|_| !quiet) {
+            let mut ev = Event::notice("policy", super::events::now_rfc3339());
+            ev.policy = Some(serde_json::json!({
+                "trigger": trigger,
+                "dir": dir,
+                "ok": st.last_ok,
+                "generation": st.generation,
+                "errors": st.last_errors,
+                "report": st.last_report,
+                "digests": digests,
+                "duration_ms": st.last_duration_ms,
+            }));
+            let _ = tx.send(Arc::new(ev));
         }
         result
     }

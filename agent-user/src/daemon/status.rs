@@ -102,6 +102,7 @@ pub async fn status_json(ctx: &Ctx) -> Value {
         // `null` before the lease service is up (start-up only).
         "leases": super::api_lease::service().map(|l| l.summary()),
         "sockets": ctx.sockets.view(),
+        "audit": ctx.audit.view(),
     })
 }
 

@@ -9,6 +9,29 @@ impl fmt::Display for Event {
             return write!(f, "{} LOST {} events ({})", self.time, l.count, l.source);
         }
         let o = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
+        if let Some(p) = &self.policy {
+            return write!(
+                f,
+                "{} POLICY reload ({}) {} generation={} errors={}",
+                self.time,
+                p["trigger"].as_str().unwrap_or("?"),
+                if p["ok"] == true { "ok" } else { "FAILED" },
+                p["generation"],
+                p["errors"]
+            );
+        }
+        if let Some(a) = &self.operator {
+            return write!(
+                f,
+                "{} OPERATOR {} {} uid={} pid={} status={}",
+                self.time,
+                a["method"].as_str().unwrap_or("?"),
+                a["route"].as_str().unwrap_or("?"),
+                a["uid"],
+                a["pid"],
+                a["status"]
+            );
+        }
         if let Some(d) = self.lease.as_ref().or(self.anomaly.as_ref()) {
             write!(
                 f,

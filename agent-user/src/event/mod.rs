@@ -30,7 +30,8 @@ pub struct Event {
     pub schema: u32,
     /// RFC 3339 wall-clock time of the kernel event.
     pub time: String,
-    /// `net`, `unix`, `file`, `protect`, `syscall`, `lost`, `lease`, `anomaly`.
+    /// `net`, `unix`, `file`, `protect`, `syscall`, `lost`, `lease`,
+    /// `anomaly`, `policy`, `operator`.
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
@@ -89,6 +90,12 @@ pub struct Event {
     /// For `anomaly`: the threshold crossed and the response taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anomaly: Option<serde_json::Value>,
+    /// For `policy`: a reload (trigger, generation, result, errors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<serde_json::Value>,
+    /// For `operator`: an action on the control API (route, caller, result).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<serde_json::Value>,
 }
 
 /// A lease live when an event happened.
@@ -169,6 +176,8 @@ impl Event {
             leases: None,
             lease: None,
             anomaly: None,
+            policy: None,
+            operator: None,
         }
     }
 
