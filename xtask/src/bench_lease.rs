@@ -102,7 +102,10 @@ impl Bench<'_> {
 
     fn agent(&self, identity: &str, args: &[&str]) -> Result<Child> {
         let mut c = self.env.as_identity(Some(identity), &self.bench);
-        Ok(c.args(args).stdout(Stdio::piped()).spawn()?)
+        Ok(c.args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?)
     }
 
     fn finish(c: Child) -> Result<Value> {
