@@ -31,13 +31,16 @@ use tracing::debug;
 use super::{Compiled, EnforceError, Enforcer, merr};
 use crate::policy::{LpmEntry, compile_network};
 
+/// An LPM entry's place: (class, prefix length, address).
+type Place<const N: usize> = (u32, u32, [u8; N]);
+
 /// The entries of `new` to write (absent from `old` or with another list),
 /// and the (class, prefix length, address) of entries of `old` to remove.
 fn diff<'a, const N: usize>(
     old: &[LpmEntry<N>],
     new: &'a [LpmEntry<N>],
-) -> (Vec<&'a LpmEntry<N>>, Vec<(u32, u32, [u8; N])>) {
-    let before: HashMap<(u32, u32, [u8; N]), &NetRuleList> = old
+) -> (Vec<&'a LpmEntry<N>>, Vec<Place<N>>) {
+    let before: HashMap<Place<N>, &NetRuleList> = old
         .iter()
         .map(|e| ((e.class, e.prefix_len, e.addr), &e.list))
         .collect();
@@ -45,7 +48,7 @@ fn diff<'a, const N: usize>(
         .iter()
         .filter(|e| before.get(&(e.class, e.prefix_len, e.addr)) != Some(&&e.list))
         .collect();
-    let after: std::collections::HashSet<(u32, u32, [u8; N])> = new
+    let after: std::collections::HashSet<Place<N>> = new
         .iter()
         .map(|e| (e.class, e.prefix_len, e.addr))
         .collect();
