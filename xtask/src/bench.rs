@@ -31,7 +31,17 @@ struct Bench<'a> {
     udp_port: u16,
 }
 
-pub fn run(ws: &Path) -> Result<()> {
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Only this part: `connect`, `files`, `syscall` or `lease`.
+    only: Option<String>,
+    /// A `corral` binary (e.g. built from an earlier commit) whose lease
+    /// numbers are measured beside this tree's.
+    #[arg(long)]
+    lease_baseline: Option<PathBuf>,
+}
+
+pub fn run(ws: &Path, args: &BenchArgs) -> Result<()> {
     if !util::is_root() {
         bail!("benchmarks load eBPF programs: run as root");
     }
@@ -46,6 +56,27 @@ pub fn run(ws: &Path) -> Result<()> {
         "corral-tests",
         "--bins",
     ]))?;
+    let part = |p: &str| args.only.as_deref().is_none_or(|o| o == p);
+    if let Some(o) = args
+        .only
+        .as_deref()
+        .filter(|o| !["connect", "files", "syscall", "lease"].contains(o))
+    {
+        bail!("unknown bench part `{o}`: connect, files, syscall or lease");
+    }
+    if part("lease") {
+        let r = crate::bench_lease::run(ws, args.lease_baseline.as_deref())?;
+        println!("\n{r}");
+    }
+    if !part("connect") {
+        if part("files") {
+            println!("\n{}", crate::bench_files::run(ws)?);
+        }
+        if part("syscall") {
+            println!("\n{}", crate::bench_syscall::run(ws)?);
+        }
+        return Ok(());
+    }
     let report = bench_env::with_env(ws, "corral-bench", |env| {
         Bench {
             env,
@@ -55,12 +86,17 @@ pub fn run(ws: &Path) -> Result<()> {
         }
         .all()
     })?;
-    println!("\n{report}\n\n{}", crate::bench_files::run(ws)?);
-    println!("\n{}", crate::bench_syscall::run(ws)?);
+    println!("\n{report}");
+    if part("files") {
+        println!("\n{}", crate::bench_files::run(ws)?);
+    }
+    if part("syscall") {
+        println!("\n{}", crate::bench_syscall::run(ws)?);
+    }
     Ok(())
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let t = TcpListener::bind("127.0.0.1:0").expect("port");
     let p = t.local_addr().expect("addr").port();
     // Keep UDP free on the same number too.

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_env;
 mod bench_files;
+mod bench_lease;
 mod bench_syscall;
 mod build;
 mod lint;
@@ -44,7 +45,7 @@ enum Command {
     /// rustfmt check, clippy on the host crates and on the eBPF crate.
     Lint,
     /// Benchmarks: connect() cost and event throughput, with baselines, as ratios.
-    Bench,
+    Bench(bench::BenchArgs),
     /// The BPF-LSM tests in a QEMU guest booting Debian's cloud kernel
     /// (also a step of `test`).
     VmTest(vm::VmArgs),
@@ -59,7 +60,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&ws, &args),
         Command::Test(args) => test::run(&ws, &args),
         Command::Lint => lint::run(&ws),
-        Command::Bench => bench::run(&ws),
+        Command::Bench(args) => bench::run(&ws, &args),
         Command::VmTest(args) => vm::run(&ws, &args),
     };
     match result {

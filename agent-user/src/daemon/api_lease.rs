@@ -33,7 +33,7 @@ use super::{
     api::{RespBody, error as err, json_resp as resp},
     conn::{Gate, rate::RateLimit},
     lease::{
-        Actor, IssueReq, LeaseError, Leases, Requester,
+        Actor, IssueReq, LeaseError, Leases, Requester, SECRET_HEADER,
         attest::{self, Peer},
     },
 };
@@ -130,10 +130,19 @@ enum Caller {
 }
 
 impl Caller {
-    fn actor(&self) -> Actor {
+    /// The actor of `req`: agents may add the secret their request was
+    /// answered with (`lease::SECRET_HEADER`), which makes it their own.
+    fn actor(&self, req: &Request<Incoming>) -> Actor {
         match self {
             Caller::Operator => Actor::Operator,
-            Caller::Agent { identity, .. } => Actor::Agent(identity.clone()),
+            Caller::Agent { identity, .. } => Actor::Agent {
+                identity: identity.clone(),
+                secret: req
+                    .headers()
+                    .get(SECRET_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+            },
         }
     }
 }
@@ -184,7 +193,7 @@ async fn handle(
             );
         }
     };
-    let actor = caller.actor();
+    let actor = caller.actor(&req);
     let r = match (method.clone(), rest) {
         (Method::GET, ["pubkey"]) => {
             let k = l.public_key();
@@ -262,6 +271,7 @@ async fn handle(
 }
 
 async fn issue(req: Request<Incoming>, l: &Leases, caller: Caller) -> Response<RespBody> {
+    let mut actor = caller.actor(&req);
     let b: IssueBody = match body(req).await {
         Ok(b) => b,
         Err(e) => return err(StatusCode::BAD_REQUEST, e),
@@ -270,7 +280,6 @@ async fn issue(req: Request<Incoming>, l: &Leases, caller: Caller) -> Response<R
         (Ok(t), Ok(w)) => (t, w),
         (Err(e), _) | (_, Err(e)) => return err(StatusCode::BAD_REQUEST, e),
     };
-    let actor = caller.actor();
     let (identity, requester) = match caller {
         Caller::Operator => match b.identity {
             Some(i) => (i, Requester::Operator),
@@ -304,8 +313,18 @@ async fn issue(req: Request<Incoming>, l: &Leases, caller: Caller) -> Response<R
     let v = match wait {
         Some(w) if v["state"] == "pending" => {
             let id = v["id"].as_str().unwrap_or("").to_string();
+            let secret = v["request_secret"].as_str().map(str::to_string);
+            if let Actor::Agent { secret: s, .. } = &mut actor {
+                // The requester waits on its own request.
+                s.clone_from(&secret);
+            }
             match l.wait(&id, w.min(MAX_WAIT), &actor).await {
-                Ok(v) => v,
+                Ok(mut w) => {
+                    if let Some(s) = secret {
+                        w["request_secret"] = json!(s);
+                    }
+                    w
+                }
                 Err(e) => return lease_err(e, l),
             }
         }

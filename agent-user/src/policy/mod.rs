@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use agent_common::identity::Mode;
 use agent_common::net::{CLASS_BIND_TCP, CLASS_BIND_UDP, CLASS_TCP, CLASS_UDP};
 
-pub use compile::{NetTables, compile_network, decide};
+pub use compile::{LpmEntry, NetTables, compile_network, decide};
 #[cfg(test)]
 pub use error::PolicyError;
 pub use error::PolicyErrors;

@@ -5,14 +5,32 @@
 //!                                 hook's cost dominates)
 //! corral-bench flood PORT COUNT — COUNT denied UDP connects, as fast as possible
 //! Prints one JSON line: {"op":..,"iters":N,"median_ns":..,"mean_ns":..,"elapsed_ns":..,"errors":N}
+//!
+//! corral-bench lease-latency SOCK PORT ROUNDS, lease-load SOCK SECS: see
+//! `bench_steps/lease.rs`.
 
 use std::{
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     time::Instant,
 };
 
+#[path = "bench_steps/lease.rs"]
+mod lease;
+
 fn main() {
     let a: Vec<String> = std::env::args().skip(1).collect();
+    match a.first().map(String::as_str) {
+        Some("lease-latency") => {
+            let (port, rounds) = (a[2].parse().expect("port"), a[3].parse().expect("rounds"));
+            println!("{}", lease::lease_latency(&a[1], port, rounds));
+            return;
+        }
+        Some("lease-load") => {
+            println!("{}", lease::lease_load(&a[1], a[2].parse().expect("secs")));
+            return;
+        }
+        _ => {}
+    }
     let (op, port, iters): (&str, u16, usize) = (
         &a[0],
         a[1].parse().expect("port"),

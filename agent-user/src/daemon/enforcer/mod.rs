@@ -8,6 +8,7 @@
 mod apply;
 mod assign;
 mod gc;
+mod grants;
 mod links;
 
 use std::{
@@ -255,7 +256,7 @@ impl Enforcer {
                     let r = match self.grants.set(&identity, live) {
                         // Scopes without network grants change nothing here.
                         Some(Ok(c)) if live_digest == Some(Some(c.policy.digest)) => Ok(()),
-                        Some(Ok(c)) if known => self.apply_one(c),
+                        Some(Ok(c)) if known => self.apply_grants(c),
                         Some(Err(e)) if known => Err(e),
                         _ => Ok(()),
                     };

@@ -1,13 +1,14 @@
 //! The enforcer's view of lease grants: which leases live per identity, and
 //! each identity's policy as written, so its rules can be compiled again
-//! with the grants whenever either changes. Every change goes through the
-//! enforcer's atomic apply (new ruleset, flip, delete the old one).
+//! with the grants whenever either changes. A policy apply writes the
+//! result under a new ruleset; a grant change alone is written in place
+//! (`enforcer/grants.rs`), from the tables remembered here.
 
 use std::{collections::HashMap, sync::Arc};
 
 use crate::{
     daemon::enforcer::{Compiled, EnforceError},
-    policy::{IdentityPolicy, LiveGrant, with_grants},
+    policy::{IdentityPolicy, LiveGrant, NetTables, with_grants},
 };
 
 use super::store::boot_ns;
@@ -17,6 +18,10 @@ pub struct GrantTable {
     /// Each identity's policy as compiled from its file (without grants).
     base: HashMap<String, Arc<IdentityPolicy>>,
     live: HashMap<String, Vec<LiveGrant>>,
+    /// The network tables last written in place per identity, with the
+    /// ruleset and policy digest they were written for: the "before" of
+    /// the next in-place change (without it, compiled again).
+    written: HashMap<String, (u32, u64, Arc<NetTables>)>,
     /// BPF LSM judges opens. Without it file grants are withheld here too,
     /// not only by Landlock: what the daemon serves as the policy in force
     /// must never carry a file rule that cannot end with its lease.
@@ -52,15 +57,35 @@ impl GrantTable {
         identity: &str,
         live: Vec<LiveGrant>,
     ) -> Option<Result<Compiled, EnforceError>> {
+        let any = !live.is_empty();
         self.live.insert(identity.to_string(), live);
         let base = self.base.get(identity)?.clone();
-        let c = Compiled {
-            tables: match crate::policy::compile_network(&base) {
+        let tables = if any {
+            // `augment` compiles with the grants; the base alone is unused.
+            NetTables::default()
+        } else {
+            match crate::policy::compile_network(&base) {
                 Ok(t) => t,
                 Err(e) => return Some(Err(EnforceError::Grants(identity.into(), e.to_string()))),
-            },
-            policy: base,
+            }
         };
-        Some(self.augment(c))
+        Some(self.augment(Compiled {
+            tables,
+            policy: base,
+        }))
+    }
+
+    /// The tables written for `identity` under `ruleset` with `digest`, if
+    /// they are the ones recorded by [`GrantTable::wrote`].
+    pub fn written(&self, identity: &str, ruleset: u32, digest: u64) -> Option<Arc<NetTables>> {
+        self.written
+            .get(identity)
+            .filter(|(r, d, _)| *r == ruleset && *d == digest)
+            .map(|(_, _, t)| t.clone())
+    }
+
+    pub fn wrote(&mut self, identity: &str, ruleset: u32, digest: u64, t: Arc<NetTables>) {
+        self.written
+            .insert(identity.to_string(), (ruleset, digest, t));
     }
 }

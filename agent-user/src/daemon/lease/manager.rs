@@ -41,14 +41,12 @@ impl Leases {
     }
 
     async fn tick(&self, saved: &mut Instant) {
-        let _one = self.serial.lock().await;
         let now = now_ms();
         let snap = self.snapshot.borrow().clone();
         let mut touched = BTreeSet::new();
         let mut events = Vec::new();
         let counts = self.corr.take_counts();
-        {
-            let mut st = self.state.lock().expect("lease state");
+        let ((), seq) = self.mutate(|st| {
             for l in st.leases.iter_mut().filter(|l| !l.state.ended()) {
                 let lp = snap
                     .by_name(&l.identity)
@@ -96,10 +94,10 @@ impl Leases {
                     l.denials += n;
                 }
             }
-        }
+        });
         let counts_due = !counts.is_empty() && saved.elapsed() >= SAVE_COUNTS_EVERY;
         if !touched.is_empty() || counts_due {
-            if let Err(e) = self.save() {
+            if let Err(e) = self.persist(seq).await {
                 warn!("lease store: {e}");
             }
             *saved = Instant::now();
@@ -232,12 +230,11 @@ impl Leases {
             }));
             warn!(identity = %t.identity, denials = t.denials, frozen, threshold_to_frozen_us = frozen_us, "anomaly: cgroup frozen");
         }
-        {
-            let mut st = self.state.lock().expect("lease state");
+        let ((), seq) = self.mutate(|st| {
             let s = st.identities.entry(t.identity.clone()).or_default();
             s.anomalies += 1;
             s.frozen |= freeze.is_some();
-        }
+        });
         let base = json!({
             "denials": t.denials, "max_denials": t.max_denials, "window_ms": t.window_ms,
             "actions": a.actions.iter().map(|x| x.name()).collect::<Vec<_>>(),
@@ -262,7 +259,7 @@ impl Leases {
                 }
                 Err(e) => warn!(identity = %t.identity, "anomaly revoke: {e}"),
             }
-        } else if let Err(e) = self.save() {
+        } else if let Err(e) = self.persist(seq).await {
             warn!("lease store: {e}");
         }
     }
@@ -280,15 +277,14 @@ impl Leases {
             .collect();
         let was_frozen = cgroups.iter().any(|c| is_frozen(c));
         let failed = set_frozen(&cgroups, false);
-        let suspended = {
-            let mut st = self.state.lock().expect("lease state");
+        let (suspended, seq) = self.mutate(|st| {
             let s = st.identities.entry(identity.to_string()).or_default();
             let was = s.suspended;
             s.suspended = false;
             s.frozen = false;
             was
-        };
-        self.save()?;
+        });
+        self.persist(seq).await?;
         self.corr.reset_window(identity);
         info!(identity, was_frozen, "thawed");
         let v = json!({

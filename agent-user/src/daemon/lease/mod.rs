@@ -23,12 +23,15 @@ mod token_file;
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 pub use anomaly::{Correlator, Trip, Watch};
 pub use grants::GrantTable;
-pub use ops::{Actor, IssueReq};
+pub use ops::{Actor, IssueReq, SECRET_HEADER};
 use serde_json::{Value, json};
 use store::{Lease, LeaseState, STORE_VERSION, StoreFile, now_ms, rfc3339};
 pub use store::{Requester, boot_ns};
@@ -74,9 +77,17 @@ pub struct Leases {
     tokens_dir: PathBuf,
     cg_root: PathBuf,
     state: Mutex<StoreFile>,
-    /// One change at a time, from the store write to the kernel apply, so
-    /// grant sets reach the enforcer in the order they were decided.
-    serial: tokio::sync::Mutex<()>,
+    /// Numbers every change of `state` (bumped under its lock), and the
+    /// highest change known to be on disk: see `persist`.
+    seq: AtomicU64,
+    durable: AtomicU64,
+    /// One store write (and fsync) at a time; the writers queued behind it
+    /// are all covered by the next one (group commit).
+    writer: tokio::sync::Mutex<()>,
+    /// Per identity: one grant set in flight to the enforcer at a time, so
+    /// the last one sent is never older than the last change decided.
+    /// Identities do not wait for one another.
+    pushing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     enforcer: mpsc::Sender<Command>,
     snapshot: watch::Receiver<Arc<Snapshot>>,
     events: broadcast::Sender<Arc<Event>>,
@@ -146,7 +157,10 @@ impl Leases {
             tokens_dir: opts.state_dir.join("tokens"),
             cg_root: opts.cg_root.clone(),
             state: Mutex::new(store),
-            serial: tokio::sync::Mutex::new(()),
+            seq: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
+            writer: tokio::sync::Mutex::new(()),
+            pushing: Mutex::default(),
             enforcer,
             snapshot,
             events,
@@ -187,24 +201,54 @@ impl Leases {
         }
     }
 
-    /// The store as it is now, serialized.
-    fn store_bytes(&self) -> Vec<u8> {
+    /// Changes the store; returns `f`'s result and the change's number,
+    /// for `persist`.
+    fn mutate<R>(&self, f: impl FnOnce(&mut StoreFile) -> R) -> (R, u64) {
+        let mut st = self.state.lock().expect("lease state");
+        let r = f(&mut st);
+        (r, self.seq.fetch_add(1, Ordering::AcqRel) + 1)
+    }
+
+    /// The store as it is now, serialized, and the last change it holds.
+    fn store_bytes(&self) -> (Vec<u8>, u64) {
         let mut st = self.state.lock().expect("lease state");
         st.prune(now_ms());
-        serde_json::to_vec_pretty(&*st).expect("json")
+        let upto = self.seq.load(Ordering::Acquire);
+        (serde_json::to_vec(&*st).expect("json"), upto)
     }
 
-    /// Writes the store (atomically, durably).
+    /// Writes the store (atomically, durably); start-up only.
     fn save(&self) -> Result<(), LeaseError> {
-        store::write_atomic(&self.store_path, &self.store_bytes())
-            .map_err(|e| LeaseError::Internal(format!("writing the lease store: {e}")))
+        let (bytes, upto) = self.store_bytes();
+        store::write_atomic(&self.store_path, &bytes)
+            .map_err(|e| LeaseError::Internal(format!("writing the lease store: {e}")))?;
+        self.durable.fetch_max(upto, Ordering::AcqRel);
+        Ok(())
     }
 
-    /// Writes the store on a blocking thread.
-    async fn save_async(&self) -> Result<(), LeaseError> {
-        let (path, bytes) = (self.store_path.clone(), self.store_bytes());
+    /// Returns once change `seq` is on disk. Group commit: while one write
+    /// runs, later changes queue on `writer`; the first of them to get it
+    /// writes the store as it is then, which holds every queued change, so
+    /// they share one fsync, and each caller still answers only after its
+    /// own record is durable (a revoke survives a crash once answered).
+    async fn persist(&self, seq: u64) -> Result<(), LeaseError> {
+        if self.durable.load(Ordering::Acquire) >= seq {
+            return Ok(());
+        }
+        let _w = self.writer.lock().await;
+        if self.durable.load(Ordering::Acquire) >= seq {
+            return Ok(());
+        }
+        let (bytes, upto) = self.store_bytes();
+        let path = self.store_path.clone();
         match tokio::task::spawn_blocking(move || store::write_atomic(&path, &bytes)).await {
-            Ok(r) => r.map_err(|e| LeaseError::Internal(format!("writing the lease store: {e}"))),
+            Ok(Ok(())) => {
+                self.durable.fetch_max(upto, Ordering::AcqRel);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(LeaseError::Internal(format!(
+                "writing the lease store: {e}"
+            ))),
             Err(e) => Err(LeaseError::Internal(e.to_string())),
         }
     }
@@ -323,6 +367,16 @@ impl Leases {
     /// Publishes the leases of `identity` to the kernel (grants) and to the
     /// event correlation.
     async fn push(&self, identity: &str) -> Result<(), LeaseError> {
+        let lock = self
+            .pushing
+            .lock()
+            .expect("pushing")
+            .entry(identity.to_string())
+            .or_default()
+            .clone();
+        // Read the leases only once in line: whatever was decided before
+        // this call is in what it sends.
+        let _in_line = lock.lock().await;
         let spans: Vec<anomaly::Span> = {
             let st = self.state.lock().expect("lease state");
             st.leases

@@ -19,19 +19,67 @@ pub struct IssueReq {
 }
 
 /// Who acts on an existing lease: the operator (control socket) or an
-/// attested agent, which may only touch its own identity's leases.
+/// attested agent, which may only touch its own identity's leases, and
+/// sees a token only with the secret its request was answered with.
 #[derive(Debug, Clone)]
 pub enum Actor {
     Operator,
-    Agent(String),
+    Agent {
+        identity: String,
+        /// The `corral-request-secret` the caller presented, if any.
+        secret: Option<String>,
+    },
 }
 
 impl Actor {
     fn name(&self) -> String {
         match self {
             Actor::Operator => "operator".into(),
-            Actor::Agent(i) => format!("agent {i}"),
+            Actor::Agent { identity, .. } => format!("agent {identity}"),
         }
+    }
+
+    /// Whether the caller made the request behind `l` (the operator counts
+    /// as the owner of every lease). Pids are not proof: they are reused,
+    /// and every process of the identity shares the attestation; the
+    /// secret goes only to the connection that made the request.
+    pub(super) fn owns(&self, l: &Lease) -> bool {
+        match self {
+            Actor::Operator => true,
+            Actor::Agent { identity, secret } => {
+                *identity == l.identity
+                    && matches!((secret, &l.secret_sha256),
+                        (Some(s), Some(h)) if secret_hash(s) == *h)
+            }
+        }
+    }
+}
+
+/// A fresh request secret (256 bits, hex).
+fn new_secret() -> String {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).expect("randomness");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn secret_hash(secret: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+/// The header an agent presents its request secret in.
+pub const SECRET_HEADER: &str = "corral-request-secret";
+
+/// Agents see their own identity's leases only; others' are "not found".
+fn visible(l: &Lease, actor: &Actor) -> Result<(), LeaseError> {
+    match actor {
+        Actor::Agent { identity, .. } if *identity != l.identity => {
+            Err(LeaseError::NotFound(l.id.clone()))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -80,16 +128,20 @@ impl Leases {
         Ok((lp, crate::cgroup::id(&view.cgroup).unwrap_or(0)))
     }
 
-    /// Makes a change durable and applies the leases of `identity` to the
-    /// kernel, both at once; nothing is answered (no token handed out, no
-    /// revoke acknowledged) before both are done. On failure, ends `failed`
-    /// (the lease whose change could not be made) closed.
-    async fn commit(&self, identity: &str, failed: Option<&str>) -> Result<(), LeaseError> {
-        let (saved, pushed) = tokio::join!(self.save_async(), self.push(identity));
+    /// Makes change `seq` durable and applies the leases of `identity` to
+    /// the kernel, both at once; nothing is answered (no token handed out,
+    /// no revoke acknowledged) before both are done. On failure, ends
+    /// `failed` (the lease whose change could not be made) closed.
+    async fn commit(
+        &self,
+        identity: &str,
+        seq: u64,
+        failed: Option<&str>,
+    ) -> Result<(), LeaseError> {
+        let (saved, pushed) = tokio::join!(self.persist(seq), self.push(identity));
         let r = saved.and(pushed);
         if let (Err(e), Some(id)) = (&r, failed) {
-            {
-                let mut st = self.state.lock().expect("lease state");
+            let ((), seq) = self.mutate(|st| {
                 if let Some(l) = st.leases.iter_mut().find(|l| l.id == id) {
                     end(
                         l,
@@ -98,16 +150,14 @@ impl Leases {
                         &format!("kernel apply failed: {e}"),
                     );
                 }
-            }
-            let _ = self.save();
-            let _ = self.push(identity).await;
+            });
+            let _ = tokio::join!(self.persist(seq), self.push(identity));
         }
         self.bump();
         r
     }
 
     pub async fn issue(&self, req: IssueReq) -> Result<Value, LeaseError> {
-        let _one = self.serial.lock().await;
         let (lp, cgroup_id) = self.lease_policy(&req.identity)?;
         let mut scopes: Vec<String> = Vec::new();
         for s in req.scopes {
@@ -165,7 +215,11 @@ impl Leases {
             ended_ms: None,
             end_reason: None,
             denials: 0,
+            secret_sha256: None,
+            approved_end_ms: None,
         };
+        let secret = agent.then(new_secret);
+        l.secret_sha256 = secret.as_deref().map(secret_hash);
         let pending = agent && !l.approval_scopes.is_empty();
         if pending {
             l.approval_deadline_ms = Some(now + lp.approval_timeout_s * 1000);
@@ -176,24 +230,31 @@ impl Leases {
             activate(&mut l, now, max);
         }
         let id = l.id.clone();
-        {
-            let mut st = self.state.lock().expect("lease state");
-            if st
+        let (full, seq) = self.mutate(|st| {
+            let open = st
                 .leases
                 .iter()
                 .filter(|x| x.identity == l.identity && !x.state.ended())
-                .count()
-                >= MAX_OPEN_LEASES
-            {
-                return Err(LeaseError::Conflict(format!(
-                    "`{}` holds too many leases; revoke some first",
-                    l.identity
-                )));
+                .count();
+            if open >= MAX_OPEN_LEASES {
+                return true;
             }
             st.leases.push(l);
+            false
+        });
+        if full {
+            return Err(LeaseError::Conflict(format!(
+                "`{}` holds too many leases; revoke some first",
+                req.identity
+            )));
         }
-        self.commit(&req.identity, Some(&id)).await?;
-        let v = self.get_view(&id, true)?;
+        self.commit(&req.identity, seq, Some(&id)).await?;
+        let mut v = self.get_view(&id, true)?;
+        if let Some(s) = secret {
+            // Shown once, to the requester: what `wait` and `renew` ask
+            // for before they hand out this lease's token.
+            v["request_secret"] = json!(s);
+        }
         self.emit(
             "lease",
             &req.identity,
@@ -221,10 +282,8 @@ impl Leases {
     /// The lease, if `actor` may see it (agents: their own identity only).
     fn get_for(&self, id: &str, actor: &Actor) -> Result<Lease, LeaseError> {
         let l = self.get(id)?;
-        match actor {
-            Actor::Agent(i) if *i != l.identity => Err(LeaseError::NotFound(id.to_string())),
-            _ => Ok(l),
-        }
+        visible(&l, actor)?;
+        Ok(l)
     }
 
     pub fn identity_state(&self, identity: &str) -> super::store::IdentityState {
@@ -233,45 +292,91 @@ impl Leases {
     }
 
     /// Extends an active lease by `ttl` (default: its original ttl) from
-    /// now, never past issue + `max_ttl`.
+    /// now, never past issue + `max_ttl`. Agents renew only leases agents
+    /// requested, and an approval-scoped one only up to its approved end;
+    /// the token comes back only to the lease's owner.
     pub async fn renew(
         &self,
         id: &str,
         ttl: Option<Duration>,
         actor: &Actor,
     ) -> Result<Value, LeaseError> {
-        let _one = self.serial.lock().await;
-        let l = self.get_for(id, actor)?;
-        if l.state != LeaseState::Active {
-            return Err(LeaseError::Conflict(format!(
-                "lease {id} is {}, not active",
-                l.state.name()
-            )));
-        }
         let now = now_ms();
-        let incr = ttl.map_or(l.ttl_s, |d| d.as_secs()).max(1);
-        let cap = l.max_expires_ms.unwrap_or(0);
-        let want = (now / 1000 + incr) * 1000;
-        let exp = want.min(cap).max(l.expires_ms.unwrap_or(0));
-        {
-            let mut st = self.state.lock().expect("lease state");
+        // Checked and changed in one critical section: a concurrent revoke
+        // either comes first (and this is refused) or ends the renewed lease.
+        let (r, seq) = self.mutate(|st| -> Result<_, LeaseError> {
             let m = st
                 .leases
                 .iter_mut()
                 .find(|x| x.id == id)
-                .expect("just read");
-            m.expires_ms = Some(exp);
-            m.expires_boot_ns = wall_ms_to_boot_ns(exp);
+                .ok_or_else(|| LeaseError::NotFound(id.to_string()))?;
+            visible(m, actor)?;
+            if m.state != LeaseState::Active {
+                return Err(LeaseError::Conflict(format!(
+                    "lease {id} is {}, not active",
+                    m.state.name()
+                )));
+            }
+            let agent = matches!(actor, Actor::Agent { .. });
+            if agent && !matches!(m.requested_by, Requester::Agent { .. }) {
+                return Err(LeaseError::Forbidden(format!(
+                    "lease {id} was issued by {}: only the operator renews it",
+                    match m.requested_by {
+                        Requester::Rotation => "the daemon's token rotation",
+                        _ => "the operator",
+                    }
+                )));
+            }
+            let incr = ttl.map_or(m.ttl_s, |d| d.as_secs()).max(1);
+            let max_cap = m.max_expires_ms.unwrap_or(0);
+            let approved = (!m.approval_scopes.is_empty())
+                .then(|| m.approved_end_ms.or(m.expires_ms).unwrap_or(0));
+            let (cap, capped_by) = match approved {
+                Some(a) if agent && a < max_cap => (a, "approval"),
+                _ => (max_cap, "max_ttl"),
+            };
+            let want = (now / 1000 + incr) * 1000;
+            let old = m.expires_ms.unwrap_or(0);
+            let exp = want.min(cap).max(old);
+            if exp != old {
+                m.expires_ms = Some(exp);
+                m.expires_boot_ns = wall_ms_to_boot_ns(exp);
+            }
+            if !agent && approved.is_some() {
+                // The operator approves; its renewal is a new approval.
+                m.approved_end_ms = Some(exp);
+            }
             m.renewals += 1;
+            Ok((
+                m.identity.clone(),
+                (want > cap).then_some(capped_by),
+                exp != old,
+                actor.owns(m),
+            ))
+        });
+        let (identity, capped, changed, owner) = r?;
+        if changed {
+            self.commit(&identity, seq, None).await?;
+        } else {
+            // Nothing reaches the kernel; the renewal count is still kept.
+            self.persist(seq).await?;
         }
-        self.commit(&l.identity, None).await?;
-        let mut v = self.get_view(id, true)?;
-        v["renew_capped"] = json!(want > cap);
+        let mut v = self.get_view(id, owner)?;
+        v["renew_capped"] = json!(capped.is_some());
+        if let Some(by) = capped {
+            v["capped_by"] = json!(by);
+            if by == "approval" {
+                v["note"] = json!(
+                    "an approval-scoped lease ends at its approved end: renewals by the agent \
+                     never pass it; request a new lease (a new approval) to continue"
+                );
+            }
+        }
         self.emit(
             "lease",
-            &l.identity,
+            &identity,
             json!({ "action": "renew", "lease": id, "expires": v["expires"],
-                "capped": want > cap, "by": actor.name() }),
+                "capped": capped.is_some(), "capped_by": capped, "by": actor.name() }),
         );
         Ok(v)
     }
@@ -279,29 +384,30 @@ impl Leases {
     /// Ends an active or pending lease now; its grants leave the kernel
     /// before this returns.
     pub async fn revoke(&self, id: &str, actor: &Actor, reason: &str) -> Result<Value, LeaseError> {
-        let _one = self.serial.lock().await;
-        let l = self.get_for(id, actor)?;
-        if l.state.ended() {
-            return Err(LeaseError::Conflict(format!(
-                "lease {id} is already {}",
-                l.state.name()
-            )));
-        }
         let started = std::time::Instant::now();
-        {
-            let mut st = self.state.lock().expect("lease state");
+        let (r, seq) = self.mutate(|st| {
             let m = st
                 .leases
                 .iter_mut()
                 .find(|x| x.id == id)
-                .expect("just read");
+                .ok_or_else(|| LeaseError::NotFound(id.to_string()))?;
+            visible(m, actor)?;
+            if m.state.ended() {
+                return Err(LeaseError::Conflict(format!(
+                    "lease {id} is already {}",
+                    m.state.name()
+                )));
+            }
             end(m, LeaseState::Revoked, now_ms(), reason);
-        }
-        self.commit(&l.identity, None).await?;
+            Ok(m.identity.clone())
+        });
+        let identity = r?;
+        // Answered only once the record is durable and the kernel has it.
+        self.commit(&identity, seq, None).await?;
         let applied_us = started.elapsed().as_micros() as u64;
         self.emit(
             "lease",
-            &l.identity,
+            &identity,
             json!({ "action": "revoke", "lease": id, "by": actor.name(), "reason": reason,
                 "kernel_applied_us": applied_us }),
         );
@@ -318,19 +424,8 @@ impl Leases {
         by: &str,
         reason: &str,
     ) -> Result<Vec<String>, LeaseError> {
-        let _one = self.serial.lock().await;
-        self.revoke_identity_locked(identity, by, reason).await
-    }
-
-    pub(super) async fn revoke_identity_locked(
-        &self,
-        identity: &str,
-        by: &str,
-        reason: &str,
-    ) -> Result<Vec<String>, LeaseError> {
         let now = now_ms();
-        let ids: Vec<String> = {
-            let mut st = self.state.lock().expect("lease state");
+        let (ids, seq) = self.mutate(|st| -> Vec<String> {
             st.identities
                 .entry(identity.to_string())
                 .or_default()
@@ -343,8 +438,8 @@ impl Leases {
                     l.id.clone()
                 })
                 .collect()
-        };
-        self.commit(identity, None).await?;
+        });
+        self.commit(identity, seq, None).await?;
         for id in &ids {
             self.emit(
                 "lease",
@@ -357,34 +452,35 @@ impl Leases {
 
     /// Decides a pending request.
     pub async fn decide(&self, id: &str, approve: bool, by: &str) -> Result<Value, LeaseError> {
-        let _one = self.serial.lock().await;
         let l = self.get(id)?;
-        if l.state != LeaseState::Pending {
-            return Err(LeaseError::Conflict(format!(
-                "lease {id} is {}, not pending",
-                l.state.name()
-            )));
-        }
         let max = self
             .lease_policy(&l.identity)
             .map(|(lp, _)| lp.max_ttl_s)
             .unwrap_or(l.ttl_s);
-        {
-            let mut st = self.state.lock().expect("lease state");
+        let (r, seq) = self.mutate(|st| {
             let m = st
                 .leases
                 .iter_mut()
                 .find(|x| x.id == id)
-                .expect("just read");
+                .ok_or_else(|| LeaseError::NotFound(id.to_string()))?;
+            if m.state != LeaseState::Pending {
+                return Err(LeaseError::Conflict(format!(
+                    "lease {id} is {}, not pending",
+                    m.state.name()
+                )));
+            }
             m.decided_by = Some(by.to_string());
             if approve {
                 m.ttl_s = m.ttl_s.min(max);
                 activate(m, now_ms(), max);
+                m.approved_end_ms = m.expires_ms;
             } else {
                 end(m, LeaseState::Denied, now_ms(), &format!("denied by {by}"));
             }
-        }
-        self.commit(&l.identity, approve.then_some(id)).await?;
+            Ok(())
+        });
+        r?;
+        self.commit(&l.identity, seq, approve.then_some(id)).await?;
         self.emit(
             "lease",
             &l.identity,
@@ -403,6 +499,14 @@ impl Leases {
     ) -> Result<Value, LeaseError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut rx = self.changed.subscribe();
+        let l = self.get_for(id, actor)?;
+        if !actor.owns(&l) {
+            return Err(LeaseError::Forbidden(format!(
+                "lease {id} is not this caller's request: waiting for it (and its token) \
+                 takes the `request_secret` its request was answered with, in the \
+                 `{SECRET_HEADER}` header"
+            )));
+        }
         loop {
             let l = self.get_for(id, actor)?;
             if l.state != LeaseState::Pending {

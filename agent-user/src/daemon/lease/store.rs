@@ -106,6 +106,15 @@ pub struct Lease {
     /// Denials of the identity while the lease was active.
     #[serde(default)]
     pub denials: u64,
+    /// SHA-256 (hex) of the secret handed to the agent that requested the
+    /// lease, and to it only: what makes a request "its own" (its token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_sha256: Option<String>,
+    /// Leases with approval scopes: the end the approver agreed to (unix
+    /// ms). An agent's renewal stops there; only the operator (who
+    /// approves) extends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_end_ms: Option<u64>,
 }
 
 /// Lease-related state of one identity.

@@ -2,6 +2,8 @@
 //! process of the identity, attested by the kernel), and timing loops.
 //!
 //! lease-call SOCK METHOD PATH BODY   one HTTP request; prints status and JSON body
+//! lease-call-secret SOCK METHOD PATH BODY SECRET
+//!                                    the same with a `corral-request-secret` header
 //! lease-exit-race SOCK BODY          connect, fork; the connector exits, the child
 //!                                    sends the request on the inherited socket
 //! lease-bench SOCK BODY N            N lease requests; prints requests per second
@@ -19,26 +21,37 @@ use std::{
 pub fn is_step(op: &str) -> bool {
     matches!(
         op,
-        "lease-call" | "lease-exit-race" | "lease-bench" | "watch-deny" | "burst"
+        "lease-call"
+            | "lease-call-secret"
+            | "lease-exit-race"
+            | "lease-bench"
+            | "watch-deny"
+            | "burst"
     )
 }
 
-fn request(method: &str, path: &str, body: &str) -> String {
+fn request(method: &str, path: &str, body: &str, secret: Option<&str>) -> String {
+    let extra = secret.map_or(String::new(), |s| format!("corral-request-secret: {s}\r\n"));
     format!(
         "{method} {path} HTTP/1.1\r\nhost: corral\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+         {extra}content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
 }
 
 /// Sends one request on `s` and reads the whole answer (the server closes).
-fn exchange(
+fn exchange(s: UnixStream, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    exchange_secret(s, method, path, body, None)
+}
+
+fn exchange_secret(
     mut s: UnixStream,
     method: &str,
     path: &str,
     body: &str,
+    secret: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
-    s.write_all(request(method, path, body).as_bytes())?;
+    s.write_all(request(method, path, body, secret).as_bytes())?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     let status = out
@@ -101,6 +114,19 @@ pub fn step(args: &[String], i: usize) -> usize {
                 .and_then(|s| exchange(s, &args[i + 2], &args[i + 3], &args[i + 4]));
             print_answer("lease-call", r);
             i + 5
+        }
+        "lease-call-secret" => {
+            let r = UnixStream::connect(&args[i + 1]).and_then(|s| {
+                exchange_secret(
+                    s,
+                    &args[i + 2],
+                    &args[i + 3],
+                    &args[i + 4],
+                    Some(&args[i + 5]),
+                )
+            });
+            print_answer("lease-call-secret", r);
+            i + 6
         }
         "lease-exit-race" => {
             let s = match UnixStream::connect(&args[i + 1]) {
