@@ -140,7 +140,20 @@ impl Bench<'_> {
             self.policy(&format!("load{i}"))?;
         }
         let log = self.env.tmp.join("daemon.log");
-        let daemon = self.env.start_daemon(&log, &[], &[])?;
+        // The bench measures the lease service, not the per-identity rate
+        // limit; a baseline binary older than the limit has no flag.
+        let has_rate = self
+            .env
+            .corral()
+            .args(["daemon", "--help"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--lease-rate"));
+        let args: &[&str] = if has_rate {
+            &["--lease-rate", "1000000"]
+        } else {
+            &[]
+        };
+        let daemon = self.env.start_daemon(&log, args, &[])?;
         bench_env::while_running(daemon, || {
             let mut n = Numbers {
                 idle: self.latency()?,

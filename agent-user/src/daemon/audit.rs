@@ -228,6 +228,20 @@ impl Writer {
                 }
                 _ = checkpoint.tick() => self.checkpoint(),
                 done = stop.recv() => {
+                    // What the hub already holds goes in before the seal.
+                    loop {
+                        match events.try_recv() {
+                            Ok(ev) => {
+                                let body = serde_json::to_value(&*ev).unwrap_or(Value::Null);
+                                self.write("event", body);
+                            }
+                            Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                                self.stats.lost.fetch_add(n, Ordering::Relaxed);
+                                self.write("loss", json!({ "count": n, "source": "audit writer behind the event hub" }));
+                            }
+                            Err(_) => break,
+                        }
+                    }
                     self.checkpoint();
                     info!(seq = self.seq, "audit log sealed with a checkpoint");
                     if let Some(done) = done {

@@ -383,6 +383,9 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
     };
     sd_notify("STOPPING=1");
     server.abort();
+    // The event reader hands over what it already took from the ring (the
+    // rest stays there for the next daemon), then the log is sealed.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     audit_log.shutdown().await;
     let _ = std::fs::remove_file(&socket);
     // The agent socket's thread ends with the process.
