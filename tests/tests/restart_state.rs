@@ -181,6 +181,41 @@ fn assigned_cgroup_is_orphaned_not_untagged_after_restart_and_policy_removal() {
 }
 
 #[test]
+fn assigned_cgroup_is_found_and_attached_again_without_its_record_or_links() {
+    if !is_root() {
+        return;
+    }
+    let port = tcp_listener("127.0.0.1:0");
+    let s = port.to_string();
+    let d = Daemon::start(&[("unit", &enforce_policy("unit", "allow = []"))]);
+    let mut a = Assigned::new(
+        &d,
+        "unit",
+        &["wait-file", "GO/1", "pid", "connect", "127.0.0.1", &s],
+    );
+    let dirs = d.stop_keep_pins();
+    // Lost while no daemon ran: the record, and the links at the cgroup
+    // (their pins were all that kept those programs attached).
+    let cg_id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&a.cg).expect("cg"));
+    std::fs::remove_file(dirs.state_dir.join("assigned.json")).expect("assigned.json");
+    std::fs::remove_dir_all(dirs.pin_dir.join("links").join(cg_id.to_string())).expect("links");
+    let d = Daemon::start_with(dirs).expect("restart");
+    let ids = d.cli_json(&["identities", "--json"]);
+    assert_eq!(
+        identity(&ids, "unit")["assigned_cgroups"],
+        json!([a.cg]),
+        "{ids:#}"
+    );
+    let tail = d.tail(Some("unit"));
+    a.go(1);
+    assert_eq!(a.next("connect")["errno"], libc::EPERM);
+    let ev = tail.expect(|e| e["kind"] == "net" && e["tgid"] == a.pid());
+    assert_net_event(&ev, "unit", a.pid(), "connect", "127.0.0.1", port);
+    probe_outside(&["connect", "127.0.0.1", &s]).assert_ok("connect", 0);
+    assert!(d.dirs.state_dir.join("assigned.json").exists());
+}
+
+#[test]
 fn lease_attestation_and_freeze_reach_an_assigned_cgroup_after_restart() {
     if !is_root() {
         return;

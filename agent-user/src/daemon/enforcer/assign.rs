@@ -180,6 +180,9 @@ impl Enforcer {
                 Vec::new()
             }
         };
+        let attached: HashSet<u64> = loader::attached_cgroups(&self.pin_dir)
+            .into_iter()
+            .collect();
         for (cg_id, id) in tags {
             // Tags of identities that are gone are the GC's.
             let Some(name) = names.get(&id).filter(|_| !own.contains(&cg_id)) else {
@@ -195,6 +198,20 @@ impl Enforcer {
                 warn!(identity = %name, cgroup_id = cg_id, "an assigned cgroup was not found (removed while no daemon ran?)");
                 continue;
             };
+            // Tagged after its programs were attached, so they should be
+            // there; a cgroup outside the parent without them would be
+            // tagged but unjudged.
+            if !path.starts_with(&self.parent) && !attached.contains(&cg_id) {
+                let links = loader::links_dir(&self.pin_dir, cg_id);
+                if let Err(e) = loader::attach_sock_addr(&mut self.ebpf, &path, &links) {
+                    warn!(cgroup = %path.display(), "attaching at an assigned cgroup: {e}");
+                }
+                if let Ok(u) = &self.unix
+                    && let Err(e) = u.attach(&path, &links)
+                {
+                    warn!(cgroup = %path.display(), "attaching unix programs at an assigned cgroup: {e}");
+                }
+            }
             info!(identity = %name, cgroup = %path.display(), "assigned cgroup adopted");
             let l = self.live.get_mut(name).expect("named above");
             if !l.assigned.contains(&path) {
