@@ -21,6 +21,9 @@ struct Stale {
     v6: Vec<Key<Net6Key>>,
     unix: Vec<UnixKey>,
     files: Vec<lsm::FileKeyOf>,
+    /// A network map walk ended in an error: ids it did not reach may
+    /// still have entries.
+    partial: bool,
 }
 
 impl Stale {
@@ -51,18 +54,23 @@ impl Enforcer {
     }
 
     fn stale(&mut self, active: &HashSet<u32>) -> Result<Stale, EnforceError> {
-        let v4 = self
-            .net4()?
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !active.contains(&u32::from_be(k.data().ruleset_be)))
-            .collect();
-        let v6 = self
-            .net6()?
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !active.contains(&u32::from_be(k.data().ruleset_be)))
-            .collect();
+        let mut partial = false;
+        let mut v4 = Vec::new();
+        for k in self.net4()?.keys() {
+            match k {
+                Ok(k) if !active.contains(&u32::from_be(k.data().ruleset_be)) => v4.push(k),
+                Ok(_) => {}
+                Err(_) => partial = true,
+            }
+        }
+        let mut v6 = Vec::new();
+        for k in self.net6()?.keys() {
+            match k {
+                Ok(k) if !active.contains(&u32::from_be(k.data().ruleset_be)) => v6.push(k),
+                Ok(_) => {}
+                Err(_) => partial = true,
+            }
+        }
         let unix = match &self.unix {
             Ok(u) => u.stale(active),
             Err(_) => Vec::new(),
@@ -73,6 +81,7 @@ impl Enforcer {
             v6,
             unix,
             files,
+            partial,
         })
     }
 
@@ -83,9 +92,10 @@ impl Enforcer {
     pub(super) fn collect_garbage(&mut self) -> Result<(), EnforceError> {
         let active: HashSet<u32> = self.live.values().map(|l| l.ruleset).collect();
         let stale = self.stale(&active)?;
+        let mut partial = stale.partial;
         let mut left = BTreeSet::new();
+        let ids = stale.rulesets();
         if !stale.is_empty() {
-            let ids = stale.rulesets();
             info!(
                 v4 = stale.v4.len(),
                 v6 = stale.v6.len(),
@@ -101,13 +111,22 @@ impl Enforcer {
             lsm::delete_rules(&mut self.ebpf, &stale.files);
             // Deletion errors are not reported one by one: what a second
             // scan still finds keeps its id taken.
-            left = self.stale(&active)?.rulesets();
+            let again = self.stale(&active)?;
+            partial |= again.partial;
+            left = again.rulesets();
             if !left.is_empty() {
                 warn!(rulesets = ?left, "stale rule entries could not all be removed; their ruleset ids stay unused");
             }
         }
-        self.rulesets.swept(active.iter().copied().chain(left));
-        self.swept = true;
+        if partial {
+            // Nothing is freed on an incomplete walk, and what it found is
+            // held.
+            warn!("walking the network rule maps failed part-way: no ruleset id is freed");
+            self.rulesets.hold(ids);
+        } else {
+            self.rulesets.swept(active.iter().copied().chain(left));
+            self.swept = true;
+        }
         let live_ids: HashSet<u32> = self.live.values().map(|l| l.id).collect();
         let stale_tags: Vec<u64> = self
             .cgroup_map()?

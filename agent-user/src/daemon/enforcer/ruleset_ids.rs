@@ -52,6 +52,11 @@ impl RulesetIds {
         self.taken = present.into_iter().filter(|&i| i != 0).collect();
     }
 
+    /// After an incomplete scan: the ids it found stay taken, with the rest.
+    pub(super) fn hold(&mut self, found: impl IntoIterator<Item = u32>) {
+        self.taken.extend(found.into_iter().filter(|&i| i != 0));
+    }
+
     /// Ids handed out beyond `live` since the last sweep: grant-only
     /// applies do not sweep, so the caller sweeps when this grows.
     pub(super) fn unswept(&self, live: usize) -> usize {
