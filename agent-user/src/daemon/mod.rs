@@ -222,6 +222,7 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
     lsm::builtin::set_current(protected.clone());
     enforcer.set_protected(protected);
     enforcer.readopt_links(&cg_root)?;
+    enforcer.adopt_assigned(&args.state_dir, &cg_root);
     let unix_unavailable = enforcer.unix_unavailable();
     let syscall_mechanisms = enforcer.syscall_mechanisms();
     let (cmd_tx, cmd_rx) = mpsc::channel(64);

@@ -27,6 +27,11 @@ impl Enforcer {
     /// rules are written under a fresh ruleset id beside the old ones, then
     /// one `IDENTITIES` update switches over, then the old rules go.
     pub(super) fn apply(&mut self, set: Vec<Compiled>) -> Result<ApplyReport, EnforceError> {
+        if !self.swept {
+            // Before anything is written: entries a daemon killed mid-apply
+            // left under an id nothing points at go first.
+            self.collect_garbage()?;
+        }
         let mut report = ApplyReport::default();
         let wanted: HashSet<String> = set.iter().map(|c| c.policy.name.clone()).collect();
         for c in set {
@@ -60,6 +65,11 @@ impl Enforcer {
             }
         }
         self.collect_garbage()?;
+        // Only prunes removed identities' cgroups: an entry the kernel no
+        // longer tags is ignored at adoption anyway.
+        if let Err(e) = self.save_assigned() {
+            tracing::warn!("{e}");
+        }
         Ok(report)
     }
 
@@ -72,8 +82,7 @@ impl Enforcer {
         let cg = self.parent.join(&name);
         cgroup::ensure(&cg)?;
         let cg_id = cgroup::id(&cg)?;
-        let ruleset = self.next_ruleset;
-        self.next_ruleset += 1;
+        let ruleset = self.new_ruleset()?;
 
         let (keys4, keys6) = match self.write_rules(ruleset, &c.tables) {
             Ok(k) => k,
@@ -250,8 +259,7 @@ impl Enforcer {
         let mut entries = lsm::compile(&p.rules(name, None))
             .map_err(|e| EnforceError::Files(name.to_string(), e))?;
         p.enforce(&mut entries, name, None);
-        let ruleset = self.next_ruleset;
-        self.next_ruleset += 1;
+        let ruleset = self.new_ruleset()?;
         let keys =
             lsm::write_rules(&mut self.ebpf, ruleset, &entries).map_err(merr(maps::FILE_RULES))?;
         Ok((ruleset, keys))

@@ -1,11 +1,14 @@
 //! Putting processes and cgroups under an identity.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+};
 
 use agent_common::maps;
-use tracing::info;
+use tracing::{info, warn};
 
-use super::{EnforceError, Enforcer, Live, merr};
+use super::{EnforceError, Enforcer, Live, assigned_file, merr};
 use crate::{
     cgroup,
     daemon::{fileobs, loader},
@@ -78,13 +81,21 @@ impl Enforcer {
                 u.attach(path, &links)?;
             }
         }
-        self.cgroup_map()?
-            .insert(cg_id, id, 0)
-            .map_err(merr(maps::CGROUP_IDENTITY))?;
+        // Recorded before it is tagged: a tag the daemon could not name
+        // after a restart could not be frozen, attested or orphaned.
         let l = self.live.get_mut(name).expect("known");
         if !l.assigned.iter().any(|a| a == path) {
             l.assigned.push(path.to_path_buf());
         }
+        if let Err(e) = self.save_assigned() {
+            let l = self.live.get_mut(name).expect("known");
+            l.assigned.retain(|a| a != path);
+            return Err(e);
+        }
+        self.cgroup_map()?
+            .insert(cg_id, id, 0)
+            .map_err(merr(maps::CGROUP_IDENTITY))?;
+        let l = self.live.get(name).expect("known");
         info!(identity = %name, cgroup = %path.display(), "cgroup assigned");
         fileobs::warn_assign(
             name,
@@ -133,6 +144,110 @@ impl Enforcer {
                 });
             }
         }
+        Ok(())
+    }
+}
+
+/// Most cgroups searched for a tagged cgroup id whose recorded path is
+/// missing or stale (a host has hundreds, not hundreds of thousands).
+const FIND_LIMIT: usize = 100_000;
+
+impl Enforcer {
+    /// Rebuilds which cgroups were assigned to each adopted identity: the
+    /// tags come from the pinned `CGROUP_IDENTITY` map, their paths from
+    /// `<state_dir>/assigned.json` (checked against the cgroup id), or, for
+    /// a tag the file does not name (a crash between the two writes, a lost
+    /// file), from a search of the cgroup tree by id. Then rewrites the file
+    /// to match.
+    pub fn adopt_assigned(&mut self, state_dir: &Path, cg_root: &Path) {
+        let file = state_dir.join(assigned_file::FILE_NAME);
+        let recorded = assigned_file::load(&file).unwrap_or_else(|e| {
+            warn!("{e}: finding assigned cgroups by their ids instead");
+            Vec::new()
+        });
+        self.assigned_file = Some(file);
+        let names: HashMap<u32, String> =
+            self.live.iter().map(|(n, l)| (l.id, n.clone())).collect();
+        let own: HashSet<u64> = self
+            .live
+            .values()
+            .filter_map(|l| cgroup::id(&l.cgroup).ok())
+            .collect();
+        let tags: Vec<(u64, u32)> = match self.cgroup_map() {
+            Ok(m) => m.iter().filter_map(Result::ok).collect(),
+            Err(e) => {
+                warn!("reading tagged cgroups: {e}");
+                Vec::new()
+            }
+        };
+        let attached: HashSet<u64> = loader::attached_cgroups(&self.pin_dir)
+            .into_iter()
+            .collect();
+        for (cg_id, id) in tags {
+            // Tags of identities that are gone are the GC's.
+            let Some(name) = names.get(&id).filter(|_| !own.contains(&cg_id)) else {
+                continue;
+            };
+            let path = recorded
+                .iter()
+                .filter(|e| e.cgroup_id == cg_id)
+                .map(|e| e.path.clone())
+                .find(|p| cgroup::id(p).ok() == Some(cg_id))
+                .or_else(|| cgroup::find_by_id(cg_root, cg_id, FIND_LIMIT));
+            let Some(path) = path else {
+                warn!(identity = %name, cgroup_id = cg_id, "an assigned cgroup was not found (removed while no daemon ran?)");
+                continue;
+            };
+            // Tagged after its programs were attached, so they should be
+            // there; a cgroup outside the parent without them would be
+            // tagged but unjudged.
+            if !path.starts_with(&self.parent) && !attached.contains(&cg_id) {
+                let links = loader::links_dir(&self.pin_dir, cg_id);
+                if let Err(e) = loader::attach_sock_addr(&mut self.ebpf, &path, &links) {
+                    warn!(cgroup = %path.display(), "attaching at an assigned cgroup: {e}");
+                }
+                if let Ok(u) = &self.unix
+                    && let Err(e) = u.attach(&path, &links)
+                {
+                    warn!(cgroup = %path.display(), "attaching unix programs at an assigned cgroup: {e}");
+                }
+            }
+            info!(identity = %name, cgroup = %path.display(), "assigned cgroup adopted");
+            let l = self.live.get_mut(name).expect("named above");
+            if !l.assigned.contains(&path) {
+                l.assigned.push(path);
+            }
+        }
+        if let Err(e) = self.save_assigned() {
+            warn!("{e}");
+        }
+        self.publish();
+    }
+
+    /// Writes `assigned.json` when the assigned cgroups changed.
+    pub(super) fn save_assigned(&mut self) -> Result<(), EnforceError> {
+        let Some(file) = &self.assigned_file else {
+            return Ok(());
+        };
+        let mut entries: Vec<assigned_file::Entry> = self
+            .live
+            .iter()
+            .flat_map(|(name, l)| {
+                l.assigned.iter().filter_map(move |p| {
+                    Some(assigned_file::Entry {
+                        identity: name.clone(),
+                        cgroup_id: cgroup::id(p).ok()?,
+                        path: p.clone(),
+                    })
+                })
+            })
+            .collect();
+        entries.sort();
+        if entries == self.assigned_saved && file.exists() {
+            return Ok(());
+        }
+        assigned_file::save(file, &entries)?;
+        self.assigned_saved = entries;
         Ok(())
     }
 }

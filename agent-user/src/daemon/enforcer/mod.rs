@@ -2,14 +2,18 @@
 //! tasks send it `Command`s; it publishes a `Snapshot` after each change.
 //! Only this task touches the object, so its helpers are `&mut self`
 //! methods, kept by job in `apply` (writing policies), `gc` (taking rules and
-//! identities away), `assign` (processes and cgroups) and `links` (program
-//! attachment at start-up).
+//! identities away), `assign` (processes and cgroups, and the assigned
+//! cgroups a restart must not forget, kept in `assigned_file`), `links`
+//! (program attachment at start-up) and `ruleset_ids` (which rule map
+//! generations are free).
 
 mod apply;
 mod assign;
+mod assigned_file;
 mod gc;
 mod grants;
 mod links;
+mod ruleset_ids;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -67,6 +71,10 @@ pub enum EnforceError {
     Grants(String, String),
     #[error("file rules of {0}: {1}")]
     Files(String, super::lsm::CompileError),
+    #[error("no free ruleset id (every id may still have rule map entries)")]
+    NoRulesets,
+    #[error("recording assigned cgroups: {0}")]
+    State(#[from] assigned_file::StateError),
 }
 
 fn merr(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> EnforceError {
@@ -143,7 +151,14 @@ pub struct Enforcer {
     pin_dir: PathBuf,
     daemon_pid: u32,
     live: BTreeMap<String, Live>,
-    next_ruleset: u32,
+    rulesets: ruleset_ids::RulesetIds,
+    /// Rule maps were swept since start-up: entries a killed daemon left
+    /// under ids nothing points at are gone (see `ruleset_ids`).
+    swept: bool,
+    /// `<state-dir>/assigned.json` (`None` until `adopt_assigned`), and the
+    /// entries last written there.
+    assigned_file: Option<PathBuf>,
+    assigned_saved: Vec<assigned_file::Entry>,
     snapshot: watch::Sender<Arc<Snapshot>>,
     /// AF_UNIX programs and rule map, or why unix rules are not enforced.
     unix: Result<Unix, String>,
@@ -176,7 +191,10 @@ impl Enforcer {
             pin_dir,
             daemon_pid: std::process::id(),
             live: BTreeMap::new(),
-            next_ruleset: 1,
+            rulesets: ruleset_ids::RulesetIds::new(0, []),
+            swept: false,
+            assigned_file: None,
+            assigned_saved: Vec::new(),
             snapshot,
             unix: Err("unix socket programs not loaded".into()),
             grants: Default::default(),
@@ -185,9 +203,12 @@ impl Enforcer {
         };
         let adopted: Vec<(u32, IdentityState)> =
             me.identities()?.iter().filter_map(|r| r.ok()).collect();
+        // Until the first sweep, only the adopted rulesets are known to be
+        // in use; `new_ruleset` sweeps before it hands out any id.
+        let top = adopted.iter().map(|(_, st)| st.ruleset).max().unwrap_or(0);
+        me.rulesets = ruleset_ids::RulesetIds::new(top, adopted.iter().map(|(_, st)| st.ruleset));
         for (id, st) in adopted {
             let name = name_of(&st);
-            me.next_ruleset = me.next_ruleset.max(st.ruleset + 1);
             info!(identity = %name, id, ruleset = st.ruleset, "adopted identity from pinned maps");
             let cgroup = me.parent.join(&name);
             me.live.insert(
