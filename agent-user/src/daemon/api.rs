@@ -117,7 +117,7 @@ async fn body_json<T: for<'de> Deserialize<'de> + Default>(
     serde_json::from_slice(&bytes).map_err(|e| format!("bad JSON body: {e}"))
 }
 
-async fn route(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBody> {
+pub(super) async fn route(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBody> {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let parts: Vec<&str> = path.split('/').skip(1).collect();
     match (req.method().clone(), parts.as_slice()) {

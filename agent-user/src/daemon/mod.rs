@@ -3,15 +3,19 @@
 
 mod api;
 mod api_lease;
-mod btf;
+pub mod btf;
 mod dns;
 mod enforcer;
 mod events;
 mod fileobs;
+#[doc(hidden)]
+pub mod harness;
 mod inspect;
 pub mod lease;
 mod loader;
 mod lsm;
+#[cfg(test)]
+mod prop_net;
 mod reload;
 mod snapshot;
 mod status;
