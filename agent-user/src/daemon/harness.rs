@@ -129,6 +129,7 @@ impl Harness {
         let state_dir = base.join(format!("corral-harness-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&state_dir);
         std::fs::create_dir_all(state_dir.join("policies"))?;
+        std::fs::create_dir_all(state_dir.join("state"))?;
 
         let mut snap = Snapshot::default();
         for (i, (name, p)) in set.identities.into_iter().enumerate() {
@@ -257,25 +258,27 @@ impl Harness {
                 async move { Ok::<_, Infallible>(fut.await) }
             });
             let conn = tokio::spawn(
-                http1::Builder::new().serve_connection(TokioIo::new(server), svc),
+                http1::Builder::new()
+                    .half_close(true)
+                    .serve_connection(TokioIo::new(server), svc),
             );
             let (mut rd, mut wr) = tokio::io::split(client);
-            let talk = async move {
+            let deadline = tokio::time::Instant::now() + RESPONSE_WAIT;
+            // Written from a task of its own: a request larger than the
+            // pipe must not block reading the answer.
+            let writer = tokio::spawn(async move {
                 let _ = wr.write_all(&request).await;
                 let _ = wr.shutdown().await;
-                let mut out = Vec::new();
-                let mut buf = [0u8; 16 * 1024];
-                while out.len() < RESPONSE_CAP {
-                    match rd.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => out.extend_from_slice(&buf[..n]),
-                    }
+            });
+            let mut out = Vec::new();
+            let mut buf = [0u8; 16 * 1024];
+            while out.len() < RESPONSE_CAP {
+                match tokio::time::timeout_at(deadline, rd.read(&mut buf)).await {
+                    Ok(Ok(0) | Err(_)) | Err(_) => break,
+                    Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
                 }
-                out
-            };
-            let out = tokio::time::timeout(RESPONSE_WAIT, talk)
-                .await
-                .unwrap_or_default();
+            }
+            writer.abort();
             conn.abort();
             out
         })

@@ -10,10 +10,14 @@ mod events;
 mod fileobs;
 #[doc(hidden)]
 pub mod harness;
+#[cfg(test)]
+mod harness_seeds;
 mod inspect;
 pub mod lease;
 mod loader;
 mod lsm;
+#[cfg(test)]
+mod prop_files;
 #[cfg(test)]
 mod prop_net;
 mod reload;
