@@ -117,23 +117,51 @@ fn api() -> Vec<(String, Vec<u8>)> {
         ("GET", "/v1/status", ""),
         ("GET", "/v1/identities", ""),
         ("GET", "/v1/identities/support-agent", ""),
-        ("GET", "/v1/policy/support-agent?sections=files,syscalls", ""),
+        (
+            "GET",
+            "/v1/policy/support-agent?sections=files,syscalls",
+            "",
+        ),
         ("GET", "/v1/events?identity=support-agent&kind=net", ""),
-        ("POST", "/v1/policy/explain", r#"{"identity":"support-agent","open":"/srv/kb/a.md","access":"read,write"}"#),
-        ("POST", "/v1/policy/explain", r#"{"identity":"support-agent","connect":"10.20.9.4:443"}"#),
+        (
+            "POST",
+            "/v1/policy/explain",
+            r#"{"identity":"support-agent","open":"/srv/kb/a.md","access":"read,write"}"#,
+        ),
+        (
+            "POST",
+            "/v1/policy/explain",
+            r#"{"identity":"support-agent","connect":"10.20.9.4:443"}"#,
+        ),
         ("POST", "/v1/policy/diff", "{}"),
         ("POST", "/v1/policy/apply", ""),
         ("POST", "/v1/assign", r#"{"identity":"ops-agent","pid":1}"#),
-        ("POST", "/v1/leases", r#"{"identity":"billing-agent","scopes":["invoices:read"],"ttl":"10m"}"#),
-        ("POST", "/v1/leases", r#"{"identity":"billing-agent","scopes":["refunds:issue"],"ttl":600,"wait":"1m"}"#),
+        (
+            "POST",
+            "/v1/leases",
+            r#"{"identity":"billing-agent","scopes":["invoices:read"],"ttl":"10m"}"#,
+        ),
+        (
+            "POST",
+            "/v1/leases",
+            r#"{"identity":"billing-agent","scopes":["refunds:issue"],"ttl":600,"wait":"1m"}"#,
+        ),
         ("GET", "/v1/leases?all=1", ""),
         ("GET", "/v1/leases/pubkey", ""),
-        ("POST", "/v1/leases/revoke", r#"{"identity":"billing-agent","reason":"x"}"#),
+        (
+            "POST",
+            "/v1/leases/revoke",
+            r#"{"identity":"billing-agent","reason":"x"}"#,
+        ),
         ("POST", "/v1/thaw/billing-agent", ""),
     ];
     let lease = [
         ("GET", "/v1/whoami", ""),
-        ("POST", "/v1/leases", r#"{"scopes":["refunds:issue"],"ttl":"5m","wait":"10m"}"#),
+        (
+            "POST",
+            "/v1/leases",
+            r#"{"scopes":["refunds:issue"],"ttl":"5m","wait":"10m"}"#,
+        ),
         ("GET", "/v1/leases/jwks", ""),
         ("POST", "/v1/leases/l-1/renew", r#"{"ttl":"5m"}"#),
         ("GET", "/v1/leases/l-1/wait?timeout=30s", ""),
@@ -141,13 +169,26 @@ fn api() -> Vec<(String, Vec<u8>)> {
     ];
     let mut out = Vec::new();
     for (i, (m, p, b)) in control.iter().enumerate() {
-        out.push((format!("control-{i:02}"), [&[0u8][..], &http(m, p, b)].concat()));
+        out.push((
+            format!("control-{i:02}"),
+            [&[0u8][..], &http(m, p, b)].concat(),
+        ));
     }
     for (i, (m, p, b)) in lease.iter().enumerate() {
-        out.push((format!("lease-{i:02}"), [&[1u8][..], &http(m, p, b)].concat()));
+        out.push((
+            format!("lease-{i:02}"),
+            [&[1u8][..], &http(m, p, b)].concat(),
+        ));
     }
-    let pipelined = [http("GET", "/v1/status", ""), http("POST", "/v1/leases", "{}")].concat();
-    out.push(("control-pipelined".into(), [&[0u8][..], &pipelined].concat()));
+    let pipelined = [
+        http("GET", "/v1/status", ""),
+        http("POST", "/v1/leases", "{}"),
+    ]
+    .concat();
+    out.push((
+        "control-pipelined".into(),
+        [&[0u8][..], &pipelined].concat(),
+    ));
     out
 }
 
@@ -170,8 +211,14 @@ fn tokens() -> Vec<(String, Vec<u8>)> {
     vec![
         ("verify".into(), [&[0u8][..], token.as_bytes()].concat()),
         ("signature".into(), [&[1u8][..], token.as_bytes()].concat()),
-        ("pem".into(), [&[2u8][..], key.public().to_pem().as_bytes()].concat()),
-        ("jwk".into(), [&[2u8][..], key.public().to_jwk().to_string().as_bytes()].concat()),
+        (
+            "pem".into(),
+            [&[2u8][..], key.public().to_pem().as_bytes()].concat(),
+        ),
+        (
+            "jwk".into(),
+            [&[2u8][..], key.public().to_jwk().to_string().as_bytes()].concat(),
+        ),
     ]
 }
 
@@ -231,10 +278,17 @@ fn fuzz_seeds_are_current_and_take_their_paths() {
         assert_eq!(got.is_some(), name != "short", "{name}: {got:?}");
     }
     let answer = h.control(&http("GET", "/v1/identities/support-agent", ""));
-    assert!(answer.starts_with(b"HTTP/1.1 200 "), "{}", String::from_utf8_lossy(&answer));
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200 "),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
     let answer = h.lease("billing-agent", &http("GET", "/v1/whoami", ""));
     let text = String::from_utf8_lossy(&answer);
-    assert!(text.starts_with("HTTP/1.1 200 ") && text.contains("billing-agent"), "{text}");
+    assert!(
+        text.starts_with("HTTP/1.1 200 ") && text.contains("billing-agent"),
+        "{text}"
+    );
     // A streaming route ends on the paused clock.
     let answer = h.control(&http("GET", "/v1/events", ""));
     assert!(String::from_utf8_lossy(&answer).contains("\"hello\""));

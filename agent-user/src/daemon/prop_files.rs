@@ -82,11 +82,7 @@ fn model_file(rules: &[Meaning], p: &str, is_dir: bool, bit: u32, now: u64) -> u
     match best {
         None => 0,
         Some((_, r)) if r.end != 0 && r.end <= now => {
-            let written: Vec<Meaning> = rules
-                .iter()
-                .filter(|r| r.end == 0)
-                .copied()
-                .collect();
+            let written: Vec<Meaning> = rules.iter().filter(|r| r.end == 0).copied().collect();
             model_file(&written, p, is_dir, bit, now)
         }
         Some((_, r)) if r.deny => ACTION_DENY,
@@ -95,8 +91,18 @@ fn model_file(rules: &[Meaning], p: &str, is_dir: bool, bit: u32, now: u64) -> u
 }
 
 /// agent-ebpf `lsm::files::verdict::{lookup, decide}` on compiled entries.
-fn kernel_file(entries: &[super::lsm::FileEntry], p: &str, is_dir: bool, bit: u32, now: u64) -> u32 {
-    let key = if is_dir { format!("{p}/") } else { p.to_string() };
+fn kernel_file(
+    entries: &[super::lsm::FileEntry],
+    p: &str,
+    is_dir: bool,
+    bit: u32,
+    now: u64,
+) -> u32 {
+    let key = if is_dir {
+        format!("{p}/")
+    } else {
+        p.to_string()
+    };
     let key = key.as_bytes();
     let Some(v) = entries
         .iter()
@@ -121,7 +127,7 @@ fn kernel_file(entries: &[super::lsm::FileEntry], p: &str, is_dir: bool, bit: u3
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(super::prop_net::config())]
 
     #[test]
     fn file_entries_decide_as_the_written_policy(

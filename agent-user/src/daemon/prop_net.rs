@@ -79,11 +79,19 @@ pub(super) struct NetSpec {
 fn mask(addr: IpAddr, len: u8) -> IpAddr {
     match addr {
         IpAddr::V4(a) => {
-            let m = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len))
+            };
             IpAddr::V4(Ipv4Addr::from(u32::from(a) & m))
         }
         IpAddr::V6(a) => {
-            let m = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len))
+            };
             IpAddr::V6(Ipv6Addr::from(u128::from(a) & m))
         }
     }
@@ -268,6 +276,18 @@ fn model_net(
     best.is_some_and(|(_, _, deny)| !deny)
 }
 
+/// 256 cases, or `PROPTEST_CASES`.
+pub(super) fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    }
+}
+
 const RULESET: u32 = 7;
 
 fn bits_match(a: &[u8], b: &[u8], bits: u32) -> bool {
@@ -296,16 +316,26 @@ fn key_bytes(class: u32, addr: &[u8]) -> Vec<u8> {
 
 /// agent-ebpf `net.rs`: judge4/judge6, lookup4/lookup6 and `scan`.
 fn kernel_net(t: &NetTables, class: u32, dst: IpAddr, port: u16, now: u64) -> bool {
-    let v4: Vec<_> = t
-        .v4
-        .iter()
-        .map(|e| (key_bytes(e.class, &e.addr), KEY_FIXED_BITS + e.prefix_len, e.list))
-        .collect();
-    let v6: Vec<_> = t
-        .v6
-        .iter()
-        .map(|e| (key_bytes(e.class, &e.addr), KEY_FIXED_BITS + e.prefix_len, e.list))
-        .collect();
+    let v4: Vec<_> =
+        t.v4.iter()
+            .map(|e| {
+                (
+                    key_bytes(e.class, &e.addr),
+                    KEY_FIXED_BITS + e.prefix_len,
+                    e.list,
+                )
+            })
+            .collect();
+    let v6: Vec<_> =
+        t.v6.iter()
+            .map(|e| {
+                (
+                    key_bytes(e.class, &e.addr),
+                    KEY_FIXED_BITS + e.prefix_len,
+                    e.list,
+                )
+            })
+            .collect();
     let bind = class == CLASS_BIND_TCP || class == CLASS_BIND_UDP;
     if bind && port == 0 {
         return true;
@@ -326,7 +356,11 @@ fn kernel_net(t: &NetTables, class: u32, dst: IpAddr, port: u16, now: u64) -> bo
                 && w[12..] == [0; 4]
                 && (w[8..12] == [0; 4] || w[8..12] == [0, 0, 0xff, 0xff])
             {
-                let tail = if w[8..12] == [0; 4] { [0, 0, 0, 1] } else { [127, 0, 0, 1] };
+                let tail = if w[8..12] == [0; 4] {
+                    [0, 0, 0, 1]
+                } else {
+                    [127, 0, 0, 1]
+                };
                 w[12..].copy_from_slice(&tail);
             }
             if head_zero && w[8..12] == [0, 0, 0xff, 0xff] {
@@ -366,7 +400,10 @@ fn model_unix(listed: &[&str], sun_path: &[u8]) -> bool {
             .filter_map(|p| p.strip_prefix('@'))
             .any(|n| sun_path[1..] == *n.as_bytes()),
         Some(_) => {
-            let end = sun_path.iter().position(|&b| b == 0).unwrap_or(sun_path.len());
+            let end = sun_path
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(sun_path.len());
             listed.iter().any(|p| p.as_bytes() == &sun_path[..end])
         }
     }
@@ -412,7 +449,7 @@ fn queries() -> Vec<IpAddr> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(super::prop_net::config())]
 
     #[test]
     fn net_tables_decide_as_the_written_policy(
@@ -431,8 +468,6 @@ proptest! {
             list(0), list(1), list(2), toml_list(unix.iter().map(|s| s.to_string())),
             leases_toml(&bodies),
         );
-        // The loader numbers allow, deny, bind: keep `written` in that order
-        // is not needed, the model ignores ids.
         let (p, tables) = load(&text, &live);
         for class in [CLASS_TCP, CLASS_UDP, CLASS_BIND_TCP, CLASS_BIND_UDP] {
             for dst in queries() {
