@@ -29,6 +29,6 @@ fuzz_target!(|data: &[u8]| {
         let who = &names[(sel as usize / 2) % names.len()];
         H.lease(who, request)
     };
-    // Whatever came in, anything that answers answers HTTP/1.1.
-    assert!(out.is_empty() || out.starts_with(b"HTTP/1.1 "), "{out:?}");
+    // Whatever came in, an answer is HTTP/1.x (1.0 to a 1.0 request).
+    assert!(out.is_empty() || out.starts_with(b"HTTP/1."), "{out:?}");
 });

@@ -122,10 +122,11 @@ impl Harness {
     pub fn new(policy_dir: &Path, rt: Runtime) -> anyhow::Result<Harness> {
         let set = policy::load_dir_with(policy_dir, &fake_resolve)
             .map_err(|e| anyhow::anyhow!("{}: {e}", policy_dir.display()))?;
-        let base = Path::new("/dev/shm")
-            .is_dir()
-            .then(|| PathBuf::from("/dev/shm"))
-            .unwrap_or_else(std::env::temp_dir);
+        let base = if Path::new("/dev/shm").is_dir() {
+            PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
         let state_dir = base.join(format!("corral-harness-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&state_dir);
         std::fs::create_dir_all(state_dir.join("policies"))?;

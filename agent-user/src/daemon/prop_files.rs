@@ -69,7 +69,9 @@ fn covers(rule: &str, p: &str, is_dir: bool) -> Option<(usize, bool)> {
 /// speaking about it, deny at equal specificity, the longest-lived of equal
 /// rules; a grant that has ended gives way to the written rules alone.
 fn model_file(rules: &[Meaning], p: &str, is_dir: bool, bit: u32, now: u64) -> u32 {
-    let mut best: Option<((usize, bool, bool, u64), &Meaning)> = None;
+    // (specificity, exact, deny, lifetime): the greatest decides.
+    type Rank = (usize, bool, bool, u64);
+    let mut best: Option<(Rank, &Meaning)> = None;
     for r in rules.iter().filter(|r| r.bits & bit != 0) {
         if let Some((len, exact)) = covers(r.path, p, is_dir) {
             let life = if r.end == 0 { u64::MAX } else { r.end };
