@@ -12,6 +12,7 @@ mod bench_files;
 mod bench_lease;
 mod bench_syscall;
 mod build;
+mod fuzz;
 mod lint;
 mod run;
 mod setup;
@@ -46,6 +47,9 @@ enum Command {
     Lint,
     /// Benchmarks: connect() cost and event throughput, with baselines, as ratios.
     Bench(bench::BenchArgs),
+    /// The libFuzzer targets (policy, event_decode, api, lease_token, btf),
+    /// each for a bounded time.
+    Fuzz(fuzz::FuzzArgs),
     /// The BPF-LSM tests in a QEMU guest booting Debian's cloud kernel
     /// (also a step of `test`).
     VmTest(vm::VmArgs),
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(&ws, &args),
         Command::Lint => lint::run(&ws),
         Command::Bench(args) => bench::run(&ws, &args),
+        Command::Fuzz(args) => fuzz::run(&ws, &args),
         Command::VmTest(args) => vm::run(&ws, &args),
     };
     match result {

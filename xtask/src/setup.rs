@@ -5,7 +5,8 @@
 //! 2. bpf-linker 0.13.0 in `<ws>/.tools/bpf-linker`, built against the
 //!    nightly's own libLLVM (see /work/shared/KERNEL-NOTES.md) and rebuilt when
 //!    the nightly changes;
-//! 3. the Debian packages the tests use.
+//! 3. cargo-fuzz in `<ws>/.tools/cargo-fuzz` (`cargo xtask fuzz`);
+//! 4. the Debian packages the tests use.
 
 use std::{
     fs,
@@ -35,6 +36,7 @@ pub fn ensure(ws: &Path) -> Result<()> {
     let start = Instant::now();
     nightly_rust_src().context("setting up the nightly toolchain")?;
     bpf_linker(&util::tools_dir(ws)).context("setting up bpf-linker")?;
+    crate::fuzz::ensure_cargo_fuzz(ws).context("installing cargo-fuzz")?;
     apt_packages(APT_PACKAGES).context("installing test packages")?;
     println!("setup: done in {:.2?}", start.elapsed());
     Ok(())

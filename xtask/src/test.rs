@@ -1,9 +1,10 @@
 //! `cargo xtask test`: the whole suite, what CI runs (`.ci/run`).
 //!
-//! Steps, in order, failing fast: setup; release build; unit tests; build the
-//! privileged test crate (`tests/`, package `corral-tests`); run it as root,
-//! serially, with `CORRAL_BIN` pointing at the release binary; check the
-//! systemd unit with `systemd-analyze verify`; (later) the QEMU `vm-test`.
+//! Steps, in order, failing fast: setup; release build; unit tests; a fuzz
+//! smoke run (`fuzz.rs`); build the privileged test crate (`tests/`, package
+//! `corral-tests`); run it as root, serially, with `CORRAL_BIN` pointing at
+//! the release binary; check the systemd unit with `systemd-analyze verify`;
+//! (later) the QEMU `vm-test`.
 
 use std::{
     env, fs,
@@ -13,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{build, setup, util};
+use crate::{build, fuzz, setup, util};
 
 #[derive(clap::Args, Debug)]
 pub struct TestArgs {
@@ -23,12 +24,15 @@ pub struct TestArgs {
     /// Skip the unit tests.
     #[arg(long)]
     pub no_unit: bool,
+    /// Skip the fuzz smoke run.
+    #[arg(long)]
+    pub no_fuzz: bool,
     /// Skip the QEMU step (`cargo xtask vm-test` runs it alone).
     #[arg(long)]
     pub no_vm: bool,
 }
 
-const STEPS: usize = 7;
+const STEPS: usize = 8;
 
 pub fn run(ws: &Path, args: &TestArgs) -> Result<()> {
     let mut steps = Steps::default();
@@ -55,6 +59,13 @@ pub fn run(ws: &Path, args: &TestArgs) -> Result<()> {
             }
             util::run(c.current_dir(ws))
         })?;
+    }
+
+    if args.no_fuzz {
+        steps.skip("fuzz smoke", "--no-fuzz");
+    } else {
+        let counts = steps.step("fuzz smoke (a few seconds per target)", || fuzz::smoke(ws))?;
+        steps.note(&counts);
     }
 
     if ws.join("tests/Cargo.toml").is_file() {
@@ -264,6 +275,13 @@ impl Steps {
             f().with_context(|| format!("test step {}/{STEPS} ({title}) failed", self.n))?;
         self.done.push((title.to_owned(), "ok".to_owned()));
         Ok(value)
+    }
+
+    /// Adds what the last step measured to its summary line.
+    fn note(&mut self, what: &str) {
+        if let Some((_, result)) = self.done.last_mut() {
+            *result = format!("ok ({what})");
+        }
     }
 
     fn skip(&mut self, title: &str, why: &str) {

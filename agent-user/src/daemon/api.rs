@@ -57,6 +57,28 @@ pub struct Sockets {
 }
 
 impl Sockets {
+    /// The control socket's fixed limits (its peers are root or the socket
+    /// group) and the agent socket's, given.
+    pub fn new(
+        agent: super::conn::Limits,
+        rate_per_sec: u32,
+        events: broadcast::Sender<Arc<Event>>,
+    ) -> Sockets {
+        use super::conn::{Gate, Limits, rate::RateLimit};
+        Sockets {
+            control: Gate::new(
+                "control",
+                Limits {
+                    max_conns: 128,
+                    per_uid: 128,
+                    header_timeout: std::time::Duration::from_secs(30),
+                },
+            ),
+            agent: Gate::new("agent", agent),
+            rate: Arc::new(RateLimit::new(rate_per_sec, events)),
+        }
+    }
+
     pub fn view(&self) -> Value {
         json!({
             "control": self.control.view(),
@@ -145,7 +167,7 @@ async fn body_json<T: for<'de> Deserialize<'de> + Default>(
     super::conn::body::json(req).await
 }
 
-async fn route(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBody> {
+pub(super) async fn route(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBody> {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let parts: Vec<&str> = path.split('/').skip(1).collect();
     match (req.method().clone(), parts.as_slice()) {

@@ -121,7 +121,7 @@ async fn body<T: for<'de> Deserialize<'de> + Default>(req: Request<Incoming>) ->
 }
 
 /// Who is asking: the operator, or an attested process of `identity`.
-enum Caller {
+pub(super) enum Caller {
     Operator,
     Agent {
         identity: String,
@@ -158,7 +158,7 @@ pub async fn route(req: Request<Incoming>, parts: &[&str]) -> Response<RespBody>
     handle(req, parts, &leases, Caller::Operator).await
 }
 
-async fn handle(
+pub(super) async fn handle(
     req: Request<Incoming>,
     parts: &[&str],
     l: &Leases,

@@ -51,6 +51,17 @@ pub struct AuditArgs {
     pub audit_checkpoint_every: Duration,
 }
 
+impl Default for AuditArgs {
+    fn default() -> AuditArgs {
+        AuditArgs {
+            audit_segment_bytes: 64 * 1024 * 1024,
+            audit_segment_age: Duration::from_secs(3600),
+            audit_retain_segments: 48,
+            audit_checkpoint_every: Duration::from_secs(60),
+        }
+    }
+}
+
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Default, Debug)]

@@ -259,12 +259,12 @@ impl Btf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A hand-built BTF blob: `int`, `struct s { int a; union { int b; }; }`
     /// and `enum e { X = 49 }`.
-    fn blob() -> Vec<u8> {
+    pub(crate) fn blob() -> Vec<u8> {
         let strings = b"\0int\0s\0a\0b\0e\0X\0".to_vec();
         let (int, s, a, bb, e, x) = (1u32, 5u32, 7u32, 9u32, 11u32, 13u32);
         let mut t: Vec<u32> = vec![];

@@ -219,6 +219,17 @@ fn proc_info(tgid: u32, cache: &mut HashMap<u32, ProcInfo>) -> ProcInfo {
     info
 }
 
+/// [`enrich`] with fresh caches (the fuzz harness: one record at a time).
+pub(super) fn enrich_once(raw: &Raw, snap: &Snapshot) -> Event {
+    enrich(
+        raw,
+        snap,
+        &Clock::now(),
+        &mut HashMap::new(),
+        &mut CgroupNames::default(),
+    )
+}
+
 fn enrich(
     raw: &Raw,
     snap: &Snapshot,

@@ -4,16 +4,24 @@
 mod api;
 mod api_lease;
 mod audit;
-mod btf;
+pub mod btf;
 mod conn;
 mod dns;
 mod enforcer;
 mod events;
 mod fileobs;
+#[doc(hidden)]
+pub mod harness;
+#[cfg(test)]
+mod harness_seeds;
 mod inspect;
 pub mod lease;
 mod loader;
 mod lsm;
+#[cfg(test)]
+mod prop_files;
+#[cfg(test)]
+mod prop_net;
 mod reload;
 mod snapshot;
 mod status;
@@ -296,25 +304,15 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
     let agent_listener = conn::bind::bind(&lease_socket, 0o666, None)?;
     api_lease::install(leases.clone());
     tokio::spawn(leases.clone().run(trip_rx));
-    let sockets = api::Sockets {
-        control: conn::Gate::new(
-            "control",
-            conn::Limits {
-                max_conns: 128,
-                per_uid: 128,
-                header_timeout: std::time::Duration::from_secs(30),
-            },
-        ),
-        agent: conn::Gate::new(
-            "agent",
-            conn::Limits {
-                max_conns: args.lease_max_connections,
-                per_uid: args.lease_max_connections_per_uid,
-                header_timeout: args.lease_idle_timeout,
-            },
-        ),
-        rate: Arc::new(conn::rate::RateLimit::new(args.lease_rate, hub.tx.clone())),
-    };
+    let sockets = api::Sockets::new(
+        conn::Limits {
+            max_conns: args.lease_max_connections,
+            per_uid: args.lease_max_connections_per_uid,
+            header_timeout: args.lease_idle_timeout,
+        },
+        args.lease_rate,
+        hub.tx.clone(),
+    );
     conn::spawn_isolated(
         "corral-agent-api",
         api_lease::serve_agent(

@@ -44,7 +44,6 @@ pub use files::{
     is_dir as files_is_dir,
 };
 pub use leases::{AnomalyAction, AnomalyPolicy, LeasePolicy, LiveGrant, TokenOwner, with_grants};
-#[cfg(test)]
 pub use load::parse_str;
 pub use load::{
     HostExpired, PolicySource, host_names, load_dir, load_dir_sources, load_dir_with, load_file,
