@@ -46,6 +46,11 @@ pub fn run(ws: &Path) -> Result<()> {
         "corral-tests",
         "--bins",
     ]))?;
+    // The host-cost table alone (see `bench_host`).
+    if std::env::var("CORRAL_BENCH_ONLY").as_deref() == Ok("host") {
+        println!("\n{}", crate::bench_host::run(ws)?);
+        return Ok(());
+    }
     let report = bench_env::with_env(ws, "corral-bench", |env| {
         Bench {
             env,
@@ -57,6 +62,7 @@ pub fn run(ws: &Path) -> Result<()> {
     })?;
     println!("\n{report}\n\n{}", crate::bench_files::run(ws)?);
     println!("\n{}", crate::bench_syscall::run(ws)?);
+    println!("\n{}", crate::bench_host::run(ws)?);
     Ok(())
 }
 
