@@ -12,7 +12,11 @@
 //! - an agent whose launch-time filter allows in the kernel a hot syscall
 //!   the live policy has dropped since (only the observers see those calls).
 
-use std::{collections::HashMap, fs, path::PathBuf};
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+};
 
 use agent_common::syscall::{LAUNCHER_MAX_DEPTH, LauncherEntry, SyscallPolicy};
 
@@ -58,9 +62,9 @@ pub fn why(confined: &[Confined], launchers: &HashMap<u32, LauncherEntry>) -> Op
 }
 
 /// Every pid in `cg` and the cgroups below it (bounded).
-fn procs(cg: &PathBuf) -> Vec<u32> {
+fn procs(cg: &Path) -> Vec<u32> {
     let mut out = Vec::new();
-    let mut dirs = vec![cg.clone()];
+    let mut dirs = vec![cg.to_path_buf()];
     let mut seen = 0;
     while let Some(d) = dirs.pop() {
         seen += 1;
