@@ -312,7 +312,23 @@ pub struct SyscallEvent {
 }
 const _: () = assert!(core::mem::size_of::<SyscallEvent>() == 64 + 16 + 24);
 
-user_pod!(SyscallPolicy, SyscallEvent);
+/// `LauncherReport::magic`: "CRL1".
+pub const LAUNCHER_REPORT_MAGIC: u32 = 0x314c_5243;
+
+/// One datagram from a `corral run` launcher to the daemon's report socket:
+/// a syscall the launcher refused or audited (the same record the observers
+/// write to the ring buffer), and how many reports it dropped before this
+/// one (its queue was full while no daemon listened).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LauncherReport {
+    pub magic: u32,
+    pub lost: u32,
+    pub event: SyscallEvent,
+}
+const _: () = assert!(core::mem::size_of::<LauncherReport>() == 8 + 104);
+
+user_pod!(SyscallPolicy, SyscallEvent, LauncherReport);
 
 #[cfg(feature = "user")]
 crate::wire_enum!(

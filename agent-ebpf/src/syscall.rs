@@ -391,10 +391,11 @@ pub fn on_enter(ctx: &BtfTracePointContext) -> i32 {
     // The call runs although the policy does not allow it.
     let audit = pol.mode == MODE_AUDIT;
     let (layer, verdict) = match has_corral_filter(identity) {
-        // Audit mode: the launcher let it through. Enforce mode: the filter
-        // compiled at launch allows it in the kernel (a hot syscall the
-        // policy has dropped since), or a policy change raced the answer.
-        Some(true) if audit => (LAYER_NOTIFY, VERDICT_AUDIT),
+        // Audit mode: the launcher let it through, and reported it itself.
+        // Enforce mode: the filter compiled at launch allows it in the
+        // kernel (a hot syscall the policy has dropped since), or a policy
+        // change raced the answer.
+        Some(true) if audit => return 0,
         Some(true) => (LAYER_KERNEL, VERDICT_AUDIT),
         Some(false) if !audit && pol.flags & FLAG_ASSIGNED_KILL != 0 => (LAYER_KILL, VERDICT_KILL),
         _ => (LAYER_OBSERVED, VERDICT_AUDIT),
@@ -448,6 +449,11 @@ pub fn on_exit(ctx: &BtfTracePointContext) -> i32 {
         && *last == raw_nr.wrapping_add(1)
     {
         // It entered: the call itself failed, nobody refused it.
+        return 0;
+    }
+    // A launched agent's launcher answers (and reports) every refusal but
+    // the ones nobody answers (ENOSYS: the launcher is gone).
+    if ret == -EPERM && has_corral_filter(identity) == Some(true) {
         return 0;
     }
     // SAFETY: plain-data value, read in place.

@@ -60,9 +60,9 @@ pub fn run(ws: &Path, args: &BenchArgs) -> Result<()> {
     if let Some(o) = args
         .only
         .as_deref()
-        .filter(|o| !["connect", "files", "syscall", "lease"].contains(o))
+        .filter(|o| !["connect", "files", "syscall", "lease", "host"].contains(o))
     {
-        bail!("unknown bench part `{o}`: connect, files, syscall or lease");
+        bail!("unknown bench part `{o}`: connect, files, syscall, lease or host");
     }
     if part("lease") {
         let r = crate::bench_lease::run(ws, args.lease_baseline.as_deref())?;
@@ -74,6 +74,9 @@ pub fn run(ws: &Path, args: &BenchArgs) -> Result<()> {
         }
         if part("syscall") {
             println!("\n{}", crate::bench_syscall::run(ws)?);
+        }
+        if part("host") {
+            println!("\n{}", crate::bench_host::run(ws)?);
         }
         return Ok(());
     }
@@ -92,6 +95,9 @@ pub fn run(ws: &Path, args: &BenchArgs) -> Result<()> {
     }
     if part("syscall") {
         println!("\n{}", crate::bench_syscall::run(ws)?);
+    }
+    if part("host") {
+        println!("\n{}", crate::bench_host::run(ws)?);
     }
     Ok(())
 }

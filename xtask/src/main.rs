@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_env;
 mod bench_files;
+mod bench_host;
 mod bench_lease;
 mod bench_syscall;
 mod build;

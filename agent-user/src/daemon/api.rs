@@ -224,6 +224,7 @@ fn policy(req: &Request<Incoming>, ctx: &Ctx, name: &str) -> Response<RespBody> 
     if sections.has("syscalls") {
         // Where `corral run` reads the live syscall policy.
         out["syscalls"]["map"] = json!(super::syscalls::map_path(&ctx.info.pin_dir));
+        out["syscalls"]["report"] = json!(super::reports::socket_path(&ctx.info.state_dir));
     }
     let resp = json_resp(StatusCode::OK, out);
     if sections.has("network") {

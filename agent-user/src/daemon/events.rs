@@ -102,6 +102,7 @@ impl CgroupNames {
 
 pub async fn run(
     ring: RingBuf<MapData>,
+    mut reports: tokio::sync::mpsc::Receiver<super::reports::Report>,
     drops: PerCpuArray<MapData, u64>,
     snapshot: watch::Receiver<Arc<Snapshot>>,
     tx: broadcast::Sender<Arc<Event>>,
@@ -144,6 +145,23 @@ pub async fn run(
                     }
                 }
                 guard.clear_ready();
+            }
+            Some(r) = reports.recv() => {
+                match r {
+                    super::reports::Report::Event(bytes) => {
+                        stats.received.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(raw) = Raw::decode(&bytes) {
+                            let snap = snapshot.borrow().clone();
+                            let clock = Clock::now();
+                            let ev = enrich(&raw, &snap, &clock, &mut cache, &mut cgroups);
+                            let _ = tx.send(Arc::new(ev));
+                        }
+                    }
+                    super::reports::Report::Lost(n) => {
+                        warn!(lost = n, "a launcher dropped reports while no daemon listened");
+                        let _ = tx.send(Arc::new(Event::lost(now_rfc3339(), n, "launcher")));
+                    }
+                }
             }
             _ = tick.tick() => {
                 let now = sum_drops(&drops);

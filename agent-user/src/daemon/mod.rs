@@ -23,8 +23,10 @@ mod prop_files;
 #[cfg(test)]
 mod prop_net;
 mod reload;
+mod reports;
 mod snapshot;
 mod status;
+mod syscall_need;
 mod syscalls;
 mod unix;
 mod watch;
@@ -260,8 +262,17 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
         snapshot: snap_rx.clone(),
         trips: trip_tx,
     });
+    // Launchers' reports of what they refuse (`reports`), into the same
+    // pipeline as the kernel's events.
+    let (report_tx, report_rx) = mpsc::channel(4096);
+    if let Err(e) = reports::start(&args.state_dir, &args.pin_dir, report_tx) {
+        warn!(
+            "launcher report socket unavailable ({e}): syscalls refused by `corral run` launchers are not reported"
+        );
+    }
     let mut reader = tokio::spawn(events::run(
         ring,
+        report_rx,
         drops,
         snap_rx.clone(),
         hub.tx.clone(),

@@ -139,6 +139,8 @@ pub struct LiveIdentity {
     pub ruleset: u32,
     /// `None`: orphaned (policy file removed while processes remain).
     pub policy: Option<Arc<IdentityPolicy>>,
+    /// Its cgroup and the cgroups assigned to it.
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// The value an identity's launchers and observers judge by.
@@ -238,13 +240,41 @@ impl Syscalls {
         for k in stale {
             let _ = m.remove(&k);
         }
-        let want = live
-            .iter()
-            .any(|l| l.policy.as_ref().is_some_and(|p| p.syscalls.is_some()));
-        self.set_observers(ebpf, want);
         self.tags_changed(ebpf);
         prune_launchers(ebpf);
+        self.refresh(ebpf, live);
         Ok(())
+    }
+
+    /// Attaches the observers while some tagged process has nobody else to
+    /// report for it (`syscall_need`), detaches them when none has.
+    pub fn refresh(&mut self, ebpf: &mut Ebpf, live: &[LiveIdentity]) {
+        let confined: Vec<super::syscall_need::Confined> = live
+            .iter()
+            .filter(|l| l.policy.as_ref().is_some_and(|p| p.syscalls.is_some()))
+            .map(|l| super::syscall_need::Confined {
+                id: l.id,
+                cgroups: l.cgroups.clone(),
+                value: value_for(l),
+            })
+            .collect();
+        let why = if confined.is_empty() {
+            None
+        } else {
+            let launchers: std::collections::HashMap<u32, LauncherEntry> = ebpf
+                .map(maps::SC_LAUNCHERS)
+                .and_then(|m| BpfHashMap::<_, u32, LauncherEntry>::try_from(m).ok())
+                .map(|m| m.iter().filter_map(Result::ok).collect())
+                .unwrap_or_default();
+            super::syscall_need::why(&confined, &launchers)
+        };
+        if why.is_some() && !self.attached {
+            info!(
+                why = why.as_deref().unwrap_or(""),
+                "attaching the host-wide syscall observers"
+            );
+        }
+        self.set_observers(ebpf, why.is_some());
     }
 
     /// Every cached cgroup→identity answer is stale from now on.
@@ -284,7 +314,7 @@ impl Syscalls {
         } else if !want && (self.attached || links_dir(&self.pin_dir).exists()) {
             detach_pins(&self.pin_dir);
             self.attached = false;
-            info!("no identity has a [syscalls] section: syscall observers detached");
+            info!("no tagged process needs them: syscall observers detached");
         }
     }
 

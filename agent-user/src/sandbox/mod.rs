@@ -14,6 +14,7 @@
 
 pub mod landlock;
 pub mod launcher_mark;
+pub mod report;
 pub mod seccomp;
 pub mod supervisor;
 pub mod syscalls;
@@ -38,10 +39,15 @@ impl Confinement {
     /// Builds every mechanism's pre-fork state from the identity's policy as
     /// the daemon serves it (`GET /v1/policy/NAME`).
     pub fn prepare(identity: &str, policy: &serde_json::Value) -> anyhow::Result<Confinement> {
+        let mut terminal = terminal::Terminal::prepare()?;
+        let syscalls = syscalls::prepare(identity, policy)?;
+        if syscalls.is_some() {
+            terminal.leave_to_syscall_filter();
+        }
         Ok(Confinement {
-            terminal: Some(terminal::Terminal::prepare()?),
+            terminal: Some(terminal),
             landlock: landlock::prepare(policy)?,
-            syscalls: syscalls::prepare(identity, policy)?,
+            syscalls,
         })
     }
 

@@ -2,14 +2,19 @@
 //!
 //! Classic BPF, compiled in the parent from the identity's policy at
 //! launch:
-//! 1. any ABI but x86_64, and x32 numbers: EPERM;
-//! 2. `seccomp()` asking for a notification listener: EPERM (an agent's own
-//!    listener would receive its notifications before Corral's: the newest
-//!    filter wins ties);
+//! 1. any ABI but x86_64, and x32 numbers: USER_NOTIF;
+//! 2. `ioctl` with a terminal-injection command (`terminal::REFUSED`):
+//!    USER_NOTIF;
 //! 3. per syscall number, by a balanced search over runs of numbers with
-//!    the same action: `deny` entries EPERM (enforce mode), hot allowed
-//!    syscalls ALLOW, everything else USER_NOTIF, answered by the launcher
-//!    from the live policy (see `supervisor`).
+//!    the same action: hot allowed syscalls ALLOW, everything else
+//!    USER_NOTIF, answered by the launcher from the live policy (see
+//!    `supervisor`).
+//!
+//! What the filter used to refuse itself (wrong ABI, `deny` entries,
+//! `seccomp()` asking for a listener, terminal injection) is notified too,
+//! so the launcher refuses it and reports it without a host-wide syscall
+//! hook. Without the launcher it is still refused: a notification nobody
+//! answers fails with ENOSYS.
 //!
 //! The filter is inherited by every thread and child and survives
 //! `execve`; it cannot be removed. Decisions in the filter look at the
@@ -17,7 +22,7 @@
 
 use std::{io, os::fd::RawFd};
 
-use agent_common::syscall::{NR_SECCOMP, SECCOMP_FILTER_FLAG_NEW_LISTENER};
+use agent_common::syscall::{NR_IOCTL, NR_SECCOMP};
 
 use crate::policy::syscalls::SyscallSet;
 
@@ -29,7 +34,6 @@ const TABLE_END: u32 = agent_common::syscall::BITMAP_BITS;
 const BPF_LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
 const BPF_JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
 const BPF_JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
-const BPF_JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
 const BPF_JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
 const BPF_RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
 
@@ -69,9 +73,9 @@ const NEVER_IN_FILTER: [u32; 5] = [
 ];
 
 /// The action the filter takes for `nr` (below `TABLE_END`).
-pub fn action(nr: u32, hot_allowed: &SyscallSet, denied: &SyscallSet, enforce: bool) -> u32 {
-    if enforce && denied.contains(nr) {
-        RET_EPERM
+pub fn action(nr: u32, hot_allowed: &SyscallSet, denied: &SyscallSet) -> u32 {
+    if denied.contains(nr) {
+        RET_NOTIFY
     } else if hot_allowed.contains(nr) && !NEVER_IN_FILTER.contains(&nr) {
         RET_ALLOW
     } else {
@@ -85,15 +89,15 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// `hot_allowed`: what the filter allows itself; `denied`: what it
-    /// refuses itself when `enforce` (in audit mode the supervisor sees
-    /// those too, and allows them).
-    pub fn compile(hot_allowed: &SyscallSet, denied: &SyscallSet, enforce: bool) -> Filter {
+    /// `hot_allowed`: what the filter allows itself; `denied`: never
+    /// allowed in the filter (the launcher refuses them in enforce mode,
+    /// reports them in audit mode).
+    pub fn compile(hot_allowed: &SyscallSet, denied: &SyscallSet) -> Filter {
         // Runs of equal action: (first number, action). The last run goes
         // on to 2^32 (numbers past the bitmap are notified).
         let mut runs: Vec<(u32, u32)> = Vec::new();
         for nr in 0..TABLE_END {
-            let a = action(nr, hot_allowed, denied, enforce);
+            let a = action(nr, hot_allowed, denied);
             if runs.last().map(|r| r.1) != Some(a) {
                 runs.push((nr, a));
             }
@@ -101,19 +105,31 @@ impl Filter {
         if runs.last().map(|r| r.1) != Some(RET_NOTIFY) {
             runs.push((TABLE_END, RET_NOTIFY));
         }
+        let refused = super::terminal::REFUSED;
+        let n = refused.len() as u8;
         let mut prog = vec![
             stmt(BPF_LD_W_ABS, OFF_ARCH),
             jump(BPF_JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
-            stmt(BPF_RET_K, RET_EPERM),
+            stmt(BPF_RET_K, RET_NOTIFY),
             stmt(BPF_LD_W_ABS, OFF_NR),
             jump(BPF_JGE_K, X32_SYSCALL_BIT, 0, 1),
-            stmt(BPF_RET_K, RET_EPERM),
-            jump(BPF_JEQ_K, NR_SECCOMP, 0, 4),
+            stmt(BPF_RET_K, RET_NOTIFY),
+            // ioctl: its command decides before its number does.
+            jump(BPF_JEQ_K, NR_IOCTL, 0, 3 + n),
             stmt(BPF_LD_W_ABS, OFF_ARG1_LO),
-            jump(BPF_JSET_K, SECCOMP_FILTER_FLAG_NEW_LISTENER as u32, 0, 1),
-            stmt(BPF_RET_K, RET_EPERM),
-            stmt(BPF_LD_W_ABS, OFF_NR),
         ];
+        for (i, cmd) in refused.iter().enumerate() {
+            // Match: to the RET_NOTIFY after the list.
+            prog.push(jump(BPF_JEQ_K, *cmd, n - i as u8, 0));
+        }
+        prog.extend([
+            jump(BPF_JA, 0, 0, 0),
+            stmt(BPF_RET_K, RET_NOTIFY),
+            stmt(BPF_LD_W_ABS, OFF_NR),
+        ]);
+        // The `ja` above skips the RET_NOTIFY.
+        let ja = prog.len() - 3;
+        prog[ja].k = 1;
         prog.extend(tree(&runs));
         Filter { prog }
     }
@@ -144,11 +160,10 @@ impl Filter {
                         _ => 0,
                     }
                 }
-                BPF_JEQ_K | BPF_JGE_K | BPF_JSET_K => {
+                BPF_JEQ_K | BPF_JGE_K => {
                     let t = match i.code {
                         BPF_JEQ_K => a == i.k,
-                        BPF_JGE_K => a >= i.k,
-                        _ => a & i.k != 0,
+                        _ => a >= i.k,
                     };
                     pc += usize::from(if t { i.jt } else { i.jf });
                 }
@@ -237,30 +252,46 @@ mod tests {
     fn filter_matches_the_action_table_everywhere() {
         let allowed = hot_set();
         let denied = set(&["ptrace", "mount", "bpf", "kexec_load", "io_uring_setup"]);
-        let f = Filter::compile(&allowed, &denied, true);
+        let f = Filter::compile(&allowed, &denied);
         assert!(f.len() < 4096, "{}", f.len());
-        for nr in 0..TABLE_END {
+        for nr in (0..TABLE_END).filter(|n| *n != NR_IOCTL) {
             assert_eq!(
                 f.eval(AUDIT_ARCH_X86_64, nr, 0),
-                action(nr, &allowed, &denied, true),
+                action(nr, &allowed, &denied),
                 "nr {nr}"
             );
         }
         assert_eq!(f.eval(AUDIT_ARCH_X86_64, 0, 0), RET_ALLOW);
-        assert_eq!(f.eval(AUDIT_ARCH_X86_64, 101, 0), RET_EPERM);
+        assert_eq!(
+            f.eval(AUDIT_ARCH_X86_64, 101, 0),
+            RET_NOTIFY,
+            "deny entries are notified: the launcher refuses and reports"
+        );
         assert_eq!(
             f.eval(AUDIT_ARCH_X86_64, 83, 0),
             RET_NOTIFY,
             "mkdir is live"
         );
         assert_eq!(f.eval(AUDIT_ARCH_X86_64, 100_000, 0), RET_NOTIFY);
-        assert_eq!(f.eval(AUDIT_ARCH_X86_64, u32::MAX, 0), RET_EPERM);
-        assert_eq!(f.eval(AUDIT_ARCH_X86_64, 0x4000_0000, 0), RET_EPERM, "x32");
-        assert_eq!(f.eval(0x4000_0003, 0, 0), RET_EPERM, "i386");
+        assert_eq!(f.eval(AUDIT_ARCH_X86_64, u32::MAX, 0), RET_NOTIFY);
+        assert_eq!(f.eval(AUDIT_ARCH_X86_64, 0x4000_0000, 0), RET_NOTIFY, "x32");
+        assert_eq!(f.eval(0x4000_0003, 0, 0), RET_NOTIFY, "i386");
         assert_eq!(
             f.eval(AUDIT_ARCH_X86_64, NR_SECCOMP, 8),
-            RET_EPERM,
+            RET_NOTIFY,
             "listener"
+        );
+        for cmd in super::super::terminal::REFUSED {
+            assert_eq!(
+                f.eval(AUDIT_ARCH_X86_64, NR_IOCTL, cmd as u64),
+                RET_NOTIFY,
+                "ioctl {cmd:#x}"
+            );
+        }
+        assert_eq!(
+            f.eval(AUDIT_ARCH_X86_64, NR_IOCTL, 0x5401),
+            action(NR_IOCTL, &allowed, &denied),
+            "TCGETS goes by the table"
         );
         assert_eq!(f.eval(AUDIT_ARCH_X86_64, NR_SECCOMP, 0), RET_NOTIFY);
         assert_eq!(
@@ -270,7 +301,7 @@ mod tests {
         );
         let mut all = hot_set();
         all.insert(59);
-        let f = Filter::compile(&all, &SyscallSet::default(), true);
+        let f = Filter::compile(&all, &SyscallSet::default());
         assert_eq!(
             f.eval(AUDIT_ARCH_X86_64, 59, 0),
             RET_NOTIFY,
@@ -279,19 +310,19 @@ mod tests {
     }
 
     #[test]
-    fn audit_mode_notifies_the_deny_list_and_long_trees_jump_far() {
+    fn the_deny_list_is_notified_and_long_trees_jump_far() {
         // Every other number allowed: the worst case for runs.
         let mut alternate = SyscallSet::default();
         for nr in (0..TABLE_END).step_by(2) {
             alternate.insert(nr);
         }
         let denied = set(&["ptrace"]);
-        let f = Filter::compile(&alternate, &denied, false);
+        let f = Filter::compile(&alternate, &denied);
         assert!(f.len() > 512, "{}", f.len());
-        for nr in 0..TABLE_END {
+        for nr in (0..TABLE_END).filter(|n| *n != NR_IOCTL) {
             assert_eq!(
                 f.eval(AUDIT_ARCH_X86_64, nr, 0),
-                action(nr, &alternate, &denied, false),
+                action(nr, &alternate, &denied),
                 "nr {nr}"
             );
         }

@@ -18,8 +18,9 @@
 //! supervisor copies the fd with `pidfd_getfd` while the child waits in its
 //! first notified syscall (`execve` is never allowed by the filter itself).
 //!
+//! Every call it refuses or audits is reported to the daemon (`report`).
 //! If this process dies, every notified syscall of the child fails with
-//! ENOSYS: closed, never open.
+//! ENOSYS: closed, never open (and the daemon's observers report those).
 
 use std::{
     ffi::CString,
@@ -30,7 +31,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{identity::MODE_AUDIT, syscall::SyscallPolicy};
+use agent_common::{
+    event::{REASON_DENY_RULE, REASON_NO_RULE, REASON_PROTECTED, VERDICT_AUDIT, VERDICT_DENY},
+    identity::MODE_AUDIT,
+    syscall::{
+        BITMAP_BITS, LAYER_KERNEL, LAYER_NOTIFY, NR_IA32_FLAG, NR_IOCTL, NR_SECCOMP,
+        SECCOMP_FILTER_FLAG_NEW_LISTENER, SyscallPolicy, X32_SYSCALL_BIT,
+    },
+};
+
+use super::report::{Decision, Reporter};
 
 /// `SECCOMP_IOCTL_NOTIF_SET_FLAGS` flag: wake the target on the answering
 /// CPU (Linux 6.6+; ≈2.7 µs per notified syscall here instead of ≈48).
@@ -153,11 +163,35 @@ pub struct Supervisor {
     pub map: PolicyMap,
     pub identity_id: u32,
     pub name: [u8; agent_common::identity::IDENTITY_NAME_LEN],
+    pub reporter: Reporter,
+}
+
+/// What the launcher answers to one notification, and what it reports.
+struct Verdict {
+    /// `0` (continue) or `-EPERM`.
+    error: i32,
+    report: Option<(u32, u32, u32)>,
+}
+
+impl Verdict {
+    fn allow() -> Verdict {
+        Verdict {
+            error: 0,
+            report: None,
+        }
+    }
+
+    /// Refused, reported as (`layer`, `reason`).
+    fn refuse(layer: u32, reason: u32) -> Verdict {
+        Verdict {
+            error: -libc::EPERM,
+            report: Some((VERDICT_DENY, layer, reason)),
+        }
+    }
 }
 
 impl Supervisor {
-    /// The answer to one notification: `0` (continue) or `-EPERM`.
-    pub fn decide(&mut self, nr: u32, args: &[u64; 3]) -> i32 {
+    fn current(&mut self) -> Option<SyscallPolicy> {
         let mut v = self.map.lookup(self.identity_id);
         if !matches!(&v, Ok(Some(p)) if p.name == self.name) {
             // Missing, unreadable or someone else's: the daemon may have
@@ -166,16 +200,78 @@ impl Supervisor {
             v = self.map.lookup(self.identity_id);
         }
         match v {
-            Ok(Some(p)) if p.name == self.name => {
-                if p.allows(nr, args) || p.mode == MODE_AUDIT {
-                    0
-                } else {
-                    -libc::EPERM
-                }
-            }
+            Ok(Some(p)) if p.name == self.name => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The answer to one notification: `0` (continue) or `-EPERM`.
+    pub fn decide(&mut self, nr: u32, args: &[u64; 3]) -> i32 {
+        match self.current() {
+            Some(p) if p.allows(nr, args) || p.mode == MODE_AUDIT => 0,
             // The identity is gone or the map unreadable: closed.
             _ => -libc::EPERM,
         }
+    }
+
+    /// Judges one notified call (`arch`, raw number, first arguments) and
+    /// reports it; the layer is the one the observers used to name: what
+    /// the launch-time filter refused in the kernel before it notified
+    /// (wrong ABI, `deny` entries, the listener flag of `seccomp()`,
+    /// terminal injection) is `kernel`, the rest `notify`.
+    fn judge(&mut self, tid: u32, arch: u32, raw: u32, args: [u64; 3]) -> i32 {
+        let Some(p) = self.current() else {
+            return -libc::EPERM;
+        };
+        let ia32 = arch != super::seccomp::AUDIT_ARCH_X86_64;
+        let x32 = !ia32 && raw & X32_SYSCALL_BIT != 0;
+        let nr = if ia32 { raw | NR_IA32_FLAG } else { raw };
+        let reason = |n: u32| {
+            if n < BITMAP_BITS && p.denied_bit(n) {
+                REASON_DENY_RULE
+            } else {
+                REASON_NO_RULE
+            }
+        };
+        let v = if ia32 || x32 {
+            Verdict::refuse(LAYER_KERNEL, REASON_NO_RULE)
+        } else if raw == NR_IOCTL && super::terminal::REFUSED.contains(&(args[1] as u32)) {
+            Verdict::refuse(LAYER_KERNEL, REASON_PROTECTED)
+        } else if raw == NR_SECCOMP && args[1] & SECCOMP_FILTER_FLAG_NEW_LISTENER != 0 {
+            Verdict::refuse(LAYER_KERNEL, reason(raw))
+        } else if p.mode != MODE_AUDIT && raw < BITMAP_BITS && p.denied_bit(raw) {
+            Verdict::refuse(LAYER_KERNEL, REASON_DENY_RULE)
+        } else if p.allows(raw, &args) {
+            Verdict::allow()
+        } else if p.mode == MODE_AUDIT {
+            let tgid = tgid_of(tid);
+            if self.reporter.first_audit(tgid, raw, p.generation) {
+                Verdict {
+                    error: 0,
+                    report: Some((VERDICT_AUDIT, LAYER_NOTIFY, reason(raw))),
+                }
+            } else {
+                Verdict::allow()
+            }
+        } else {
+            Verdict::refuse(LAYER_NOTIFY, reason(raw))
+        };
+        if let Some((verdict, layer, reason)) = v.report {
+            self.reporter.report(
+                tid,
+                &Decision {
+                    identity: self.identity_id,
+                    mode: p.mode,
+                    verdict,
+                    reason,
+                    nr,
+                    layer,
+                    errno: (-v.error) as u32,
+                    args,
+                },
+            );
+        }
+        v.error
     }
 
     /// Takes the listener from the child, then answers notifications until
@@ -203,6 +299,25 @@ impl Supervisor {
             );
         }
         loop {
+            if self.reporter.pending() {
+                // Reports wait for a daemon: retry once a second while
+                // still answering at once.
+                let mut pfd = libc::pollfd {
+                    fd: listener.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd on our stack.
+                let n = unsafe { libc::poll(&mut pfd, 1, 1000) };
+                if n == 0 {
+                    self.reporter.flush();
+                    continue;
+                }
+                if pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                    self.reporter.flush();
+                    return;
+                }
+            }
             // SAFETY: the kernel requires a zeroed struct; all-zero is valid.
             let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
             // SAFETY: `req` is a valid seccomp_notif for the kernel to fill.
@@ -220,13 +335,8 @@ impl Supervisor {
                     _ => return,
                 }
             }
-            let nr = req.data.nr as u32;
             let args = [req.data.args[0], req.data.args[1], req.data.args[2]];
-            let error = if req.data.arch == super::seccomp::AUDIT_ARCH_X86_64 {
-                self.decide(nr, &args)
-            } else {
-                -libc::EPERM
-            };
+            let error = self.judge(req.pid, req.data.arch, req.data.nr as u32, args);
             let resp = libc::seccomp_notif_resp {
                 id: req.id,
                 val: 0,
@@ -248,6 +358,17 @@ impl Supervisor {
             }
         }
     }
+}
+
+fn tgid_of(tid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(tid)
 }
 
 /// The page the child publishes its listener through.

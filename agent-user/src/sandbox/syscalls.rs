@@ -11,7 +11,7 @@
 
 use std::{os::fd::RawFd, path::PathBuf, sync::Arc};
 
-use agent_common::{identity::MODE_ENFORCE, syscall::SyscallPolicy};
+use agent_common::syscall::SyscallPolicy;
 use anyhow::{Context as _, bail};
 
 use super::{
@@ -84,16 +84,13 @@ pub fn prepare(
     for n in ALWAYS_ALLOWED {
         hot.insert(nr_of(n).expect("in the table"));
     }
-    let filter = Filter::compile(
-        &allowed.intersect(&hot),
-        &SyscallSet(value.deny),
-        value.mode == MODE_ENFORCE,
-    );
+    let filter = Filter::compile(&allowed.intersect(&hot), &SyscallSet(value.deny));
     let handshake = Arc::new(Handshake::new().context("mapping the handshake page")?);
     let sup = Supervisor {
         map,
         identity_id: id,
         name,
+        reporter: super::report::Reporter::new(s["report"].as_str().map(PathBuf::from)),
     };
     let h = handshake.clone();
     std::thread::Builder::new()

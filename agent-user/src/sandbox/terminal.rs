@@ -14,8 +14,10 @@
 //!    lands in its own input; it never holds an fd of the operator's one.
 //! 3. A seccomp filter refuses TIOCSTI and TIOCLINUX with EPERM, whatever
 //!    the fd, for root too (CAP_SYS_ADMIN passes the kernel's own check),
-//!    and on every syscall ABI. The syscall observers report the refusal
-//!    where they run (an identity with `[syscalls]`).
+//!    and on every syscall ABI. For an identity with `[syscalls]` the
+//!    syscall filter notifies these calls instead (see `seccomp`): the
+//!    launcher refuses and reports them, and this filter is left out (its
+//!    EPERM would win over the notification).
 
 use std::{
     io,
@@ -51,7 +53,7 @@ fn ins(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
 /// selection paste), and console keymap changes that bind a key to a
 /// string or another key (KDSKBSENT, KDSKBENT, KDSETKEYCODE; root only)
 /// for the operator to press later.
-const REFUSED: [u32; 5] = [TIOCSTI, TIOCLINUX, 0x4b49, 0x4b47, 0x4b4d];
+pub const REFUSED: [u32; 5] = [TIOCSTI, TIOCLINUX, 0x4b49, 0x4b47, 0x4b4d];
 
 /// The terminal-injection filter (layer 3): ioctl on the x86_64, x32 and
 /// i386 ABIs, by its `cmd`.
@@ -132,6 +134,11 @@ impl Terminal {
         })
     }
 
+    /// The syscall filter takes over refusing (and reporting) injection.
+    pub fn leave_to_syscall_filter(&mut self) {
+        self.prog.clear();
+    }
+
     /// Child, between fork and exec (raw syscalls only): own session, the
     /// pty as controlling terminal in place of the operator's, then the
     /// filter (`no_new_privs` is already set).
@@ -147,6 +154,9 @@ impl Terminal {
                         cvt(libc::dup2(slave, fd as RawFd))?;
                     }
                 }
+            }
+            if self.prog.is_empty() {
+                return Ok(());
             }
             let fprog = libc::sock_fprog {
                 len: self.prog.len() as u16,

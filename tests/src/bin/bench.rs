@@ -4,6 +4,9 @@
 //! corral-bench udp PORT ITERS   — connect() of a UDP socket (no handshake: the
 //!                                 hook's cost dominates)
 //! corral-bench flood PORT COUNT — COUNT denied UDP connects, as fast as possible
+//! corral-bench getppid 0 ITERS | stat 0 ITERS | open-read 0 ITERS | tcp-loop PORT ITERS
+//!                               — host-cost workloads (see `host_workload`): ns per
+//!                                 op over the whole loop, no per-call clock
 //! Prints one JSON line: {"op":..,"iters":N,"median_ns":..,"mean_ns":..,"elapsed_ns":..,"errors":N}
 //!
 //! corral-bench lease-latency SOCK PORT ROUNDS, lease-load SOCK SECS: see
@@ -36,6 +39,10 @@ fn main() {
         a[1].parse().expect("port"),
         a[2].parse().expect("iters"),
     );
+    if let Some(line) = host_workload(op, port, iters) {
+        println!("{line}");
+        return;
+    }
     let target: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     if op == "tcp" {
         let l = TcpListener::bind(target).expect("listen");
@@ -72,4 +79,56 @@ fn main() {
     println!(
         r#"{{"op":"{op}","iters":{iters},"median_ns":{median},"mean_ns":{mean},"elapsed_ns":{elapsed},"errors":{errors}}}"#
     );
+}
+
+/// The host-cost workloads (`cargo xtask bench`, host table): tight loops
+/// timed as a whole (a clock read per call would be most of a getppid),
+/// reported as ns per operation. `None` for other ops.
+fn host_workload(op: &str, port: u16, iters: usize) -> Option<String> {
+    let dir = std::env::temp_dir().join(format!("corral-bench-files-{}", std::process::id()));
+    let files: Vec<std::path::PathBuf> = if op == "open-read" || op == "stat" {
+        std::fs::create_dir_all(&dir).expect("dir");
+        (0..256)
+            .map(|i| {
+                let f = dir.join(format!("f{i}"));
+                std::fs::write(&f, b"corral bench file").expect("write");
+                f
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let listener = (op == "tcp-loop").then(|| {
+        let l = TcpListener::bind(("127.0.0.1", port)).expect("listen");
+        let l2 = l.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            for c in l2.incoming() {
+                drop(c)
+            }
+        });
+        l
+    });
+    let mut errors = 0usize;
+    let mut buf = [0u8; 64];
+    let start = Instant::now();
+    for i in 0..iters {
+        let ok = match op {
+            // SAFETY: no arguments.
+            "getppid" => (unsafe { libc::getppid() }) > 0,
+            "stat" => std::fs::metadata(&files[i % files.len()]).is_ok(),
+            "open-read" => std::fs::File::open(&files[i % files.len()])
+                .and_then(|mut f| std::io::Read::read(&mut f, &mut buf))
+                .is_ok(),
+            "tcp-loop" => TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            _ => return None,
+        };
+        errors += usize::from(!ok);
+    }
+    let elapsed = start.elapsed().as_nanos() as u64;
+    drop(listener);
+    let _ = std::fs::remove_dir_all(&dir);
+    let per = elapsed as f64 / iters.max(1) as f64;
+    Some(format!(
+        r#"{{"op":"{op}","iters":{iters},"ns_per_op":{per:.1},"elapsed_ns":{elapsed},"errors":{errors}}}"#
+    ))
 }

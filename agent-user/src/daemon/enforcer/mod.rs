@@ -234,7 +234,21 @@ impl Enforcer {
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        while let Some(cmd) = rx.recv().await {
+        // How soon an orphaned agent (its launcher died) gets the observers
+        // that report its fail-closed calls.
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let cmd = tokio::select! {
+                c = rx.recv() => match c {
+                    Some(c) => c,
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    self.refresh_syscall_observers();
+                    continue;
+                }
+            };
             match cmd {
                 Command::Apply { set, reply } => {
                     let r = self
@@ -248,7 +262,9 @@ impl Enforcer {
                     pid,
                     reply,
                 } => {
-                    let _ = reply.send(self.assign_pid(&identity, pid));
+                    let r = self.assign_pid(&identity, pid);
+                    self.refresh_syscall_observers();
+                    let _ = reply.send(r);
                 }
                 Command::AssignCgroup {
                     identity,
@@ -257,6 +273,7 @@ impl Enforcer {
                 } => {
                     let r = self.assign_cgroup(&identity, &path);
                     self.syscalls.tags_changed(&mut self.ebpf);
+                    self.refresh_syscall_observers();
                     self.publish();
                     let _ = reply.send(r);
                 }
@@ -299,11 +316,35 @@ impl Enforcer {
                 name: name.clone(),
                 ruleset: l.ruleset,
                 policy: l.policy.clone(),
+                cgroups: std::iter::once(l.cgroup.clone())
+                    .chain(l.assigned.iter().cloned())
+                    .collect(),
             })
             .collect();
         self.syscalls
             .sync(&mut self.ebpf, &live)
             .map_err(merr(maps::SYSCALL_POLICY))
+    }
+
+    /// Re-checks whether the syscall observers are needed (after an
+    /// assign, and periodically: launchers and assigned processes come and
+    /// go without telling the daemon).
+    fn refresh_syscall_observers(&mut self) {
+        let live: Vec<super::syscalls::LiveIdentity> = self
+            .live
+            .iter()
+            .filter(|(_, l)| l.policy.as_ref().is_some_and(|p| p.syscalls.is_some()))
+            .map(|(name, l)| super::syscalls::LiveIdentity {
+                id: l.id,
+                name: name.clone(),
+                ruleset: l.ruleset,
+                policy: l.policy.clone(),
+                cgroups: std::iter::once(l.cgroup.clone())
+                    .chain(l.assigned.iter().cloned())
+                    .collect(),
+            })
+            .collect();
+        self.syscalls.refresh(&mut self.ebpf, &live);
     }
 
     /// What `corral status` lists for `[syscalls]`.
