@@ -280,6 +280,18 @@ fn render_status(v: &Value) -> String {
     }
     out += &render_leases(&v["leases"]);
     out += &render_sockets(&v["sockets"]);
+    for h in v["host_cost"]["host_wide_hooks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let _ = writeln!(
+            out,
+            "!! {}: {}",
+            h["hook"].as_str().unwrap_or("?"),
+            h["note"].as_str().unwrap_or("")
+        );
+    }
     let _ = writeln!(out, "mechanisms:");
     for m in d["mechanisms"].as_array().into_iter().flatten() {
         let state = m["state"].as_str().unwrap_or("?");

@@ -14,6 +14,7 @@ mod fileobs;
 pub mod harness;
 #[cfg(test)]
 mod harness_seeds;
+mod hostcost;
 mod inspect;
 pub mod lease;
 mod loader;
@@ -205,7 +206,9 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
     // `CORRAL_NO_FILE_OBSERVER=1` leaves it out (benchmarks measure Landlock
     // alone with it).
     if !fileobs::files_layer_lsm() && std::env::var_os("CORRAL_NO_FILE_OBSERVER").is_none() {
-        let r = loader::attach_fileobs(&mut ebpf, &args.pin_dir);
+        let r = hostcost::attach_measured(hostcost::Hook::FileObserver, || {
+            loader::attach_fileobs(&mut ebpf, &args.pin_dir)
+        });
         if let Err(e) = &r {
             warn!(
                 "file denial observer not attached: Landlock denials will not reach `corral tail`: {e}"

@@ -103,6 +103,7 @@ pub async fn status_json(ctx: &Ctx) -> Value {
         "leases": super::api_lease::service().map(|l| l.summary()),
         "sockets": ctx.sockets.view(),
         "audit": ctx.audit.view(),
+        "host_cost": super::hostcost::view(),
     })
 }
 

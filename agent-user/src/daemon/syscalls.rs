@@ -300,7 +300,10 @@ impl Syscalls {
             return;
         }
         if want && !self.attached {
-            match attach(ebpf, &self.pin_dir) {
+            let pin_dir = self.pin_dir.clone();
+            match super::hostcost::attach_measured(super::hostcost::Hook::SyscallObservers, || {
+                attach(ebpf, &pin_dir)
+            }) {
                 Ok(()) => {
                     self.attached = true;
                     info!("syscall observers attached (sys_enter, sys_exit)");
@@ -314,6 +317,7 @@ impl Syscalls {
         } else if !want && (self.attached || links_dir(&self.pin_dir).exists()) {
             detach_pins(&self.pin_dir);
             self.attached = false;
+            super::hostcost::detached(super::hostcost::Hook::SyscallObservers);
             info!("no tagged process needs them: syscall observers detached");
         }
     }
@@ -330,10 +334,11 @@ impl Syscalls {
                 state: if notif { "enforcing" } else { "unavailable" },
                 detail: if notif {
                     format!(
-                        "`corral run` installs a seccomp filter before exec: `deny` entries and \
-                         32-bit/x32 syscalls get EPERM in the kernel, other syscalls are answered \
-                         by the launcher from {}/maps/{} (live). Processes not started by \
-                         `corral run` carry no filter: see `assigned`",
+                        "`corral run` installs a seccomp filter before exec: hot allowed \
+                         syscalls pass in the kernel; every other one (`deny` entries and \
+                         32-bit/x32 syscalls included) is answered and reported by the launcher \
+                         from {}/maps/{} (live), and fails with ENOSYS if the launcher is gone. \
+                         Processes not started by `corral run` carry no filter: see `assigned`",
                         self.pin_dir.display(),
                         maps::SYSCALL_POLICY
                     )
@@ -351,8 +356,11 @@ impl Syscalls {
                     "unavailable"
                 },
                 detail: match obs {
-                    None => "refusals in the kernel and by the launcher, kills and audits are \
-                             reported; attached only while some identity has a [syscalls] section"
+                    None => "launched agents' refusals come from their launcher; these \
+                             host-wide observers are attached only while a tagged process of an \
+                             identity with [syscalls] has no live launcher (assigned processes, \
+                             orphaned agents) or uses a hot syscall its policy dropped: then \
+                             `corral status` shows their measured cost per syscall"
                         .into(),
                     Some(why) => format!(
                         "NOT REPORTED: {why}; seccomp still refuses, but `corral tail` shows no \
