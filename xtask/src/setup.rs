@@ -23,8 +23,9 @@ use crate::util::{self, header};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the test suite needs: `systemd` for `systemd-analyze
-/// verify`, `iproute2` for `ip`.
-const APT_PACKAGES: &[&str] = &["systemd", "iproute2"];
+/// verify`, `iproute2` for `ip`, `prometheus` (server and `promtool`) for
+/// the metrics test.
+const APT_PACKAGES: &[&str] = &["systemd", "iproute2", "prometheus"];
 
 pub fn run(ws: &Path) -> Result<()> {
     header("setup");

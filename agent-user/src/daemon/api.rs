@@ -46,6 +46,7 @@ pub struct Ctx {
     pub info: status::DaemonInfo,
     pub sockets: Sockets,
     pub audit: Arc<super::audit::Audit>,
+    pub metrics: Arc<super::metrics::Metrics>,
 }
 
 /// The two API sockets' admission state, for `corral status`.
@@ -115,6 +116,40 @@ pub async fn serve(listener: UnixListener, ctx: Arc<Ctx>) {
     .await
 }
 
+/// `--metrics-listen`: `GET /metrics` only, to whoever can reach the
+/// address (metrics name identities and counts, nothing more); a few
+/// connections at a time, each bounded like the sockets'.
+pub async fn serve_metrics(listener: tokio::net::TcpListener, ctx: Arc<Ctx>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(8));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let ctx = ctx.clone();
+                async move {
+                    Ok::<_, Infallible>(match (req.method(), req.uri().path()) {
+                        (&Method::GET, "/metrics") => metrics(&ctx).await,
+                        _ => error(StatusCode::NOT_FOUND, "only GET /metrics is served here"),
+                    })
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
 fn operator_action(
     ctx: &Ctx,
     method: &Method,
@@ -171,6 +206,7 @@ pub(super) async fn route(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBod
     let path = req.uri().path().trim_end_matches('/').to_string();
     let parts: Vec<&str> = path.split('/').skip(1).collect();
     match (req.method().clone(), parts.as_slice()) {
+        (Method::GET, ["metrics"]) => metrics(ctx).await,
         (Method::GET, ["v1", "status"]) => {
             json_resp(StatusCode::OK, status::status_json(ctx).await)
         }
@@ -197,6 +233,17 @@ pub(super) async fn route(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBod
             format!("no route {} {}", req.method(), path),
         ),
     }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(ctx: &Ctx) -> Response<RespBody> {
+    let status = status::status_json(ctx).await;
+    let identities = status::identities_json(ctx).await;
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/plain; version=0.0.4")
+        .body(Full::new(Bytes::from(ctx.metrics.render(&status, &identities))).boxed())
+        .expect("response")
 }
 
 /// `GET /v1/policy/NAME[?sections=files,syscalls]`.

@@ -210,6 +210,7 @@ impl Harness {
                 info,
                 sockets,
                 audit,
+                metrics: Arc::default(),
             });
             Ok::<_, anyhow::Error>((ctx, leases))
         })?;

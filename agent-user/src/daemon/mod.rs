@@ -19,6 +19,7 @@ mod inspect;
 pub mod lease;
 mod loader;
 mod lsm;
+mod metrics;
 #[cfg(test)]
 mod prop_files;
 #[cfg(test)]
@@ -119,6 +120,11 @@ pub struct DaemonArgs {
     pub lease_idle_timeout: std::time::Duration,
     #[command(flatten)]
     pub audit: audit::AuditArgs,
+    /// Also serve `GET /metrics` (Prometheus) on this TCP address, e.g.
+    /// 127.0.0.1:9477; nothing else is served there. Program run counts
+    /// need `sysctl kernel.bpf_stats_enabled=1`.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
@@ -242,6 +248,8 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
     let mut actor = tokio::spawn(enforcer.run(cmd_rx));
 
     let hub = events::Hub::new();
+    let metrics = Arc::new(metrics::Metrics::default());
+    tokio::spawn(metrics.clone().run(hub.tx.subscribe()));
     // Subscribed before the reader starts: the log misses nothing.
     let audit_log = Arc::new(
         audit::Audit::start(&args.state_dir, args.audit.clone(), hub.tx.subscribe())
@@ -375,7 +383,15 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
         info,
         sockets,
         audit: audit_log.clone(),
+        metrics,
     });
+    if let Some(addr) = args.metrics_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding --metrics-listen {addr}"))?;
+        info!(%addr, "serving /metrics");
+        tokio::spawn(api::serve_metrics(l, ctx.clone()));
+    }
     let server = tokio::spawn(api::serve(listener, ctx));
     sd_notify("READY=1\nSTATUS=enforcing");
     info!(socket = %socket.display(), parent = %parent.display(), "corral is ready");
