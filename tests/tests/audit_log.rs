@@ -216,3 +216,57 @@ fn denials_reloads_and_operator_actions_are_logged_verified_and_tamper_evident()
     );
     lab.restart();
 }
+
+#[test]
+fn tail_since_replays_history_across_a_restart_then_goes_live() {
+    if !is_root() {
+        return;
+    }
+    use std::io::BufRead as _;
+    let port = tcp_listener("127.0.0.1:0");
+    let ps = port.to_string();
+    let mut lab = Lab::start(&[("agent", &|s: &Path| policy("agent", s, "", ""))]);
+    let r = lab.d().probe_as("agent", &["pid", "connect", "127.0.0.1", &ps]);
+    r.assert_eperm("connect", 0);
+    lab.stop();
+    lab.restart();
+    let mut child = Command::new(corral_bin())
+        .arg("--socket")
+        .arg(&lab.dirs.socket)
+        .args(["tail", "--json", "--identity", "agent", "--since", "1h"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("tail");
+    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut next = |what: &str, pred: &dyn Fn(&Value) -> bool| -> Value {
+        loop {
+            let l = rx
+                .recv_timeout(std::time::Duration::from_secs(15))
+                .unwrap_or_else(|_| panic!("no {what} from tail --since: {seen:#?}"));
+            let v: Value = serde_json::from_str(&l).expect("json line");
+            seen.push(v.clone());
+            if pred(&v) {
+                return v;
+            }
+        }
+    };
+    // The denial from before the restart, from the audit log...
+    let old = next("old denial", &|v| v["kind"] == "net" && v["tgid"] == r.pid());
+    assert_net_event(&old, "agent", r.pid(), "connect", "127.0.0.1", port);
+    // ...then live ones.
+    let r2 = lab.d().probe_as("agent", &["pid", "connect", "127.0.0.1", &ps]);
+    r2.assert_eperm("connect", 0);
+    let new = next("live denial", &|v| v["kind"] == "net" && v["tgid"] == r2.pid());
+    assert_net_event(&new, "agent", r2.pid(), "connect", "127.0.0.1", port);
+    let _ = child.kill();
+    let _ = child.wait();
+}

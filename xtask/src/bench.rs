@@ -207,6 +207,7 @@ impl Bench<'_> {
             fs::write(env.policy_dir.join("flood.toml"), flood_policy)?;
             env.apply()?;
             let before = env.status()?;
+            let flood_start = std::time::Instant::now();
             let out = util::output(env.as_identity(Some("flood"), &self.bench).args([
                 "flood",
                 &self.udp_port.to_string(),
@@ -220,6 +221,22 @@ impl Bench<'_> {
             let lost = after["events"]["kernel_lost"].as_u64().unwrap_or(0)
                 - before["events"]["kernel_lost"].as_u64().unwrap_or(0);
             let secs = flood["elapsed_ns"].as_f64().unwrap_or(1.0) / 1e9;
+            // The audit log gets every received event: how fast it is on
+            // disk, and whether it kept up.
+            let audit = |v: &serde_json::Value, k: &str| v["audit"][k].as_u64().unwrap_or(0);
+            let mut audited = 0;
+            let mut audit_done = flood_start.elapsed();
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while std::time::Instant::now() < deadline {
+                let now = env.status()?;
+                audited = audit(&now, "records") - audit(&before, "records");
+                audit_done = flood_start.elapsed();
+                if audited >= recv {
+                    break;
+                }
+                sleep(Duration::from_millis(100));
+            }
+            let audit_lost = audit(&env.status()?, "lost") - audit(&before, "lost");
 
             let mut s =
                 String::from("connect() latency, median ns (ratio to no-corral baseline)\n");
@@ -238,6 +255,11 @@ impl Bench<'_> {
                 "\nevents: {FLOOD} denials in {secs:.2} s ({:.0}/s generated); daemon received {recv}, kernel lost {lost} ({:.3}% loss)",
                 FLOOD as f64 / secs,
                 lost as f64 * 100.0 / FLOOD as f64
+            );
+            let _ = writeln!(
+                s,
+                "audit log: {audited} records on disk ({:.0}/s from the flood's start until the last was written), {audit_lost} lost",
+                audited as f64 / audit_done.as_secs_f64()
             );
             Ok(s)
         })

@@ -45,6 +45,11 @@ pub struct TailArgs {
     /// JSON lines (schema in the README).
     #[arg(long)]
     pub json: bool,
+    /// First print what the audit log recorded since then (RFC 3339 time,
+    /// or a duration ago like `10m`), then go on live. Reads the audit log
+    /// directly: run it as root.
+    #[arg(long, value_parser = crate::cli::audit::parse_time)]
+    pub since: Option<std::time::SystemTime>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -355,11 +360,54 @@ pub fn tail(client: &Client, a: &TailArgs) -> anyhow::Result<u8> {
     }
     let path = format!("/v1/events?{}", q.join("&"));
     let json = a.json;
+    let audit_dir = match a.since {
+        Some(_) => Some(
+            get(client, "/v1/status")?["audit"]["dir"]
+                .as_str()
+                .map(PathBuf::from)
+                .context("the daemon reports no audit log")?,
+        ),
+        None => None,
+    };
+    // History printed at `hello`, to skip if the live stream repeats it.
+    let mut printed: std::collections::HashSet<String> = Default::default();
     let r = client::block_on(client.stream(&path, |line| {
         let v: Value = match serde_json::from_slice(line) {
             Ok(v) => v,
             Err(_) => return true,
         };
+        if v["kind"] == "hello"
+            && let (Some(dir), Some(since)) = (&audit_dir, a.since)
+        {
+            // Subscribed first, history second: nothing falls in between.
+            // The log is flushed every second.
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+            let f = crate::audit::query::Filter {
+                identity: a.identity.clone(),
+                kind: a.kind.clone(),
+                since: Some(since),
+                ..Default::default()
+            };
+            match crate::audit::query::events(dir, &f) {
+                Ok(evs) => {
+                    for e in evs {
+                        let line = e.to_string();
+                        let out = if json {
+                            line.clone()
+                        } else {
+                            serde_json::from_value::<Event>(e)
+                                .map(|ev| ev.to_string())
+                                .unwrap_or_else(|_| line.clone())
+                        };
+                        println!("{out}");
+                        printed.insert(line);
+                    }
+                }
+                Err(e) => eprintln!("(cannot read the audit log {}: {e})", dir.display()),
+            }
+        } else if !printed.is_empty() && printed.remove(&v.to_string()) {
+            return true;
+        }
         // In JSON mode the hello line is passed on: it tells scripts the
         // stream is live before anything else happens.
         if v["kind"] == "hello" && !json {

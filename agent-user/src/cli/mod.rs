@@ -1,6 +1,6 @@
 //! Command-line interface: `corral daemon` and the client commands.
 
-mod audit;
+pub(crate) mod audit;
 mod client;
 mod cmds;
 mod doctor;
