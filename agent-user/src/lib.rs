@@ -7,5 +7,6 @@ pub mod cgroup;
 pub mod cli;
 pub mod daemon;
 pub mod event;
+pub mod fsutil;
 pub mod policy;
 pub mod sandbox;

@@ -11,7 +11,7 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::{BgProbe, Daemon, Dirs, cleanup, corral_bin};
+use crate::{BgProbe, Daemon, Dirs, ProbeRun, cleanup, corral_bin};
 
 /// How long a background probe may take before it fails the test.
 pub const PROBE_WAIT: Duration = Duration::from_secs(30);
@@ -100,6 +100,40 @@ impl Lab {
             args.extend(["--scope", s]);
         }
         self.json(&args)
+    }
+
+    /// An `agent` probe connects to 127.0.0.1:`port` (allowed by lease
+    /// `id`'s grant), then connects until the first EPERM while the operator
+    /// revokes the lease. Returns the probe's run (its first connect checked
+    /// as allowed, its watch as ended by a refusal), µs from the revoke
+    /// command's start to that first EPERM, and the revoke's answer.
+    pub fn revoke_and_watch(&self, id: &str, port: u16) -> (ProbeRun, u128, Value) {
+        let ps = port.to_string();
+        let child = self.spawn_probe(
+            "agent",
+            &[
+                "pid",
+                "connect",
+                "127.0.0.1",
+                &ps,
+                "watch-deny",
+                "127.0.0.1",
+                &ps,
+                "10",
+            ],
+        );
+        std::thread::sleep(Duration::from_millis(800));
+        let t0 = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos();
+        let rv = self.json(&["lease", "revoke", id, "--json"]);
+        let r = child.finish_within(PROBE_WAIT);
+        r.assert_ok("connect", 0);
+        let w = r.step("watch-deny", 0);
+        assert_eq!(w["ok"], true, "revoke must close the grant: {r:#?}");
+        let flip = w["flip_ns"].as_u64().expect("flip") as u128;
+        (r, flip.saturating_sub(t0) / 1000, rv)
     }
 
     /// The probe, in the background, as `identity`.

@@ -226,7 +226,9 @@ fn tail_since_replays_history_across_a_restart_then_goes_live() {
     let port = tcp_listener("127.0.0.1:0");
     let ps = port.to_string();
     let mut lab = Lab::start(&[("agent", &|s: &Path| policy("agent", s, "", ""))]);
-    let r = lab.d().probe_as("agent", &["pid", "connect", "127.0.0.1", &ps]);
+    let r = lab
+        .d()
+        .probe_as("agent", &["pid", "connect", "127.0.0.1", &ps]);
     r.assert_eperm("connect", 0);
     lab.stop();
     lab.restart();
@@ -260,12 +262,18 @@ fn tail_since_replays_history_across_a_restart_then_goes_live() {
         }
     };
     // The denial from before the restart, from the audit log...
-    let old = next("old denial", &|v| v["kind"] == "net" && v["tgid"] == r.pid());
+    let old = next("old denial", &|v| {
+        v["kind"] == "net" && v["tgid"] == r.pid()
+    });
     assert_net_event(&old, "agent", r.pid(), "connect", "127.0.0.1", port);
     // ...then live ones.
-    let r2 = lab.d().probe_as("agent", &["pid", "connect", "127.0.0.1", &ps]);
+    let r2 = lab
+        .d()
+        .probe_as("agent", &["pid", "connect", "127.0.0.1", &ps]);
     r2.assert_eperm("connect", 0);
-    let new = next("live denial", &|v| v["kind"] == "net" && v["tgid"] == r2.pid());
+    let new = next("live denial", &|v| {
+        v["kind"] == "net" && v["tgid"] == r2.pid()
+    });
     assert_net_event(&new, "agent", r2.pid(), "connect", "127.0.0.1", port);
     let _ = child.kill();
     let _ = child.wait();

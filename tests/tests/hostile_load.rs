@@ -9,7 +9,7 @@ use std::{
     os::unix::process::CommandExt as _,
     path::Path,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use corral_tests::{
@@ -141,37 +141,8 @@ fn agent_socket_flood_leaves_control_enforcement_and_anomaly_response_intact() {
     let v = lab.issue("agent", &["db:write"], "50s");
     let id = v["id"].as_str().unwrap().to_string();
     let ps = port.to_string();
-    let child = lab.spawn_probe(
-        "agent",
-        &[
-            "pid",
-            "connect",
-            "127.0.0.1",
-            &ps,
-            "watch-deny",
-            "127.0.0.1",
-            &ps,
-            "10",
-        ],
-    );
-    std::thread::sleep(Duration::from_millis(800));
-    let t0 = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    lab.json(&["lease", "revoke", &id, "--json"]);
-    let r = child.finish_within(PROBE_WAIT);
-    r.assert_ok("connect", 0);
-    let w = r.step("watch-deny", 0);
-    assert_eq!(
-        w["ok"], true,
-        "revoke must close the grant under load: {r:#?}"
-    );
-    let flip = w["flip_ns"].as_u64().expect("flip") as u128;
-    eprintln!(
-        "MEASURE revoke -> kernel deny under the flood: {} us",
-        flip.saturating_sub(t0) / 1000
-    );
+    let (r, latency_us, _) = lab.revoke_and_watch(&id, port);
+    eprintln!("MEASURE revoke -> kernel deny under the flood: {latency_us} us");
     let ev = tail.expect(|e| e["kind"] == "net" && e["net"]["port"] == port);
     assert_net_event(&ev, "agent", r.pid(), "connect", "127.0.0.1", port);
     probe_outside(&["connect", "127.0.0.1", &ps]).assert_ok("connect", 0);

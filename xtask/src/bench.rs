@@ -68,36 +68,27 @@ pub fn run(ws: &Path, args: &BenchArgs) -> Result<()> {
         let r = crate::bench_lease::run(ws, args.lease_baseline.as_deref())?;
         println!("\n{r}");
     }
-    if !part("connect") {
-        if part("files") {
-            println!("\n{}", crate::bench_files::run(ws)?);
-        }
-        if part("syscall") {
-            println!("\n{}", crate::bench_syscall::run(ws)?);
-        }
-        if part("host") {
-            println!("\n{}", crate::bench_host::run(ws)?);
-        }
-        return Ok(());
+    if part("connect") {
+        let report = bench_env::with_env(ws, "corral-bench", |env| {
+            Bench {
+                env,
+                bench: ws.join("target/release/corral-bench"),
+                tcp_port: free_port(),
+                udp_port: free_port(),
+            }
+            .all()
+        })?;
+        println!("\n{report}");
     }
-    let report = bench_env::with_env(ws, "corral-bench", |env| {
-        Bench {
-            env,
-            bench: ws.join("target/release/corral-bench"),
-            tcp_port: free_port(),
-            udp_port: free_port(),
+    let tables: [(&str, fn(&Path) -> Result<String>); 3] = [
+        ("files", crate::bench_files::run),
+        ("syscall", crate::bench_syscall::run),
+        ("host", crate::bench_host::run),
+    ];
+    for (name, run) in tables {
+        if part(name) {
+            println!("\n{}", run(ws)?);
         }
-        .all()
-    })?;
-    println!("\n{report}");
-    if part("files") {
-        println!("\n{}", crate::bench_files::run(ws)?);
-    }
-    if part("syscall") {
-        println!("\n{}", crate::bench_syscall::run(ws)?);
-    }
-    if part("host") {
-        println!("\n{}", crate::bench_host::run(ws)?);
     }
     Ok(())
 }

@@ -7,8 +7,6 @@
 
 use std::{
     fs,
-    io::Write as _,
-    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
 
@@ -40,17 +38,16 @@ impl AuditKey {
         let pem = k
             .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
             .map_err(|e| anyhow::anyhow!("encoding the audit key: {e}"))?;
-        let tmp = dir.join(format!("{KEY_FILE}.tmp"));
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(pem.as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        fs::write(dir.join(PUB_FILE), public_pem(&k.verifying_key())?)?;
+        let save = |p: &Path, bytes: &[u8], mode| {
+            crate::fsutil::write_atomic(p, bytes, mode)
+                .map_err(|(p, e)| anyhow::anyhow!("writing {}: {e}", p.display()))
+        };
+        save(&path, pem.as_bytes(), 0o600)?;
+        save(
+            &dir.join(PUB_FILE),
+            public_pem(&k.verifying_key())?.as_bytes(),
+            0o644,
+        )?;
         Ok(AuditKey(k))
     }
 

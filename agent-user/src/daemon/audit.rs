@@ -326,11 +326,12 @@ impl Writer {
                     .last_checkpoint_seq
                     .store(at.0, Ordering::Relaxed);
                 let state = json!({ "checkpoint": { "seq": at.0, "prev": at.1 } });
-                let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
-                let saved = fs::write(&tmp, state.to_string())
-                    .and_then(|()| File::open(&tmp)?.sync_all())
-                    .and_then(|()| fs::rename(&tmp, self.dir.join(STATE_FILE)));
-                if let Err(e) = saved {
+                let saved = crate::fsutil::write_atomic(
+                    &self.dir.join(STATE_FILE),
+                    state.to_string().as_bytes(),
+                    0o600,
+                );
+                if let Err((_, e)) = saved {
                     self.failed("saving the checkpoint state of", &e);
                 }
             }

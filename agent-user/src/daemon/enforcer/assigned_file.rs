@@ -12,8 +12,6 @@
 
 use std::{
     fs,
-    io::Write as _,
-    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
 
@@ -79,33 +77,13 @@ pub fn load(path: &Path) -> Result<Vec<Entry>, StateError> {
 /// Replaces the file with `entries`: after a crash it holds either the old
 /// or the new list.
 pub fn save(path: &Path, entries: &[Entry]) -> Result<(), StateError> {
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| StateError::Io { path: p, source }
-    };
     let bytes = serde_json::to_vec_pretty(&File {
         version: VERSION,
         assigned: entries.to_vec(),
     })
     .expect("plain data serializes");
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{FILE_NAME}.tmp"));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(&bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(io(path))?;
-    // The rename itself is durable only once the directory is.
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
-    Ok(())
+    crate::fsutil::write_atomic(path, &bytes, 0o600)
+        .map_err(|(path, source)| StateError::Io { path, source })
 }
 
 #[cfg(test)]
