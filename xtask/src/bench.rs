@@ -80,7 +80,8 @@ pub fn run(ws: &Path, args: &BenchArgs) -> Result<()> {
         })?;
         println!("\n{report}");
     }
-    let tables: [(&str, fn(&Path) -> Result<String>); 3] = [
+    type Table = fn(&Path) -> Result<String>;
+    let tables: [(&str, Table); 3] = [
         ("files", crate::bench_files::run),
         ("syscall", crate::bench_syscall::run),
         ("host", crate::bench_host::run),

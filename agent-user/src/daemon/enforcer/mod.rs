@@ -308,19 +308,7 @@ impl Enforcer {
     /// `SYSCALL_POLICY` and the syscall observers follow the live set (one
     /// map update per changed identity), after every apply.
     fn sync_syscalls(&mut self) -> Result<(), EnforceError> {
-        let live: Vec<super::syscalls::LiveIdentity> = self
-            .live
-            .iter()
-            .map(|(name, l)| super::syscalls::LiveIdentity {
-                id: l.id,
-                name: name.clone(),
-                ruleset: l.ruleset,
-                policy: l.policy.clone(),
-                cgroups: std::iter::once(l.cgroup.clone())
-                    .chain(l.assigned.iter().cloned())
-                    .collect(),
-            })
-            .collect();
+        let live = self.live_syscalls(false);
         self.syscalls
             .sync(&mut self.ebpf, &live)
             .map_err(merr(maps::SYSCALL_POLICY))
@@ -330,10 +318,18 @@ impl Enforcer {
     /// assign, and periodically: launchers and assigned processes come and
     /// go without telling the daemon).
     fn refresh_syscall_observers(&mut self) {
-        let live: Vec<super::syscalls::LiveIdentity> = self
-            .live
+        let live = self.live_syscalls(true);
+        self.syscalls.refresh(&mut self.ebpf, &live);
+    }
+
+    /// The live identities as the syscall layer sees them (only those with
+    /// a `[syscalls]` section when `confined_only`).
+    fn live_syscalls(&self, confined_only: bool) -> Vec<super::syscalls::LiveIdentity> {
+        self.live
             .iter()
-            .filter(|(_, l)| l.policy.as_ref().is_some_and(|p| p.syscalls.is_some()))
+            .filter(|(_, l)| {
+                !confined_only || l.policy.as_ref().is_some_and(|p| p.syscalls.is_some())
+            })
             .map(|(name, l)| super::syscalls::LiveIdentity {
                 id: l.id,
                 name: name.clone(),
@@ -343,8 +339,7 @@ impl Enforcer {
                     .chain(l.assigned.iter().cloned())
                     .collect(),
             })
-            .collect();
-        self.syscalls.refresh(&mut self.ebpf, &live);
+            .collect()
     }
 
     /// What `corral status` lists for `[syscalls]`.
