@@ -115,10 +115,17 @@ fn serve(sock: &UnixDatagram, launchers: &Path, tx: &mpsc::Sender<Report>) {
     }
 }
 
-/// `pid` is a live launcher registered for `identity`.
+/// `pid` (the kernel's word for the sender) is a launcher registered for
+/// `identity`: alive with the registered start time, or already gone. A
+/// launcher exits right after its agent, often before this thread reads
+/// its last reports, and those are the ones that matter; a process that
+/// took a dead launcher's pid is alive with another start time, so it
+/// could only pass by dying between its send and this read, and would at
+/// most add a false event (it changes no decision).
 fn vouched(map: Option<&BpfHashMap<MapData, u32, LauncherEntry>>, pid: u32, identity: u32) -> bool {
     let Some(e) = map.and_then(|m| m.get(&pid, 0).ok()) else {
         return false;
     };
-    e.identity == identity && crate::sandbox::launcher_mark::start_ticks(pid) == Some(e.start_ticks)
+    e.identity == identity
+        && crate::sandbox::launcher_mark::start_ticks(pid).is_none_or(|t| t == e.start_ticks)
 }
