@@ -175,6 +175,8 @@ pub struct Syscalls {
     /// grants AF_UNIX client sockets only because their destinations are
     /// judged.
     unix_enforced: bool,
+    /// When dead launchers' marks were last removed.
+    last_prune: Option<std::time::Instant>,
 }
 
 impl Syscalls {
@@ -195,6 +197,7 @@ impl Syscalls {
             attached: false,
             kill_capable: seccomp_mode_offset() != 0,
             unix_enforced: true,
+            last_prune: None,
         }
     }
 
@@ -241,7 +244,6 @@ impl Syscalls {
             let _ = m.remove(&k);
         }
         self.tags_changed(ebpf);
-        prune_launchers(ebpf);
         self.refresh(ebpf, live);
         Ok(())
     }
@@ -249,6 +251,15 @@ impl Syscalls {
     /// Attaches the observers while some tagged process has nobody else to
     /// report for it (`syscall_need`), detaches them when none has.
     pub fn refresh(&mut self, ebpf: &mut Ebpf, live: &[LiveIdentity]) {
+        // Marks of dead launchers go after a grace period in which their
+        // last reports are still accepted.
+        if self
+            .last_prune
+            .is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(30))
+        {
+            prune_launchers(ebpf);
+            self.last_prune = Some(std::time::Instant::now());
+        }
         let confined: Vec<super::syscall_need::Confined> = live
             .iter()
             .filter(|l| l.policy.as_ref().is_some_and(|p| p.syscalls.is_some()))

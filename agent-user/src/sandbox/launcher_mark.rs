@@ -2,8 +2,9 @@
 //! that a tagged process with a seccomp filter runs under Corral's filter
 //! (a parent of it is a registered launcher), and not under one it
 //! installed itself to pass for a launched agent and escape `assigned =
-//! "kill"`. Registered before the child starts; removed on drop (the
-//! daemon removes the marks of launchers that died). The entry holds the
+//! "kill"`. Registered before the child starts; left in place when the
+//! launcher exits (the daemon removes the marks of launchers that died,
+//! after their last reports had time to arrive). The entry holds the
 //! identity launched and the launcher's start time, which the kernel side
 //! compares: a process later given a dead launcher's pid vouches for
 //! nobody. The key is the pid as the outermost pid namespace this process
@@ -19,7 +20,6 @@ use std::{
 use agent_common::syscall::LauncherEntry;
 
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 
 #[repr(C)]
 struct ElemAttr {
@@ -31,8 +31,9 @@ struct ElemAttr {
 }
 
 pub struct LauncherMark {
-    map: OwnedFd,
-    tgid: u32,
+    /// Held for the launcher's life: the map stays reachable as long as
+    /// the launcher runs, whatever happens to its pin.
+    _map: OwnedFd,
 }
 
 fn bpf(cmd: libc::c_long, attr: &ElemAttr) -> io::Result<()> {
@@ -74,24 +75,15 @@ impl LauncherMark {
                 flags: 0,
             },
         )?;
-        Ok(LauncherMark { map, tgid })
+        Ok(LauncherMark { _map: map })
     }
 }
 
-impl Drop for LauncherMark {
-    fn drop(&mut self) {
-        let _ = bpf(
-            BPF_MAP_DELETE_ELEM,
-            &ElemAttr {
-                map_fd: self.map.as_raw_fd() as u32,
-                _pad: 0,
-                key: &self.tgid as *const u32 as u64,
-                value: 0,
-                flags: 0,
-            },
-        );
-    }
-}
+// No Drop that removes the mark: a launcher exits right after its agent,
+// often before the daemon has read its last reports, which it vouches for
+// by this mark. The daemon removes the marks of dead launchers (at apply,
+// and every 30 s); a later process with the same pid has another start
+// time, so a stale mark never vouches for it.
 
 /// This process's pid in the outermost pid namespace `/proc` shows
 /// (`NStgid`'s first entry).
