@@ -15,6 +15,7 @@ mod bench_syscall;
 mod build;
 mod fuzz;
 mod lint;
+mod packaging_check;
 mod run;
 mod setup;
 mod test;

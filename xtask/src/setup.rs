@@ -25,7 +25,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the test suite needs: `systemd` for `systemd-analyze
 /// verify`, `iproute2` for `ip`, `prometheus` (server and `promtool`) for
 /// the metrics test.
-const APT_PACKAGES: &[&str] = &["systemd", "iproute2", "prometheus"];
+const APT_PACKAGES: &[&str] = &["systemd", "iproute2", "prometheus", "python3-yaml"];
 
 pub fn run(ws: &Path) -> Result<()> {
     header("setup");
