@@ -32,10 +32,10 @@ pub const FILE_SCRATCH: &str = "FILE_SCRATCH";
 /// (`BPF_OBJ_GET` on `<pin_dir>/maps/SYSCALL_POLICY`) to answer seccomp
 /// notifications, with or without a daemon running.
 pub const SYSCALL_POLICY: &str = "SYSCALL_POLICY";
-/// `HashMap<u32 tgid, u32 identity id>`: live `corral run` launchers that
+/// `HashMap<u32 tgid, u32 identity id>`: `corral run` launchers that
 /// installed Corral's seccomp filter in their child. Each registers itself
-/// before it starts the child and removes itself when the child is gone
-/// (the daemon removes entries of dead launchers). A tagged process is
+/// before it starts the child; the entry outlives the launcher (its last
+/// reports still name it) until the daemon removes dead launchers' entries. A tagged process is
 /// bound by Corral's filter only if one of its parents is registered: a
 /// process that installs a filter of its own is still "assigned" for
 /// `assigned = "kill"`.
@@ -44,6 +44,37 @@ pub const SC_LAUNCHERS: &str = "SC_LAUNCHERS";
 /// after every change to `CGROUP_IDENTITY`; `SYSCALL_CG_CACHE` entries of
 /// another generation are stale.
 pub const SYSCALL_TAG_GEN: &str = "SYSCALL_TAG_GEN";
+/// Private maps of the syscall observers and the Landlock-denial observer
+/// (never pinned; named here so one list covers the whole object).
+pub const SC_CG_CACHE: &str = "SC_CG_CACHE";
+pub const SC_LAST_CG: &str = "SC_LAST_CG";
+pub const SC_PENDING: &str = "SC_PENDING";
+pub const SC_AUDITED: &str = "SC_AUDITED";
+pub const FILEOBS_PENDING: &str = "FILEOBS_PENDING";
+pub const FILEOBS_CGROUPS: &str = "FILEOBS_CGROUPS";
+/// Every map of the eBPF object (`UNIX_RULES` is not one: the daemon makes
+/// it). agent-ebpf's `#[map(name = ..)]` takes only literals, so a unit test
+/// of agent-user checks this list against the built object instead.
+pub const OBJECT_MAPS: [&str; 18] = [
+    CGROUP_IDENTITY,
+    IDENTITIES,
+    NET4_RULES,
+    NET6_RULES,
+    EVENTS,
+    EVENT_DROPS,
+    IDENTITY_STATS,
+    FILE_RULES,
+    FILE_SCRATCH,
+    SYSCALL_POLICY,
+    SC_LAUNCHERS,
+    SYSCALL_TAG_GEN,
+    SC_CG_CACHE,
+    SC_LAST_CG,
+    SC_PENDING,
+    SC_AUDITED,
+    FILEOBS_PENDING,
+    FILEOBS_CGROUPS,
+];
 /// Program names (the Rust function names in agent-ebpf).
 pub const PROG_CONNECT4: &str = "corral_connect4";
 pub const PROG_CONNECT6: &str = "corral_connect6";

@@ -29,7 +29,8 @@ use aya::{
 use tracing::{info, warn};
 
 /// The object built by build.rs; empty when built without bpf-linker.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/corral-ebpf"));
+pub(super) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/corral-ebpf"));
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 

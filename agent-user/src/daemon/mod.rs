@@ -21,6 +21,8 @@ mod loader;
 mod lsm;
 mod metrics;
 #[cfg(test)]
+mod object_names;
+#[cfg(test)]
 mod prop_files;
 #[cfg(test)]
 mod prop_net;
