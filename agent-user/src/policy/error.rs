@@ -111,6 +111,16 @@ impl<'a> Source<'a> {
         }
     }
 
+    /// Where a string value starts (its first character, past the quote).
+    pub fn origin(&self, s: &toml::Spanned<String>) -> super::Origin {
+        let (line, col) = self.line_col(self.offset_in_string(&s.span(), s.get_ref(), 0));
+        super::Origin {
+            file: self.file.to_path_buf(),
+            line,
+            col,
+        }
+    }
+
     /// Byte offset in the file of byte `inner` of a string value whose toml
     /// span (quotes included) is `span`.
     ///

@@ -274,7 +274,7 @@ fn parse(src: &Source<'_>, hosts: &mut HostCache<'_>) -> Parsed {
     let mut errors = Vec::new();
 
     let name = raw.identity.name.get_ref().clone();
-    let name_origin = origin(src, &raw.identity.name);
+    let name_origin = src.origin(&raw.identity.name);
     let name_ok = match rule::check_name(&name) {
         Ok(()) => true,
         Err(m) => {
@@ -417,7 +417,7 @@ fn build_network(
                     port_hi: spec.port_hi,
                     host,
                     text: text.get_ref().clone(),
-                    origin: origin(src, text),
+                    origin: src.origin(text),
                 });
             }
         }
@@ -428,7 +428,7 @@ fn build_network(
             Ok(()) => net.unix.push(UnixRule {
                 id: next_id,
                 path: path.get_ref().clone(),
-                origin: origin(src, path),
+                origin: src.origin(path),
             }),
             Err(e) => errors.push(error_in(src, path, e.at, e.message)),
         }
@@ -455,17 +455,6 @@ fn build_network(
     }
     net.sockets.sort();
     net
-}
-
-/// Where a string value starts (its first character, inside the quotes).
-fn origin(src: &Source<'_>, s: &Spanned<String>) -> Origin {
-    let at = src.offset_in_string(&s.span(), s.get_ref(), 0);
-    let (line, col) = src.line_col(at);
-    Origin {
-        file: src.file.to_path_buf(),
-        line,
-        col,
-    }
 }
 
 /// An error `inner` bytes into a string value.

@@ -22,6 +22,7 @@ mod rule;
 pub mod syscalls;
 #[cfg(test)]
 mod tests;
+mod text;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -345,7 +345,7 @@ pub(crate) fn check_unix_path(path: &str) -> Result<(), ValueError> {
             0,
             format!(
                 "unix socket path `{path}` is not normalised (no `//`, `.`, `..` or trailing `/`); write `{}`",
-                normalise(path)
+                super::text::normalise_file(path)
             ),
         );
     }
@@ -375,21 +375,6 @@ fn check_abstract_name(name: &str) -> Result<(), ValueError> {
         );
     }
     Ok(())
-}
-
-/// Lexical normal form, only for suggesting a fix in an error message.
-fn normalise(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in path.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    format!("/{}", parts.join("/"))
 }
 
 #[cfg(test)]

@@ -33,7 +33,6 @@ use std::path::Path;
 use agent_common::file::FILE_KEY_PATH_LEN;
 
 pub use agent_common::file::{ACCESS_ALL, ACCESS_EXEC, ACCESS_READ, ACCESS_WRITE};
-use toml::Spanned;
 
 use super::error::{PolicyError, Source};
 use super::raw::RawFiles;
@@ -255,7 +254,7 @@ pub(crate) fn build_files(
                     },
                     list: kind,
                     text: text.get_ref().clone(),
-                    origin: origin(src, text),
+                    origin: src.origin(text),
                 }),
                 Err((at, message)) => errors.push(src.error_at(
                     src.offset_in_string(&text.span(), text.get_ref(), at),
@@ -265,15 +264,6 @@ pub(crate) fn build_files(
         }
     }
     (files, id)
-}
-
-fn origin(src: &Source<'_>, s: &Spanned<String>) -> Origin {
-    let (line, col) = src.line_col(src.offset_in_string(&s.span(), s.get_ref(), 0));
-    Origin {
-        file: src.file.to_path_buf(),
-        line,
-        col,
-    }
 }
 
 /// Checks one rule path; `Ok(beneath)`, or the byte offset of the problem
@@ -315,7 +305,7 @@ pub(crate) fn check_file_path(path: &str) -> Result<bool, (usize, String)> {
                 0,
                 format!(
                     "file path `{path}` is not normalised (no `//`, `/./` or `..`); write `{}`",
-                    normalise(path)
+                    super::text::normalise(path)
                 ),
             ));
         }
@@ -353,26 +343,6 @@ fn boundary_before(path: &str, limit: usize) -> usize {
         .rev()
         .find(|&i| path.is_char_boundary(i))
         .unwrap_or(0)
-}
-
-/// Lexical normal form for the error message, keeping a trailing `/`.
-fn normalise(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in path.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    let beneath = path.ends_with('/') || path.ends_with("/.") || path.ends_with("/..");
-    match (parts.is_empty(), beneath) {
-        (true, _) => "/".into(),
-        (false, true) => format!("/{}/", parts.join("/")),
-        (false, false) => format!("/{}", parts.join("/")),
-    }
 }
 
 /// Folds the file rules into an identity's digest (FNV-1a continued from

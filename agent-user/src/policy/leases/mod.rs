@@ -184,15 +184,6 @@ fn at(src: &Source<'_>, s: &Spanned<String>, message: impl Into<String>) -> Poli
     src.error_at(src.offset_in_string(&s.span(), s.get_ref(), 0), message)
 }
 
-fn origin(src: &Source<'_>, s: &Spanned<String>) -> Origin {
-    let (line, col) = src.line_col(src.offset_in_string(&s.span(), s.get_ref(), 0));
-    Origin {
-        file: src.file.to_path_buf(),
-        line,
-        col,
-    }
-}
-
 /// A duration like `15m` or `90s`, whole seconds, within `lo..=hi`.
 fn duration(
     src: &Source<'_>,
@@ -343,7 +334,7 @@ fn build_leases(
             network,
             files_read,
             files_write,
-            origin: origin(src, &g.scope),
+            origin: src.origin(&g.scope),
         });
     }
     if written >= GRANT_IDS_PER_LEASE as usize

@@ -391,7 +391,7 @@ pub(crate) fn build(
             match resolve(text.get_ref()) {
                 Ok(set) => out.push(SyscallEntry {
                     text: text.get_ref().clone(),
-                    origin: origin(src, text),
+                    origin: src.origin(text),
                     set,
                 }),
                 Err(m) => errors.push(error_at(src, text, m)),
@@ -464,16 +464,6 @@ pub fn fold_digest(digest: u64, s: Option<&SyscallsPolicy>) -> u64 {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
-}
-
-fn origin(src: &Source<'_>, s: &Spanned<String>) -> Origin {
-    let at = src.offset_in_string(&s.span(), s.get_ref(), 0);
-    let (line, col) = src.line_col(at);
-    Origin {
-        file: src.file.to_path_buf(),
-        line,
-        col,
-    }
 }
 
 fn error_at(src: &Source<'_>, s: &Spanned<String>, message: String) -> PolicyError {
