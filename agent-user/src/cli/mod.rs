@@ -6,6 +6,7 @@ mod cmds;
 mod doctor;
 mod install;
 mod lease;
+mod lease_history;
 mod policy;
 mod run;
 
