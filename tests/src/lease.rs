@@ -36,20 +36,33 @@ impl Lab {
 
     /// Like `start`, with extra `corral daemon` arguments.
     pub fn start_opts(policies: &[PolicyText<'_>], args: &[&str]) -> Lab {
+        Lab::start_prepared(policies, args, |_| ()).0
+    }
+
+    /// Like `start_opts`, with `prepare` run on the dirs before the daemon
+    /// starts (a mount under the state dir); what it returns is handed
+    /// back, and dropped first if the daemon does not start.
+    pub fn start_prepared<T>(
+        policies: &[PolicyText<'_>],
+        args: &[&str],
+        prepare: impl FnOnce(&Dirs) -> T,
+    ) -> (Lab, T) {
         let base = tempfile::tempdir().expect("tempdir");
         let dirs = Dirs::new(base.path());
+        let prepared = prepare(&dirs);
         let sock = lease_sock(&dirs);
         for (name, text) in policies {
             std::fs::write(dirs.policy_dir.join(format!("{name}.toml")), text(&sock))
                 .expect("policy");
         }
         let d = Daemon::start_with_opts(dirs.clone(), args, &[]).expect("daemon did not start");
-        Lab {
+        let lab = Lab {
             d: Some(d),
             dirs,
             args: args.iter().map(|a| a.to_string()).collect(),
             _base: base,
-        }
+        };
+        (lab, prepared)
     }
 
     /// One identity `agent` with the standard `[leases]` section (both
@@ -72,6 +85,12 @@ impl Lab {
     pub fn stop(&mut self) {
         let d = self.d.take().expect("running");
         d.stop_keep_pins();
+    }
+
+    /// SIGKILL, as a crash (pins kept).
+    pub fn kill(&mut self) {
+        let d = self.d.take().expect("running");
+        d.kill_keep_pins();
     }
 
     pub fn restart(&mut self) {

@@ -14,6 +14,7 @@
 //! socket).
 
 mod assert;
+pub mod audit;
 mod files;
 pub mod lease;
 mod net;
@@ -327,6 +328,20 @@ impl Daemon {
             std::mem::forget(base);
         }
         self.child = None;
+        std::mem::forget(self);
+        dirs
+    }
+
+    /// SIGKILL, as a crash: no shutdown work at all; pins stay.
+    pub fn kill_keep_pins(mut self) -> Dirs {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let dirs = self.dirs.clone();
+        if let Some(base) = self._base.take() {
+            std::mem::forget(base);
+        }
         std::mem::forget(self);
         dirs
     }

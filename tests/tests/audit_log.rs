@@ -1,40 +1,14 @@
 //! The audit log: written with no subscriber, across restarts, verified
-//! offline, and every kind of tampering detected and located.
+//! offline, every kind of tampering detected and located, and read back as
+//! a lease's history. (A full disk and a crash: `audit_log_faults.rs`.)
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::Command,
 };
 
-use corral_tests::{lease::*, *};
+use corral_tests::{audit::*, lease::*, *};
 use serde_json::Value;
-
-fn corral(args: &[&str]) -> Output {
-    Command::new(corral_bin())
-        .args(args)
-        .output()
-        .expect("corral")
-}
-
-fn verify(dir: &Path, extra: &[&str]) -> (bool, String) {
-    let mut a = vec!["audit", "verify", path_str(dir)];
-    a.extend(extra);
-    let out = corral(&a);
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
-
-fn query(dir: &Path, args: &[&str]) -> Vec<Value> {
-    let mut a = vec!["audit", "query", "--dir", path_str(dir), "--json"];
-    a.extend(args);
-    let out = corral(&a);
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("record"))
-        .collect()
-}
 
 fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -277,4 +251,68 @@ fn tail_since_replays_history_across_a_restart_then_goes_live() {
     assert_net_event(&new, "agent", r2.pid(), "connect", "127.0.0.1", port);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[test]
+fn lease_show_prints_the_lease_history_from_the_audit_log_after_a_restart() {
+    if !is_root() {
+        return;
+    }
+    let port = tcp_listener("127.0.0.1:0");
+    let mut lab = Lab::agent(port);
+    let issued = lab.issue("agent", &["db:write"], "30s");
+    let id = issued["id"].as_str().expect("lease id").to_string();
+    lab.json(&["lease", "renew", &id, "--ttl", "40s", "--json"]);
+    lab.json(&["lease", "revoke", &id, "--reason", "done", "--json"]);
+    lab.stop();
+    lab.restart();
+
+    // After the restart, from the log: in order, with times and callers.
+    let v = lab.json(&["lease", "show", &id, "--json"]);
+    let h = v["history"].as_array().expect("history");
+    let actions: Vec<&str> = h.iter().filter_map(|e| e["action"].as_str()).collect();
+    assert_eq!(actions, ["issue", "renew", "revoke"], "{v:#}");
+    // RFC 3339 with nanoseconds, fixed width: in order as text is in time.
+    let times: Vec<&str> = h.iter().filter_map(|e| e["time"].as_str()).collect();
+    assert!(
+        times.len() == 3 && times.iter().all(|t| t.len() == 30 && t.ends_with('Z')),
+        "{h:#?}"
+    );
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{h:#?}");
+    assert!(h.iter().all(|e| e["by"] == "operator"), "{h:#?}");
+    assert_eq!(h[2]["event"]["reason"], "done");
+    let out = lab.d().cli(&["lease", "show", &id]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("history (audit log):"),
+        "{out:?}"
+    );
+    let at = |a: &str| text.find(&format!("  {a} ")).unwrap_or(usize::MAX);
+    assert!(at("issue") < at("renew") && at("renew") < at("revoke") && at("revoke") < text.len());
+
+    // Once no daemon holds it (here: none runs at all), the log still tells.
+    let dir = lab.dirs.state_dir.join("audit");
+    let out = Command::new(corral_bin())
+        .args(["--socket", "/nonexistent/corral.sock", "lease", "show", &id])
+        .args(["--json", "--audit-dir", path_str(&dir)])
+        .output()
+        .expect("lease show");
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["source"], "audit-log", "{v:#}");
+    assert_eq!(v["state"], "revoked", "{v:#}");
+    assert_eq!(v["identity"], "agent", "{v:#}");
+    assert_eq!(v["history"].as_array().map(Vec::len), Some(3), "{v:#}");
+    let out = Command::new(corral_bin())
+        .args([
+            "--socket",
+            "/nonexistent/corral.sock",
+            "lease",
+            "show",
+            "l-nosuch",
+        ])
+        .args(["--audit-dir", path_str(&dir)])
+        .output()
+        .expect("lease show");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
 }

@@ -15,7 +15,9 @@
 //!   no daemon ran are detected;
 //! - `pruned`: retention removed a segment; names its last seq and hash,
 //!   which anchor the oldest remaining segment;
-//! - `loss`: records that could not be written (queue full), counted.
+//! - `loss`: records that are not in the log, counted: the writer fell
+//!   behind the event hub, or could not write (a full disk; then with the
+//!   error and the time span, written first once writing works again).
 
 pub mod key;
 pub mod query;

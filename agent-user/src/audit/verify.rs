@@ -20,6 +20,12 @@ pub struct Report {
     /// SIGKILL): what it wrote after its last checkpoint is unsigned.
     pub unclean_starts: u64,
     pub pruned_segments: u64,
+    /// Records the daemon could not put in the log, as its `loss` records
+    /// declare them (the writer fell behind, or the disk was full): the
+    /// chain is whole, the history has these gaps.
+    pub lost_records: u64,
+    /// One line per `loss` record: where, how many, why.
+    pub losses: Vec<String>,
     /// Records after the last checkpoint: the live tail of a running
     /// daemon, or what a crash left.
     pub unsigned_tail: u64,
@@ -105,6 +111,12 @@ pub fn verify(dir: &Path, public: &VerifyingKey) -> std::io::Result<Report> {
                     r.pruned_segments += 1;
                     since_checkpoint += 1;
                 }
+                "loss" => {
+                    let n = rec.body["count"].as_u64().unwrap_or(0);
+                    r.lost_records += n;
+                    r.losses.push(loss_line(&at, &rec));
+                    since_checkpoint += 1;
+                }
                 _ => since_checkpoint += 1,
             }
             if let Some((seq, hash)) = &anchor
@@ -130,6 +142,22 @@ pub fn verify(dir: &Path, public: &VerifyingKey) -> std::io::Result<Report> {
     }
     r.unsigned_tail = since_checkpoint;
     Ok(r)
+}
+
+fn loss_line(at: &At<'_>, rec: &Record) -> String {
+    let b = &rec.body;
+    let mut s = format!(
+        "{at}: {} records not written ({})",
+        b["count"],
+        b["source"].as_str().unwrap_or("?")
+    );
+    if let Some(e) = b["error"].as_str() {
+        s.push_str(&format!(": {e}"));
+    }
+    if let (Some(from), Some(to)) = (b["since"].as_str(), b["until"].as_str()) {
+        s.push_str(&format!(", from {from} to {to}"));
+    }
+    s
 }
 
 /// `seq` follows, `prev` is the hash of the line before.

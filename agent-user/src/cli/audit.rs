@@ -11,7 +11,7 @@ use clap::Subcommand;
 
 use crate::audit::{self, key, query::Filter};
 
-const DEFAULT_DIR: &str = "/var/lib/corral/audit";
+pub(crate) const DEFAULT_DIR: &str = "/var/lib/corral/audit";
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCmd {
@@ -119,6 +119,17 @@ fn verify(a: &VerifyArgs) -> anyhow::Result<u8> {
             "{} daemon starts ({} after a run that ended without a checkpoint), {} segments pruned by retention",
             r.starts, r.unclean_starts, r.pruned_segments
         );
+        if r.lost_records > 0 {
+            println!(
+                "{} records were not written, declared by {} loss records (the chain is intact; \
+                 the history has these gaps):",
+                r.lost_records,
+                r.losses.len()
+            );
+            for l in &r.losses {
+                println!("  {l}");
+            }
+        }
         if r.unsigned_tail > 0 {
             println!(
                 "{} records after the last checkpoint (a running daemon's tail, or a crash)",

@@ -40,7 +40,7 @@ pub struct AssignArgs {
 pub struct TailArgs {
     #[arg(long)]
     pub identity: Option<String>,
-    #[arg(long, value_parser = ["net", "unix", "file", "protect", "syscall", "lease", "anomaly", "policy", "operator"])]
+    #[arg(long, value_parser = ["net", "unix", "file", "protect", "syscall", "lease", "anomaly", "policy", "operator", "audit"])]
     pub kind: Option<String>,
     /// JSON lines (schema in the README).
     #[arg(long)]
@@ -238,6 +238,7 @@ fn render_status(v: &Value) -> String {
             let _ = writeln!(out, "!!   {e}");
         }
     }
+    out += &render_audit(&v["audit"]);
     let _ = writeln!(
         out,
         "policy dir   {}",
@@ -307,6 +308,40 @@ fn render_status(v: &Value) -> String {
             state,
             m["name"].as_str().unwrap_or("?"),
             m["detail"].as_str().unwrap_or("")
+        );
+    }
+    out
+}
+
+/// The audit log; loudly, near the top, when it cannot be written.
+pub(crate) fn render_audit(a: &Value) -> String {
+    if a.is_null() {
+        return String::new();
+    }
+    let f = &a["failing"];
+    if !f.is_null() {
+        return format!(
+            "!! audit: FAILING ({}), {} records not written since {}; enforcement and the event \
+             stream go on, a loss record declares the gap once writing works again ({})\n",
+            f["error"].as_str().unwrap_or("?"),
+            f["not_written"],
+            f["since"].as_str().unwrap_or("?"),
+            a["dir"].as_str().unwrap_or("?")
+        );
+    }
+    let mut out = format!(
+        "audit        {} records, {} segments, last checkpoint seq {} ({})\n",
+        a["records"],
+        a["segments"],
+        a["last_checkpoint_seq"],
+        a["dir"].as_str().unwrap_or("?")
+    );
+    if a["lost"].as_u64().unwrap_or(0) > 0 {
+        out += &format!(
+            "             {} records lost ({} not written: {})\n",
+            a["lost"],
+            a["not_written"],
+            a["last_error"].as_str().unwrap_or("-")
         );
     }
     out
@@ -502,6 +537,29 @@ mod tests {
             Value::Null,
         );
         assert!(!render_status(&clean).contains("!!"));
+    }
+
+    #[test]
+    fn a_failing_audit_log_is_shown_first_and_loudly() {
+        let mut v = status_with(
+            json!({ "generation": 1, "last_ok": true, "last_errors": [], "policy_dir_errors": [] }),
+            Value::Null,
+        );
+        v["audit"] = json!({ "dir": "/s/audit", "records": 10, "segments": 1,
+            "last_checkpoint_seq": 3, "lost": 0, "not_written": 0 });
+        let out = render_status(&v);
+        assert!(out.contains("audit        10 records, 1 segments"), "{out}");
+        assert!(!out.contains("!!"), "{out}");
+        v["audit"]["failing"] = json!({ "since": "t1", "error": "No space left on device",
+            "not_written": 42 });
+        let out = render_status(&v);
+        let line = out.lines().nth(1).unwrap_or("");
+        assert!(
+            line.starts_with(
+                "!! audit: FAILING (No space left on device), 42 records not written since t1"
+            ),
+            "{out}"
+        );
     }
 
     #[test]

@@ -43,11 +43,17 @@ pub enum LeaseCmd {
         #[arg(long)]
         json: bool,
     },
-    /// One lease, with the denials that happened under it.
+    /// One lease, with the denials that happened under it and its history
+    /// from the audit log (also once the daemon no longer holds it; reading
+    /// the log needs root).
     Show {
         id: String,
         #[arg(long)]
         json: bool,
+        /// The audit directory (default: the running daemon's, else
+        /// /var/lib/corral/audit); with it, works without a daemon.
+        #[arg(long)]
+        audit_dir: Option<PathBuf>,
     },
     /// Check a token offline: signature, algorithm, validity period.
     Verify(VerifyArgs),
@@ -284,34 +290,11 @@ pub fn run(client: &Client, cmd: LeaseCmd) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        LeaseCmd::Show { id, json } => {
-            let (_, v) = call(client, Method::GET, &format!("/v1/leases/{id}"), None)?;
-            if json {
-                print_json(&v);
-                return Ok(0);
-            }
-            println!("{}", summary(&v));
-            println!(
-                "requested {} by {}",
-                v["requested"].as_str().unwrap_or("?"),
-                v["requested_by"]
-            );
-            for g in v["grants"].as_array().into_iter().flatten() {
-                println!(
-                    "grant {}: network {} files {} (files not enforced)",
-                    g["scope"], g["network"], g["files"]
-                );
-            }
-            println!("denials under this lease: {}", v["denials"]);
-            for e in v["recent_denials"].as_array().into_iter().flatten() {
-                match serde_json::from_value::<crate::event::Event>(e.clone()) {
-                    Ok(ev) => println!("  {ev}"),
-                    Err(_) => println!("  {e}"),
-                }
-            }
-            warnings(&v);
-            Ok(0)
-        }
+        LeaseCmd::Show {
+            id,
+            json,
+            audit_dir,
+        } => super::lease_history::show(client, &id, json, audit_dir),
         LeaseCmd::Verify(a) => verify(client, &a),
         LeaseCmd::Approve { id } => decide(client, &id, "approve"),
         LeaseCmd::Deny { id } => decide(client, &id, "deny"),
@@ -331,6 +314,30 @@ pub fn run(client: &Client, cmd: LeaseCmd) -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// The daemon's view of a lease it holds, for `lease show`.
+pub(super) fn print_live(v: &Value) {
+    println!("{}", summary(v));
+    println!(
+        "requested {} by {}",
+        v["requested"].as_str().unwrap_or("?"),
+        super::lease_history::caller(&v["requested_by"])
+    );
+    for g in v["grants"].as_array().into_iter().flatten() {
+        println!(
+            "grant {}: network {} files {} (files not enforced)",
+            g["scope"], g["network"], g["files"]
+        );
+    }
+    println!("denials under this lease: {}", v["denials"]);
+    for e in v["recent_denials"].as_array().into_iter().flatten() {
+        match serde_json::from_value::<crate::event::Event>(e.clone()) {
+            Ok(ev) => println!("  {ev}"),
+            Err(_) => println!("  {e}"),
+        }
+    }
+    warnings(v);
 }
 
 fn show_issued(v: &Value, json: bool) -> anyhow::Result<u8> {

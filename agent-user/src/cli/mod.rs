@@ -6,6 +6,7 @@ mod cmds;
 mod doctor;
 mod install;
 mod lease;
+mod lease_history;
 mod policy;
 mod run;
 
@@ -76,7 +77,7 @@ pub fn main() -> ExitCode {
         Cmd::Identities(a) => cmds::identities(&client, &a),
         Cmd::Tail(a) => cmds::tail(&client, &a),
         Cmd::Status(a) => cmds::status(&client, &a),
-        Cmd::Doctor(a) => doctor::run(&a),
+        Cmd::Doctor(a) => doctor::run(&client, &a),
         Cmd::Policy(p) => policy::run(&client, p),
         Cmd::Unload(a) => cmds::unload(&a),
         Cmd::Install(a) => install::run(&a).map(|_| 0),

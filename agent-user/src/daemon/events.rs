@@ -298,6 +298,7 @@ fn enrich(
         anomaly: None,
         policy: None,
         operator: None,
+        audit: None,
         protect: None,
         syscall: None,
     };

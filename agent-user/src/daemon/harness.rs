@@ -199,7 +199,7 @@ impl Harness {
             let audit = Arc::new(super::audit::Audit::start(
                 &state_dir.join("state"),
                 super::audit::AuditArgs::default(),
-                events.subscribe(),
+                &events,
             )?);
             let ctx = Arc::new(Ctx {
                 enforcer: cmd_tx,

@@ -95,7 +95,7 @@ impl Metrics {
                 };
                 *c.operator_actions.entry(result.to_string()).or_default() += 1;
             }
-            "lost" => {}
+            "lost" | "audit" => {}
             kind => {
                 let verdict = ev.verdict.clone().unwrap_or_default();
                 *c.events

@@ -254,7 +254,7 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
     tokio::spawn(metrics.clone().run(hub.tx.subscribe()));
     // Subscribed before the reader starts: the log misses nothing.
     let audit_log = Arc::new(
-        audit::Audit::start(&args.state_dir, args.audit.clone(), hub.tx.subscribe())
+        audit::Audit::start(&args.state_dir, args.audit.clone(), &hub.tx)
             .context("opening the audit log")?,
     );
     // Leases: a missing or corrupt store stops the start-up here, before

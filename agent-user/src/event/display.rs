@@ -20,6 +20,24 @@ impl fmt::Display for Event {
                 p["errors"]
             );
         }
+        if let Some(a) = &self.audit {
+            write!(
+                f,
+                "{} AUDIT {} ({})",
+                self.time,
+                a["action"].as_str().unwrap_or("?"),
+                a["error"].as_str().unwrap_or("?")
+            )?;
+            return match a["action"].as_str() {
+                Some("write-recovered") => write!(
+                    f,
+                    ": {} records were not written since {}",
+                    a["not_written"],
+                    a["since"].as_str().unwrap_or("?")
+                ),
+                _ => write!(f, ": the audit log is not written; enforcement goes on"),
+            };
+        }
         if let Some(a) = &self.operator {
             return write!(
                 f,

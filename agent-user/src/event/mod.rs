@@ -31,7 +31,7 @@ pub struct Event {
     /// RFC 3339 wall-clock time of the kernel event.
     pub time: String,
     /// `net`, `unix`, `file`, `protect`, `syscall`, `lost`, `lease`,
-    /// `anomaly`, `policy`, `operator`.
+    /// `anomaly`, `policy`, `operator`, `audit`.
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
@@ -96,6 +96,11 @@ pub struct Event {
     /// For `operator`: an action on the control API (route, caller, result).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operator: Option<serde_json::Value>,
+    /// For `audit`: the audit log cannot be written (`write-failing`, with
+    /// the error) or is written again (`write-recovered`, with how many
+    /// records are missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<serde_json::Value>,
 }
 
 /// A lease live when an event happened.
@@ -178,6 +183,7 @@ impl Event {
             anomaly: None,
             policy: None,
             operator: None,
+            audit: None,
         }
     }
 
