@@ -21,7 +21,9 @@ use tracing::{error, info, warn};
 
 use super::{AuditArgs, AuditStats, Failing};
 use crate::{
-    audit::{self, GENESIS, Record, checkpoint_message, hash_line, key::AuditKey, segment_name},
+    audit::{
+        self, GENESIS, Record, RecordOut, checkpoint_message, hash_line, key::AuditKey, segment_name,
+    },
     daemon::events::now_rfc3339,
     event::Event,
 };
@@ -148,7 +150,7 @@ impl Writer {
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
-                    Ok(ev) => self.event(&ev),
+                    Ok(ev) => self.events(&ev, &mut events),
                     Err(broadcast::error::RecvError::Lagged(n)) => self.lagged(n),
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
@@ -182,8 +184,32 @@ impl Writer {
     }
 
     fn event(&mut self, ev: &Event) {
-        let body = serde_json::to_value(ev).unwrap_or(Value::Null);
-        self.write("event", body);
+        let time = now_rfc3339();
+        self.write_event(ev, &time);
+    }
+
+    /// `first` and whatever else the hub already holds (up to a batch):
+    /// one wake-up and one clock read per batch, not per event.
+    fn events(&mut self, first: &Event, rx: &mut broadcast::Receiver<Arc<Event>>) {
+        const BATCH: usize = 4096;
+        let time = now_rfc3339();
+        self.write_event(first, &time);
+        for _ in 1..BATCH {
+            match rx.try_recv() {
+                Ok(ev) => self.write_event(&ev, &time),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => self.lagged(n),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn write_event(&mut self, ev: &Event, time: &str) {
+        if self.failing.is_some() {
+            self.skip(1);
+            return;
+        }
+        self.append_with(time, "event", ev);
+        self.after_append();
     }
 
     fn lagged(&mut self, n: u64) {
@@ -208,6 +234,10 @@ impl Writer {
             return;
         }
         self.append(kind, body);
+        self.after_append();
+    }
+
+    fn after_append(&mut self) {
         if self.buf.len() >= BUF_MAX {
             self.flush();
         }
@@ -235,22 +265,31 @@ impl Writer {
 
     /// Chains a record onto the buffer.
     fn append(&mut self, kind: &str, body: Value) {
-        let rec = Record {
+        self.append_with(&now_rfc3339(), kind, &body);
+    }
+
+    /// Serialises straight into the write buffer and hashes the bytes
+    /// there: no per-record allocation beyond the hash's hex.
+    fn append_with<B: serde::Serialize>(&mut self, time: &str, kind: &str, body: &B) {
+        let start = self.buf.len();
+        let rec = RecordOut {
             seq: self.head.seq,
-            time: now_rfc3339(),
-            kind: kind.to_string(),
-            prev: self.head.hash.clone(),
+            time,
+            kind,
+            prev: &self.head.hash,
             body,
         };
-        let Ok(mut line) = serde_json::to_vec(&rec) else {
+        if serde_json::to_writer(&mut self.buf, &rec).is_err() {
+            self.buf.truncate(start);
             return;
-        };
-        self.head.hash = hash_line(&line);
-        line.push(b'\n');
-        self.buf.extend_from_slice(&line);
-        self.head.kind = rec.kind;
+        }
+        self.head.hash = hash_line(&self.buf[start..]);
+        self.buf.push(b'\n');
+        if self.head.kind != kind {
+            kind.clone_into(&mut self.head.kind);
+        }
         self.head.seq += 1;
-        self.head.len += line.len() as u64;
+        self.head.len += (self.buf.len() - start) as u64;
     }
 
     /// Writes the buffer. On failure the buffered records are dropped and
