@@ -265,6 +265,21 @@ fn render_status(v: &Value) -> String {
         "events       {} received, {} lost in the kernel, {} undecodable, {} subscribers",
         e["received"], e["kernel_lost"], e["decode_errors"], e["subscribers"]
     );
+    let x = &v["otlp"];
+    if !x.is_null() {
+        let _ = writeln!(
+            out,
+            "otlp export  {}: {} sent, {} lost, {} queued (max {}){}",
+            x["endpoint"].as_str().unwrap_or("?"),
+            x["sent"],
+            x["lost"],
+            x["queued"],
+            x["queue_capacity"],
+            x["last_error"]
+                .as_str()
+                .map_or(String::new(), |e| format!(", last error: {e}"))
+        );
+    }
     let _ = writeln!(
         out,
         "last reload  generation {} at {} ({}): {}",
