@@ -520,6 +520,25 @@ mod tests {
     }
 
     #[test]
+    fn the_otlp_line_shows_only_when_exporting() {
+        let reload =
+            json!({ "generation": 1, "last_ok": true, "last_errors": [], "policy_dir_errors": [] });
+        let mut v = status_with(reload, Value::Null);
+        v["otlp"] = Value::Null;
+        assert!(!render_status(&v).contains("otlp"));
+        v["otlp"] = json!({ "endpoint": "http://c:4318/v1/logs", "sent": 10, "lost": 2,
+            "queued": 1, "queue_capacity": 50, "last_error": "collector answered 503" });
+        assert!(
+            render_status(&v).contains(
+                "otlp export  http://c:4318/v1/logs: 10 sent, 2 lost, 1 queued (max 50), \
+                 last error: collector answered 503\n"
+            ),
+            "{}",
+            render_status(&v)
+        );
+    }
+
+    #[test]
     fn leases_are_counted_per_identity() {
         let v = status_with(
             json!({ "generation": 1, "last_ok": true, "last_errors": [], "policy_dir_errors": [] }),
