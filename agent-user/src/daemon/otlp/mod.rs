@@ -16,6 +16,8 @@ mod http;
 mod map;
 mod proto;
 mod queue;
+#[cfg(test)]
+mod tests;
 
 use std::{
     sync::{
@@ -248,7 +250,10 @@ impl Shared {
         let mut tick = tokio::time::interval(self.flush);
         loop {
             let deadline = *closing.borrow();
-            if deadline.is_none() {
+            // A backlog (after an outage) goes out at the collector's pace,
+            // not one batch per flush interval.
+            let backlog = self.queue.lock().expect("otlp queue").len() >= self.batch;
+            if deadline.is_none() && !backlog {
                 tokio::select! {
                     () = self.wake.notified() => {}
                     _ = tick.tick() => {}
