@@ -266,6 +266,21 @@ fn render_status(v: &Value) -> String {
         "events       {} received, {} lost in the kernel, {} undecodable, {} subscribers",
         e["received"], e["kernel_lost"], e["decode_errors"], e["subscribers"]
     );
+    let x = &v["otlp"];
+    if !x.is_null() {
+        let _ = writeln!(
+            out,
+            "otlp export  {}: {} sent, {} lost, {} queued (max {}){}",
+            x["endpoint"].as_str().unwrap_or("?"),
+            x["sent"],
+            x["lost"],
+            x["queued"],
+            x["queue_capacity"],
+            x["last_error"]
+                .as_str()
+                .map_or(String::new(), |e| format!(", last error: {e}"))
+        );
+    }
     let _ = writeln!(
         out,
         "last reload  generation {} at {} ({}): {}",
@@ -559,6 +574,25 @@ mod tests {
                 "!! audit: FAILING (No space left on device), 42 records not written since t1"
             ),
             "{out}"
+        );
+    }
+
+    #[test]
+    fn the_otlp_line_shows_only_when_exporting() {
+        let reload =
+            json!({ "generation": 1, "last_ok": true, "last_errors": [], "policy_dir_errors": [] });
+        let mut v = status_with(reload, Value::Null);
+        v["otlp"] = Value::Null;
+        assert!(!render_status(&v).contains("otlp"));
+        v["otlp"] = json!({ "endpoint": "http://c:4318/v1/logs", "sent": 10, "lost": 2,
+            "queued": 1, "queue_capacity": 50, "last_error": "collector answered 503" });
+        assert!(
+            render_status(&v).contains(
+                "otlp export  http://c:4318/v1/logs: 10 sent, 2 lost, 1 queued (max 50), \
+                 last error: collector answered 503\n"
+            ),
+            "{}",
+            render_status(&v)
         );
     }
 

@@ -34,7 +34,8 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Run the daemon (foreground; systemd runs it as a service).
-    Daemon(DaemonArgs),
+    // Boxed: its flags are several times the size of any other command's.
+    Daemon(Box<DaemonArgs>),
     /// Start a command as an agent identity.
     Run(run::RunArgs),
     /// Put an existing process or cgroup under an identity.
@@ -71,7 +72,7 @@ pub fn main() -> ExitCode {
         socket: cli.socket.clone(),
     };
     let result = match cli.command {
-        Cmd::Daemon(a) => crate::daemon::run(a, cli.socket).map(|_| 0),
+        Cmd::Daemon(a) => crate::daemon::run(*a, cli.socket).map(|_| 0),
         Cmd::Run(a) => run::run(&client, &a),
         Cmd::Assign(a) => cmds::assign(&client, &a),
         Cmd::Identities(a) => cmds::identities(&client, &a),

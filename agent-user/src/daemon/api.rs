@@ -46,6 +46,8 @@ pub struct Ctx {
     pub info: status::DaemonInfo,
     pub sockets: Sockets,
     pub audit: Arc<super::audit::Audit>,
+    /// `None` unless `--otlp-endpoint` is given.
+    pub otlp: Option<Arc<super::otlp::Otlp>>,
     pub metrics: Arc<super::metrics::Metrics>,
 }
 

@@ -210,6 +210,7 @@ impl Harness {
                 info,
                 sockets,
                 audit,
+                otlp: None,
                 metrics: Arc::default(),
             });
             Ok::<_, anyhow::Error>((ctx, leases))

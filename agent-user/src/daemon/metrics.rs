@@ -321,6 +321,7 @@ impl Metrics {
             "Sequence number of the last signed checkpoint.",
             num(&a["last_checkpoint_seq"]),
         );
+        otlp(&mut o, &status["otlp"]);
 
         o.family(
             "corral_api_connections",
@@ -352,6 +353,38 @@ impl Metrics {
         programs(&mut o);
         o.0
     }
+}
+
+/// The OTLP exporter's counts; no families at all when it is off, so a
+/// dashboard tells "not configured" from "nothing sent".
+fn otlp(o: &mut Out, x: &Value) {
+    if x.is_null() {
+        return;
+    }
+    o.one(
+        "corral_otlp_records_sent_total",
+        "counter",
+        "Event records the OTLP collector accepted.",
+        num(&x["sent"]),
+    );
+    o.one(
+        "corral_otlp_records_lost_total",
+        "counter",
+        "Event records never exported (queue full, refused by the collector, exporter behind, shutdown).",
+        num(&x["lost"]),
+    );
+    o.one(
+        "corral_otlp_queue_records",
+        "gauge",
+        "Event records waiting for or in an OTLP export request.",
+        num(&x["queued"]),
+    );
+    o.one(
+        "corral_otlp_requests_failed_total",
+        "counter",
+        "OTLP export requests that failed (retried or dropped).",
+        num(&x["failed_requests"]),
+    );
 }
 
 /// Run count and time of Corral's programs, from the kernel's BPF stats

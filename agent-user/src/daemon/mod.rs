@@ -20,6 +20,7 @@ pub mod lease;
 mod loader;
 mod lsm;
 mod metrics;
+mod otlp;
 #[cfg(test)]
 mod object_names;
 #[cfg(test)]
@@ -122,6 +123,8 @@ pub struct DaemonArgs {
     pub lease_idle_timeout: std::time::Duration,
     #[command(flatten)]
     pub audit: audit::AuditArgs,
+    #[command(flatten)]
+    pub otlp: otlp::OtlpArgs,
     /// Also serve `GET /metrics` (Prometheus) on this TCP address, e.g.
     /// 127.0.0.1:9477; nothing else is served there. Program run counts
     /// need `sysctl kernel.bpf_stats_enabled=1`.
@@ -257,6 +260,9 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
         audit::Audit::start(&args.state_dir, args.audit.clone(), &hub.tx)
             .context("opening the audit log")?,
     );
+    let otlp = otlp::Otlp::start(&args.otlp, hub.tx.subscribe())
+        .context("starting the OTLP exporter")?
+        .map(Arc::new);
     // Leases: a missing or corrupt store stops the start-up here, before
     // the first policy apply changes anything in the kernel.
     let leases = Arc::new(lease::Leases::open(
@@ -385,6 +391,7 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
         info,
         sockets,
         audit: audit_log.clone(),
+        otlp: otlp.clone(),
         metrics,
     });
     if let Some(addr) = args.metrics_listen {
@@ -417,7 +424,11 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
     // The event reader hands over what it already took from the ring (the
     // rest stays there for the next daemon), then the log is sealed.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    audit_log.shutdown().await;
+    // Both bounded: a collector that is away costs at most its deadline.
+    match &otlp {
+        Some(o) => tokio::join!(audit_log.shutdown(), o.shutdown()).0,
+        None => audit_log.shutdown().await,
+    }
     let _ = std::fs::remove_file(&socket);
     // The agent socket's thread ends with the process.
     let _ = std::fs::remove_file(&lease_socket);

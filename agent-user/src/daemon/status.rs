@@ -103,6 +103,8 @@ pub async fn status_json(ctx: &Ctx) -> Value {
         "leases": super::api_lease::service().map(|l| l.summary()),
         "sockets": ctx.sockets.view(),
         "audit": ctx.audit.view(),
+        // `null` unless exporting.
+        "otlp": ctx.otlp.as_ref().map(|o| o.view()),
         "host_cost": super::hostcost::view(),
     })
 }
