@@ -256,9 +256,14 @@ impl Bench<'_> {
             );
             let _ = writeln!(
                 s,
-                "audit log: {audited} records on disk ({:.0}/s from the flood's start until the last was written), {audit_lost} lost",
+                "audit log, this burst: {audited} records on disk ({:.0}/s from the flood's start until the last was written), {audit_lost} lost (beyond what the event queue holds)",
                 audited as f64 / audit_done.as_secs_f64()
             );
+            s.push_str(&crate::bench_audit::sustained(
+                env,
+                &self.bench,
+                self.udp_port,
+            )?);
             Ok(s)
         })
     }

@@ -20,9 +20,9 @@ pub mod lease;
 mod loader;
 mod lsm;
 mod metrics;
-mod otlp;
 #[cfg(test)]
 mod object_names;
+mod otlp;
 #[cfg(test)]
 mod prop_files;
 #[cfg(test)]

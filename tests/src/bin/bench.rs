@@ -4,6 +4,8 @@
 //! corral-bench udp PORT ITERS   — connect() of a UDP socket (no handshake: the
 //!                                 hook's cost dominates)
 //! corral-bench flood PORT COUNT — COUNT denied UDP connects, as fast as possible
+//! corral-bench flood-paced PORT COUNT RATE — the same, RATE per second
+//!                                 (paced per millisecond: a sustained load)
 //! corral-bench getppid 0 ITERS | stat 0 ITERS | open-read 0 ITERS | tcp-loop PORT ITERS
 //!                               — host-cost workloads (see `host_workload`): ns per
 //!                                 op over the whole loop, no per-call clock
@@ -30,6 +32,15 @@ fn main() {
         }
         Some("lease-load") => {
             println!("{}", lease::lease_load(&a[1], a[2].parse().expect("secs")));
+            return;
+        }
+        Some("flood-paced") => {
+            let (port, count, rate) = (
+                a[1].parse().expect("port"),
+                a[2].parse().expect("count"),
+                a[3].parse().expect("rate"),
+            );
+            println!("{}", flood_paced(port, count, rate));
             return;
         }
         _ => {}
@@ -131,4 +142,24 @@ fn host_workload(op: &str, port: u16, iters: usize) -> Option<String> {
     Some(format!(
         r#"{{"op":"{op}","iters":{iters},"ns_per_op":{per:.1},"elapsed_ns":{elapsed},"errors":{errors}}}"#
     ))
+}
+
+/// `count` denied UDP connects at `rate` per second: each millisecond's
+/// share, then a sleep until the next millisecond (a burst would measure
+/// the queue, not the sustained rate).
+fn flood_paced(port: u16, count: u64, rate: u64) -> String {
+    let target: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < count {
+        let due = (start.elapsed().as_nanos() as u64 * rate / 1_000_000_000).min(count);
+        while sent < due {
+            let _ = udp.connect(target);
+            sent += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(500));
+    }
+    let elapsed = start.elapsed().as_nanos() as u64;
+    format!(r#"{{"op":"flood-paced","iters":{count},"rate":{rate},"elapsed_ns":{elapsed}}}"#)
 }

@@ -22,7 +22,8 @@ use tracing::{error, info, warn};
 use super::{AuditArgs, AuditStats, Failing};
 use crate::{
     audit::{
-        self, GENESIS, Record, RecordOut, checkpoint_message, hash_line, key::AuditKey, segment_name,
+        self, GENESIS, Record, RecordOut, checkpoint_message, hash_line, key::AuditKey,
+        segment_name,
     },
     daemon::events::now_rfc3339,
     event::Event,
@@ -534,4 +535,45 @@ fn last_record(path: &std::path::Path) -> std::io::Result<(Tail, u64)> {
             .map(|r| (r, hash_line(l)))
     });
     Ok((tail, cut))
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    /// The writer's own cost per record, on one core with nothing else
+    /// running (`cargo test --release -p agent-user audit_writer_cost --
+    /// --ignored --nocapture`): what the bench's sustained rate is measured
+    /// against. Asserts only that every record was written.
+    #[test]
+    #[ignore = "measurement: prints ns per record"]
+    fn audit_writer_cost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (hub, _rx) = broadcast::channel(16);
+        let stats = Arc::new(AuditStats::default());
+        let mut w =
+            Writer::open(dir.path().into(), AuditArgs::default(), stats, hub).expect("open");
+        let ev: Event = serde_json::from_str(
+            r#"{"schema":1,"time":"2026-12-05T21:50:01.123456789Z","kind":"net","identity":"flood",
+            "identity_id":3,"verdict":"deny","mode":"enforce","reason":"no-rule","pid":4242,
+            "tgid":4242,"ppid":4200,"comm":"corral-bench","exe":"/work/main/target/release/corral-bench",
+            "cgroup":"corral/flood","cgroup_id":12345,"net":{"op":"connect","family":"inet",
+            "protocol":"udp","type":"dgram","addr":"127.0.0.1","port":9999},"leases":[]}"#,
+        )
+        .expect("event");
+        const N: u64 = 500_000;
+        let seq0 = w.head.seq;
+        let t = Instant::now();
+        let time = now_rfc3339();
+        for _ in 0..N {
+            w.write_event(&ev, &time);
+        }
+        w.flush();
+        let ns = t.elapsed().as_nanos() as f64 / N as f64;
+        println!(
+            "audit writer: {ns:.0} ns per record, {:.0} records/s",
+            1e9 / ns
+        );
+        assert_eq!(w.head.seq - seq0, N);
+    }
 }
