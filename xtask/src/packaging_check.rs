@@ -168,8 +168,7 @@ fn exec_start_flags(unit: &str) -> Vec<&str> {
     let cmd = unit
         .lines()
         .filter_map(|l| l.strip_prefix("ExecStart="))
-        .filter(|c| !c.trim().is_empty())
-        .last()
+        .rfind(|c| !c.trim().is_empty())
         .unwrap_or("");
     cmd.split_whitespace()
         .filter(|w| w.starts_with("--"))

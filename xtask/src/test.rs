@@ -82,7 +82,7 @@ pub fn run(ws: &Path, args: &TestArgs) -> Result<()> {
         steps.skip("privileged tests", "tests/ crate missing");
     }
 
-    steps.step("packaging: systemd unit, fleet drop-in, DaemonSet", || {
+    steps.step("packaging: unit, drop-in, DaemonSet", || {
         crate::packaging_check::check(ws, &bin)
     })?;
     vm_test(&mut steps, ws, args)?;
