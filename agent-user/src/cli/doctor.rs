@@ -12,7 +12,7 @@ struct Check {
 
 pub fn run(client: &Client, a: &JsonFlag) -> anyhow::Result<u8> {
     let mut checks = Vec::new();
-    checks.extend(audit_check(client));
+    checks.extend(daemon_checks(client));
     checks.push(Check {
         name: "root",
         ok: nix::unistd::geteuid().is_root(),
@@ -158,14 +158,50 @@ pub fn run(client: &Client, a: &JsonFlag) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// A running daemon whose audit log cannot be written (a full disk): the
-/// one thing here that breaks while the host looks fine.
-fn audit_check(client: &Client) -> Option<Check> {
+/// What only a running daemon can tell: whether its audit log is written,
+/// and what its host-wide hooks cost processes that are no agent's.
+fn daemon_checks(client: &Client) -> Vec<Check> {
     if !client.socket.exists() {
-        return None;
+        return Vec::new();
     }
     let call = client.call(hyper::Method::GET, "/v1/status", None);
-    let (_, v) = super::client::block_on(call).ok()?;
+    let Ok((_, v)) = super::client::block_on(call) else {
+        return Vec::new();
+    };
+    let mut checks: Vec<Check> = audit_check(&v).into_iter().collect();
+    checks.push(host_cost_check(&v));
+    checks
+}
+
+/// Never a failure: a cost the operator chose by policy, stated with its
+/// measured size so it is never paid unknowingly.
+fn host_cost_check(status: &Value) -> Check {
+    let hooks: Vec<String> = status["host_cost"]["host_wide_hooks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| {
+            format!(
+                "{}: ~{} ns per syscall",
+                h["hook"].as_str().unwrap_or("?"),
+                h["extra_ns_per_syscall"]
+            )
+        })
+        .collect();
+    Check {
+        name: "host-wide cost",
+        ok: true,
+        detail: if hooks.is_empty() {
+            "none: no host-wide hook attached (processes outside identities pay nothing)".into()
+        } else {
+            format!("every process on this host pays: {}", hooks.join("; "))
+        },
+    }
+}
+
+/// A running daemon whose audit log cannot be written (a full disk): the
+/// one thing here that breaks while the host looks fine.
+fn audit_check(v: &Value) -> Option<Check> {
     let a = &v["audit"];
     if a.is_null() {
         return None;
@@ -191,4 +227,27 @@ fn audit_check(client: &Client) -> Option<Check> {
             )
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_cost_is_stated_with_its_size() {
+        let none = host_cost_check(&json!({ "host_cost": { "host_wide_hooks": [] } }));
+        assert!(
+            none.ok && none.detail.starts_with("none"),
+            "{}",
+            none.detail
+        );
+        let v = json!({ "host_cost": { "host_wide_hooks": [
+            { "hook": "syscall observers (sys_enter/sys_exit)", "extra_ns_per_syscall": 85 }
+        ] } });
+        let c = host_cost_check(&v);
+        assert_eq!(
+            c.detail,
+            "every process on this host pays: syscall observers (sys_enter/sys_exit): ~85 ns per syscall"
+        );
+    }
 }
