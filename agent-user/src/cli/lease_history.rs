@@ -95,7 +95,13 @@ pub fn show(client: &Client, id: &str, json: bool, dir: Option<PathBuf>) -> anyh
         // Forgotten by the store, or no daemon: the log may still know it.
         Ok((StatusCode::NOT_FOUND, _)) => None,
         Ok((s, v)) => return Err(client::api_error(s, &v)),
-        Err(e) if e.downcast_ref::<Unreachable>().is_some() && dir.is_some() => None,
+        // No daemon: the log alone answers, where there is one to read.
+        Err(e)
+            if e.downcast_ref::<Unreachable>().is_some()
+                && (dir.is_some() || Path::new(super::audit::DEFAULT_DIR).is_dir()) =>
+        {
+            None
+        }
         Err(e) => return Err(e),
     };
     let dir = audit_dir(client, dir);
@@ -117,7 +123,7 @@ pub fn show(client: &Client, id: &str, json: bool, dir: Option<PathBuf>) -> anyh
         }
         (None, Ok(_)) => {
             return Err(super::cmds::UsageError(format!(
-                "unknown lease {id}: the daemon does not hold it and the audit log {} has no \
+                "unknown lease {id}: no running daemon holds it and the audit log {} has no \
                  record of it",
                 dir.display()
             ))
