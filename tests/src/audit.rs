@@ -8,7 +8,47 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{corral_bin, path_str};
+use crate::{Daemon, ProbeRun, corral_bin, path_str};
+
+/// As `identity`: one denied connect to 127.0.0.1:`port` (the probe's
+/// `pid`, for matching events), then `n` more as fast as it can.
+pub fn connect_burst(d: &Daemon, identity: &str, port: &str, n: u64) -> ProbeRun {
+    let n = n.to_string();
+    let steps = [
+        "pid",
+        "connect",
+        "127.0.0.1",
+        port,
+        "burst",
+        "127.0.0.1",
+        port,
+        &n,
+    ];
+    d.probe_as(identity, &steps)
+}
+
+/// `promtool check metrics` finds nothing to say about `body`.
+pub fn promtool_clean(body: &str) {
+    use std::{io::Write as _, process::Stdio};
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (installed by cargo xtask setup)");
+    check
+        .stdin
+        .take()
+        .expect("promtool stdin")
+        .write_all(body.as_bytes())
+        .expect("writing to promtool");
+    let out = check.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {out:?}"
+    );
+}
 
 pub fn corral(args: &[&str]) -> Output {
     Command::new(corral_bin())

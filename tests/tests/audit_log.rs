@@ -57,19 +57,7 @@ fn denials_reloads_and_operator_actions_are_logged_verified_and_tamper_evident()
         &["--audit-segment-bytes", "4096"],
     );
     // No subscriber: the log records regardless.
-    let r = lab.d().probe_as(
-        "agent",
-        &[
-            "pid",
-            "connect",
-            "127.0.0.1",
-            &ps,
-            "burst",
-            "127.0.0.1",
-            &ps,
-            "20",
-        ],
-    );
+    let r = connect_burst(lab.d(), "agent", &ps, 20);
     r.assert_eperm("connect", 0);
     let out = lab.d().cli(&["policy", "apply"]);
     assert!(out.status.success(), "{out:?}");

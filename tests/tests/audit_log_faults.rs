@@ -35,19 +35,7 @@ fn a_full_disk_is_reported_never_blocks_enforcement_and_the_gap_is_declared() {
     let tail = lab.d().tail(None);
 
     // Denials until the log's filesystem is full.
-    let r = lab.d().probe_as(
-        "agent",
-        &[
-            "pid",
-            "connect",
-            "127.0.0.1",
-            &ps,
-            "burst",
-            "127.0.0.1",
-            &ps,
-            "1500",
-        ],
-    );
+    let r = connect_burst(lab.d(), "agent", &ps, 1500);
     r.assert_eperm("connect", 0);
     assert_eq!(r.step("burst", 0)["eperm"], 1500, "{r:#?}");
     let failing = tail.expect(|e| e["kind"] == "audit" && e["audit"]["action"] == "write-failing");
@@ -170,19 +158,7 @@ fn a_killed_daemon_loses_at_most_the_last_second_and_its_successor_says_so() {
     let mut later = waiting_probe(&lab, &go_file, &ps);
 
     let n = 40;
-    let r = lab.d().probe_as(
-        "agent",
-        &[
-            "pid",
-            "connect",
-            "127.0.0.1",
-            &ps,
-            "burst",
-            "127.0.0.1",
-            &ps,
-            &n.to_string(),
-        ],
-    );
+    let r = connect_burst(lab.d(), "agent", &ps, n);
     r.assert_eperm("connect", 0);
     assert_eq!(r.step("burst", 0)["eperm"], n, "{r:#?}");
     // Past the flush interval (1 s), then no shutdown at all.

@@ -88,24 +88,7 @@ fn metrics_are_valid_and_scraped_by_prometheus() {
     let out = d.cli(&["status", "--json"]);
     assert!(out.status.success());
 
-    let mut check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (installed by cargo xtask setup)");
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = check.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics: {out:?}"
-    );
+    corral_tests::audit::promtool_clean(&body);
 
     // A real Prometheus server scrapes it.
     let tmp = tempfile::tempdir().unwrap();

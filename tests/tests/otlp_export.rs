@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use corral_tests::{lease::Lab, *};
+use corral_tests::{audit::promtool_clean, lease::Lab, *};
 use opentelemetry_proto::tonic::{
     collector::logs::v1::ExportLogsServiceRequest,
     common::v1::{AnyValue, KeyValue, any_value::Value as Any},
@@ -322,28 +322,6 @@ fn metrics(lab: &Lab) -> String {
     out.split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default()
-}
-
-fn promtool_clean(body: &str) {
-    use std::process::{Command, Stdio};
-    let mut check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (installed by cargo xtask setup)");
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = check.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics: {out:?}"
-    );
 }
 
 #[test]

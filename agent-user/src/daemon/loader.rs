@@ -21,10 +21,7 @@ use agent_common::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::MapType,
-    programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr,
-        links::{FdLink, PinnedLink},
-    },
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, links::FdLink},
 };
 use tracing::{info, warn};
 
@@ -386,31 +383,39 @@ fn ensure_tracefs() -> Result<(), LoadError> {
 /// Pins `link` as `links_dir/name`, retiring a link a previous daemon pinned
 /// there only once the new one runs (no gap).
 pub(super) fn pin_replacing(link: FdLink, links_dir: &Path, name: &str) -> Result<(), LoadError> {
+    replace_pin(links_dir, name, |staging| {
+        link.pin(staging).map(drop).map_err(|e| {
+            format!(
+                "pinning: {}",
+                std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string())
+            )
+        })
+    })
+}
+
+/// The one way a link pin is replaced, whoever made the link (aya, or the
+/// hand-assembled unix programs): `pin_at` pins the new link beside the old
+/// one, and only once it runs is the old pin removed (its last reference:
+/// the old link detaches) and the new one renamed into its place. Any
+/// other order leaves a moment with no program attached.
+pub(super) fn replace_pin(
+    links_dir: &Path,
+    name: &str,
+    pin_at: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<(), LoadError> {
     let pin = links_dir.join(name);
     // bpffs refuses names with a dot.
     let staging = links_dir.join(format!("{name}_new"));
     let _ = fs::remove_file(&staging);
-    link.pin(&staging).map_err(|e| LoadError::Link {
+    pin_at(&staging).map_err(|message| LoadError::Link {
         path: staging.clone(),
-        message: format!(
-            "pinning: {}",
-            std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string())
-        ),
+        message,
     })?;
-    // The new link runs now; only then retire the old one.
     if pin.exists() {
-        match PinnedLink::from_pin(&pin) {
-            Ok(old) => match old.unpin() {
-                Ok(fd_link) => drop(fd_link),
-                Err(e) => warn!("unpinning old link {}: {e}", pin.display()),
-            },
-            Err(e) => warn!("old link pin {} unreadable: {e}", pin.display()),
-        }
         let _ = fs::remove_file(&pin);
         info!(link = %pin.display(), "replaced link left by a previous daemon");
     }
-    rename(&staging, &pin)?;
-    Ok(())
+    rename(&staging, &pin)
 }
 
 fn rename(from: &Path, to: &Path) -> Result<(), LoadError> {

@@ -33,10 +33,7 @@ use agent_common::{
 use aya::{
     Btf, Ebpf,
     maps::{Array, HashMap as BpfHashMap, MapData, MapError},
-    programs::{
-        BtfTracePoint,
-        links::{FdLink, PinnedLink},
-    },
+    programs::{BtfTracePoint, links::FdLink},
 };
 use serde_json::{Value, json};
 use tracing::{info, warn};
@@ -434,10 +431,6 @@ fn attach(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<(), String> {
     let dir = links_dir(pin_dir);
     fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for (name, _) in maps::SYSCALL_PROGRAMS {
-        let pin = dir.join(name);
-        // bpffs refuses names with a dot.
-        let staging = dir.join(format!("{name}_new"));
-        let _ = fs::remove_file(&staging);
         let p: &mut BtfTracePoint = ebpf
             .program_mut(name)
             .ok_or_else(|| format!("program {name} missing"))?
@@ -445,17 +438,7 @@ fn attach(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<(), String> {
             .map_err(|e| format!("{name}: {e}"))?;
         let id = p.attach().map_err(|e| format!("attaching {name}: {e}"))?;
         let link: FdLink = p.take_link(id).map_err(|e| format!("{name}: {e}"))?.into();
-        link.pin(&staging)
-            .map_err(|e| format!("pinning {}: {e}", staging.display()))?;
-        if pin.exists() {
-            if let Ok(old) = PinnedLink::from_pin(&pin)
-                && let Ok(l) = old.unpin()
-            {
-                drop(l);
-            }
-            let _ = fs::remove_file(&pin);
-        }
-        fs::rename(&staging, &pin).map_err(|e| format!("{}: {e}", pin.display()))?;
+        super::loader::pin_replacing(link, &dir, name).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -234,23 +234,14 @@ impl Unix {
             source,
         })?;
         for (name, attach, prog) in &self.progs {
-            let pin = links_dir.join(name);
-            let staging = links_dir.join(format!("{name}_new"));
-            let _ = fs::remove_file(&staging);
-            let link_err = |path: &Path, what: &str, e: std::io::Error| LoadError::Link {
-                path: path.to_path_buf(),
-                message: format!("{what}: {e}"),
-            };
-            let link = sys::link_create(prog, cg.as_raw_fd(), *attach)
-                .map_err(|e| link_err(&pin, "BPF_LINK_CREATE", e))?;
-            sys::obj_pin(&link, &staging).map_err(|e| link_err(&staging, "pinning", e))?;
-            // The new link runs now; only then retire the old one (removing
-            // its last reference, the pin, detaches it).
-            if pin.exists() {
-                let _ = fs::remove_file(&pin);
-                info!(link = %pin.display(), "replaced link left by a previous daemon");
-            }
-            fs::rename(&staging, &pin).map_err(|e| link_err(&pin, "renaming", e))?;
+            let link =
+                sys::link_create(prog, cg.as_raw_fd(), *attach).map_err(|e| LoadError::Link {
+                    path: links_dir.join(name),
+                    message: format!("BPF_LINK_CREATE: {e}"),
+                })?;
+            super::loader::replace_pin(links_dir, name, |staging| {
+                sys::obj_pin(&link, staging).map_err(|e| format!("pinning: {e}"))
+            })?;
         }
         Ok(())
     }
