@@ -94,6 +94,12 @@ impl Client {
             .map_err(|_| anyhow!("corral daemon did not answer {path} in time"))?
     }
 
+    /// A call whose answer must be a success (`checked`).
+    pub fn json(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+        let (status, v) = block_on(self.call(method, path, body))?;
+        checked(status, v)
+    }
+
     /// A streaming GET: calls `each` for every line until it returns false.
     pub async fn stream(
         &self,
@@ -127,6 +133,31 @@ impl Client {
         }
         Err(anyhow!("the daemon closed the event stream"))
     }
+}
+
+/// Bad input from the user (unknown identity, bad flags): exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// An answer's body if it is a success, else the error; a 404 that names
+/// the known identities is the caller's mistake (exit status 2).
+pub fn checked(status: StatusCode, v: Value) -> anyhow::Result<Value> {
+    if status == StatusCode::NOT_FOUND && v.get("known").is_some() {
+        return Err(UsageError(api_error(status, &v).to_string()).into());
+    }
+    if !status.is_success() {
+        return Err(api_error(status, &v));
+    }
+    Ok(v)
+}
+
+/// `--json` output: the daemon's answer, pretty.
+pub fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("a Value serialises")
+    );
 }
 
 /// Turns an API error body into a message (with the known identities when

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::client::{self, Client};
+use super::client::{self, Client, print_json};
 use crate::event::Event;
 
 #[derive(clap::Args, Debug)]
@@ -17,10 +17,7 @@ pub struct JsonFlag {
     pub json: bool,
 }
 
-/// Bad input from the user (unknown identity, bad flags): exit status 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+pub use super::client::UsageError;
 
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["pid", "cgroup"])))]
@@ -62,18 +59,7 @@ pub struct UnloadArgs {
 }
 
 fn get(client: &Client, path: &str) -> anyhow::Result<Value> {
-    let (status, v) = client::block_on(client.call(Method::GET, path, None))?;
-    if status == StatusCode::NOT_FOUND && v.get("known").is_some() {
-        return Err(UsageError(client::api_error(status, &v).to_string()).into());
-    }
-    if !status.is_success() {
-        return Err(client::api_error(status, &v));
-    }
-    Ok(v)
-}
-
-fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).expect("json"));
+    client.json(Method::GET, path, None)
 }
 
 pub fn assign(client: &Client, a: &AssignArgs) -> anyhow::Result<u8> {

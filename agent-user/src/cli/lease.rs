@@ -13,10 +13,7 @@ use clap::Subcommand;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::{
-    client::{self, Client},
-    cmds::UsageError,
-};
+use super::client::{self, Client, UsageError, print_json};
 use crate::daemon::lease::token::PublicKey;
 
 #[derive(Subcommand, Debug)]
@@ -127,17 +124,7 @@ fn call(
     body: Option<&Value>,
 ) -> anyhow::Result<(StatusCode, Value)> {
     let (status, v) = client::block_on(client.call(method, path, body))?;
-    if status == StatusCode::NOT_FOUND && v.get("known").is_some() {
-        return Err(UsageError(client::api_error(status, &v).to_string()).into());
-    }
-    if !status.is_success() {
-        return Err(client::api_error(status, &v));
-    }
-    Ok((status, v))
-}
-
-fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).expect("json"));
+    Ok((status, client::checked(status, v)?))
 }
 
 fn warnings(v: &Value) {

@@ -2,13 +2,10 @@
 
 use std::path::PathBuf;
 
-use hyper::{Method, StatusCode};
+use hyper::Method;
 use serde_json::{Value, json};
 
-use super::{
-    client::{self, Client},
-    cmds::UsageError,
-};
+use super::client::{Client, UsageError, print_json};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum PolicyCmd {
@@ -94,18 +91,7 @@ fn call(
     path: &str,
     body: Option<&Value>,
 ) -> anyhow::Result<Value> {
-    let (status, v) = client::block_on(client.call(method, path, body))?;
-    if status == StatusCode::NOT_FOUND && v.get("known").is_some() {
-        return Err(UsageError(client::api_error(status, &v).to_string()).into());
-    }
-    if !status.is_success() {
-        return Err(client::api_error(status, &v));
-    }
-    Ok(v)
-}
-
-fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).expect("json"));
+    client.json(method, path, body)
 }
 
 fn s(v: &Value) -> &str {
