@@ -102,14 +102,7 @@ pub fn skip(why: &str) {
 }
 
 pub fn cgroup2_root() -> PathBuf {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    mi.lines()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            (post.split_whitespace().next()? == "cgroup2")
-                .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
-        })
-        .expect("cgroup2 mount")
+    agent_user::cgroup::cgroup2_root().expect("cgroup2 mount")
 }
 
 /// Where a daemon keeps its state; reused by a restarted daemon.
