@@ -1,7 +1,9 @@
-//! Every file in `policies/` loads, and every one of its rules reaches the
-//! kernel maps: read back from the pinned LPM tries, not from the daemon's
-//! own report (a TOML allowlist that never reached the kernel is the bug
-//! this guards against).
+//! Every file in `policies/` loads, and every one of its `[network]` rules
+//! reaches the kernel maps: the entries are counted from the TOML itself
+//! (a rule the loader dropped would otherwise never be looked for), and
+//! read back from the pinned LPM tries, not from the daemon's own report (a
+//! TOML allowlist that never reached the kernel is the bug this guards
+//! against).
 
 use std::net::IpAddr;
 
@@ -21,6 +23,26 @@ fn class(rule: &serde_json::Value) -> u32 {
         (Some("bind"), Some("udp")) => CLASS_BIND_UDP,
         other => panic!("unexpected rule kind {other:?}"),
     }
+}
+
+/// Each file's identity and its `[network]` entries as written, read with
+/// a TOML parser of the test's own (not the daemon's loader).
+fn toml_network_entries(files: &[(String, String)]) -> Vec<(String, Vec<String>)> {
+    files
+        .iter()
+        .map(|(file, text)| {
+            let v: toml::Value = text.parse().unwrap_or_else(|e| panic!("{file}: {e}"));
+            let name = v["identity"]["name"].as_str().expect("identity.name");
+            let net = v.get("network");
+            let entries = ["allow", "deny"]
+                .iter()
+                .filter_map(|k| net.and_then(|n| n.get(k)).and_then(toml::Value::as_array))
+                .flatten()
+                .map(|e| e.as_str().expect("a rule is a string").to_owned())
+                .collect();
+            (name.to_owned(), entries)
+        })
+        .collect()
 }
 
 fn has_rule(list: &NetRuleList, id: u32) -> bool {
@@ -48,11 +70,27 @@ fn bundled_policies_reach_the_kernel_maps() {
     ))
     .expect("v6 trie");
 
-    let ids = d.cli_json(&["identities", "--json"]);
+    let written = toml_network_entries(&files);
+    let in_toml: usize = written.iter().map(|(_, e)| e.len()).sum();
+    assert!(
+        in_toml >= 10,
+        "the bundled policies have {in_toml} network rules"
+    );
     let mut checked = 0;
-    for ident in ids.as_array().expect("list") {
-        let name = ident["name"].as_str().expect("name");
+    for (name, entries) in &written {
         let shown = d.cli_json(&["policy", "show", name, "--json"]);
+        let compiled: Vec<&str> = shown["network"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .filter_map(|r| r["text"].as_str())
+            .collect();
+        for e in entries {
+            assert!(
+                compiled.iter().any(|t| t.contains(e.as_str())),
+                "{name}: `{e}` is in the TOML but in no compiled rule: {compiled:?}"
+            );
+        }
         let ruleset = shown["kernel_entries"]["ruleset"]
             .as_u64()
             .expect("ruleset") as u32;
@@ -106,5 +144,8 @@ fn bundled_policies_reach_the_kernel_maps() {
             checked += 1;
         }
     }
-    assert!(checked >= 10, "only {checked} rules checked");
+    assert!(
+        checked >= in_toml,
+        "{checked} kernel entries checked for {in_toml} rules in the TOML"
+    );
 }
