@@ -59,6 +59,7 @@ fn denials_reloads_and_operator_actions_are_logged_verified_and_tamper_evident()
     // No subscriber: the log records regardless.
     let r = connect_burst(lab.d(), "agent", &ps, 20);
     r.assert_eperm("connect", 0);
+    probe_outside(&["connect", "127.0.0.1", &ps]).assert_ok("connect", 0);
     let out = lab.d().cli(&["policy", "apply"]);
     assert!(out.status.success(), "{out:?}");
     lab.stop();

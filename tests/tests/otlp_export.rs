@@ -258,6 +258,7 @@ fn a_denial_arrives_as_an_otlp_log_record() {
         .d()
         .probe_as("agent", &["pid", "connect", "127.0.0.1", &port.to_string()]);
     r.assert_eperm("connect", 0);
+    probe_outside(&["connect", "127.0.0.1", &port.to_string()]).assert_ok("connect", 0);
     let (req, rec) = rx.wait(
         Duration::from_secs(20),
         "the denial at the receiver",

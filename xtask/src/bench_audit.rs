@@ -55,6 +55,7 @@ pub fn sustained(env: &Env, bench: &Path, port: u16) -> Result<String> {
             break;
         }
     }
+    let _ = writeln!(s, "  {}", writer_cost()?);
     let _ = match best {
         Some(r) => writeln!(
             s,
@@ -86,4 +87,29 @@ fn drain(env: &Env, before: &Value, expected: u64) -> Result<(u64, u64, u64)> {
         }
         sleep(Duration::from_millis(20));
     }
+}
+
+/// The writer's own cost per record on a free core (the unit measurement
+/// `audit_writer_cost`, which drives the real writer into a temp dir): what
+/// the rates above are bounded by besides the CPU the reader and the flood
+/// take.
+fn writer_cost() -> Result<String> {
+    let out = util::output(util::cargo().current_dir(util::workspace_root()).args([
+        "test",
+        "--release",
+        "-p",
+        "agent-user",
+        "--lib",
+        "audit_writer_cost",
+        "--",
+        "--ignored",
+        "--nocapture",
+    ]))?;
+    Ok(out
+        .lines()
+        .find(|l| l.starts_with("audit writer:"))
+        .map_or_else(
+            || "audit writer: cost not measured".into(),
+            |l| format!("{l} (one core, nothing else running)"),
+        ))
 }

@@ -209,6 +209,30 @@ impl Clock {
     }
 }
 
+/// What a hub subscriber is handed without waiting.
+pub enum Ready {
+    Event(Arc<Event>),
+    /// The subscriber fell this many events behind; they are gone.
+    Missed(u64),
+}
+
+/// Hands `each` what the hub already holds for `rx`, at most `max` items,
+/// without waiting: how subscribers take a batch per wake-up, and how they
+/// leave nothing already published behind at shutdown.
+pub fn drain_ready(
+    rx: &mut broadcast::Receiver<Arc<Event>>,
+    max: usize,
+    mut each: impl FnMut(Ready),
+) {
+    for _ in 0..max {
+        match rx.try_recv() {
+            Ok(ev) => each(Ready::Event(ev)),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => each(Ready::Missed(n)),
+            Err(_) => return,
+        }
+    }
+}
+
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
 }

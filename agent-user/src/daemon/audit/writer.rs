@@ -25,7 +25,7 @@ use crate::{
         self, GENESIS, Record, RecordOut, checkpoint_message, hash_line, key::AuditKey,
         segment_name,
     },
-    daemon::events::now_rfc3339,
+    daemon::events::{Ready, drain_ready, now_rfc3339},
     event::Event,
 };
 
@@ -165,13 +165,7 @@ impl Writer {
                 _ = checkpoint.tick() => self.checkpoint(),
                 done = stop.recv() => {
                     // What the hub already holds goes in before the seal.
-                    loop {
-                        match events.try_recv() {
-                            Ok(ev) => self.event(&ev),
-                            Err(broadcast::error::TryRecvError::Lagged(n)) => self.lagged(n),
-                            Err(_) => break,
-                        }
-                    }
+                    self.drain(&mut events, usize::MAX);
                     self.recover();
                     self.checkpoint();
                     info!(seq = self.head.seq, "audit log sealed with a checkpoint");
@@ -184,24 +178,24 @@ impl Writer {
         }
     }
 
-    fn event(&mut self, ev: &Event) {
-        let time = now_rfc3339();
-        self.write_event(ev, &time);
-    }
-
     /// `first` and whatever else the hub already holds (up to a batch):
     /// one wake-up and one clock read per batch, not per event.
     fn events(&mut self, first: &Event, rx: &mut broadcast::Receiver<Arc<Event>>) {
         const BATCH: usize = 4096;
         let time = now_rfc3339();
         self.write_event(first, &time);
-        for _ in 1..BATCH {
-            match rx.try_recv() {
-                Ok(ev) => self.write_event(&ev, &time),
-                Err(broadcast::error::TryRecvError::Lagged(n)) => self.lagged(n),
-                Err(_) => break,
-            }
-        }
+        self.drain_at(rx, BATCH - 1, &time);
+    }
+
+    fn drain(&mut self, rx: &mut broadcast::Receiver<Arc<Event>>, max: usize) {
+        self.drain_at(rx, max, &now_rfc3339());
+    }
+
+    fn drain_at(&mut self, rx: &mut broadcast::Receiver<Arc<Event>>, max: usize, time: &str) {
+        drain_ready(rx, max, |r| match r {
+            Ready::Event(ev) => self.write_event(&ev, time),
+            Ready::Missed(n) => self.lagged(n),
+        });
     }
 
     fn write_event(&mut self, ev: &Event, time: &str) {
@@ -542,9 +536,9 @@ mod speed {
     use super::*;
 
     /// The writer's own cost per record, on one core with nothing else
-    /// running (`cargo test --release -p agent-user audit_writer_cost --
-    /// --ignored --nocapture`): what the bench's sustained rate is measured
-    /// against. Asserts only that every record was written.
+    /// running; `cargo xtask bench connect` runs it and prints the number
+    /// beside the sustained rates. Asserts only that every record was
+    /// written.
     #[test]
     #[ignore = "measurement: prints ns per record"]
     fn audit_writer_cost() {

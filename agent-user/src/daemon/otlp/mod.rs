@@ -41,6 +41,7 @@ use self::{
     proto::Resource,
     queue::{Backoff, Queue},
 };
+use super::events::{Ready, drain_ready};
 use crate::event::Event;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -192,13 +193,10 @@ impl Shared {
                 },
                 done = stop.recv() => {
                     // What the hub already holds goes out with the rest.
-                    loop {
-                        match events.try_recv() {
-                            Ok(ev) => self.enqueue(ev),
-                            Err(broadcast::error::TryRecvError::Lagged(n)) => self.missed(n),
-                            Err(_) => break,
-                        }
-                    }
+                    drain_ready(&mut events, usize::MAX, |r| match r {
+                        Ready::Event(ev) => self.enqueue(ev),
+                        Ready::Missed(n) => self.missed(n),
+                    });
                     let _ = closing_tx.send(Some(Instant::now() + FINAL_FLUSH));
                     (&mut sender).await;
                     if let Some(done) = done {
