@@ -9,6 +9,7 @@ mod lease;
 mod lease_history;
 mod policy;
 mod run;
+mod suggest;
 
 use std::{path::PathBuf, process::ExitCode};
 

@@ -1,4 +1,5 @@
-//! `corral policy`: check (offline), apply, diff, show and explain.
+//! `corral policy`: check (offline), apply, diff, show, explain and suggest
+//! (`suggest.rs`).
 
 use std::path::PathBuf;
 
@@ -33,6 +34,12 @@ pub enum PolicyCmd {
     /// Whether an operation of an identity is allowed, and the rule that
     /// decides, judged against the policy in force.
     Explain(ExplainArgs),
+    /// Propose the least widening of an identity's policy that allows what
+    /// it was refused (enforce) or would have been (audit), each addition
+    /// commented with its evidence and proven against the recording before
+    /// anything is applied. The proposal goes to stdout, the summary to
+    /// stderr.
+    Suggest(super::suggest::SuggestArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -82,6 +89,7 @@ pub fn run(client: &Client, cmd: PolicyCmd) -> anyhow::Result<u8> {
         PolicyCmd::Diff { dir, json } => diff(client, dir, json),
         PolicyCmd::Show { name, json } => show(client, &name, json),
         PolicyCmd::Explain(a) => explain(client, &a),
+        PolicyCmd::Suggest(a) => super::suggest::run(client, &a),
     }
 }
 

@@ -34,6 +34,7 @@ use super::{
 use crate::{cgroup, event::Event};
 
 mod explain;
+mod suggest;
 
 pub type RespBody = BoxBody<Bytes, Infallible>;
 
@@ -228,6 +229,7 @@ pub(super) async fn route(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBod
         (Method::POST, ["v1", "policy", "apply"]) => apply(req, ctx).await,
         (Method::POST, ["v1", "policy", "diff"]) => diff(req, ctx).await,
         (Method::POST, ["v1", "policy", "explain"]) => explain(req, ctx).await,
+        (Method::POST, ["v1", "policy", "suggest"]) => suggest::route(req, ctx).await,
         (Method::GET, ["v1", "policy", name]) => policy(&req, ctx, name),
         (_, ["v1", "lease" | "leases" | "thaw", ..]) => super::api_lease::route(req, &parts).await,
         _ => error(

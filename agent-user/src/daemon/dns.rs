@@ -257,6 +257,16 @@ impl HostCache {
         changed
     }
 
+    /// A name the policies use that resolves to `ip` now (the first in
+    /// order), for proposals that name hosts rather than addresses.
+    pub fn name_of(&self, ip: IpAddr) -> Option<String> {
+        let ip = ip.to_canonical();
+        self.entries()
+            .iter()
+            .find(|(_, e)| !e.expired && e.addrs.contains(&ip))
+            .map(|(n, _)| n.clone())
+    }
+
     /// What `name` resolves to now, if the cache knows it.
     pub fn view(&self, name: &str) -> Option<HostView> {
         let entries = self.entries();

@@ -19,6 +19,7 @@ mod leases;
 mod load;
 mod raw;
 mod rule;
+pub mod suggest;
 pub mod syscalls;
 #[cfg(test)]
 mod tests;
@@ -268,4 +269,22 @@ pub fn mode_name(mode: Mode) -> &'static str {
 
 fn serialize_mode<S: serde::Serializer>(mode: &Mode, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(mode_name(*mode))
+}
+
+/// What the sock_addr programs judge a connect's destination as, when it
+/// is not what was written: the unspecified address means "this host", and
+/// judged as written a broad rule would let it reach loopback services a
+/// narrower rule denies, so `judge4`/`judge6` (agent-ebpf/src/net.rs) judge
+/// it as loopback and rewrite it. (Binds are local addresses and keep
+/// theirs.)
+pub fn judged_destination(ip: IpAddr) -> Option<IpAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    match ip {
+        IpAddr::V4(a) if a.is_unspecified() => Some(Ipv4Addr::LOCALHOST.into()),
+        IpAddr::V6(a) if a.is_unspecified() => Some(Ipv6Addr::LOCALHOST.into()),
+        IpAddr::V6(a) if a.to_ipv4_mapped() == Some(Ipv4Addr::UNSPECIFIED) => {
+            Some(Ipv4Addr::LOCALHOST.to_ipv6_mapped().into())
+        }
+        _ => None,
+    }
 }

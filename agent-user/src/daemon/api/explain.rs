@@ -3,7 +3,7 @@
 //! implements) and destinations the kernel rewrites before judging them.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::IpAddr,
     path::{Component, Path, PathBuf},
 };
 
@@ -15,23 +15,12 @@ use super::super::{
 };
 use crate::policy::{ACCESS_EXEC, ACCESS_READ, ACCESS_WRITE, Action, IdentityPolicy, mode_name};
 
-/// What the sock_addr programs judge a destination as, when it is not what
-/// was written: the unspecified address means "this host", and judged as
-/// written a broad rule would let it reach loopback services a narrower
-/// rule denies, so `judge4`/`judge6` (agent-ebpf/src/net.rs) judge it as
-/// loopback and rewrite it. Binds are local addresses and keep theirs.
+/// See [`crate::policy::judged_destination`]: only connects are rewritten.
 pub fn judged_destination(op: Op, ip: IpAddr) -> Option<IpAddr> {
     if op != Op::Connect {
         return None;
     }
-    match ip {
-        IpAddr::V4(a) if a.is_unspecified() => Some(Ipv4Addr::LOCALHOST.into()),
-        IpAddr::V6(a) if a.is_unspecified() => Some(Ipv6Addr::LOCALHOST.into()),
-        IpAddr::V6(a) if a.to_ipv4_mapped() == Some(Ipv4Addr::UNSPECIFIED) => {
-            Some(Ipv4Addr::LOCALHOST.to_ipv6_mapped().into())
-        }
-        _ => None,
-    }
+    crate::policy::judged_destination(ip)
 }
 
 /// `inspect::explain` on the addresses the kernel actually judges; answers

@@ -1,0 +1,346 @@
+//! `POST /v1/policy/suggest`: the policy advisor (`policy::suggest`) fed
+//! with what the daemon knows — the audit log's events (or events the
+//! caller recorded), the identity's policy file, the resolver cache,
+//! Corral's protected paths — and proven by compiling the whole policy dir
+//! with the proposal in it, as a reload would. With `apply` and `confirm`
+//! the proposal is written to the identity's file and reloaded through the
+//! normal path; the file is put back if the reload refuses it.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::SystemTime,
+};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::super::{dns::HostCache, fileobs, inspect, lsm};
+use crate::{
+    audit,
+    event::Event,
+    policy::{
+        self, IdentityPolicy,
+        suggest::{self, Limits, Proposal, Recorded, Replay},
+    },
+};
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SuggestReq {
+    pub identity: String,
+    /// RFC 3339; events from the audit log at or after it.
+    pub since: Option<String>,
+    pub until: Option<String>,
+    /// Events recorded by the caller (`corral policy suggest --record`);
+    /// when given, the audit log is not read.
+    pub events: Option<Vec<Event>>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Write the proposal to the identity's policy file and reload.
+    #[serde(default)]
+    pub apply: bool,
+    /// Required with `apply`: the caller confirmed the change.
+    #[serde(default)]
+    pub confirm: bool,
+}
+
+/// A request that cannot be answered, with its HTTP status.
+pub struct Refused(pub hyper::StatusCode, pub String);
+
+fn bad(msg: impl Into<String>) -> Refused {
+    Refused(hyper::StatusCode::BAD_REQUEST, msg.into())
+}
+
+fn time_of(s: &Option<String>, what: &str) -> Result<Option<SystemTime>, Refused> {
+    s.as_deref()
+        .map(|t| {
+            humantime::parse_rfc3339_weak(t)
+                .map_err(|e| bad(format!("bad `{what}` `{t}`: {e} (RFC 3339 expected)")))
+        })
+        .transpose()
+}
+
+/// The events to learn from: the caller's, or the audit log's.
+fn events(r: &mut SuggestReq, audit_dir: &Path) -> Result<(Vec<Event>, &'static str), Refused> {
+    if let Some(evs) = r.events.take() {
+        return Ok((evs, "recorded by the caller"));
+    }
+    let filter = audit::query::Filter {
+        identity: Some(r.identity.clone()),
+        since: time_of(&r.since, "since")?,
+        until: time_of(&r.until, "until")?,
+        ..Default::default()
+    };
+    let records = audit::query::query(audit_dir, &filter).map_err(|e| {
+        Refused(
+            hyper::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot read the audit log {}: {e}", audit_dir.display()),
+        )
+    })?;
+    let evs = records
+        .into_iter()
+        .filter(|rec| rec.kind == "event")
+        .filter_map(|rec| serde_json::from_value(rec.body).ok())
+        .collect();
+    Ok((evs, "the audit log"))
+}
+
+/// The path the kernel judges for a recorded one, and whether it exists:
+/// symlinks followed; a missing file under its parent's real path.
+fn real_path(p: &str) -> Option<(String, bool)> {
+    if !p.starts_with('/') {
+        return None;
+    }
+    let dir = p.ends_with('/') && p != "/";
+    let path = Path::new(p);
+    let with_slash = |pb: PathBuf, is_dir: bool| {
+        let s = pb.to_string_lossy().into_owned();
+        if is_dir && s != "/" {
+            format!("{s}/")
+        } else {
+            s
+        }
+    };
+    if let Ok(real) = std::fs::canonicalize(path) {
+        let is_dir = dir || real.is_dir();
+        return Some((with_slash(real, is_dir), true));
+    }
+    for base in path.ancestors().skip(1) {
+        if let Ok(real) = std::fs::canonicalize(base) {
+            let rest = path.strip_prefix(base).unwrap_or(path);
+            return Some((with_slash(real.join(rest), dir), false));
+        }
+    }
+    Some((p.to_string(), false))
+}
+
+/// Compiles the policy dir with `text` in place of `source`, the way a
+/// reload compiles it, and returns the identity's compiled policy.
+fn prove(
+    dir: &Path,
+    source: &Path,
+    text: &str,
+    name: &str,
+    hosts: &HostCache,
+) -> Result<Arc<IdentityPolicy>, Vec<String>> {
+    let io = |e: std::io::Error| vec![format!("cannot stage the proposal: {e}")];
+    let tmp = tempfile::tempdir().map_err(io)?;
+    for entry in std::fs::read_dir(dir).map_err(io)?.flatten() {
+        let p = entry.path();
+        if p.extension().is_some_and(|e| e == "toml") && p.is_file() && p != source {
+            std::fs::copy(&p, tmp.path().join(entry.file_name())).map_err(io)?;
+        }
+    }
+    let file = source.file_name().unwrap_or_default();
+    std::fs::write(tmp.path().join(file), text).map_err(io)?;
+    let shown = |e: String| {
+        e.replace(
+            &tmp.path().display().to_string(),
+            &dir.display().to_string(),
+        )
+    };
+    let set = inspect::compile_for_diff(tmp.path(), hosts).map_err(|errs| {
+        errs.0
+            .iter()
+            .map(|e| shown(e.to_string()))
+            .collect::<Vec<_>>()
+    })?;
+    set.into_iter()
+        .find(|c| c.policy.name == name)
+        .map(|c| c.policy)
+        .ok_or_else(|| vec![format!("the proposal no longer defines identity `{name}`")])
+}
+
+/// Everything but the apply: blocking (reads files, compiles).
+pub struct Suggestion {
+    pub source: PathBuf,
+    pub original: String,
+    pub proposal: Proposal,
+    pub replay: Replay,
+    pub recorded: Recorded,
+    pub from: &'static str,
+}
+
+pub fn suggest(
+    mut r: SuggestReq,
+    in_force: Option<Arc<IdentityPolicy>>,
+    policy_dir: &Path,
+    audit_dir: &Path,
+    hosts: &HostCache,
+) -> Result<Suggestion, Refused> {
+    r.limits.check().map_err(bad)?;
+    let in_force = in_force.ok_or_else(|| {
+        Refused(
+            hyper::StatusCode::CONFLICT,
+            format!(
+                "identity `{}` has no policy file (orphaned): nothing to add to",
+                r.identity
+            ),
+        )
+    })?;
+    let source = in_force.source.clone();
+    let unprocessable = |m: String| Refused(hyper::StatusCode::UNPROCESSABLE_ENTITY, m);
+    let original = std::fs::read_to_string(&source)
+        .map_err(|e| unprocessable(format!("cannot read {}: {e}", source.display())))?;
+    let current = policy::parse_str(&source, &original, &|h| hosts.peek(h))
+        .map_err(|e| unprocessable(format!("the policy file does not load now: {e}")))?;
+    let (evs, from) = events(&mut r, audit_dir)?;
+    let recorded = suggest::collect(&r.identity, &evs, &real_path);
+    let protected: Vec<String> = lsm::builtin::current()
+        .iter()
+        .map(|p| p.path.clone())
+        .collect();
+    let cx = suggest::Context {
+        protected: &protected,
+        name_of: &|ip| hosts.name_of(ip),
+        files_lsm: fileobs::files_layer_lsm(),
+    };
+    let proposal =
+        suggest::propose(&current, &original, &recorded, &r.limits, &cx).map_err(unprocessable)?;
+    let compiled =
+        prove(policy_dir, &source, &proposal.text, &r.identity, hosts).map_err(|errs| {
+            unprocessable(format!(
+                "the proposal does not compile (nothing written): {}",
+                errs.join("; ")
+            ))
+        })?;
+    let replay = suggest::replay(&compiled, &recorded).map_err(|e| unprocessable(e.to_string()))?;
+    Ok(Suggestion {
+        source,
+        original,
+        proposal,
+        replay,
+        recorded,
+        from,
+    })
+}
+
+impl Suggestion {
+    pub fn view(&self, identity: &str, limits: &Limits) -> Value {
+        json!({
+            "identity": identity,
+            "source": self.source,
+            "events_from": self.from,
+            "events": self.recorded.events,
+            "operations": self.recorded.ops.len() + self.recorded.aside.len(),
+            "limits": limits,
+            "additions": self.proposal.additions,
+            "already_allowed": self.proposal.already_allowed,
+            "not_proposed": self.proposal.not_proposed,
+            "replay": self.replay,
+            "changed": self.proposal.text != self.original,
+            "proposal": self.proposal.text,
+        })
+    }
+}
+
+/// Replaces `path`'s text with `text` if it still holds `expected`:
+/// written beside it and renamed over it, so a reload never reads half.
+pub fn swap_file(path: &Path, expected: &str, text: &str) -> Result<(), String> {
+    let now = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if now != expected {
+        return Err(format!(
+            "{} changed while the proposal was made: nothing written",
+            path.display()
+        ));
+    }
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    // Hidden: the loader skips it if a reload runs meanwhile.
+    let tmp = dir.join(format!(".{name}.corral-suggest"));
+    let write = || -> std::io::Result<()> {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            f.set_permissions(meta.permissions())?;
+        }
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot write {}: {e}", path.display())
+    })
+}
+
+/// The route: suggest, and with `apply` + `confirm` write and reload.
+pub async fn route(
+    req: hyper::Request<hyper::body::Incoming>,
+    ctx: &super::Ctx,
+) -> hyper::Response<super::RespBody> {
+    use hyper::StatusCode;
+    let r: SuggestReq = match super::body_json(req).await {
+        Ok(r) => r,
+        Err(e) => return super::error(StatusCode::BAD_REQUEST, e),
+    };
+    let found = ctx
+        .snapshot
+        .borrow()
+        .by_name(&r.identity)
+        .map(|v| v.policy.clone());
+    let Some(in_force) = found else {
+        return super::unknown_identity(ctx, &r.identity);
+    };
+    if r.apply && !r.confirm {
+        return super::error(
+            StatusCode::BAD_REQUEST,
+            "`apply` needs `confirm`: review the proposal first",
+        );
+    }
+    let (apply, name, limits) = (r.apply, r.identity.clone(), r.limits);
+    // The dir the identity's file was loaded from is the one a reload reads.
+    let dir = in_force
+        .as_ref()
+        .and_then(|p| p.source.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| ctx.reloader.policy_dir.clone());
+    let (d, audit_dir, hosts) = (
+        dir.clone(),
+        ctx.audit.dir.clone(),
+        ctx.reloader.hosts.clone(),
+    );
+    let made =
+        tokio::task::spawn_blocking(move || suggest(r, in_force, &d, &audit_dir, &hosts)).await;
+    let s = match made {
+        Ok(Ok(s)) => s,
+        Ok(Err(Refused(code, msg))) => return super::error(code, msg),
+        Err(e) => return super::error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    let mut v = s.view(&name, &limits);
+    v["policy_dir"] = json!(ctx.reloader.policy_dir);
+    if !apply {
+        return super::json_resp(StatusCode::OK, v);
+    }
+    if s.proposal.text == s.original {
+        v["applied"] = json!({ "ok": true, "note": "nothing to add: the file is unchanged" });
+        return super::json_resp(StatusCode::OK, v);
+    }
+    if let Err(e) = swap_file(&s.source, &s.original, &s.proposal.text) {
+        return super::error(StatusCode::CONFLICT, e);
+    }
+    let reload_dir = (dir != ctx.reloader.policy_dir).then_some(dir);
+    match ctx.reloader.reload(reload_dir, "suggest").await {
+        Ok(report) => {
+            v["applied"] = json!({
+                "ok": true,
+                "generation": ctx.reloader.status().generation,
+                "report": report,
+            });
+            super::json_resp(StatusCode::OK, v)
+        }
+        Err(e) => {
+            // The policy in force is unchanged (a reload keeps it on error);
+            // the file goes back to what the operator wrote.
+            let restored = swap_file(&s.source, &s.proposal.text, &s.original);
+            super::json_resp(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({
+                    "ok": false,
+                    "error": format!("the reload refused the proposal; nothing changed: {e}"),
+                    "file_restored": restored.is_ok(),
+                }),
+            )
+        }
+    }
+}
