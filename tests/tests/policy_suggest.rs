@@ -352,3 +352,48 @@ fn enforce_rounds_learn_files_under_landlock() {
     assert!(ev["pid"].as_u64().unwrap() > 0);
     assert_eq!(ev["file"]["path"], dir("other/x"));
 }
+
+/// Without the audit log: `--record DUR` learns from the live stream.
+#[test]
+fn a_live_recording_window_instead_of_the_audit_log() {
+    if !is_root() {
+        return skip("needs root");
+    }
+    let policy = "[identity]\nname = \"advr\"\nmode = \"audit\"\n[network]\nallow = []\n";
+    let d = Daemon::start(&[("advr", policy)]);
+    let _l = listeners();
+    let socket = d.dirs.socket.clone();
+    let recorder = std::thread::spawn(move || {
+        Command::new(corral_bin())
+            .arg("--socket")
+            .arg(&socket)
+            .args([
+                "policy",
+                "suggest",
+                "--identity",
+                "advr",
+                "--record",
+                "4s",
+                "--json",
+            ])
+            .output()
+            .expect("corral")
+    });
+    // The recording starts when the stream is live; give it a moment.
+    std::thread::sleep(Duration::from_millis(1000));
+    let connect = format!(
+        "import socket\nsocket.create_connection(('127.0.0.1', {}), timeout=5).close()\n",
+        PORTS[0]
+    );
+    let out = run_as(&d, "advr", &["-c", &connect]);
+    assert!(out.status.success(), "{out:?}");
+    let out = recorder.join().expect("recorder");
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["events_from"], "recorded live");
+    assert_eq!(
+        values(&v, "allow"),
+        [format!("tcp://127.0.0.1:{}", PORTS[0])]
+    );
+    assert_eq!(v["replay"]["allowed"], 1);
+}

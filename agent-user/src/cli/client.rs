@@ -80,6 +80,18 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<(StatusCode, Value)> {
+        self.call_within(method, path, body, TIMEOUT * 6).await
+    }
+
+    /// [`Client::call`] for requests the daemon takes long to answer on
+    /// purpose (a recording window).
+    pub async fn call_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        within: Duration,
+    ) -> anyhow::Result<(StatusCode, Value)> {
         let mut s = self.connect().await?;
         let fut = async {
             let resp = s.send_request(Self::request(method, path, body)).await?;
@@ -89,7 +101,7 @@ impl Client {
                 .with_context(|| format!("daemon sent non-JSON ({status})"))?;
             anyhow::Ok((status, v))
         };
-        tokio::time::timeout(TIMEOUT * 6, fut)
+        tokio::time::timeout(within, fut)
             .await
             .map_err(|_| anyhow!("corral daemon did not answer {path} in time"))?
     }

@@ -64,34 +64,6 @@ pub struct SuggestArgs {
     pub json: bool,
 }
 
-/// The identity's events for `dur`, as the stream delivers them.
-fn record(client: &Client, identity: &str, dur: Duration) -> anyhow::Result<Vec<Value>> {
-    let path = format!("/v1/events?identity={identity}");
-    let mut evs = Vec::new();
-    eprintln!(
-        "recording {identity}'s events for {}...",
-        humantime::format_duration(dur)
-    );
-    client::block_on(async {
-        let read = client.stream(&path, |line| {
-            if let Ok(v) = serde_json::from_slice::<Value>(line)
-                && matches!(
-                    v["kind"].as_str(),
-                    Some("net" | "unix" | "file" | "syscall")
-                )
-            {
-                evs.push(v);
-            }
-            true
-        });
-        match tokio::time::timeout(dur, read).await {
-            Ok(Err(e)) => Err(e),
-            _ => Ok(()),
-        }
-    })?;
-    Ok(evs)
-}
-
 pub fn run(client: &Client, a: &SuggestArgs) -> anyhow::Result<u8> {
     if a.apply && !a.yes {
         return Err(UsageError(
@@ -103,15 +75,18 @@ pub fn run(client: &Client, a: &SuggestArgs) -> anyhow::Result<u8> {
         .since
         .map(|d| humantime::format_rfc3339_seconds(SystemTime::now() - d).to_string())
         .or_else(|| a.from.clone());
-    let events = match a.record {
-        Some(d) => Some(record(client, &a.identity, d)?),
-        None => None,
-    };
+    if let Some(d) = a.record {
+        eprintln!(
+            "recording {}'s events for {}...",
+            a.identity,
+            humantime::format_duration(d)
+        );
+    }
     let body = json!({
         "identity": a.identity,
         "since": since,
         "until": a.until,
-        "events": events,
+        "record_ms": a.record.map(|d| d.as_millis() as u64),
         "limits": {
             "max_prefix_v4": a.max_prefix_v4,
             "max_prefix_v6": a.max_prefix_v6,
@@ -122,7 +97,14 @@ pub fn run(client: &Client, a: &SuggestArgs) -> anyhow::Result<u8> {
         "apply": a.apply,
         "confirm": a.yes,
     });
-    let v = client.json(Method::POST, "/v1/policy/suggest", Some(&body))?;
+    let within = a.record.unwrap_or_default() + Duration::from_secs(60);
+    let (status, v) = client::block_on(client.call_within(
+        Method::POST,
+        "/v1/policy/suggest",
+        Some(&body),
+        within,
+    ))?;
+    let v = client::checked(status, v)?;
     if let Some(file) = &a.write {
         write_proposal(file, &v, a.into_policy_dir)?;
     }
@@ -175,10 +157,14 @@ fn seen(v: &Value) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     };
+    let last = s(&v["last"]);
+    let last = match last.split_once('.') {
+        Some((t, _)) if last.ends_with('Z') => format!("{t}Z"),
+        _ => last.to_string(),
+    };
     format!(
-        "{}× last {}, pid {}, {}",
+        "seen {}×, last {last}, pid {}, {}",
         v["count"],
-        s(&v["last"]),
         list("pids"),
         list("comms")
     )
@@ -194,17 +180,25 @@ pub fn summary(v: &Value) -> String {
         v["operations"],
         s(&v["source"]),
     );
+    if let Some(n) = v["recording_lost"].as_u64().filter(|n| *n > 0) {
+        out.push_str(&format!(
+            "!! {n} events were lost while recording (the stream fell behind): record again\n"
+        ));
+    }
     let adds = v["additions"].as_array().cloned().unwrap_or_default();
     if adds.is_empty() {
         out.push_str("no additions: nothing recorded needs a new rule\n");
     }
     for a in &adds {
+        let covers = match a["covers"].as_u64() {
+            Some(1) => String::new(),
+            n => format!("{} operations, ", n.unwrap_or(0)),
+        };
         out.push_str(&format!(
-            "  + [{}] {} {:<40} covers {}: {}\n",
+            "  + [{}] {} \"{}\"  ({covers}{})\n",
             s(&a["section"]),
             s(&a["key"]),
-            format!("\"{}\"", s(&a["value"])),
-            a["covers"],
+            s(&a["value"]),
             seen(&a["seen"])
         ));
         if let Some(n) = a["note"].as_str() {

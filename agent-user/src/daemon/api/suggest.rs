@@ -32,9 +32,12 @@ pub struct SuggestReq {
     /// RFC 3339; events from the audit log at or after it.
     pub since: Option<String>,
     pub until: Option<String>,
-    /// Events recorded by the caller (`corral policy suggest --record`);
-    /// when given, the audit log is not read.
+    /// Events given by the caller (a UI, a bot); when given, the audit
+    /// log is not read.
     pub events: Option<Vec<Event>>,
+    /// Record the identity's events live for this long (at most an hour)
+    /// instead of reading the audit log (`corral policy suggest --record`).
+    pub record_ms: Option<u64>,
     #[serde(default)]
     pub limits: Limits,
     /// Write the proposal to the identity's policy file and reload.
@@ -64,7 +67,14 @@ fn time_of(s: &Option<String>, what: &str) -> Result<Option<SystemTime>, Refused
 /// The events to learn from: the caller's, or the audit log's.
 fn events(r: &mut SuggestReq, audit_dir: &Path) -> Result<(Vec<Event>, &'static str), Refused> {
     if let Some(evs) = r.events.take() {
-        return Ok((evs, "recorded by the caller"));
+        return Ok((
+            evs,
+            if r.record_ms.is_some() {
+                "recorded live"
+            } else {
+                "given by the caller"
+            },
+        ));
     }
     let filter = audit::query::Filter {
         identity: Some(r.identity.clone()),
@@ -265,13 +275,34 @@ pub fn swap_file(path: &Path, expected: &str, text: &str) -> Result<(), String> 
     })
 }
 
+/// The identity's judged events from the daemon's stream for `d`.
+/// Also how many the stream dropped because this reader fell behind.
+async fn record(ctx: &super::Ctx, identity: &str, d: std::time::Duration) -> (Vec<Event>, u64) {
+    let mut rx = ctx.events.subscribe();
+    let (mut out, mut lost) = (Vec::new(), 0);
+    let deadline = tokio::time::Instant::now() + d;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Ok(ev)) => {
+                if ev.identity.as_deref() == Some(identity)
+                    && matches!(ev.kind.as_str(), "net" | "unix" | "file" | "syscall")
+                {
+                    out.push((*ev).clone());
+                }
+            }
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => lost += n,
+            Ok(Err(_)) | Err(_) => return (out, lost),
+        }
+    }
+}
+
 /// The route: suggest, and with `apply` + `confirm` write and reload.
 pub async fn route(
     req: hyper::Request<hyper::body::Incoming>,
     ctx: &super::Ctx,
 ) -> hyper::Response<super::RespBody> {
     use hyper::StatusCode;
-    let r: SuggestReq = match super::body_json(req).await {
+    let mut r: SuggestReq = match super::body_json(req).await {
         Ok(r) => r,
         Err(e) => return super::error(StatusCode::BAD_REQUEST, e),
     };
@@ -288,6 +319,17 @@ pub async fn route(
             StatusCode::BAD_REQUEST,
             "`apply` needs `confirm`: review the proposal first",
         );
+    }
+    let mut recording_lost = None;
+    if let Some(ms) = r.record_ms
+        && r.events.is_none()
+    {
+        if ms > 3_600_000 {
+            return super::error(StatusCode::BAD_REQUEST, "record: at most 1h");
+        }
+        let (evs, lost) = record(ctx, &r.identity, std::time::Duration::from_millis(ms)).await;
+        r.events = Some(evs);
+        recording_lost = Some(lost);
     }
     let (apply, name, limits) = (r.apply, r.identity.clone(), r.limits);
     // The dir the identity's file was loaded from is the one a reload reads.
@@ -309,9 +351,23 @@ pub async fn route(
     };
     let mut v = s.view(&name, &limits);
     v["policy_dir"] = json!(ctx.reloader.policy_dir);
+    // Events the stream dropped while recording (this reader fell behind).
+    v["recording_lost"] = json!(recording_lost);
     if !apply {
         return super::json_resp(StatusCode::OK, v);
     }
+    apply_it(ctx, &s, v, dir).await
+}
+
+/// Writes the proposal to the identity's file and reloads; puts the file
+/// back if the reload refuses it.
+async fn apply_it(
+    ctx: &super::Ctx,
+    s: &Suggestion,
+    mut v: Value,
+    dir: PathBuf,
+) -> hyper::Response<super::RespBody> {
+    use hyper::StatusCode;
     if s.proposal.text == s.original {
         v["applied"] = json!({ "ok": true, "note": "nothing to add: the file is unchanged" });
         return super::json_resp(StatusCode::OK, v);

@@ -33,6 +33,16 @@ pub fn render(text: &str, additions: &[Addition]) -> Result<String, String> {
                     a.section, a.key, a.value
                 )
             })?;
+        // A one-line array becomes one entry per line, so each new entry
+        // can carry its comment.
+        if arr
+            .iter()
+            .all(|v| !v.decor().prefix().is_some_and(has_newline))
+        {
+            for v in arr.iter_mut() {
+                v.decor_mut().set_prefix(format!("\n{INDENT}"));
+            }
+        }
         let mut comment = format!("\n{INDENT}# suggested: {}", a.seen.summary());
         if let Some(note) = &a.note {
             comment.push_str(&format!("\n{INDENT}# ({note})"));
@@ -44,4 +54,8 @@ pub fn render(text: &str, additions: &[Addition]) -> Result<String, String> {
         arr.set_trailing("\n");
     }
     Ok(doc.to_string())
+}
+
+fn has_newline(raw: &toml_edit::RawString) -> bool {
+    raw.as_str().is_some_and(|s| s.contains('\n'))
 }

@@ -18,6 +18,7 @@
 
 mod edit;
 mod group;
+mod judge;
 #[cfg(test)]
 mod tests;
 
@@ -27,14 +28,11 @@ use std::{
     net::IpAddr,
 };
 
-use agent_common::net::{CLASS_BIND_TCP, CLASS_BIND_UDP, CLASS_TCP, CLASS_UDP};
 use serde::Serialize;
 
-use super::{
-    ACCESS_EXEC, ACCESS_READ, ACCESS_WRITE, Action, IdentityPolicy, NetTables, PolicyErrors,
-    SocketKind, compile_network, decide, decide_file, syscalls,
-};
+use super::{ACCESS_EXEC, ACCESS_READ, ACCESS_WRITE, IdentityPolicy, SocketKind};
 use crate::event::Event;
+pub use judge::{Judge, Replay, Verdict, replay};
 
 /// How far a proposal may generalise what was seen.
 #[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
@@ -208,10 +206,11 @@ impl Seen {
     pub fn summary(&self) -> String {
         let pids: Vec<String> = self.pids.iter().map(u32::to_string).collect();
         let comms: Vec<&str> = self.comms.iter().map(String::as_str).collect();
-        let span = if self.first == self.last {
-            self.first.clone()
+        let (first, last) = (seconds(&self.first), seconds(&self.last));
+        let span = if first == last {
+            first.to_string()
         } else {
-            format!("{}..{}", self.first, self.last)
+            format!("{first}..{last}")
         };
         format!(
             "{}× {span}, pid {}, {}",
@@ -219,6 +218,14 @@ impl Seen {
             pids.join(" "),
             comms.join(" ")
         )
+    }
+}
+
+/// An RFC 3339 time to the second (`...:57.0672Z` -> `...:57Z`).
+fn seconds(t: &str) -> std::borrow::Cow<'_, str> {
+    match (t.find('.'), t.strip_suffix('Z')) {
+        (Some(dot), Some(_)) => format!("{}Z", &t[..dot]).into(),
+        _ => t.into(),
     }
 }
 
@@ -415,115 +422,6 @@ pub fn access_bits(s: &str) -> u32 {
     bits
 }
 
-/// What a policy does with one operation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "decision", rename_all = "kebab-case")]
-pub enum Verdict {
-    Allowed,
-    /// Refused by a written `deny` entry: never widened by a proposal.
-    DeniedByRule {
-        rule: String,
-    },
-    /// No rule allows it (default deny).
-    NoRule,
-}
-
-/// Judges operations against one compiled policy, the way the kernel and
-/// `corral policy explain` do.
-pub struct Judge<'a> {
-    p: &'a IdentityPolicy,
-    net: NetTables,
-}
-
-impl<'a> Judge<'a> {
-    pub fn new(p: &'a IdentityPolicy) -> Result<Judge<'a>, PolicyErrors> {
-        Ok(Judge {
-            p,
-            net: compile_network(p)?,
-        })
-    }
-
-    pub fn judge(&self, w: &Want) -> Verdict {
-        match w {
-            Want::Net {
-                list,
-                udp,
-                addr,
-                port,
-            } => self.net(*list, *udp, *addr, *port),
-            Want::Socket(k) => allowed_if(self.p.network.sockets.contains(k)),
-            Want::Unix(path) => allowed_if(self.p.network.unix.iter().any(|r| &r.path == path)),
-            Want::File { path, access, .. } => {
-                if !self.p.files.confined {
-                    return Verdict::Allowed;
-                }
-                let is_dir = path.ends_with('/') && path != "/";
-                match decide_file(&self.p.files, path, is_dir, *access) {
-                    Some((Action::Allow, _)) => Verdict::Allowed,
-                    Some((Action::Deny, id)) => Verdict::DeniedByRule {
-                        rule: self
-                            .p
-                            .files
-                            .rules
-                            .iter()
-                            .find(|r| r.id == id)
-                            .map_or_else(|| format!("rule #{id}"), |r| r.describe()),
-                    },
-                    None => Verdict::NoRule,
-                }
-            }
-            Want::Syscall(name) => {
-                let Some(s) = &self.p.syscalls else {
-                    return Verdict::Allowed;
-                };
-                let Some(nr) = syscalls::nr_of(name) else {
-                    return Verdict::NoRule;
-                };
-                match s.deciding_entry(nr) {
-                    Some((Action::Deny, e)) => Verdict::DeniedByRule {
-                        rule: e.describe(Action::Deny),
-                    },
-                    _ if s.allowed.contains(nr) => Verdict::Allowed,
-                    _ => Verdict::NoRule,
-                }
-            }
-        }
-    }
-
-    fn net(&self, list: NetList, udp: bool, addr: IpAddr, port: u16) -> Verdict {
-        let class = match (list, udp) {
-            (NetList::Allow, false) => CLASS_TCP,
-            (NetList::Allow, true) => CLASS_UDP,
-            (NetList::Bind, false) => CLASS_BIND_TCP,
-            (NetList::Bind, true) => CLASS_BIND_UDP,
-        };
-        if list == NetList::Bind && port == 0 {
-            return Verdict::Allowed;
-        }
-        let ip = match list {
-            NetList::Allow => super::judged_destination(addr).unwrap_or(addr),
-            NetList::Bind => addr,
-        };
-        match decide(&self.net, class, ip, port) {
-            Some((Action::Allow, _)) => Verdict::Allowed,
-            Some((Action::Deny, id)) => Verdict::DeniedByRule {
-                rule: self
-                    .p
-                    .network
-                    .rules
-                    .iter()
-                    .find(|r| r.id == id)
-                    .map_or_else(|| format!("rule #{id}"), |r| r.describe()),
-            },
-            None => Verdict::NoRule,
-        }
-    }
-}
-
-fn allowed_if(b: bool) -> Verdict {
-    if b { Verdict::Allowed } else { Verdict::NoRule }
-}
-
 /// One entry the proposal adds, with what it covers.
 #[derive(Debug, Clone, Serialize)]
 pub struct Addition {
@@ -610,42 +508,4 @@ pub fn propose(
         already_allowed: already,
         not_proposed,
     })
-}
-
-/// Every recorded operation replayed against a compiled proposal.
-#[derive(Debug, Clone, Serialize)]
-pub struct Replay {
-    pub operations: usize,
-    pub allowed: usize,
-    pub still_refused: Vec<Aside>,
-}
-
-pub fn replay(p: &IdentityPolicy, rec: &Recorded) -> Result<Replay, PolicyErrors> {
-    let judge = Judge::new(p)?;
-    let mut r = Replay {
-        operations: rec.ops.len() + rec.aside.len(),
-        allowed: 0,
-        still_refused: Vec::new(),
-    };
-    for (w, seen) in &rec.ops {
-        match judge.judge(w) {
-            Verdict::Allowed => r.allowed += 1,
-            v => r.still_refused.push(Aside {
-                op: w.to_string(),
-                why: match v {
-                    Verdict::DeniedByRule { rule } => format!("refused by {rule}"),
-                    _ => "no rule allows it".into(),
-                },
-                seen: seen.clone(),
-            }),
-        }
-    }
-    for ((op, why), seen) in &rec.aside {
-        r.still_refused.push(Aside {
-            op: op.clone(),
-            why: why.clone(),
-            seen: seen.clone(),
-        });
-    }
-    Ok(r)
 }

@@ -5,7 +5,7 @@ use std::{net::IpAddr, path::Path};
 use serde_json::json;
 
 use super::*;
-use crate::policy::parse_str;
+use crate::policy::{parse_str, syscalls};
 
 const BASE: &str = "# the operator's comment\n[identity]\nname = \"t\"\nmode = \"audit\"\n\n\
     [network]\nallow = [\n    # dns\n    \"udp://127.0.0.53:53\",\n]\n\
