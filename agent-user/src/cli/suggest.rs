@@ -153,7 +153,11 @@ fn seen(v: &Value) -> String {
         v[k].as_array()
             .into_iter()
             .flatten()
-            .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+            // A process names itself: no control characters to the terminal.
+            .map(|x| {
+                x.as_str()
+                    .map_or_else(|| x.to_string(), |t| t.escape_debug().to_string())
+            })
             .collect::<Vec<_>>()
             .join(" ")
     };
@@ -206,7 +210,8 @@ pub fn summary(v: &Value) -> String {
         }
     }
     for x in v["not_proposed"].as_array().into_iter().flatten() {
-        out.push_str(&format!("  - {}: {}\n", s(&x["op"]), s(&x["why"])));
+        let op = s(&x["op"]).escape_debug().to_string();
+        out.push_str(&format!("  - {op}: {}\n", s(&x["why"])));
     }
     let already = v["already_allowed"].as_array().map_or(0, Vec::len);
     if already > 0 {

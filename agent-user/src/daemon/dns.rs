@@ -258,13 +258,14 @@ impl HostCache {
     }
 
     /// A name the policies use that resolves to `ip` now (the first in
-    /// order), for proposals that name hosts rather than addresses.
-    pub fn name_of(&self, ip: IpAddr) -> Option<String> {
+    /// order) and all its addresses, for proposals that name hosts rather
+    /// than addresses.
+    pub fn name_of(&self, ip: IpAddr) -> Option<(String, Vec<IpAddr>)> {
         let ip = ip.to_canonical();
         self.entries()
             .iter()
             .find(|(_, e)| !e.expired && e.addrs.contains(&ip))
-            .map(|(n, _)| n.clone())
+            .map(|(n, e)| (n.clone(), e.addrs.clone()))
     }
 
     /// What `name` resolves to now, if the cache knows it.

@@ -23,7 +23,7 @@ pub mod suggest;
 pub mod syscalls;
 #[cfg(test)]
 mod tests;
-mod text;
+pub(crate) mod text;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -119,7 +119,8 @@ fn real_path(p: &str) -> Option<(String, bool)> {
     for base in path.ancestors().skip(1) {
         if let Ok(real) = std::fs::canonicalize(base) {
             let rest = path.strip_prefix(base).unwrap_or(path);
-            return Some((with_slash(real.join(rest), dir), false));
+            let joined = policy::text::normalise_file(&real.join(rest).to_string_lossy());
+            return Some((with_slash(PathBuf::from(joined), dir), false));
         }
     }
     Some((p.to_string(), false))
@@ -172,9 +173,18 @@ pub struct Suggestion {
     pub from: &'static str,
 }
 
+/// Unix sockets whose clients are root on the host: never proposed.
+const ROOT_SOCKETS: [&str; 4] = [
+    "/run/docker.sock",
+    "/var/run/docker.sock",
+    "/run/podman/podman.sock",
+    "/var/run/podman/podman.sock",
+];
+
 pub fn suggest(
     mut r: SuggestReq,
     in_force: Option<Arc<IdentityPolicy>>,
+    control_socket: &Path,
     policy_dir: &Path,
     audit_dir: &Path,
     hosts: &HostCache,
@@ -201,8 +211,11 @@ pub fn suggest(
         .iter()
         .map(|p| p.path.clone())
         .collect();
+    let mut never_unix: Vec<String> = ROOT_SOCKETS.iter().map(|s| s.to_string()).collect();
+    never_unix.push(control_socket.to_string_lossy().into_owned());
     let cx = suggest::Context {
         protected: &protected,
+        never_unix: &never_unix,
         name_of: &|ip| hosts.name_of(ip),
         files_lsm: fileobs::files_layer_lsm(),
     };
@@ -246,8 +259,15 @@ impl Suggestion {
 }
 
 /// Replaces `path`'s text with `text` if it still holds `expected`:
-/// written beside it and renamed over it, so a reload never reads half.
+/// written beside it (exclusively created, with the file's owner and
+/// mode) and renamed over it, so a reload never reads half. A symlinked
+/// policy file keeps its link: its target is replaced.
 pub fn swap_file(path: &Path, expected: &str, text: &str) -> Result<(), String> {
+    use std::{
+        io::Write as _,
+        os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    };
+    let path = &std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let now = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if now != expected {
         return Err(format!(
@@ -255,19 +275,26 @@ pub fn swap_file(path: &Path, expected: &str, text: &str) -> Result<(), String> 
             path.display()
         ));
     }
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let dir = path.parent().unwrap_or(Path::new("/"));
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     // Hidden: the loader skips it if a reload runs meanwhile.
-    let tmp = dir.join(format!(".{name}.corral-suggest"));
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let tmp = dir.join(format!(".{name}.{}-{nanos}.suggest", std::process::id()));
     let write = || -> std::io::Result<()> {
-        use std::io::Write as _;
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(meta.permissions().mode() & 0o7777)
+            .open(&tmp)?;
+        std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
         f.write_all(text.as_bytes())?;
-        if let Ok(meta) = std::fs::metadata(path) {
-            f.set_permissions(meta.permissions())?;
-        }
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
     };
     write().map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
@@ -321,6 +348,10 @@ pub async fn route(
         );
     }
     let mut recording_lost = None;
+    if r.events.is_some() {
+        // The caller's events are what is learnt from.
+        r.record_ms = None;
+    }
     if let Some(ms) = r.record_ms
         && r.events.is_none()
     {
@@ -342,8 +373,10 @@ pub async fn route(
         ctx.audit.dir.clone(),
         ctx.reloader.hosts.clone(),
     );
+    let control = ctx.info.socket.clone();
     let made =
-        tokio::task::spawn_blocking(move || suggest(r, in_force, &d, &audit_dir, &hosts)).await;
+        tokio::task::spawn_blocking(move || suggest(r, in_force, &control, &d, &audit_dir, &hosts))
+            .await;
     let s = match made {
         Ok(Ok(s)) => s,
         Ok(Err(Refused(code, msg))) => return super::error(code, msg),
@@ -368,6 +401,10 @@ async fn apply_it(
     dir: PathBuf,
 ) -> hyper::Response<super::RespBody> {
     use hyper::StatusCode;
+    // One apply at a time: the check that the file is unchanged, the swap
+    // and the reload go together.
+    static APPLYING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one = APPLYING.lock().await;
     if s.proposal.text == s.original {
         v["applied"] = json!({ "ok": true, "note": "nothing to add: the file is unchanged" });
         return super::json_resp(StatusCode::OK, v);

@@ -7,7 +7,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use super::{Addition, Aside, Context, Limits, NetList, Seen, Want, kind_name};
+use super::{Addition, Aside, Context, Judge, Limits, NetList, Seen, Verdict, Want, kind_name};
 use crate::policy::{ACCESS_EXEC, ACCESS_WRITE, IdentityPolicy, syscalls};
 
 /// A file operation: what, its real path, access bits, absent, evidence.
@@ -64,6 +64,7 @@ impl Acc {
 
 pub fn group(
     p: &IdentityPolicy,
+    judge: &Judge<'_>,
     wanted: &BTreeMap<&Want, &Seen>,
     limits: &Limits,
     cx: &Context<'_>,
@@ -84,7 +85,7 @@ pub fn group(
                 .or_default()
                 .push((*addr, seen)),
             Want::Socket(k) => acc.add("network", "sockets", kind_name(*k).into(), None, seen),
-            Want::Unix(path) => acc.add("network", "unix", path.clone(), None, seen),
+            Want::Unix(path) => unix_rule(&mut acc, w, path, cx, seen),
             Want::File {
                 path,
                 access,
@@ -96,7 +97,7 @@ pub fn group(
         }
     }
     for ((list, udp, port), addrs) in nets {
-        net_rules(&mut acc, list, udp, port, addrs, limits, cx);
+        net_rules(&mut acc, judge, (list, udp, port), addrs, limits, cx);
     }
     file_rules(&mut acc, p, files, limits, cx);
     syscall_rules(&mut acc, p, calls);
@@ -110,11 +111,50 @@ fn rule_text(udp: bool, host: &str, port: u16) -> String {
     format!("{}://{host}:{port}", if udp { "udp" } else { "tcp" })
 }
 
+fn unix_rule(acc: &mut Acc, w: &Want, path: &str, cx: &Context<'_>, seen: &Seen) {
+    if cx.never_unix.iter().any(|n| n == path) {
+        acc.refuse(
+            w,
+            "never proposed: whoever connects there is root on the host (or controls Corral)"
+                .into(),
+            seen,
+        );
+    } else if path.contains("\\x") || !(path.starts_with('/') || path.starts_with('@')) {
+        acc.refuse(w, "a socket path a rule cannot name exactly".into(), seen);
+    } else {
+        acc.add("network", "unix", path.to_string(), None, seen);
+    }
+}
+
+/// A name instead of `ip` only if no address of the name is refused by a
+/// written deny: its addresses compile to exact rules, which would win
+/// over a shorter deny.
+fn usable_name(
+    judge: &Judge<'_>,
+    key: (NetList, bool, u16),
+    ip: IpAddr,
+    cx: &Context<'_>,
+) -> Option<String> {
+    let (name, addrs) = (cx.name_of)(ip)?;
+    let (list, udp, port) = key;
+    let denied = addrs.iter().any(|&addr| {
+        matches!(
+            judge.judge(&Want::Net {
+                list,
+                udp,
+                addr,
+                port
+            }),
+            Verdict::DeniedByRule { .. }
+        )
+    });
+    (!denied).then_some(name)
+}
+
 fn net_rules(
     acc: &mut Acc,
-    list: NetList,
-    udp: bool,
-    port: u16,
+    judge: &Judge<'_>,
+    (list, udp, port): (NetList, bool, u16),
     addrs: Vec<(IpAddr, &Seen)>,
     limits: &Limits,
     cx: &Context<'_>,
@@ -126,7 +166,7 @@ fn net_rules(
     let mut v4: BTreeMap<u32, Vec<(Ipv4Addr, &Seen)>> = BTreeMap::new();
     let mut v6: BTreeMap<u128, Vec<(Ipv6Addr, &Seen)>> = BTreeMap::new();
     for (ip, seen) in addrs {
-        if let Some(name) = (cx.name_of)(ip) {
+        if let Some(name) = usable_name(judge, (list, udp, port), ip, cx) {
             let note = format!("{ip} is what the name in use `{name}` resolves to");
             acc.add(
                 "network",
@@ -266,6 +306,60 @@ fn lists_for(access: u32, exec_restricted: bool) -> Vec<&'static str> {
     v
 }
 
+/// Where a file operation's rule goes.
+enum Placed {
+    /// The file itself (grouped with its siblings past the limit).
+    Exact(String),
+    /// A directory opened itself (BPF LSM: its exact rule).
+    Listing(String),
+    /// The directory a file is created in (Landlock).
+    CreateDir(String),
+}
+
+fn place(
+    path: &str,
+    access: u32,
+    absent: bool,
+    limits: &Limits,
+    cx: &Context<'_>,
+) -> Result<Placed, String> {
+    // Under Landlock, a rule names what exists at launch: a file the agent
+    // creates is allowed by a rule on its directory.
+    let create = absent && access & ACCESS_WRITE != 0 && !cx.files_lsm;
+    let target = if create {
+        parent_dir(path)
+    } else {
+        path.to_string()
+    };
+    if target.len() > agent_common::file::FILE_KEY_PATH_LEN || target.contains("\\x") {
+        return Err("a path a rule cannot name (too long, or bytes that are not text)".into());
+    }
+    if target == "/" {
+        return Err("`/` is never proposed".into());
+    }
+    if let Some(pr) = touches_protected(&target, cx.protected) {
+        return Err(format!(
+            "Corral protects {pr}: never proposed (self-protection)"
+        ));
+    }
+    match (target.strip_suffix('/'), create) {
+        (None, _) => Ok(Placed::Exact(target)),
+        (Some(_), true) if depth(&target) < limits.min_depth => Err(format!(
+            "a rule on {target} would cover everything beneath it, above the depth limit ({})",
+            limits.min_depth
+        )),
+        (Some(_), true) => Ok(Placed::CreateDir(target)),
+        // Listing a directory is not reading what lies beneath it.
+        (Some(dir), false) if cx.files_lsm => Ok(Placed::Listing(dir.to_string())),
+        (Some(_), false) => Err(
+            "opening a directory: under Landlock only a rule on everything \
+                                 beneath it allows that, which is never proposed; write it by \
+                                 hand if intended"
+                .into(),
+        ),
+    }
+}
+
 fn file_rules(
     acc: &mut Acc,
     p: &IdentityPolicy,
@@ -277,49 +371,29 @@ fn file_rules(
     type Member<'a> = (&'a Want, String, &'a Seen);
     let mut siblings: BTreeMap<(String, &'static str), Vec<Member<'_>>> = BTreeMap::new();
     for (w, path, access, absent, seen) in files {
-        // Under Landlock, a rule names what exists at launch: a file the
-        // agent creates is allowed by a rule on its directory.
-        let create = absent && access & ACCESS_WRITE != 0 && !cx.files_lsm;
-        let target = if create {
-            parent_dir(path)
-        } else {
-            path.to_string()
-        };
-        let is_dir = target.ends_with('/');
-        if is_dir && depth(&target) < limits.min_depth {
-            acc.refuse(
-                w,
-                format!(
-                    "a rule on {target} would cover everything beneath it, above the depth \
-                     limit ({})",
-                    limits.min_depth
-                ),
-                seen,
-            );
-            continue;
-        }
-        if let Some(pr) = touches_protected(&target, cx.protected) {
-            acc.refuse(
-                w,
-                format!("Corral protects {pr}: never proposed (self-protection)"),
-                seen,
-            );
-            continue;
-        }
-        for list in lists_for(access, p.files.exec_restricted) {
-            if is_dir {
-                let note = if create {
-                    "files are created here: under Landlock a rule for a file that does not \
-                     exist at launch grants nothing, so the directory is allowed"
-                } else {
-                    "a directory: the rule covers what lies beneath it too"
-                };
-                acc.add("files", list, target.clone(), Some(note.into()), seen);
-            } else {
-                siblings
-                    .entry((parent_dir(&target), list))
-                    .or_default()
-                    .push((w, target.clone(), seen));
+        let lists = lists_for(access, p.files.exec_restricted);
+        match place(path, access, absent, limits, cx) {
+            Err(why) => acc.refuse(w, why, seen),
+            Ok(Placed::Exact(f)) => {
+                for list in lists {
+                    siblings
+                        .entry((parent_dir(&f), list))
+                        .or_default()
+                        .push((w, f.clone(), seen));
+                }
+            }
+            Ok(Placed::Listing(d)) => {
+                let note = "the directory itself (listing it), not what lies beneath";
+                for list in lists {
+                    acc.add("files", list, d.clone(), Some(note.into()), seen);
+                }
+            }
+            Ok(Placed::CreateDir(d)) => {
+                let note = "files are created here: under Landlock a rule for a file that does \
+                            not exist at launch grants nothing, so the directory is allowed";
+                for list in lists {
+                    acc.add("files", list, d.clone(), Some(note.into()), seen);
+                }
             }
         }
     }

@@ -64,8 +64,8 @@ impl Default for Limits {
 
 impl Limits {
     pub fn check(&self) -> Result<(), String> {
-        if self.max_prefix_v4 > 32 || self.max_prefix_v6 > 128 {
-            return Err("max prefix: at most 32 (IPv4) and 128 (IPv6)".into());
+        if !(8..=32).contains(&self.max_prefix_v4) || !(16..=128).contains(&self.max_prefix_v6) {
+            return Err("max prefix: 8..=32 (IPv4) and 16..=128 (IPv6)".into());
         }
         if self.min_addrs < 2 || self.dir_files < 2 {
             return Err("grouping needs at least 2 distinct addresses or files".into());
@@ -321,7 +321,14 @@ fn want_of(ev: &Event, real: RealPath<'_>) -> Result<Want, Refusal> {
         if access == 0 {
             return Err(aside(what(), "unknown access"));
         }
-        let Some((path, exists)) = real(&f.path) else {
+        // The LSM resolved the path when it judged it; re-resolving now
+        // could follow a symlink swapped since.
+        let resolved = if f.layer == "lsm" {
+            Some((f.path.clone(), true))
+        } else {
+            real(&f.path)
+        };
+        let Some((path, exists)) = resolved else {
             return Err(aside(
                 what(),
                 "the path is relative and the process is gone: its real path is unknown",
@@ -379,15 +386,18 @@ fn net_want(n: &crate::event::NetInfo) -> Result<Want, Refusal> {
         "udp" => true,
         _ => return Err(aside(target, "no address rule judges this protocol")),
     };
-    let list = if n.op == "bind" {
-        NetList::Bind
+    let addr = addr.to_canonical();
+    // A connect is judged (and allowed) as the address the kernel judges.
+    let (list, addr) = if n.op == "bind" {
+        (NetList::Bind, addr)
     } else {
-        NetList::Allow
+        let judged = super::judged_destination(addr).unwrap_or(addr);
+        (NetList::Allow, judged.to_canonical())
     };
     Ok(Want::Net {
         list,
         udp,
-        addr: addr.to_canonical(),
+        addr,
         port: n.port,
     })
 }
@@ -455,8 +465,12 @@ pub struct Proposal {
 pub struct Context<'a> {
     /// Paths Corral protects (a directory ends with `/`).
     pub protected: &'a [String],
-    /// The name in use in the policies that an address resolves to.
-    pub name_of: &'a dyn Fn(IpAddr) -> Option<String>,
+    /// A name in use in the policies that an address resolves to, with
+    /// every address it resolves to.
+    pub name_of: &'a dyn Fn(IpAddr) -> Option<(String, Vec<IpAddr>)>,
+    /// Unix sockets never proposed (Corral's control socket, container
+    /// engines' sockets: root on the host for whoever connects).
+    pub never_unix: &'a [String],
     /// BPF LSM enforces `[files]` (else Landlock, where a rule for a file
     /// that does not exist at launch grants nothing).
     pub files_lsm: bool,
@@ -499,7 +513,7 @@ pub fn propose(
             }
         }
     }
-    let grouped = group::group(p, &wanted, limits, cx);
+    let grouped = group::group(p, &judge, &wanted, limits, cx);
     not_proposed.extend(grouped.refused);
     let text = edit::render(text, &grouped.additions)?;
     Ok(Proposal {

@@ -48,10 +48,13 @@ fn exists(p: &str) -> Option<(String, bool)> {
     Some((p.to_string(), true))
 }
 
-fn cx<'a>(protected: &'a [String], name_of: &'a dyn Fn(IpAddr) -> Option<String>) -> Context<'a> {
+type NameOf<'a> = &'a dyn Fn(IpAddr) -> Option<(String, Vec<IpAddr>)>;
+
+fn cx<'a>(protected: &'a [String], name_of: NameOf<'a>) -> Context<'a> {
     Context {
         protected,
         name_of,
+        never_unix: &[],
         files_lsm: true,
     }
 }
@@ -63,6 +66,10 @@ fn suggest(events: &[Event], limits: &Limits) -> (Proposal, Recorded) {
     let none = |_: IpAddr| None;
     let prop = propose(&p, BASE, &rec, limits, &cx(&protected, &none)).unwrap();
     (prop, rec)
+}
+
+fn reads_of(p: &Proposal) -> Vec<&str> {
+    values(p, "read")
 }
 
 fn values<'a>(p: &'a Proposal, key: &str) -> Vec<&'a str> {
@@ -110,7 +117,7 @@ fn never_above_the_depth_limit_nor_onto_protected_or_denied_ground() {
     let (p, _) = suggest(&events, &Limits::default());
     // 50 files in `/`: exact rules, never `/`.
     let reads = values(&p, "read");
-    assert_eq!(reads.len(), 50, "{reads:?}");
+    assert_eq!(reads.len(), 51, "{reads:?}");
     assert!(reads.iter().all(|r| r.len() > 1 && !r.ends_with('/')));
     let why = |op: &str| {
         p.not_proposed
@@ -121,8 +128,9 @@ fn never_above_the_depth_limit_nor_onto_protected_or_denied_ground() {
     };
     assert!(why("open /var/lib/corral/signing.key").contains("protects"));
     assert!(why("open /srv/data/secret/plan.txt").contains("deny entry"));
-    assert!(why("open /srv/ ").contains("depth"));
-    assert!(why("open / ").contains("depth"));
+    assert!(why("open / ").contains("never proposed"));
+    // Listing a directory (BPF LSM) is the directory itself, not beneath.
+    assert!(reads_of(&p).contains(&"/srv"));
     assert!(!p.text.contains("secret/plan") && !p.text.contains("signing.key"));
 }
 
@@ -171,9 +179,18 @@ fn addresses_become_a_prefix_only_when_enough_were_seen() {
 fn names_in_use_are_proposed_instead_of_their_addresses() {
     let p = policy(BASE);
     let rec = collect("t", &[connect("192.0.2.7", 443)], &exists);
-    let name_of = |ip: IpAddr| (ip.to_string() == "192.0.2.7").then(|| "api.example".to_string());
+    let v4 = |s: &str| s.parse::<IpAddr>().unwrap();
+    let name_of =
+        |ip: IpAddr| (ip == v4("192.0.2.7")).then(|| ("api.example".to_string(), vec![ip]));
     let prop = propose(&p, BASE, &rec, &Limits::default(), &cx(&[], &name_of)).unwrap();
     assert_eq!(values(&prop, "allow"), ["tcp://api.example:443"]);
+    // A name that also stands for a denied address is not used: its exact
+    // rules would win over the shorter deny.
+    let wide = |ip: IpAddr| {
+        (ip == v4("192.0.2.7")).then(|| ("api.example".to_string(), vec![ip, v4("10.9.1.1")]))
+    };
+    let prop = propose(&p, BASE, &rec, &Limits::default(), &cx(&[], &wide)).unwrap();
+    assert_eq!(values(&prop, "allow"), ["tcp://192.0.2.7:443"]);
 }
 
 #[test]
@@ -249,9 +266,9 @@ fn the_text_keeps_the_operators_file_and_says_why() {
 #[test]
 fn created_files_under_landlock_are_allowed_by_their_directory() {
     let p = policy(BASE);
-    let rec = collect("t", &[open("/srv/out/new.txt", "write")], &|p| {
-        Some((p.to_string(), false))
-    });
+    let mut e = open("/srv/out/new.txt", "write");
+    e.file.as_mut().unwrap().layer = "landlock".into();
+    let rec = collect("t", &[e], &|p| Some((p.to_string(), false)));
     let mut c = cx(&[], &|_| None);
     c.files_lsm = false;
     let prop = propose(&p, BASE, &rec, &Limits::default(), &c).unwrap();
@@ -259,6 +276,29 @@ fn created_files_under_landlock_are_allowed_by_their_directory() {
     c.files_lsm = true;
     let prop = propose(&p, BASE, &rec, &Limits::default(), &c).unwrap();
     assert_eq!(values(&prop, "write"), ["/srv/out/new.txt"]);
+}
+
+#[test]
+fn a_process_name_cannot_write_policy() {
+    let mut e = open("/srv/x", "read");
+    e.comm = Some("\n\"/\",#".into());
+    let (p, _) = suggest(&[e], &Limits::default());
+    assert_eq!(values(&p, "read"), ["/srv/x"]);
+    let proposed = policy(&p.text);
+    let j = Judge::new(&proposed).unwrap();
+    let root = Want::File {
+        path: "/etc/shadow".into(),
+        access: ACCESS_READ,
+        absent: false,
+    };
+    assert_eq!(j.judge(&root), Verdict::NoRule, "{}", p.text);
+    assert!(p.text.contains("\\n\"/\",#"), "{}", p.text);
+}
+
+#[test]
+fn connects_to_the_unspecified_address_are_learnt_as_loopback() {
+    let (p, _) = suggest(&[connect("0.0.0.0", 8080)], &Limits::default());
+    assert_eq!(values(&p, "allow"), ["tcp://127.0.0.1:8080"]);
 }
 
 #[test]
