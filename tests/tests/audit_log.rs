@@ -164,9 +164,15 @@ fn denials_reloads_and_operator_actions_are_logged_verified_and_tamper_evident()
 
     // Truncated at the end: the final checkpoint is gone (not sealed), and
     // the next daemon's start names a checkpoint the log no longer has.
+    // Only the final checkpoint: with small segments it may be alone in
+    // the last one (cutting two lines of one line cut nothing).
     let last = segments(&dir).last().unwrap().clone();
     let mut l = lines(&last);
-    l.truncate(l.len() - 2);
+    assert!(
+        l.last().is_some_and(|r| r.contains("\"checkpoint\"")),
+        "{l:?}"
+    );
+    l.truncate(l.len() - 1);
     write_lines(&last, &l);
     let (ok, text) = verify(&dir, &["--sealed"]);
     assert!(!ok && text.contains("NOT SEALED"), "{text}");

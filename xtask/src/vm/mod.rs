@@ -42,6 +42,7 @@ const GUEST_TESTS: &[&str] = &[
     "files_lsm_protect",
     "files_lsm_escape",
     "files_lsm_leases",
+    "files_lsm_suggest",
     // SCTP and L2TP/IP are modules there (see `modules`).
     "socket_kinds",
 ];
