@@ -37,7 +37,7 @@ pub struct AssignArgs {
 pub struct TailArgs {
     #[arg(long)]
     pub identity: Option<String>,
-    #[arg(long, value_parser = ["net", "unix", "file", "protect", "syscall", "lease", "anomaly", "policy", "operator", "audit"])]
+    #[arg(long, value_parser = crate::event::KINDS)]
     pub kind: Option<String>,
     /// JSON lines (schema in the README).
     #[arg(long)]

@@ -501,7 +501,16 @@ fn events(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBody> {
     for (k, v) in query(&req) {
         match k.as_str() {
             "identity" => identity = Some(v),
-            "kind" => kind = Some(v),
+            "kind" if crate::event::KINDS.contains(&v.as_str()) => kind = Some(v),
+            "kind" => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "unknown kind `{v}`: one of {}",
+                        crate::event::KINDS.join(", ")
+                    ),
+                );
+            }
             _ => return error(StatusCode::BAD_REQUEST, format!("unknown parameter `{k}`")),
         }
     }

@@ -292,6 +292,27 @@ fn fuzz_seeds_are_current_and_take_their_paths() {
     // A streaming route ends on the paused clock.
     let answer = h.control(&http("GET", "/v1/events", ""));
     assert!(String::from_utf8_lossy(&answer).contains("\"hello\""));
+    // A misspelt kind is an error, not a stream that never shows anything.
+    let answer = h.control(&http("GET", "/v1/events?kind=protekt", ""));
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with("HTTP/1.1 400 ") && text.contains("protect"),
+        "{text}"
+    );
+    // The advisor with the caller's (no) events: nothing to add.
+    let body = r#"{"identity":"support-agent","events":[]}"#;
+    let answer = h.control(&http("POST", "/v1/policy/suggest", body));
+    let text = String::from_utf8_lossy(&answer);
+    let v: serde_json::Value = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or_default();
+    assert!(
+        text.starts_with("HTTP/1.1 200 ")
+            && v["changed"] == false
+            && v["replay"]["operations"] == 0,
+        "{text}"
+    );
     let key = HostKey::from_seed([7; 32]);
     let token = &tokens()[0].1[1..];
     let claims = key

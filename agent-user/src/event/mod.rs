@@ -25,6 +25,13 @@ pub use self::{
 
 pub const SCHEMA: u32 = 1;
 
+/// Every `kind` the stream carries besides `hello` and `lost` (which every
+/// subscriber gets): what `GET /v1/events?kind=` and `corral tail --kind`
+/// accept, so a misspelt kind is an error, not a silent empty stream.
+pub const KINDS: [&str; 10] = [
+    "net", "unix", "file", "protect", "syscall", "lease", "anomaly", "policy", "operator", "audit",
+];
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     pub schema: u32,
