@@ -80,3 +80,15 @@ impl Daemon {
         mechanism_in(&self.status(), name)
     }
 }
+
+/// The values `corral policy suggest --json` adds under `key` (`allow`,
+/// `read`, ...), in its order.
+pub fn suggested<'a>(v: &'a Value, key: &str) -> Vec<&'a str> {
+    v["additions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["key"] == key)
+        .filter_map(|a| a["value"].as_str())
+        .collect()
+}

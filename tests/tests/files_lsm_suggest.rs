@@ -9,17 +9,6 @@
 use std::time::Duration;
 
 use corral_tests::*;
-use serde_json::Value;
-
-fn values<'a>(v: &'a Value, key: &str) -> Vec<&'a str> {
-    v["additions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|a| a["key"] == key)
-        .filter_map(|a| a["value"].as_str())
-        .collect()
-}
 
 #[test]
 fn audit_mode_file_opens_become_rules_that_then_enforce() {
@@ -52,10 +41,10 @@ fn audit_mode_file_opens_become_rules_that_then_enforce() {
 
     let v = wait_for(Duration::from_secs(30), "audit events on disk", || {
         let v = d.cli_json(&["policy", "suggest", "--identity", "learn", "--json"]);
-        (values(&v, "read").len() == 4 && !values(&v, "write").is_empty()).then_some(v)
+        (suggested(&v, "read").len() == 4 && !suggested(&v, "write").is_empty()).then_some(v)
     });
     assert_eq!(
-        values(&v, "read"),
+        suggested(&v, "read"),
         [
             t.p("data/"),
             t.p("docs"),
@@ -65,7 +54,7 @@ fn audit_mode_file_opens_become_rules_that_then_enforce() {
         "12 files: their directory; 2: exact; a listed directory: itself"
     );
     assert!(
-        values(&v, "write").contains(&t.p("out/report.txt").as_str()),
+        suggested(&v, "write").contains(&t.p("out/report.txt").as_str()),
         "{v}"
     );
     let r_ = &v["replay"];

@@ -42,6 +42,19 @@ fn run_as(d: &Daemon, identity: &str, args: &[&str]) -> Output {
     d.cli(&a)
 }
 
+/// `args` (a Python script that prints `refused` when its operation is
+/// refused) prints it as `identity`, and runs cleanly and silently outside.
+fn refused_inside_only(d: &Daemon, identity: &str, args: &[&str], refused: &str) {
+    let out = run_as(d, identity, args);
+    let inside = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(inside.trim(), refused, "{out:?}");
+    let outside = Command::new(PY).args(args).output().expect("python");
+    assert!(
+        outside.status.success() && outside.stdout.is_empty(),
+        "{outside:?}"
+    );
+}
+
 fn suggest(d: &Daemon, identity: &str, extra: &[&str]) -> Value {
     let mut a = vec!["policy", "suggest", "--identity", identity, "--json"];
     a.extend_from_slice(extra);
@@ -54,16 +67,6 @@ fn suggest_when(d: &Daemon, identity: &str, ready: impl Fn(&Value) -> bool) -> V
         let v = suggest(d, identity, &[]);
         ready(&v).then_some(v)
     })
-}
-
-fn values<'a>(v: &'a Value, key: &str) -> Vec<&'a str> {
-    v["additions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|a| a["key"] == key)
-        .filter_map(|a| a["value"].as_str())
-        .collect()
 }
 
 fn listeners() -> (Vec<TcpListener>, UdpSocket) {
@@ -94,13 +97,13 @@ fn audit_then_enforce_network_and_syscalls() {
     std::fs::remove_dir(&made).expect("made by the workload");
 
     let v = suggest_when(&d, "adv", |v| {
-        values(v, "allow")
+        suggested(v, "allow")
             .iter()
             .filter(|a| a.contains("127.0.0.1:2345"))
             .count()
             == 4
     });
-    let allow = values(&v, "allow");
+    let allow = suggested(&v, "allow");
     for p in PORTS {
         assert!(
             allow.contains(&format!("tcp://127.0.0.1:{p}").as_str()),
@@ -194,21 +197,7 @@ fn audit_then_enforce_network_and_syscalls() {
         "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {OTHER_PORT}), timeout=5)\n\
          except PermissionError:\n    print('EPERM')\n"
     );
-    let out = run_as(&d, "adv", &["-c", &other]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "EPERM",
-        "{out:?}"
-    );
-    let outside = Command::new(PY)
-        .args(["-c", &other])
-        .output()
-        .expect("python");
-    assert_eq!(
-        String::from_utf8_lossy(&outside.stdout).trim(),
-        "",
-        "{outside:?}"
-    );
+    refused_inside_only(&d, "adv", &["-c", &other], "EPERM");
     let ev = tail.expect(|e| e["kind"] == "net" && e["net"]["port"] == OTHER_PORT);
     assert_eq!(ev["identity"], "adv");
     assert_eq!(ev["comm"], "python3");
@@ -216,19 +205,14 @@ fn audit_then_enforce_network_and_syscalls() {
     assert_eq!(ev["net"]["addr"], "127.0.0.1");
 
     let rm = "import os, sys\ntry:\n    os.rmdir(sys.argv[1])\nexcept PermissionError:\n    print('EPERM')\n";
-    let out = run_as(&d, "adv", &["-c", rm, path_str(&made)]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "EPERM",
-        "{out:?}"
-    );
+    refused_inside_only(&d, "adv", &["-c", rm, path_str(&made)], "EPERM");
     let ev = tail.expect(|e| e["kind"] == "syscall" && e["syscall"]["name"] == "rmdir");
     assert_eq!(
         (ev["identity"].as_str(), ev["comm"].as_str()),
         (Some("adv"), Some("python3"))
     );
     assert!(ev["pid"].as_u64().unwrap() > 0);
-    std::fs::remove_dir(&made).expect("rmdir outside the identity");
+    assert!(!made.exists(), "rmdir outside the identity");
 }
 
 /// Reads every file of `data/` and `docs/`, writes new files into `out/`;
@@ -291,16 +275,16 @@ fn enforce_rounds_learn_files_under_landlock() {
     assert_eq!(stdout.trim(), "refused 17", "{out:?}");
 
     let v = suggest_when(&d, "advf", |v| {
-        values(v, "write").len() == 1 && values(v, "read").len() == 3
+        suggested(v, "write").len() == 1 && suggested(v, "read").len() == 3
     });
     let dir = |rel: &str| format!("{root}/{rel}");
     // 12 files in one directory: one rule; 2: exact; created files: their
     // directory (a Landlock rule names what exists at launch).
     assert_eq!(
-        values(&v, "read"),
+        suggested(&v, "read"),
         [dir("data/"), dir("docs/a.md"), dir("docs/b.md")]
     );
-    assert_eq!(values(&v, "write"), [dir("out/")]);
+    assert_eq!(suggested(&v, "write"), [dir("out/")]);
     let added: Vec<&Value> = v["additions"].as_array().unwrap().iter().collect();
     assert!(
         !added.iter().any(|a| a.to_string().contains("other")),
@@ -332,20 +316,7 @@ fn enforce_rounds_learn_files_under_landlock() {
     let read_other = format!(
         "try:\n    open('{root}/other/x').read()\nexcept PermissionError:\n    print('EACCES')\n"
     );
-    let out = run_as(&d, "advf", &["-c", &read_other]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "EACCES",
-        "{out:?}"
-    );
-    let outside = Command::new(PY)
-        .args(["-c", &read_other])
-        .output()
-        .expect("python");
-    assert!(
-        outside.status.success() && outside.stdout.is_empty(),
-        "{outside:?}"
-    );
+    refused_inside_only(&d, "advf", &["-c", &read_other], "EACCES");
     let ev = tail.expect(|e| e["kind"] == "file");
     assert_eq!(ev["identity"], "advf");
     assert_eq!(ev["comm"], "python3");
@@ -392,7 +363,7 @@ fn a_live_recording_window_instead_of_the_audit_log() {
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["events_from"], "recorded live");
     assert_eq!(
-        values(&v, "allow"),
+        suggested(&v, "allow"),
         [format!("tcp://127.0.0.1:{}", PORTS[0])]
     );
     assert_eq!(v["replay"]["allowed"], 1);

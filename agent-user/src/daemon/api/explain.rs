@@ -4,7 +4,7 @@
 
 use std::{
     net::IpAddr,
-    path::{Component, Path, PathBuf},
+    path::{Path, PathBuf},
 };
 
 use serde_json::{Value, json};
@@ -88,7 +88,7 @@ fn access_names(access: u32) -> Vec<&'static str> {
 /// follows symlinks), so symlinks are followed; a path that does not exist
 /// yet is what an `O_CREAT` open would create, under its parent's real
 /// path.
-fn judged_path(path: &Path) -> Result<(PathBuf, Option<String>), String> {
+pub(super) fn judged_path(path: &Path) -> Result<(PathBuf, Option<String>), String> {
     if !path.is_absolute() {
         return Err(format!(
             "`{}` is not absolute (the daemon's working directory is not yours)",
@@ -99,7 +99,8 @@ fn judged_path(path: &Path) -> Result<(PathBuf, Option<String>), String> {
         let note = (real != path).then(|| format!("resolves to {}", real.display()));
         return Ok((real, note));
     }
-    let lexical = normalize(path);
+    // `a/./b/../c` as the kernel walks it, symlinks aside.
+    let lexical = PathBuf::from(crate::policy::text::normalise_file(&path.to_string_lossy()));
     // The deepest ancestor that exists carries the symlinks that matter.
     for base in lexical.ancestors().skip(1) {
         if let Ok(real) = std::fs::canonicalize(base) {
@@ -115,21 +116,6 @@ fn judged_path(path: &Path) -> Result<(PathBuf, Option<String>), String> {
         }
     }
     Ok((lexical, None))
-}
-
-/// `a/./b/../c` as the kernel walks it, symlinks aside.
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::from("/");
-    for c in path.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::Normal(n) => out.push(n),
-            _ => {}
-        }
-    }
-    out
 }
 
 fn rule_json(p: &IdentityPolicy, id: u32) -> Value {

@@ -99,31 +99,18 @@ fn events(r: &mut SuggestReq, audit_dir: &Path) -> Result<(Vec<Event>, &'static 
 /// The path the kernel judges for a recorded one, and whether it exists:
 /// symlinks followed; a missing file under its parent's real path.
 fn real_path(p: &str) -> Option<(String, bool)> {
-    if !p.starts_with('/') {
-        return None;
-    }
-    let dir = p.ends_with('/') && p != "/";
-    let path = Path::new(p);
-    let with_slash = |pb: PathBuf, is_dir: bool| {
-        let s = pb.to_string_lossy().into_owned();
+    let (real, _) = super::explain::judged_path(Path::new(p)).ok()?;
+    let exists = real.symlink_metadata().is_ok();
+    let is_dir = (p.ends_with('/') && p != "/") || real.is_dir();
+    let s = real.to_string_lossy().into_owned();
+    Some((
         if is_dir && s != "/" {
             format!("{s}/")
         } else {
             s
-        }
-    };
-    if let Ok(real) = std::fs::canonicalize(path) {
-        let is_dir = dir || real.is_dir();
-        return Some((with_slash(real, is_dir), true));
-    }
-    for base in path.ancestors().skip(1) {
-        if let Ok(real) = std::fs::canonicalize(base) {
-            let rest = path.strip_prefix(base).unwrap_or(path);
-            let joined = policy::text::normalise_file(&real.join(rest).to_string_lossy());
-            return Some((with_slash(PathBuf::from(joined), dir), false));
-        }
-    }
-    Some((p.to_string(), false))
+        },
+        exists,
+    ))
 }
 
 /// Compiles the policy dir with `text` in place of `source`, the way a

@@ -54,19 +54,10 @@ impl<'a> Judge<'a> {
                     return Verdict::Allowed;
                 }
                 let is_dir = path.ends_with('/') && path != "/";
-                match decide_file(&self.p.files, path, is_dir, *access) {
-                    Some((Action::Allow, _)) => Verdict::Allowed,
-                    Some((Action::Deny, id)) => Verdict::DeniedByRule {
-                        rule: self
-                            .p
-                            .files
-                            .rules
-                            .iter()
-                            .find(|r| r.id == id)
-                            .map_or_else(|| format!("rule #{id}"), |r| r.describe()),
-                    },
-                    None => Verdict::NoRule,
-                }
+                let rules = &self.p.files.rules;
+                verdict(decide_file(&self.p.files, path, is_dir, *access), |id| {
+                    rules.iter().find(|r| r.id == id).map(|r| r.describe())
+                })
             }
             Want::Syscall(name) => {
                 let Some(s) = &self.p.syscalls else {
@@ -100,19 +91,22 @@ impl<'a> Judge<'a> {
             NetList::Allow => crate::policy::judged_destination(addr).unwrap_or(addr),
             NetList::Bind => addr,
         };
-        match decide(&self.net, class, ip, port) {
-            Some((Action::Allow, _)) => Verdict::Allowed,
-            Some((Action::Deny, id)) => Verdict::DeniedByRule {
-                rule: self
-                    .p
-                    .network
-                    .rules
-                    .iter()
-                    .find(|r| r.id == id)
-                    .map_or_else(|| format!("rule #{id}"), |r| r.describe()),
-            },
-            None => Verdict::NoRule,
-        }
+        let rules = &self.p.network.rules;
+        verdict(decide(&self.net, class, ip, port), |id| {
+            rules.iter().find(|r| r.id == id).map(|r| r.describe())
+        })
+    }
+}
+
+/// A table decision (`decide`, `decide_file`) as a verdict naming the
+/// deciding deny rule.
+fn verdict(d: Option<(Action, u32)>, describe: impl Fn(u32) -> Option<String>) -> Verdict {
+    match d {
+        Some((Action::Allow, _)) => Verdict::Allowed,
+        Some((Action::Deny, id)) => Verdict::DeniedByRule {
+            rule: describe(id).unwrap_or_else(|| format!("rule #{id}")),
+        },
+        None => Verdict::NoRule,
     }
 }
 
