@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod cgroup;
 pub mod cli;
+pub mod clock;
 pub mod daemon;
 pub mod event;
 pub mod fsutil;

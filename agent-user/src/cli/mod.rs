@@ -6,7 +6,6 @@ mod cmds;
 mod doctor;
 mod install;
 mod lease;
-mod lease_history;
 mod policy;
 mod run;
 mod suggest;

@@ -11,7 +11,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
+use http_body_util::{BodyExt as _, Full};
 use hyper::{
     Method, Request, Response, StatusCode,
     body::{Body, Frame, Incoming},
@@ -23,20 +23,21 @@ use tokio::{
     sync::{broadcast, mpsc, oneshot, watch},
 };
 
+use super::conn::http::query;
+pub use super::conn::http::{RespBody, error, json_resp};
 use super::{
     enforcer::Command,
-    events::{EventStats, now_rfc3339},
+    events::EventStats,
     inspect,
     reload::{ReloadError, Reloader},
     snapshot::Snapshot,
-    status,
 };
-use crate::{cgroup, event::Event};
+use crate::{cgroup, clock::now_rfc3339, event::Event};
 
 mod explain;
+pub mod lease;
+pub mod status;
 mod suggest;
-
-pub type RespBody = BoxBody<Bytes, Infallible>;
 
 pub struct Ctx {
     pub enforcer: mpsc::Sender<Command>,
@@ -50,6 +51,8 @@ pub struct Ctx {
     /// `None` unless `--otlp-endpoint` is given.
     pub otlp: Option<Arc<super::otlp::Otlp>>,
     pub metrics: Arc<super::metrics::Metrics>,
+    pub leases: Arc<super::lease::Leases>,
+    pub caps: Arc<super::capabilities::Capabilities>,
 }
 
 /// The two API sockets' admission state, for `corral status`.
@@ -172,33 +175,6 @@ fn operator_action(
     let _ = ctx.events.send(Arc::new(ev));
 }
 
-pub(super) fn json_resp(code: StatusCode, v: Value) -> Response<RespBody> {
-    let mut body = serde_json::to_vec_pretty(&v).expect("json");
-    body.push(b'\n');
-    Response::builder()
-        .status(code)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)).boxed())
-        .expect("response")
-}
-
-pub(super) fn error(code: StatusCode, msg: impl ToString) -> Response<RespBody> {
-    json_resp(code, json!({ "error": msg.to_string() }))
-}
-
-fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
-    req.uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|s| !s.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (k.to_string(), v.to_string())
-        })
-        .collect()
-}
-
 async fn body_json<T: for<'de> Deserialize<'de> + Default>(
     req: Request<Incoming>,
 ) -> Result<T, String> {
@@ -231,7 +207,9 @@ pub(super) async fn route(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBod
         (Method::POST, ["v1", "policy", "explain"]) => explain(req, ctx).await,
         (Method::POST, ["v1", "policy", "suggest"]) => suggest::route(req, ctx).await,
         (Method::GET, ["v1", "policy", name]) => policy(&req, ctx, name),
-        (_, ["v1", "lease" | "leases" | "thaw", ..]) => super::api_lease::route(req, &parts).await,
+        (_, ["v1", "lease" | "leases" | "thaw", ..]) => {
+            lease::route(req, &parts, &ctx.leases).await
+        }
         _ => error(
             StatusCode::NOT_FOUND,
             format!("no route {} {}", req.method(), path),
@@ -268,7 +246,7 @@ fn policy(req: &Request<Incoming>, ctx: &Ctx, name: &str) -> Response<RespBody> 
     let Some(v) = snap.by_name(name) else {
         return unknown_identity(ctx, name);
     };
-    let mut out = status::policy_json(v, sections);
+    let mut out = status::policy_json(v, sections, &ctx.caps);
     if sections.has("hosts") {
         out["hosts"] = json!(ctx.reloader.hosts_of(name));
     }
@@ -451,7 +429,10 @@ async fn explain(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBody> {
             Err(e) => return error(StatusCode::BAD_REQUEST, e),
         };
         // Resolving the path touches the file system.
-        let answer = tokio::task::spawn_blocking(move || explain::open(&view, &path, access)).await;
+        let files_lsm = ctx.caps.files_lsm();
+        let answer =
+            tokio::task::spawn_blocking(move || explain::open(&view, &path, access, files_lsm))
+                .await;
         return match answer {
             Ok(Ok(v)) => json_resp(StatusCode::OK, v),
             Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e),

@@ -8,7 +8,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
@@ -19,6 +19,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::snapshot::Snapshot;
+use crate::clock::{BootToWall, now_rfc3339};
 use crate::event::{self, Event, Raw, RawBody, SCHEMA};
 
 /// Counters any reader can see (`corral status`).
@@ -127,7 +128,7 @@ pub async fn run(
                 let mut guard = guard?;
                 let ring = guard.get_inner_mut();
                 let snap = snapshot.borrow().clone();
-                let clock = Clock::now();
+                let clock = BootToWall::now();
                 while let Some(item) = ring.next() {
                     stats.received.fetch_add(1, Ordering::Relaxed);
                     match Raw::decode(&item) {
@@ -152,7 +153,7 @@ pub async fn run(
                         stats.received.fetch_add(1, Ordering::Relaxed);
                         if let Ok(raw) = Raw::decode(&bytes) {
                             let snap = snapshot.borrow().clone();
-                            let clock = Clock::now();
+                            let clock = BootToWall::now();
                             let ev = enrich(&raw, &snap, &clock, &mut cache, &mut cgroups);
                             let _ = tx.send(Arc::new(ev));
                         }
@@ -184,31 +185,6 @@ fn sum_drops(m: &PerCpuArray<MapData, u64>) -> u64 {
     m.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
 }
 
-/// Maps CLOCK_BOOTTIME (kernel timestamps) to wall-clock time.
-struct Clock {
-    offset_ns: i128,
-}
-
-impl Clock {
-    fn now() -> Clock {
-        let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-            .map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128)
-            .unwrap_or(0);
-        let wall = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i128)
-            .unwrap_or(0);
-        Clock {
-            offset_ns: wall - boot,
-        }
-    }
-
-    fn wall(&self, boot_ns: u64) -> SystemTime {
-        let ns = (boot_ns as i128 + self.offset_ns).max(0) as u128;
-        SystemTime::UNIX_EPOCH + Duration::from_nanos(ns as u64)
-    }
-}
-
 /// What a hub subscriber is handed without waiting.
 pub enum Ready {
     Event(Arc<Event>),
@@ -231,10 +207,6 @@ pub fn drain_ready(
             Err(_) => return,
         }
     }
-}
-
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
 }
 
 fn proc_info(tgid: u32, cache: &mut HashMap<u32, ProcInfo>) -> ProcInfo {
@@ -266,7 +238,7 @@ pub(super) fn enrich_once(raw: &Raw, snap: &Snapshot) -> Event {
     enrich(
         raw,
         snap,
-        &Clock::now(),
+        &BootToWall::now(),
         &mut HashMap::new(),
         &mut CgroupNames::default(),
     )
@@ -275,7 +247,7 @@ pub(super) fn enrich_once(raw: &Raw, snap: &Snapshot) -> Event {
 fn enrich(
     raw: &Raw,
     snap: &Snapshot,
-    clock: &Clock,
+    clock: &BootToWall,
     cache: &mut HashMap<u32, ProcInfo>,
     cgroups: &mut CgroupNames,
 ) -> Event {

@@ -5,6 +5,10 @@ use std::path::{Path, PathBuf};
 
 use agent_common::file::{DIRFD_CWD, FILE_REASON_OBSERVED, FileEvent, LAYER_LANDLOCK};
 
+use super::{
+    capabilities::Capabilities,
+    mechanism::{Mechanism, MechanismState},
+};
 use crate::{
     event::{self, Event},
     policy::{Action, IdentityPolicy, decide_file},
@@ -90,33 +94,18 @@ fn absolute(path: &str, tgid: u32, dirfd: i32) -> Option<String> {
     Some(out.display().to_string())
 }
 
-/// Whether Corral's BPF-LSM file programs are attached (set once at
-/// start-up by the code that attaches them). False: `[files]` rules are
-/// applied by `corral run` with Landlock.
-static FILES_LSM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// For the BPF-LSM file enforcement: call with `true` once its programs
-/// are attached (before `status::mechanisms` runs). Everything that reports
-/// or decides the file layer reads it through [`files_layer_lsm`].
-pub fn set_files_lsm(attached: bool) {
-    FILES_LSM.store(attached, std::sync::atomic::Ordering::Relaxed);
-}
-
-pub fn files_layer_lsm() -> bool {
-    FILES_LSM.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 /// Which layer enforces an identity's `[files]` rules, and what that means:
 /// (`lsm` | `landlock` | `none`, note).
 pub fn files_layer(
     files: &crate::policy::FilePolicy,
     mode: agent_common::identity::Mode,
+    files_lsm: bool,
 ) -> (&'static str, &'static str) {
     use agent_common::identity::Mode;
     if !files.confined {
         return ("none", "no [files] section: file access is not confined");
     }
-    if files_layer_lsm() {
+    if files_lsm {
         return (
             "lsm",
             "BPF LSM file_open: judged in the kernel on every open; policy changes apply at once",
@@ -139,43 +128,34 @@ pub fn files_layer(
 
 /// The `files` section of `GET /v1/policy/NAME` (what `corral run` reads)
 /// and of `policy show`.
-pub fn files_json(p: &IdentityPolicy) -> serde_json::Value {
-    let (layer, note) = files_layer(&p.files, p.mode);
+pub fn files_json(p: &IdentityPolicy, files_lsm: bool) -> serde_json::Value {
+    let (layer, note) = files_layer(&p.files, p.mode, files_lsm);
     let mut v = serde_json::to_value(&p.files).unwrap_or_default();
     v["enforced_by"] = layer.into();
     v["note"] = note.into();
     v
 }
 
-/// How the Landlock-denial observer came up (`None`: not tried yet).
-static OBSERVER: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
-
-/// Records whether (and in which form) the observer attached (once, at
-/// start-up).
-pub fn set_observer(r: Result<&str, String>) {
-    let _ = OBSERVER.set(r.map(str::to_string));
-}
-
 /// The `files` line of `corral status` / the daemon log.
-pub fn mechanism() -> super::status::Mechanism {
+pub fn mechanism(caps: &Capabilities) -> Mechanism {
     let abi = crate::sandbox::landlock::abi();
-    let observer = match OBSERVER.get() {
+    let observer = match &caps.file_observer {
         Some(Ok(form)) => {
             format!("denials reach `corral tail` through the syscall observer ({form})")
         }
         Some(Err(e)) => format!("denials are NOT reported: the observer did not attach ({e})"),
         None => "denial observer not loaded".to_string(),
     };
-    if files_layer_lsm() {
-        super::status::Mechanism {
+    if caps.files_lsm() {
+        Mechanism {
             name: "files",
-            state: "enforcing",
+            state: MechanismState::Enforcing,
             detail: "lsm: BPF LSM file_open judges every open of a tagged process".into(),
         }
     } else if abi >= 1 {
-        super::status::Mechanism {
+        Mechanism {
             name: "files",
-            state: "fallback",
+            state: MechanismState::Fallback,
             detail: format!(
                 "landlock (fallback, applied by corral run at launch; Landlock ABI {abi}): BPF \
                  LSM is unavailable, so [files] rules bind only processes started with `corral \
@@ -184,9 +164,9 @@ pub fn mechanism() -> super::status::Mechanism {
             ),
         }
     } else {
-        super::status::Mechanism {
+        Mechanism {
             name: "files",
-            state: "unavailable",
+            state: MechanismState::Unavailable,
             detail: "NOT ENFORCED: neither BPF LSM nor Landlock is available; `corral run` \
                      refuses identities with [files] rules"
                 .into(),
@@ -197,9 +177,9 @@ pub fn mechanism() -> super::status::Mechanism {
 /// `corral assign` cannot give a running process Landlock: without BPF LSM
 /// its `[files]` rules do not bind it. Said loudly in the daemon log (the
 /// CLI says it too).
-pub fn warn_assign(identity: &str, policy: Option<&IdentityPolicy>, what: &str) {
+pub fn warn_assign(identity: &str, policy: Option<&IdentityPolicy>, what: &str, files_lsm: bool) {
     let Some(p) = policy else { return };
-    if p.files.confined && !files_layer_lsm() {
+    if p.files.confined && !files_lsm {
         tracing::warn!(
             identity,
             "{what} assigned WITHOUT file confinement: BPF LSM is unavailable and Landlock can \

@@ -29,13 +29,12 @@ use tokio::{
 
 use super::{
     api::{self, Ctx},
-    api_lease, dns,
+    dns,
     enforcer::Command,
     events::{self, EventStats},
     lease::{self, Leases, Requester},
     reload::Reloader,
     snapshot::{IdentityView, Snapshot},
-    status,
 };
 use crate::{event::Event, policy};
 
@@ -162,21 +161,24 @@ impl Harness {
                     state_dir: state_dir.join("state"),
                     reset: true,
                     cg_root: state_dir.join("cgroup"),
+                    files_lsm: false,
                 },
                 cmd_tx.clone(),
                 snap_rx.clone(),
                 events.clone(),
             )?);
-            api_lease::install(leases.clone());
             let reloader = Arc::new(Reloader::new(
                 state_dir.join("policies"),
                 cmd_tx.clone(),
                 dns::Config::new(Duration::from_secs(30)),
             ));
-            let info = status::DaemonInfo {
+            let caps = Arc::new(super::capabilities::Capabilities::none(
+                "no kernel (harness)",
+            ));
+            let info = api::status::DaemonInfo {
                 version: env!("CARGO_PKG_VERSION"),
                 pid: std::process::id(),
-                started: events::now_rfc3339(),
+                started: crate::clock::now_rfc3339(),
                 policy_dir: reloader.policy_dir.clone(),
                 socket: state_dir.join("corral.sock"),
                 pin_dir: state_dir.join("pins"),
@@ -185,7 +187,7 @@ impl Harness {
                 cgroup_parent: state_dir.join("cgroup"),
                 ringbuf_bytes: 1 << 20,
                 adopted_pins: false,
-                mechanisms: status::mechanisms(false, Some("no kernel (harness)")),
+                mechanisms: api::status::mechanisms(false, Some("no kernel (harness)"), &caps),
             };
             let sockets = super::api::Sockets::new(
                 super::conn::Limits {
@@ -212,6 +214,8 @@ impl Harness {
                 audit,
                 otlp: None,
                 metrics: Arc::default(),
+                leases: leases.clone(),
+                caps,
             });
             Ok::<_, anyhow::Error>((ctx, leases))
         })?;
@@ -248,7 +252,7 @@ impl Harness {
         self.exchange(request, move |req| {
             let (leases, identity) = (leases.clone(), identity.clone());
             async move {
-                let caller = api_lease::Caller::Agent {
+                let caller = api::lease::Caller::Agent {
                     identity: identity.clone(),
                     requester: Requester::Agent {
                         pid: 1,
@@ -259,7 +263,7 @@ impl Harness {
                 };
                 let path = req.uri().path().trim_end_matches('/').to_string();
                 let parts: Vec<&str> = path.split('/').skip(1).collect();
-                api_lease::handle(req, &parts, &leases, caller).await
+                api::lease::handle(req, &parts, &leases, caller).await
             }
         })
     }

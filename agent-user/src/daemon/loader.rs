@@ -6,9 +6,7 @@
 //! agree while both run).
 
 use std::{
-    ffi::CString,
     fs, io,
-    os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
 };
 
@@ -23,7 +21,10 @@ use aya::{
     maps::MapType,
     programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, links::FdLink},
 };
-use tracing::{info, warn};
+use tracing::warn;
+
+use super::pins::{PinError, pin_replacing};
+pub use super::pins::{attached_cgroups, has_pins, links_dir, maps_dir};
 
 /// The object built by build.rs; empty when built without bpf-linker.
 pub(super) static OBJECT: &[u8] =
@@ -72,6 +73,15 @@ pub enum LoadError {
     Cgroup { path: PathBuf, source: io::Error },
 }
 
+impl From<PinError> for LoadError {
+    fn from(e: PinError) -> LoadError {
+        LoadError::Link {
+            path: e.path,
+            message: e.message,
+        }
+    }
+}
+
 pub fn object_is_stub() -> bool {
     OBJECT.is_empty()
 }
@@ -105,19 +115,6 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), LoadError> {
 
 fn is_bpffs(p: &Path) -> bool {
     nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
-}
-
-pub fn maps_dir(pin_dir: &Path) -> PathBuf {
-    pin_dir.join("maps")
-}
-
-pub fn links_dir(pin_dir: &Path, cgroup_id: u64) -> PathBuf {
-    pin_dir.join("links").join(cgroup_id.to_string())
-}
-
-/// Whether a previous daemon left pinned maps here.
-pub fn has_pins(pin_dir: &Path) -> bool {
-    maps_dir(pin_dir).join(maps::IDENTITIES).exists()
 }
 
 /// Loads the object (re-using pinned maps when present) and its programs.
@@ -380,58 +377,6 @@ fn ensure_tracefs() -> Result<(), LoadError> {
     })
 }
 
-/// Pins `link` as `links_dir/name`, retiring a link a previous daemon pinned
-/// there only once the new one runs (no gap).
-pub(super) fn pin_replacing(link: FdLink, links_dir: &Path, name: &str) -> Result<(), LoadError> {
-    replace_pin(links_dir, name, |staging| {
-        link.pin(staging).map(drop).map_err(|e| {
-            format!(
-                "pinning: {}",
-                std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string())
-            )
-        })
-    })
-}
-
-/// The one way a link pin is replaced, whoever made the link (aya, or the
-/// hand-assembled unix programs): `pin_at` pins the new link beside the old
-/// one, and only once it runs is the old pin removed (its last reference:
-/// the old link detaches) and the new one renamed into its place. Any
-/// other order leaves a moment with no program attached.
-pub(super) fn replace_pin(
-    links_dir: &Path,
-    name: &str,
-    pin_at: impl FnOnce(&Path) -> Result<(), String>,
-) -> Result<(), LoadError> {
-    let pin = links_dir.join(name);
-    // bpffs refuses names with a dot.
-    let staging = links_dir.join(format!("{name}_new"));
-    let _ = fs::remove_file(&staging);
-    pin_at(&staging).map_err(|message| LoadError::Link {
-        path: staging.clone(),
-        message,
-    })?;
-    if pin.exists() {
-        let _ = fs::remove_file(&pin);
-        info!(link = %pin.display(), "replaced link left by a previous daemon");
-    }
-    rename(&staging, &pin)
-}
-
-fn rename(from: &Path, to: &Path) -> Result<(), LoadError> {
-    let f = CString::new(from.as_os_str().as_bytes()).expect("no NUL in path");
-    let t = CString::new(to.as_os_str().as_bytes()).expect("no NUL in path");
-    // SAFETY: valid NUL-terminated strings for the duration of the call.
-    let rc = unsafe { libc::rename(f.as_ptr(), t.as_ptr()) };
-    if rc != 0 {
-        return Err(LoadError::Link {
-            path: to.to_path_buf(),
-            message: io::Error::last_os_error().to_string(),
-        });
-    }
-    Ok(())
-}
-
 /// Removes every pinned link and map: enforcement ends. Used by
 /// `corral unload` and by `--unload-on-exit`.
 pub fn unload(pin_dir: &Path) -> io::Result<()> {
@@ -459,15 +404,4 @@ pub fn unload(pin_dir: &Path) -> io::Result<()> {
         fs::remove_dir(pin_dir)?;
     }
     Ok(())
-}
-
-/// Ids of cgroups that have pinned links, i.e. where programs are attached.
-pub fn attached_cgroups(pin_dir: &Path) -> Vec<u64> {
-    fs::read_dir(pin_dir.join("links"))
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
 }

@@ -2,9 +2,9 @@
 //! directory, serves the API and streams events.
 
 mod api;
-mod api_lease;
 mod audit;
 pub mod btf;
+mod capabilities;
 mod conn;
 mod dns;
 mod enforcer;
@@ -19,10 +19,12 @@ mod inspect;
 pub mod lease;
 mod loader;
 mod lsm;
+mod mechanism;
 mod metrics;
 #[cfg(test)]
 mod object_names;
 mod otlp;
+mod pins;
 #[cfg(test)]
 mod prop_files;
 #[cfg(test)]
@@ -30,7 +32,7 @@ mod prop_net;
 mod reload;
 mod reports;
 mod snapshot;
-mod status;
+mod state_files;
 mod syscall_need;
 mod syscalls;
 mod unix;
@@ -209,14 +211,12 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
     // report says loudly what this kernel could not run.
     let lsm_report = lsm::load_and_attach(&mut ebpf, &args.pin_dir);
     lsm::log_report(&lsm_report);
-    lsm::set_report(lsm_report.clone());
-    fileobs::set_files_lsm(lsm_report.files_enforced());
     // Landlock-denial observer, only where the BPF-LSM file layer is not in
-    // force (it reports its own denials): whoever attaches that layer calls
-    // `fileobs::set_files_lsm(true)` before this point.
-    // `CORRAL_NO_FILE_OBSERVER=1` leaves it out (benchmarks measure Landlock
-    // alone with it).
-    if !fileobs::files_layer_lsm() && std::env::var_os("CORRAL_NO_FILE_OBSERVER").is_none() {
+    // force (it reports its own denials). `CORRAL_NO_FILE_OBSERVER=1` leaves
+    // it out (benchmarks measure Landlock alone with it).
+    let file_observer = (!lsm_report.files_enforced()
+        && std::env::var_os("CORRAL_NO_FILE_OBSERVER").is_none())
+    .then(|| {
         let r = hostcost::attach_measured(hostcost::Hook::FileObserver, || {
             loader::attach_fileobs(&mut ebpf, &args.pin_dir)
         });
@@ -225,26 +225,32 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
                 "file denial observer not attached: Landlock denials will not reach `corral tail`: {e}"
             );
         }
-        fileobs::set_observer(r.map_err(|e| e.to_string()));
-    }
+        r.map(str::to_string).map_err(|e| e.to_string())
+    });
+    // By real path: the kernel judges resolved paths.
+    let state_real = std::fs::canonicalize(&args.state_dir).unwrap_or(args.state_dir.clone());
+    let policy_real = std::fs::canonicalize(&args.policy_dir).unwrap_or(args.policy_dir.clone());
+    let binary = std::env::current_exe().ok();
+    let caps = Arc::new(capabilities::Capabilities {
+        lsm: lsm_report,
+        file_observer,
+        protected: lsm::builtin::Protected::new(&state_real, &policy_real, binary.as_deref()),
+    });
     let ring = RingBuf::try_from(ebpf.take_map(maps::EVENTS).context("EVENTS map")?)?;
     let drops =
         PerCpuArray::<_, u64>::try_from(ebpf.take_map(maps::EVENT_DROPS).context("EVENT_DROPS")?)?;
 
     let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::default());
-    let mut enforcer =
-        enforcer::Enforcer::new(ebpf, parent.clone(), args.pin_dir.clone(), snap_tx)?;
+    let mut enforcer = enforcer::Enforcer::new(
+        ebpf,
+        parent.clone(),
+        args.pin_dir.clone(),
+        snap_tx,
+        caps.clone(),
+    )?;
     // AF_UNIX rules: programs aya 0.14 cannot load, assembled and loaded by
     // hand against the pinned maps; attached by readopt_links like the rest.
     enforcer.set_unix(unix::Unix::load(&args.pin_dir));
-    enforcer.set_files_lsm(lsm_report.files_enforced());
-    // By real path: the kernel judges resolved paths.
-    let state_real = std::fs::canonicalize(&args.state_dir).unwrap_or(args.state_dir.clone());
-    let policy_real = std::fs::canonicalize(&args.policy_dir).unwrap_or(args.policy_dir.clone());
-    let binary = std::env::current_exe().ok();
-    let protected = lsm::builtin::Protected::new(&state_real, &policy_real, binary.as_deref());
-    lsm::builtin::set_current(protected.clone());
-    enforcer.set_protected(protected);
     enforcer.readopt_links(&cg_root)?;
     enforcer.adopt_assigned(&args.state_dir, &cg_root);
     let unix_unavailable = enforcer.unix_unavailable();
@@ -270,6 +276,7 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
             state_dir: args.state_dir.clone(),
             reset: args.reset_leases,
             cg_root: cg_root.clone(),
+            files_lsm: caps.files_lsm(),
         },
         cmd_tx.clone(),
         snap_rx.clone(),
@@ -332,7 +339,6 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
         .unwrap_or_else(|| socket.with_file_name("lease.sock"));
     // Any local process may connect (mode 0666); the kernel attests who.
     let agent_listener = conn::bind::bind(&lease_socket, 0o666, None)?;
-    api_lease::install(leases.clone());
     tokio::spawn(leases.clone().run(trip_rx));
     let sockets = api::Sockets::new(
         conn::Limits {
@@ -345,7 +351,7 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
     );
     conn::spawn_isolated(
         "corral-agent-api",
-        api_lease::serve_agent(
+        api::lease::serve_agent(
             agent_listener,
             sockets.agent.clone(),
             leases.clone(),
@@ -358,19 +364,19 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
     }
     tokio::spawn(reload::refresh_hosts(reloader.clone()));
 
-    let mut mechanisms = status::mechanisms(true, unix_unavailable.as_deref());
+    let mut mechanisms = api::status::mechanisms(true, unix_unavailable.as_deref(), &caps);
     mechanisms.extend(syscall_mechanisms);
     for m in &mechanisms {
-        if m.state == "enforcing" {
+        if m.state == mechanism::MechanismState::Enforcing {
             info!(mechanism = m.name, "{}", m.detail);
         } else {
-            warn!(mechanism = m.name, state = m.state, "{}", m.detail);
+            warn!(mechanism = m.name, state = m.state.name(), "{}", m.detail);
         }
     }
-    let info = status::DaemonInfo {
+    let info = api::status::DaemonInfo {
         version: env!("CARGO_PKG_VERSION"),
         pid: std::process::id(),
-        started: events::now_rfc3339(),
+        started: crate::clock::now_rfc3339(),
         policy_dir: args.policy_dir.clone(),
         socket: socket.clone(),
         pin_dir: args.pin_dir.clone(),
@@ -393,6 +399,8 @@ async fn main(args: DaemonArgs, socket: PathBuf) -> anyhow::Result<()> {
         audit: audit_log.clone(),
         otlp: otlp.clone(),
         metrics,
+        leases: leases.clone(),
+        caps,
     });
     if let Some(addr) = args.metrics_listen {
         let l = tokio::net::TcpListener::bind(addr)

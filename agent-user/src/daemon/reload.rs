@@ -220,7 +220,7 @@ impl Reloader {
         let took = started.elapsed();
         trim_heap();
         let mut st = self.status.lock().expect("status lock");
-        st.last_time = Some(super::events::now_rfc3339());
+        st.last_time = Some(crate::clock::now_rfc3339());
         st.last_trigger = Some(trigger.to_string());
         st.last_duration_ms = Some(took.as_secs_f64() * 1000.0);
         st.last_compile_ms = Some(compiled_in.as_secs_f64() * 1000.0);
@@ -261,7 +261,7 @@ impl Reloader {
         let quiet = trigger == "dns"
             && matches!(&result, Ok(r) if r.changed.is_empty() && r.removed.is_empty());
         if let Some(tx) = self.events.as_ref().filter(|_| !quiet) {
-            let mut ev = Event::notice("policy", super::events::now_rfc3339());
+            let mut ev = Event::notice("policy", crate::clock::now_rfc3339());
             ev.policy = Some(serde_json::json!({
                 "trigger": trigger,
                 "dir": dir,

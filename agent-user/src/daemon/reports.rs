@@ -45,7 +45,7 @@ pub fn start(state_dir: &Path, pin_dir: &Path, tx: mpsc::Sender<Report>) -> std:
     let sock = UnixDatagram::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
     setsockopt(&sock, PassCred, &true).map_err(std::io::Error::from)?;
-    let launchers = super::loader::maps_dir(pin_dir).join(maps::SC_LAUNCHERS);
+    let launchers = super::pins::maps_dir(pin_dir).join(maps::SC_LAUNCHERS);
     std::thread::Builder::new()
         .name("launcher-reports".into())
         .spawn(move || serve(&sock, &launchers, &tx))?;

@@ -38,7 +38,7 @@ use aya::{
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
-use super::status::Mechanism;
+use super::mechanism::{Mechanism, MechanismState};
 use crate::{
     event::{self, Event},
     policy::{
@@ -339,7 +339,7 @@ impl Syscalls {
         vec![
             Mechanism {
                 name: "syscalls (seccomp filter from `corral run`, answered live)",
-                state: if notif { "enforcing" } else { "unavailable" },
+                state: MechanismState::of(notif),
                 detail: if notif {
                     format!(
                         "`corral run` installs a seccomp filter before exec: hot allowed \
@@ -358,11 +358,7 @@ impl Syscalls {
             },
             Mechanism {
                 name: "syscall events (sys_enter/sys_exit observers)",
-                state: if obs.is_none() {
-                    "enforcing"
-                } else {
-                    "unavailable"
-                },
+                state: MechanismState::of(obs.is_none()),
                 detail: match obs {
                     None => "launched agents' refusals come from their launcher; these \
                              host-wide observers are attached only while a tagged process of an \
@@ -378,11 +374,7 @@ impl Syscalls {
             },
             Mechanism {
                 name: "syscall kill mode (assigned = \"kill\")",
-                state: if obs.is_none() && self.kill_capable {
-                    "enforcing"
-                } else {
-                    "unavailable"
-                },
+                state: MechanismState::of(obs.is_none() && self.kill_capable),
                 detail: if obs.is_none() && self.kill_capable {
                     "AFTER THE FACT: a tagged process without Corral's seccomp filter is killed \
                      (SIGKILL) on a syscall its policy does not allow, but that call still runs; \
@@ -418,7 +410,7 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(), String> {
 
 /// The pinned `SYSCALL_POLICY` (what launchers open).
 pub fn map_path(pin_dir: &Path) -> PathBuf {
-    super::loader::maps_dir(pin_dir).join(maps::SYSCALL_POLICY)
+    super::pins::maps_dir(pin_dir).join(maps::SYSCALL_POLICY)
 }
 
 pub fn links_dir(pin_dir: &Path) -> PathBuf {
@@ -438,7 +430,7 @@ fn attach(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<(), String> {
             .map_err(|e| format!("{name}: {e}"))?;
         let id = p.attach().map_err(|e| format!("attaching {name}: {e}"))?;
         let link: FdLink = p.take_link(id).map_err(|e| format!("{name}: {e}"))?.into();
-        super::loader::pin_replacing(link, &dir, name).map_err(|e| e.to_string())?;
+        super::pins::pin_replacing(link, &dir, name).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

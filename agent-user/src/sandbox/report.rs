@@ -135,7 +135,7 @@ fn event(tid: u32, d: &Decision) -> SyscallEvent {
         hdr: EventHeader {
             kind: KIND_SYSCALL,
             identity: d.identity,
-            ts_ns: boot_ns(),
+            ts_ns: crate::clock::boot_ns(),
             cgroup_id: cgroup_id(tid).unwrap_or(0),
             pid: tid,
             tgid,
@@ -161,15 +161,6 @@ fn proc_field(tid: u32, key: &str) -> Option<u32> {
         .trim()
         .parse()
         .ok()
-}
-
-/// CLOCK_BOOTTIME, the clock of the kernel's event timestamps.
-fn boot_ns() -> u64 {
-    // SAFETY: the kernel fills a plain struct on our stack.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The thread's cgroup v2 id (the directory's inode number).

@@ -26,38 +26,21 @@ use agent_common::syscall::{NR_IOCTL, NR_SECCOMP};
 
 use crate::policy::syscalls::SyscallSet;
 
-pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+pub use super::cbpf::{AUDIT_ARCH_X86_64, RET_ALLOW, RET_EPERM, RET_NOTIFY};
+use super::cbpf::{
+    JA as BPF_JA, JEQ_K as BPF_JEQ_K, JGE_K as BPF_JGE_K, LD_W_ABS as BPF_LD_W_ABS, OFF_ARCH,
+    OFF_ARG1_LO, OFF_NR, RET_K as BPF_RET_K, ins,
+};
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 /// Numbers the bitmap covers; every number above is notified (and refused).
 const TABLE_END: u32 = agent_common::syscall::BITMAP_BITS;
 
-const BPF_LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-const BPF_JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
-const BPF_JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
-const BPF_JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
-const BPF_RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
-
-/// `struct seccomp_data` offsets.
-const OFF_NR: u32 = 0;
-const OFF_ARCH: u32 = 4;
-/// Low 32 bits of `args[1]` (little endian).
-const OFF_ARG1_LO: u32 = 16 + 8;
-
-pub const RET_ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
-pub const RET_EPERM: u32 = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
-pub const RET_NOTIFY: u32 = libc::SECCOMP_RET_USER_NOTIF;
-
 fn stmt(code: u16, k: u32) -> libc::sock_filter {
-    libc::sock_filter {
-        code,
-        jt: 0,
-        jf: 0,
-        k,
-    }
+    ins(code, k, 0, 0)
 }
 
 fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
-    libc::sock_filter { code, jt, jf, k }
+    ins(code, k, jt, jf)
 }
 
 /// Never allowed by the filter itself, whatever the policy: `socket` and

@@ -34,20 +34,10 @@ const NR_IOCTL_X86_64: u32 = 16;
 /// x32 (`__X32_SYSCALL_BIT | 514`) and i386 (`int 0x80`) numbers of ioctl.
 const NR_IOCTL_X32: u32 = 0x4000_0000 | 514;
 const NR_IOCTL_I386: u32 = 54;
-const AUDIT_ARCH_I386: u32 = 0x4000_0003;
-
-const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
-const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
-const OFF_NR: u32 = 0;
-const OFF_ARCH: u32 = 4;
-/// Low half of `args[1]`: ioctl's `unsigned int cmd` (the kernel ignores
-/// the upper half of the register).
-const OFF_ARG1_LO: u32 = 24;
-
-fn ins(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
-    libc::sock_filter { code, jt, jf, k }
-}
+use super::cbpf::{
+    AUDIT_ARCH_I386, AUDIT_ARCH_X86_64, JEQ_K, LD_W_ABS, OFF_ARCH, OFF_ARG1_LO, OFF_NR, RET_ALLOW,
+    RET_EPERM, RET_K, ins,
+};
 
 /// ioctls refused on every fd: input injection (TIOCSTI, TIOCLINUX's
 /// selection paste), and console keymap changes that bind a key to a
@@ -58,7 +48,6 @@ pub const REFUSED: [u32; 5] = [TIOCSTI, TIOCLINUX, 0x4b49, 0x4b47, 0x4b4d];
 /// The terminal-injection filter (layer 3): ioctl on the x86_64, x32 and
 /// i386 ABIs, by its `cmd`.
 fn filter() -> Vec<libc::sock_filter> {
-    use super::seccomp::{AUDIT_ARCH_X86_64, RET_ALLOW, RET_EPERM};
     let n = REFUSED.len() as u8;
     // Indices: 8 loads cmd, 9.. compare it, then ALLOW at 9+n, EPERM after.
     let mut p = vec![
@@ -419,7 +408,7 @@ mod tests {
 
     #[test]
     fn refuses_terminal_injection_on_every_abi_and_nothing_else() {
-        use super::super::seccomp::{AUDIT_ARCH_X86_64, RET_ALLOW, RET_EPERM};
+        use super::super::cbpf::{AUDIT_ARCH_X86_64, RET_ALLOW, RET_EPERM};
         let x86 = AUDIT_ARCH_X86_64;
         for cmd in REFUSED {
             assert_eq!(eval(x86, NR_IOCTL_X86_64, cmd), RET_EPERM);

@@ -129,7 +129,7 @@ fn rule_json(p: &IdentityPolicy, id: u32) -> Value {
 /// Which `[files]` rule decides an open of `path` for `access` (`ACCESS_*`
 /// bits), judged against the policy in force, and what the layer enforcing
 /// it does with that decision.
-pub fn open(view: &Subject, path: &Path, access: u32) -> Result<Value, String> {
+pub fn open(view: &Subject, path: &Path, access: u32, files_lsm: bool) -> Result<Value, String> {
     let (real, note) = judged_path(path)?;
     let judged = real.to_string_lossy().into_owned();
     let is_dir = crate::policy::files_is_dir(&real);
@@ -144,11 +144,7 @@ pub fn open(view: &Subject, path: &Path, access: u32) -> Result<Value, String> {
         "note": note,
     });
     let Some(p) = &view.policy else {
-        v["layer"] = json!(if fileobs::files_layer_lsm() {
-            "lsm"
-        } else {
-            "landlock"
-        });
+        v["layer"] = json!(if files_lsm { "lsm" } else { "landlock" });
         v["decision"] = json!("deny");
         v["outcome"] = json!("denied");
         v["reason"] = json!(
@@ -158,7 +154,7 @@ pub fn open(view: &Subject, path: &Path, access: u32) -> Result<Value, String> {
         );
         return Ok(v);
     };
-    let (layer, layer_note) = fileobs::files_layer(&p.files, p.mode);
+    let (layer, layer_note) = fileobs::files_layer(&p.files, p.mode, files_lsm);
     v["layer"] = json!(layer);
     v["layer_note"] = json!(layer_note);
     if !p.files.confined {
@@ -294,7 +290,7 @@ mod tests {
             d.display()
         );
         let v = subject(&text);
-        let ask = |p: PathBuf, access| open(&v, &p, access).unwrap();
+        let ask = |p: PathBuf, access| open(&v, &p, access, false).unwrap();
 
         let a = ask(d.join("kb/a.txt"), ACCESS_READ);
         assert_eq!(
@@ -331,20 +327,20 @@ mod tests {
         assert_eq!(a["decision"], "allow");
         assert_eq!(a["rule"]["list"], "write");
 
-        assert!(open(&v, Path::new("kb/a.txt"), ACCESS_READ).is_err());
+        assert!(open(&v, Path::new("kb/a.txt"), ACCESS_READ, false).is_err());
     }
 
     #[test]
     fn open_without_files_section_or_policy() {
         let mut v = subject("[identity]\nname = \"t\"\n");
-        let a = open(&v, Path::new("/etc/hostname"), ACCESS_WRITE).unwrap();
+        let a = open(&v, Path::new("/etc/hostname"), ACCESS_WRITE, false).unwrap();
         assert_eq!(
             (a["decision"].as_str(), a["layer"].as_str()),
             (Some("allow"), Some("none"))
         );
         v.policy = None;
         v.mode = Mode::Enforce;
-        let a = open(&v, Path::new("/etc/hostname"), ACCESS_READ).unwrap();
+        let a = open(&v, Path::new("/etc/hostname"), ACCESS_READ, false).unwrap();
         assert_eq!(a["decision"], "deny");
         assert!(a["reason"].as_str().unwrap().contains("removed"));
     }

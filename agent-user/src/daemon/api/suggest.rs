@@ -15,7 +15,7 @@ use std::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::super::{dns::HostCache, fileobs, inspect, lsm};
+use super::super::{capabilities::Capabilities, dns::HostCache, inspect};
 use crate::{
     audit,
     event::Event,
@@ -175,6 +175,7 @@ pub fn suggest(
     policy_dir: &Path,
     audit_dir: &Path,
     hosts: &HostCache,
+    caps: &Capabilities,
 ) -> Result<Suggestion, Refused> {
     r.limits.check().map_err(bad)?;
     let in_force = in_force.ok_or_else(|| {
@@ -194,7 +195,9 @@ pub fn suggest(
         .map_err(|e| unprocessable(format!("the policy file does not load now: {e}")))?;
     let (evs, from) = events(&mut r, audit_dir)?;
     let recorded = suggest::collect(&r.identity, &evs, &real_path);
-    let protected: Vec<String> = lsm::builtin::current()
+    let protected: Vec<String> = caps
+        .protected
+        .list()
         .iter()
         .map(|p| p.path.clone())
         .collect();
@@ -204,7 +207,7 @@ pub fn suggest(
         protected: &protected,
         never_unix: &never_unix,
         name_of: &|ip| hosts.name_of(ip),
-        files_lsm: fileobs::files_layer_lsm(),
+        files_lsm: caps.files_lsm(),
     };
     let proposal =
         suggest::propose(&current, &original, &recorded, &r.limits, &cx).map_err(unprocessable)?;
@@ -361,9 +364,11 @@ pub async fn route(
         ctx.reloader.hosts.clone(),
     );
     let control = ctx.info.socket.clone();
-    let made =
-        tokio::task::spawn_blocking(move || suggest(r, in_force, &control, &d, &audit_dir, &hosts))
-            .await;
+    let caps = ctx.caps.clone();
+    let made = tokio::task::spawn_blocking(move || {
+        suggest(r, in_force, &control, &d, &audit_dir, &hosts, &caps)
+    })
+    .await;
     let s = match made {
         Ok(Ok(s)) => s,
         Ok(Err(Refused(code, msg))) => return super::error(code, msg),

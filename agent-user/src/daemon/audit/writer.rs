@@ -25,7 +25,8 @@ use crate::{
         self, GENESIS, Record, RecordOut, checkpoint_message, hash_line, key::AuditKey,
         segment_name,
     },
-    daemon::events::{Ready, drain_ready, now_rfc3339},
+    clock::now_rfc3339,
+    daemon::events::{Ready, drain_ready},
     event::Event,
 };
 

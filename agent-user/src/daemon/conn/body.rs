@@ -9,7 +9,7 @@ use http_body_util::{BodyExt as _, Limited};
 use hyper::{Request, Response, StatusCode, body::Incoming, header};
 use serde::Deserialize;
 
-use crate::daemon::api::{RespBody, error};
+use super::http::{RespBody, error};
 
 /// Largest request body either socket reads.
 pub const MAX: usize = 64 * 1024;

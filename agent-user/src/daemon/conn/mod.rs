@@ -10,6 +10,7 @@
 
 pub mod bind;
 pub mod body;
+pub mod http;
 pub mod rate;
 
 use std::{
@@ -29,7 +30,7 @@ use serde::Serialize;
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
-use super::api::RespBody;
+use http::RespBody;
 
 /// What one socket admits.
 #[derive(Debug, Clone, Copy, Serialize)]

@@ -12,7 +12,7 @@ use std::{
 use serde_json::json;
 use tokio::sync::broadcast;
 
-use crate::{daemon::events::now_rfc3339, event::Event};
+use crate::{clock::now_rfc3339, event::Event};
 
 pub struct RateLimit {
     per_sec: f64,

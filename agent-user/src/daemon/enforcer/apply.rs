@@ -35,7 +35,7 @@ impl Enforcer {
         let mut report = ApplyReport::default();
         let wanted: HashSet<String> = set.iter().map(|c| c.policy.name.clone()).collect();
         for c in set {
-            let c = self.grants.augment(c)?;
+            let c = self.grants.augment(c, self.caps.files_lsm())?;
             let name = c.policy.name.clone();
             if let Some(l) = self
                 .live
@@ -225,23 +225,21 @@ impl Enforcer {
         ruleset: u32,
         policy: &IdentityPolicy,
     ) -> Result<Vec<lsm::FileKeyOf>, EnforceError> {
-        if !self.files_lsm {
+        if !self.caps.files_lsm() {
             return Ok(Vec::new());
         }
         // Without `[files]`, only Corral's protected paths are written (the
         // kernel then refuses only what they refuse).
         let mut rules = lsm::compile::rules_of(&policy.files).unwrap_or_default();
-        if let Some(p) = &self.protected {
-            rules.extend(p.rules(&policy.name, Some(policy)));
-        }
+        rules.extend(self.caps.protected.rules(&policy.name, Some(policy)));
         if rules.is_empty() {
             return Ok(Vec::new());
         }
         let mut entries =
             lsm::compile(&rules).map_err(|e| EnforceError::Files(policy.name.clone(), e))?;
-        if let Some(p) = &self.protected {
-            p.enforce(&mut entries, &policy.name, Some(policy));
-        }
+        self.caps
+            .protected
+            .enforce(&mut entries, &policy.name, Some(policy));
         lsm::write_rules(&mut self.ebpf, ruleset, &entries).map_err(merr(maps::FILE_RULES))
     }
 
@@ -253,9 +251,11 @@ impl Enforcer {
         &mut self,
         name: &str,
     ) -> Result<(u32, Vec<lsm::FileKeyOf>), EnforceError> {
-        let Some(p) = self.protected.clone().filter(|_| self.files_lsm) else {
+        if !self.caps.files_lsm() {
             return Ok((0, Vec::new()));
-        };
+        }
+        let p = self.caps.clone();
+        let p = &p.protected;
         let mut entries = lsm::compile(&p.rules(name, None))
             .map_err(|e| EnforceError::Files(name.to_string(), e))?;
         p.enforce(&mut entries, name, None);

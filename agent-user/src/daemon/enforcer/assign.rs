@@ -46,6 +46,7 @@ impl Enforcer {
             name,
             self.known(name)?.policy.as_deref(),
             &format!("pid {pid}"),
+            self.caps.files_lsm(),
         );
         Ok(cg)
     }
@@ -101,6 +102,7 @@ impl Enforcer {
             name,
             l.policy.as_deref(),
             &format!("cgroup {}", path.display()),
+            self.caps.files_lsm(),
         );
         Ok(path.to_path_buf())
     }

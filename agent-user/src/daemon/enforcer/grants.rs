@@ -90,7 +90,7 @@ impl Enforcer {
         else {
             return self.apply_one(c);
         };
-        let files_differ = self.files_lsm && old.files != c.policy.files;
+        let files_differ = self.caps.files_lsm() && old.files != c.policy.files;
         if files_differ
             || old.mode != c.policy.mode
             || old.network.socket_flags() != c.policy.network.socket_flags()

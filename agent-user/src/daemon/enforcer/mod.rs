@@ -11,6 +11,7 @@ mod apply;
 mod assign;
 mod assigned_file;
 mod gc;
+mod grant_table;
 mod grants;
 mod links;
 mod ruleset_ids;
@@ -36,6 +37,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::info;
 
 use super::{
+    capabilities::Capabilities,
     loader,
     snapshot::{IdentityView, Snapshot},
     unix::Unix,
@@ -123,7 +125,7 @@ pub enum Command {
         reply: oneshot::Sender<HashMap<u32, Counters>>,
     },
     /// The live leases of an identity changed: apply its policy with their
-    /// grants (see `lease::GrantTable`).
+    /// grants (see `grant_table::GrantTable`).
     Grants {
         identity: String,
         live: Vec<crate::policy::LiveGrant>,
@@ -163,12 +165,11 @@ pub struct Enforcer {
     /// AF_UNIX programs and rule map, or why unix rules are not enforced.
     unix: Result<Unix, String>,
     /// Lease grants added to each identity's written rules.
-    grants: super::lease::GrantTable,
-    /// BPF LSM `file_open` is attached: `[files]` rules go to `FILE_RULES`.
-    files_lsm: bool,
-    /// The lease token directory, refused to every identity but for its
-    /// own token (`lsm::tokens`).
-    protected: Option<crate::daemon::lsm::builtin::Protected>,
+    grants: grant_table::GrantTable,
+    /// Whether BPF LSM enforces `[files]` (then file rules go to
+    /// `FILE_RULES`), and Corral's protected paths, written into every
+    /// identity's file rules.
+    caps: Arc<Capabilities>,
     /// `[syscalls]`: the pinned `SYSCALL_POLICY` values and the observers.
     syscalls: super::syscalls::Syscalls,
 }
@@ -181,6 +182,7 @@ impl Enforcer {
         parent: PathBuf,
         pin_dir: PathBuf,
         snapshot: watch::Sender<Arc<Snapshot>>,
+        caps: Arc<Capabilities>,
     ) -> Result<Self, EnforceError> {
         let mut ebpf = ebpf;
         let syscalls = super::syscalls::Syscalls::new(&mut ebpf, &pin_dir);
@@ -198,8 +200,7 @@ impl Enforcer {
             snapshot,
             unix: Err("unix socket programs not loaded".into()),
             grants: Default::default(),
-            files_lsm: false,
-            protected: None,
+            caps,
         };
         let adopted: Vec<(u32, IdentityState)> =
             me.identities()?.iter().filter_map(|r| r.ok()).collect();
@@ -291,7 +292,7 @@ impl Enforcer {
                         .filter(|l| l.policy.is_some())
                         .map(|l| l.digest);
                     let known = live_digest.is_some();
-                    let r = match self.grants.set(&identity, live) {
+                    let r = match self.grants.set(&identity, live, self.caps.files_lsm()) {
                         // Scopes without network grants change nothing here.
                         Some(Ok(c)) if live_digest == Some(Some(c.policy.digest)) => Ok(()),
                         Some(Ok(c)) if known => self.apply_grants(c),
@@ -343,7 +344,7 @@ impl Enforcer {
     }
 
     /// What `corral status` lists for `[syscalls]`.
-    pub fn syscall_mechanisms(&self) -> Vec<super::status::Mechanism> {
+    pub fn syscall_mechanisms(&self) -> Vec<super::mechanism::Mechanism> {
         self.syscalls.mechanisms()
     }
 
@@ -400,18 +401,6 @@ impl Enforcer {
             }
         }
         out
-    }
-
-    /// Whether BPF LSM enforces `[files]` (set once at start-up): only then
-    /// are file rules compiled into `FILE_RULES`.
-    pub fn set_files_lsm(&mut self, on: bool) {
-        self.files_lsm = on;
-        self.grants.files_lsm = on;
-    }
-
-    /// Corral's protected paths, written into every identity's ruleset.
-    pub fn set_protected(&mut self, p: crate::daemon::lsm::builtin::Protected) {
-        self.protected = Some(p);
     }
 
     fn publish(&self) {

@@ -67,7 +67,7 @@ fn ticks_per_sec() -> u64 {
 
 /// `CLOCK_BOOTTIME` in clock ticks: the unit of a process start time.
 pub fn boot_ticks() -> u64 {
-    super::store::boot_ns() / (1_000_000_000 / ticks_per_sec())
+    crate::clock::boot_ns() / (1_000_000_000 / ticks_per_sec())
 }
 
 fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {

@@ -16,9 +16,12 @@ use tracing::{info, warn};
 use super::{
     IssueReq, LeaseError, Leases, Requester, Trip,
     anomaly::{is_frozen, set_frozen, wait_frozen},
-    store::{LeaseState, boot_ns, now_ms},
+    store::LeaseState,
 };
-use crate::policy::AnomalyAction;
+use crate::{
+    clock::{boot_ns, now_ms},
+    policy::AnomalyAction,
+};
 
 const TICK: Duration = Duration::from_millis(200);
 const SAVE_COUNTS_EVERY: Duration = Duration::from_secs(2);

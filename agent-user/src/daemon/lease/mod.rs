@@ -4,7 +4,6 @@
 //! - `store`: lease records and their atomic persistence;
 //! - `token`: the host Ed25519 key and the JWT each lease is presented as;
 //! - `attest`: who is calling on the agent socket (pidfd-pinned peer);
-//! - `grants`: the enforcer's table of live grants per identity;
 //! - `anomaly`: lease correlation of denials, bursts of denials;
 //! - `ops`: issue, renew, revoke, approve, wait (one [`Leases`] service);
 //! - `manager`: expiry, approval timeouts, rotation, anomaly response.
@@ -13,7 +12,6 @@
 
 mod anomaly;
 pub mod attest;
-mod grants;
 mod manager;
 mod ops;
 mod store;
@@ -29,12 +27,12 @@ use std::{
     },
 };
 
+use crate::clock::{boot_ns, now_ms, rfc3339};
 pub use anomaly::{Correlator, Trip, Watch};
-pub use grants::GrantTable;
 pub use ops::{Actor, IssueReq, SECRET_HEADER};
 use serde_json::{Value, json};
-use store::{Lease, LeaseState, STORE_VERSION, StoreFile, now_ms, rfc3339};
-pub use store::{Requester, boot_ns};
+pub use store::Requester;
+use store::{Lease, LeaseState, STORE_VERSION, StoreFile};
 use token::{Claims, HostKey};
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
@@ -42,7 +40,7 @@ use tracing::{info, warn};
 use super::{enforcer::Command, snapshot::Snapshot};
 use crate::event::Event;
 
-pub const KEY_FILE: &str = "lease-signing-key.pem";
+pub use crate::daemon::state_files::KEY_FILE;
 pub const STORE_FILE: &str = "leases.json";
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +66,8 @@ pub struct Options {
     /// instead of refusing to start on a missing or corrupt one.
     pub reset: bool,
     pub cg_root: PathBuf,
+    /// BPF LSM judges file access (only then can a file grant end on time).
+    pub files_lsm: bool,
 }
 
 pub struct Leases {
@@ -76,6 +76,7 @@ pub struct Leases {
     store_path: PathBuf,
     tokens_dir: PathBuf,
     cg_root: PathBuf,
+    files_lsm: bool,
     state: Mutex<StoreFile>,
     /// Numbers every change of `state` (bumped under its lock), and the
     /// highest change known to be on disk: see `persist`.
@@ -154,8 +155,9 @@ impl Leases {
                 .map(|h| h.to_string_lossy().into_owned())
                 .unwrap_or_else(|_| "localhost".into()),
             store_path,
-            tokens_dir: opts.state_dir.join("tokens"),
+            tokens_dir: opts.state_dir.join(crate::daemon::state_files::TOKENS_DIR),
             cg_root: opts.cg_root.clone(),
+            files_lsm: opts.files_lsm,
             state: Mutex::new(store),
             seq: AtomicU64::new(0),
             durable: AtomicU64::new(0),
@@ -181,7 +183,7 @@ impl Leases {
         if st.boot_id != boot {
             for l in st.leases.iter_mut() {
                 if let Some(exp) = l.expires_ms {
-                    l.expires_boot_ns = store::wall_ms_to_boot_ns(exp);
+                    l.expires_boot_ns = crate::clock::wall_ms_to_boot_ns(exp);
                 }
             }
             st.boot_id = boot;
@@ -313,7 +315,7 @@ impl Leases {
         let Some(lp) = policy.leases.clone() else {
             return (json!([]), Vec::new());
         };
-        let lsm = crate::daemon::fileobs::files_layer_lsm();
+        let lsm = self.files_lsm;
         let mut warnings = Vec::new();
         let mut out = Vec::new();
         for scope in &l.scopes {
@@ -429,7 +431,7 @@ impl Leases {
     }
 
     fn emit(&self, kind: &str, identity: &str, detail: Value) {
-        let mut ev = Event::notice(kind, super::events::now_rfc3339());
+        let mut ev = Event::notice(kind, crate::clock::now_rfc3339());
         ev.identity = Some(identity.to_string());
         if kind == "anomaly" {
             ev.anomaly = Some(detail);

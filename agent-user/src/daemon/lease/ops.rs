@@ -7,9 +7,12 @@ use serde_json::{Value, json};
 
 use super::{
     LeaseError, Leases, Requester,
-    store::{Lease, LeaseState, now_ms, wall_ms_to_boot_ns},
+    store::{Lease, LeaseState},
 };
-use crate::policy::LeasePolicy;
+use crate::{
+    clock::{now_ms, wall_ms_to_boot_ns},
+    policy::LeasePolicy,
+};
 
 pub struct IssueReq {
     pub identity: String,

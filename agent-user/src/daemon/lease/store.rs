@@ -10,7 +10,6 @@ use std::{
     collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
@@ -197,40 +196,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         .map_err(|(path, source)| StoreError::Io { path, source })
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 pub fn boot_id() -> String {
     fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
-}
-
-/// `CLOCK_BOOTTIME` now, in nanoseconds (the kernel programs' clock).
-pub fn boot_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
-}
-
-/// Maps a wall-clock time (unix ms) to `CLOCK_BOOTTIME` ns, through the
-/// current offset between the two clocks.
-pub fn wall_ms_to_boot_ns(ms: u64) -> u64 {
-    let boot = boot_ns() as i128;
-    let wall = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0);
-    (ms as i128 * 1_000_000 - wall + boot).max(1) as u64
-}
-
-/// RFC 3339 of a unix ms time.
-pub fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
 }
 
 #[cfg(test)]
@@ -254,13 +223,5 @@ mod tests {
         ));
         fs::remove_file(&p).unwrap();
         assert!(matches!(StoreFile::load(&p), Err(StoreError::Io { .. })));
-    }
-
-    #[test]
-    fn boot_mapping_is_close() {
-        let now = now_ms();
-        let b = wall_ms_to_boot_ns(now + 1000);
-        let d = b as i128 - boot_ns() as i128;
-        assert!((900_000_000..1_100_000_000).contains(&d), "{d}");
     }
 }

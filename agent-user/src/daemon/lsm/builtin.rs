@@ -95,10 +95,10 @@ impl Protected {
                 why: describe(rule_id).unwrap_or_default(),
             });
         };
-        let key = state_dir.join(crate::daemon::lease::KEY_FILE);
+        let key = state_dir.join(crate::daemon::state_files::KEY_FILE);
         add(dir_of(state_dir), ACCESS_ALL, STATE_DIR_RULE);
         add(
-            dir_of(&state_dir.join("tokens")),
+            dir_of(&state_dir.join(crate::daemon::state_files::TOKENS_DIR)),
             ACCESS_ALL,
             TOKEN_DIR_RULE,
         );
@@ -115,7 +115,7 @@ impl Protected {
         );
         Protected {
             list,
-            tokens_dir: state_dir.join("tokens"),
+            tokens_dir: state_dir.join(crate::daemon::state_files::TOKENS_DIR),
         }
     }
 
@@ -231,19 +231,6 @@ impl Protected {
             }
         }
     }
-}
-
-static CURRENT: std::sync::OnceLock<Protected> = std::sync::OnceLock::new();
-
-/// Records the daemon's protected paths (once, at start-up), for `corral
-/// policy show`.
-pub fn set_current(p: Protected) {
-    let _ = CURRENT.set(p);
-}
-
-/// The daemon's protected paths (empty before start-up).
-pub fn current() -> &'static [ProtectedPath] {
-    CURRENT.get().map_or(&[], |p| p.list())
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 pub mod builtin;
 pub mod compile;
 
+use crate::daemon::mechanism::{Mechanism, MechanismState};
 use std::{
     collections::HashSet,
     fs,
@@ -279,7 +280,7 @@ fn load_one(
     tracing::debug!(program = name, took = ?t.elapsed(), "LSM program verified and loaded");
     let id = prog.attach().map_err(|e| describe(&e))?;
     let link: FdLink = prog.take_link(id).map_err(|e| e.to_string())?.into();
-    super::loader::pin_replacing(link, dir, name).map_err(|e| e.to_string())
+    super::pins::pin_replacing(link, dir, name).map_err(|e| e.to_string())
 }
 
 /// A load error in one line, with the part of the verifier log that says
@@ -409,34 +410,13 @@ pub fn log_report(r: &LsmReport) {
 
 // --- reporting -------------------------------------------------------------------
 
-static REPORT: OnceLock<LsmReport> = OnceLock::new();
-
-/// Records what `load_and_attach` got (once, at start-up), for status.
-pub fn set_report(r: LsmReport) {
-    let _ = REPORT.set(r);
-}
-
-/// Whether `[files]` rules (and with them Corral's protected paths) are
-/// enforced in the kernel, as recorded at start-up.
-pub fn files_enforced() -> bool {
-    REPORT.get().is_some_and(LsmReport::files_enforced)
-}
-
 /// `corral status` / daemon log entries for the BPF LSM half.
-pub fn mechanisms() -> Vec<super::status::Mechanism> {
-    let r = REPORT
-        .get()
-        .cloned()
-        .unwrap_or_else(|| LsmReport::unavailable("not loaded yet".into()));
+pub fn mechanisms(r: &LsmReport) -> Vec<Mechanism> {
     let lsms = fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
     vec![
-        super::status::Mechanism {
+        Mechanism {
             name: "bpf lsm: files",
-            state: if r.files.is_ok() {
-                "enforcing"
-            } else {
-                "unavailable"
-            },
+            state: MechanismState::of(r.files.is_ok()),
             detail: match &r.files {
                 Ok(()) => format!(
                     "file_open and the path hooks attached: [files] rules judged in the \
@@ -447,13 +427,9 @@ pub fn mechanisms() -> Vec<super::status::Mechanism> {
                 Err(why) => format!("NOT ENFORCED: {why}"),
             },
         },
-        super::status::Mechanism {
+        Mechanism {
             name: "bpf lsm: self-protection",
-            state: if r.protect.is_ok() {
-                "enforcing"
-            } else {
-                "unavailable"
-            },
+            state: MechanismState::of(r.protect.is_ok()),
             detail: match &r.protect {
                 Ok(()) => {
                     "tagged processes: no bpf(), no signals (kill family, SIGIO \

@@ -230,7 +230,7 @@ impl Shared {
     fn missed(&self, n: u64) {
         self.stats.lost.fetch_add(n, Ordering::Relaxed);
         warn!(lost = n, "OTLP exporter fell behind the event stream");
-        let now = super::events::now_rfc3339();
+        let now = crate::clock::now_rfc3339();
         self.enqueue(Arc::new(Event::lost(
             now,
             n,

@@ -65,7 +65,7 @@ fn shared(batch: usize, flush: Duration, queue: usize) -> Arc<Shared> {
 }
 
 fn event() -> Arc<Event> {
-    Arc::new(Event::lost(super::super::events::now_rfc3339(), 1, "test"))
+    Arc::new(Event::lost(crate::clock::now_rfc3339(), 1, "test"))
 }
 
 #[tokio::test]

@@ -239,7 +239,7 @@ impl Unix {
                     path: links_dir.join(name),
                     message: format!("BPF_LINK_CREATE: {e}"),
                 })?;
-            super::loader::replace_pin(links_dir, name, |staging| {
+            super::pins::replace_pin(links_dir, name, |staging| {
                 sys::obj_pin(&link, staging).map_err(|e| format!("pinning: {e}"))
             })?;
         }

@@ -6,12 +6,10 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use crate::{
-    daemon::enforcer::{Compiled, EnforceError},
-    policy::{IdentityPolicy, LiveGrant, NetTables, with_grants},
-};
+use super::{Compiled, EnforceError};
+use crate::policy::{IdentityPolicy, LiveGrant, NetTables, with_grants};
 
-use super::store::boot_ns;
+use crate::clock::boot_ns;
 
 #[derive(Default)]
 pub struct GrantTable {
@@ -22,16 +20,16 @@ pub struct GrantTable {
     /// ruleset and policy digest they were written for: the "before" of
     /// the next in-place change (without it, compiled again).
     written: HashMap<String, (u32, u64, Arc<NetTables>)>,
-    /// BPF LSM judges opens. Without it file grants are withheld here too,
-    /// not only by Landlock: what the daemon serves as the policy in force
-    /// must never carry a file rule that cannot end with its lease.
-    pub files_lsm: bool,
 }
 
 impl GrantTable {
     /// Records `c` as the identity's written policy and returns what the
     /// kernel should hold: `c` itself, or `c` with the live grants added.
-    pub fn augment(&mut self, c: Compiled) -> Result<Compiled, EnforceError> {
+    ///
+    /// `files_lsm`: BPF LSM judges opens. Without it file grants are withheld
+    /// here too, not only by Landlock: what the daemon serves as the policy
+    /// in force must never carry a file rule that cannot end with its lease.
+    pub fn augment(&mut self, c: Compiled, files_lsm: bool) -> Result<Compiled, EnforceError> {
         let name = c.policy.name.clone();
         self.base.insert(name.clone(), c.policy.clone());
         let Some(live) = self.live.get(&name).filter(|l| !l.is_empty()) else {
@@ -39,7 +37,7 @@ impl GrantTable {
         };
         let (mut policy, tables) = with_grants(&c.policy, live, boot_ns())
             .map_err(|e| EnforceError::Grants(name.clone(), e.to_string()))?;
-        if !self.files_lsm {
+        if !files_lsm {
             let files = &mut policy.files;
             files.rules.retain(|r| !files.expires.contains_key(&r.id));
             files.expires.clear();
@@ -56,6 +54,7 @@ impl GrantTable {
         &mut self,
         identity: &str,
         live: Vec<LiveGrant>,
+        files_lsm: bool,
     ) -> Option<Result<Compiled, EnforceError>> {
         let any = !live.is_empty();
         self.live.insert(identity.to_string(), live);
@@ -69,10 +68,13 @@ impl GrantTable {
                 Err(e) => return Some(Err(EnforceError::Grants(identity.into(), e.to_string()))),
             }
         };
-        Some(self.augment(Compiled {
-            tables,
-            policy: base,
-        }))
+        Some(self.augment(
+            Compiled {
+                tables,
+                policy: base,
+            },
+            files_lsm,
+        ))
     }
 
     /// The tables written for `identity` under `ruleset` with `digest`, if

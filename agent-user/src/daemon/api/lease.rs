@@ -17,11 +17,7 @@
 //! (control) · `GET /v1/leases/pubkey` (also `/v1/lease/pubkey`) ·
 //! `GET /v1/leases/jwks` · `GET /v1/whoami` (agent).
 
-use std::{
-    os::fd::AsRawFd as _,
-    sync::{Arc, OnceLock},
-    time::Duration,
-};
+use std::{os::fd::AsRawFd as _, sync::Arc, time::Duration};
 
 use hyper::{Method, Request, Response, StatusCode, body::Incoming};
 use serde::Deserialize;
@@ -29,9 +25,12 @@ use serde_json::json;
 use tokio::net::UnixListener;
 use tracing::{debug, info};
 
-use super::{
-    api::{RespBody, error as err, json_resp as resp},
-    conn::{Gate, rate::RateLimit},
+use super::super::{
+    conn::{
+        Gate,
+        http::{RespBody, error as err, json_resp as resp},
+        rate::RateLimit,
+    },
     lease::{
         Actor, IssueReq, LeaseError, Leases, Requester, SECRET_HEADER,
         attest::{self, Peer},
@@ -40,17 +39,6 @@ use super::{
 
 /// The control API has no field for the lease service (its `Ctx` belongs to
 /// `api.rs`); the daemon installs it here once at start-up.
-static SERVICE: OnceLock<Arc<Leases>> = OnceLock::new();
-
-pub fn install(leases: Arc<Leases>) {
-    let _ = SERVICE.set(leases);
-}
-
-/// The lease service, for read-only views of the control API (`status`).
-pub fn service() -> Option<&'static Arc<Leases>> {
-    SERVICE.get()
-}
-
 const MAX_WAIT: Duration = Duration::from_secs(600);
 
 fn lease_err(e: LeaseError, leases: &Leases) -> Response<RespBody> {
@@ -117,11 +105,11 @@ struct RevokeBody {
 }
 
 async fn body<T: for<'de> Deserialize<'de> + Default>(req: Request<Incoming>) -> Result<T, String> {
-    super::conn::body::json(req).await
+    crate::daemon::conn::body::json(req).await
 }
 
 /// Who is asking: the operator, or an attested process of `identity`.
-pub(super) enum Caller {
+pub enum Caller {
     Operator,
     Agent {
         identity: String,
@@ -148,17 +136,11 @@ impl Caller {
 }
 
 /// Control-socket entry point (from `api.rs`).
-pub async fn route(req: Request<Incoming>, parts: &[&str]) -> Response<RespBody> {
-    let Some(leases) = SERVICE.get().cloned() else {
-        return err(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the lease service is not running",
-        );
-    };
-    handle(req, parts, &leases, Caller::Operator).await
+pub async fn route(req: Request<Incoming>, parts: &[&str], leases: &Leases) -> Response<RespBody> {
+    handle(req, parts, leases, Caller::Operator).await
 }
 
-pub(super) async fn handle(
+pub async fn handle(
     req: Request<Incoming>,
     parts: &[&str],
     l: &Leases,
@@ -348,7 +330,7 @@ pub async fn serve_agent(
     rate: Arc<RateLimit>,
 ) {
     info!("agent lease socket ready");
-    super::conn::serve(
+    crate::daemon::conn::serve(
         listener,
         gate,
         |stream| {

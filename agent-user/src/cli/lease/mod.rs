@@ -13,7 +13,9 @@ use clap::Subcommand;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::client::{self, Client, UsageError, print_json};
+mod history;
+
+use crate::cli::client::{self, Client, UsageError, print_json};
 use crate::daemon::lease::token::PublicKey;
 
 #[derive(Subcommand, Debug)]
@@ -281,7 +283,7 @@ pub fn run(client: &Client, cmd: LeaseCmd) -> anyhow::Result<u8> {
             id,
             json,
             audit_dir,
-        } => super::lease_history::show(client, &id, json, audit_dir),
+        } => history::show(client, &id, json, audit_dir),
         LeaseCmd::Verify(a) => verify(client, &a),
         LeaseCmd::Approve { id } => decide(client, &id, "approve"),
         LeaseCmd::Deny { id } => decide(client, &id, "deny"),
@@ -309,7 +311,7 @@ pub(super) fn print_live(v: &Value) {
     println!(
         "requested {} by {}",
         v["requested"].as_str().unwrap_or("?"),
-        super::lease_history::caller(&v["requested_by"])
+        history::caller(&v["requested_by"])
     );
     for g in v["grants"].as_array().into_iter().flatten() {
         println!(

@@ -6,7 +6,13 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::{api::Ctx, enforcer::Command, snapshot::IdentityView};
+use super::Ctx;
+use crate::daemon::{
+    capabilities::Capabilities,
+    enforcer::Command,
+    mechanism::{Mechanism, MechanismState},
+    snapshot::IdentityView,
+};
 use crate::{cgroup, event, policy::Action};
 
 #[derive(Debug, Clone, Serialize)]
@@ -26,17 +32,9 @@ pub struct DaemonInfo {
     pub mechanisms: Vec<Mechanism>,
 }
 
-/// One enforcement mechanism and whether it is in force. Status and doctor
-/// print these loudly: Corral never pretends to enforce.
-#[derive(Debug, Clone, Serialize)]
-pub struct Mechanism {
-    pub name: &'static str,
-    /// `enforcing`, `fallback` (weaker, said why), `unavailable` or `not-implemented`.
-    pub state: &'static str,
-    pub detail: String,
-}
-
-pub async fn counters(ctx: &Ctx) -> std::collections::HashMap<u32, super::enforcer::Counters> {
+pub async fn counters(
+    ctx: &Ctx,
+) -> std::collections::HashMap<u32, crate::daemon::enforcer::Counters> {
     let (reply, rx) = oneshot::channel();
     if ctx
         .enforcer
@@ -76,10 +74,10 @@ pub async fn identities_json(ctx: &Ctx) -> Vec<Value> {
                 "rules": { "network": net, "unix": unix,
                     "files": v.policy.as_ref().map_or(0, |p| p.files.rules.len()) },
                 "files": v.policy.as_ref().map(|p| {
-                    let (layer, note) = super::fileobs::files_layer(&p.files, p.mode);
+                    let (layer, note) = crate::daemon::fileobs::files_layer(&p.files, p.mode, ctx.caps.files_lsm());
                     json!({ "enforced_by": layer, "note": note })
                 }),
-                "syscalls": v.policy.as_ref().map(|p| super::syscalls::summary(p)),
+                "syscalls": v.policy.as_ref().map(|p| crate::daemon::syscalls::summary(p)),
                 "kernel_entries": { "v4": v.v4_entries, "v6": v.v6_entries, "unix": v.unix_entries, "files": v.file_entries, "ruleset": v.ruleset },
                 "counters": c,
             })
@@ -100,12 +98,12 @@ pub async fn status_json(ctx: &Ctx) -> Value {
         },
         "reload": ctx.reloader.status(),
         // `null` before the lease service is up (start-up only).
-        "leases": super::api_lease::service().map(|l| l.summary()),
+        "leases": ctx.leases.summary(),
         "sockets": ctx.sockets.view(),
         "audit": ctx.audit.view(),
         // `null` unless exporting.
         "otlp": ctx.otlp.as_ref().map(|o| o.view()),
-        "host_cost": super::hostcost::view(),
+        "host_cost": crate::daemon::hostcost::view(),
     })
 }
 
@@ -155,7 +153,7 @@ impl Sections {
 /// The compiled policy in force, as `corral policy show` and `corral run`
 /// read it; only the asked-for sections are built, since the network rule
 /// list is what makes a large policy slow to serve.
-pub fn policy_json(v: &IdentityView, sections: Sections) -> Value {
+pub fn policy_json(v: &IdentityView, sections: Sections, caps: &Capabilities) -> Value {
     let Some(p) = &v.policy else {
         return json!({ "name": v.name, "orphaned": true, "rules": [],
             "note": "policy file removed while processes remain: everything is denied" });
@@ -180,14 +178,14 @@ pub fn policy_json(v: &IdentityView, sections: Sections) -> Value {
         out["unix_enforced"] = v.unix_enforced.into();
     }
     if sections.has("files") {
-        out["files"] = super::fileobs::files_json(p);
+        out["files"] = crate::daemon::fileobs::files_json(p, caps.files_lsm());
         // Corral's own ground, refused to every identity where BPF LSM
         // runs (`bpf lsm: files`), whatever its rules say.
-        out["protected_paths"] = json!(super::lsm::builtin::current());
-        out["protected_paths_enforced"] = super::lsm::files_enforced().into();
+        out["protected_paths"] = json!(caps.protected.list());
+        out["protected_paths_enforced"] = caps.files_lsm().into();
     }
     if sections.has("syscalls") {
-        out["syscalls"] = super::syscalls::policy_json(p);
+        out["syscalls"] = crate::daemon::syscalls::policy_json(p);
     }
     if sections.has("kernel_entries") {
         out["kernel_entries"] = json!({ "v4": v.v4_entries, "v6": v.v6_entries,
@@ -212,15 +210,15 @@ fn rule_json(r: &crate::policy::NetRule) -> Value {
 
 /// What this kernel and build can enforce, probed at start-up.
 /// `unix_unavailable`: why the unix programs are not attached, if they are not.
-pub fn mechanisms(sock_addr_attached: bool, unix_unavailable: Option<&str>) -> Vec<Mechanism> {
+pub fn mechanisms(
+    sock_addr_attached: bool,
+    unix_unavailable: Option<&str>,
+    caps: &Capabilities,
+) -> Vec<Mechanism> {
     let mut v = vec![
         Mechanism {
             name: "network (cgroup sock_create + sock_addr: socket/connect/sendmsg/bind, IPv4+IPv6)",
-            state: if sock_addr_attached {
-                "enforcing"
-            } else {
-                "unavailable"
-            },
+            state: MechanismState::of(sock_addr_attached),
             detail: if sock_addr_attached {
                 "attached at the corral cgroup parent; inet sockets of a kind no rule judges \
                  (SCTP, UDP-Lite, L2TP/IP, raw, ping, ...) are refused at socket() unless \
@@ -233,7 +231,7 @@ pub fn mechanisms(sock_addr_attached: bool, unix_unavailable: Option<&str>) -> V
         },
         Mechanism {
             name: "terminal (corral run)",
-            state: "enforcing",
+            state: MechanismState::Enforcing,
             detail: "agents run in a session of their own, on a pty the launcher relays when \
                      started from a terminal; a seccomp filter refuses TIOCSTI/TIOCLINUX \
                      (terminal input injection) on every ABI, for root too"
@@ -241,11 +239,7 @@ pub fn mechanisms(sock_addr_attached: bool, unix_unavailable: Option<&str>) -> V
         },
         Mechanism {
             name: "unix socket paths",
-            state: if unix_unavailable.is_none() {
-                "enforcing"
-            } else {
-                "unavailable"
-            },
+            state: MechanismState::of(unix_unavailable.is_none()),
             detail: match unix_unavailable {
                 None => "cgroup connect_unix/sendmsg_unix attached at the corral cgroup parent \
                          (pathnames exact; abstract names as @name)"
@@ -253,14 +247,13 @@ pub fn mechanisms(sock_addr_attached: bool, unix_unavailable: Option<&str>) -> V
                 Some(why) => format!("NOT ENFORCED: {why}"),
             },
         },
-        // `[files]` rules: "lsm" once the BPF-LSM file programs attached
-        // (their loader calls `fileobs::set_files_lsm(true)` first), else
-        // "landlock (fallback, applied by corral run at launch)".
-        super::fileobs::mechanism(),
+        // `[files]` rules: "lsm" when the BPF-LSM file programs attached,
+        // else "landlock (fallback, applied by corral run at launch)".
+        crate::daemon::fileobs::mechanism(caps),
     ];
     // BPF LSM: what the programs could do here (loaded, or why not), not
     // merely whether `bpf` is in the LSM list.
-    v.extend(super::lsm::mechanisms());
+    v.extend(crate::daemon::lsm::mechanisms(&caps.lsm));
     v
 }
 
@@ -296,13 +289,17 @@ mod tests {
     #[test]
     fn sections_leave_out_what_was_not_asked_for() {
         let v = view();
-        let all = policy_json(&v, Sections::ALL);
+        let all = policy_json(&v, Sections::ALL, &Capabilities::none("test"));
         for s in ["network", "unix", "files", "syscalls", "kernel_entries"] {
             assert!(all.get(s).is_some(), "{s} missing from the full view");
         }
         assert_eq!(all["network"][0]["ports"], "443-443");
 
-        let launch = policy_json(&v, Sections::parse("files,syscalls").unwrap());
+        let launch = policy_json(
+            &v,
+            Sections::parse("files,syscalls").unwrap(),
+            &Capabilities::none("test"),
+        );
         for s in ["network", "unix", "unix_enforced", "kernel_entries"] {
             assert!(launch.get(s).is_none(), "{s} sent unasked: {launch}");
         }
@@ -315,7 +312,11 @@ mod tests {
             (Some("t"), Some("enforce"))
         );
 
-        let header = policy_json(&v, Sections::parse("").unwrap());
+        let header = policy_json(
+            &v,
+            Sections::parse("").unwrap(),
+            &Capabilities::none("test"),
+        );
         let keys: Vec<&String> = header.as_object().unwrap().keys().collect();
         assert_eq!(keys.len(), 5, "{header}");
     }

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::client::{self, Client, Unreachable};
 use crate::audit::query::lease_history;
+use crate::cli::client::{self, Client, Unreachable};
 
 /// `by` as the log has it: a string (`operator`, `agent NAME`, `corral`)
 /// or the requester of an issue (`{"kind": "agent", "pid": …}`).
@@ -76,7 +76,7 @@ fn audit_dir(client: &Client, given: Option<PathBuf>) -> PathBuf {
             let (_, v) = client::block_on(client.call(Method::GET, "/v1/status", None)).ok()?;
             v["audit"]["dir"].as_str().map(PathBuf::from)
         })
-        .unwrap_or_else(|| PathBuf::from(super::audit::DEFAULT_DIR))
+        .unwrap_or_else(|| PathBuf::from(crate::cli::audit::DEFAULT_DIR))
 }
 
 fn detail(e: &Value) -> String {
@@ -98,7 +98,7 @@ pub fn show(client: &Client, id: &str, json: bool, dir: Option<PathBuf>) -> anyh
         // No daemon: the log alone answers, where there is one to read.
         Err(e)
             if e.downcast_ref::<Unreachable>().is_some()
-                && (dir.is_some() || Path::new(super::audit::DEFAULT_DIR).is_dir()) =>
+                && (dir.is_some() || Path::new(crate::cli::audit::DEFAULT_DIR).is_dir()) =>
         {
             None
         }
@@ -122,7 +122,7 @@ pub fn show(client: &Client, id: &str, json: bool, dir: Option<PathBuf>) -> anyh
             (v, h)
         }
         (None, Ok(_)) => {
-            return Err(super::cmds::UsageError(format!(
+            return Err(crate::cli::cmds::UsageError(format!(
                 "unknown lease {id}: no running daemon holds it and the audit log {} has no \
                  record of it",
                 dir.display()
@@ -147,7 +147,7 @@ pub fn show(client: &Client, id: &str, json: bool, dir: Option<PathBuf>) -> anyh
             dir.display()
         );
     } else {
-        super::lease::print_live(&v);
+        super::print_live(&v);
     }
     print_history(&v["history"]);
     Ok(0)
