@@ -8,7 +8,8 @@
 //! - `ops`: issue, renew, revoke, approve, wait (one [`Leases`] service);
 //! - `manager`: expiry, approval timeouts, rotation, anomaly response.
 //!
-//! Routes are in `daemon/api_lease.rs`; the CLI in `cli/lease.rs`.
+//! Routes are in `daemon/api/lease.rs`; the CLI in `cli/lease/`. The
+//! enforcer keeps its own table of live grants (`enforcer/grant_table.rs`).
 
 mod anomaly;
 pub mod attest;
