@@ -171,6 +171,7 @@ impl Harness {
                 state_dir.join("policies"),
                 cmd_tx.clone(),
                 dns::Config::new(Duration::from_secs(30)),
+                Arc::new(crate::policy::compiled::NoGuard),
             ));
             let caps = Arc::new(super::capabilities::Capabilities::none(
                 "no kernel (harness)",

@@ -15,12 +15,11 @@ use serde::Serialize;
 
 use super::{
     dns::{HostCache, system_lookup},
-    reload::compile_set,
     snapshot::{IdentityView, Snapshot},
 };
 use crate::{
     cgroup,
-    policy::{self, Action, Direction, IdentityPolicy, NetRule, PolicyErrors, mode_name},
+    policy::{self, Action, Direction, IdentityPolicy, NetRule, PolicyErrors, compiled, mode_name},
 };
 
 // --- diff ---------------------------------------------------------------------
@@ -71,7 +70,10 @@ pub fn compile_for_diff(
     dir: &Path,
     hosts: &HostCache,
 ) -> Result<Vec<super::enforcer::Compiled>, PolicyErrors> {
-    compile_set(policy::load_dir_with(dir, &|h| hosts.peek(h))?)
+    compiled::compile_set(
+        policy::load_dir_with(dir, &|h| hosts.peek(h))?,
+        &compiled::NoGuard,
+    )
 }
 
 /// An identity in force, as `diff` compares it.
@@ -519,11 +521,10 @@ mod tests {
             .replace("name = \"t\"", "name = \"t\"\nmode = \"audit\"")
             .replace("tcp://10.0.0.0/8:443", "tcp://10.0.0.0/8:8443");
         let new = view_of(&new_text).policy.unwrap();
-        let tables = policy::compile_network(&new).unwrap();
-        let set = vec![super::super::enforcer::Compiled {
-            policy: new,
-            tables,
-        }];
+        let set = vec![
+            crate::policy::compiled::compile_identity(new, None, &crate::policy::compiled::NoGuard)
+                .unwrap(),
+        ];
         let d = diff(Path::new("p"), &set, &now);
         assert_eq!(d.changed.len(), 1, "{d:#?}");
         let c = &d.changed[0];

@@ -20,7 +20,10 @@ use super::{
 };
 use crate::{
     event::Event,
-    policy::{self, PolicyErrors, PolicySet, PolicySource},
+    policy::{
+        self, PolicyErrors, PolicySource,
+        compiled::{self, FileGuard},
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -79,36 +82,24 @@ pub struct Reloader {
     serial: tokio::sync::Mutex<()>,
     /// Where each reload is reported (`policy` events; the audit log).
     events: Option<broadcast::Sender<Arc<Event>>>,
+    /// What the daemon adds to every identity's file rules (its protected
+    /// paths), compiled in with them.
+    guard: Arc<dyn FileGuard + Send + Sync>,
 }
 
 /// Parses and compiles every file of a directory with the system resolver
 /// (blocking): `corral policy check` and the daemon's start-up check.
 pub fn compile_dir(dir: &Path) -> Result<Vec<Compiled>, PolicyErrors> {
-    compile_set(policy::load_dir(dir)?)
-}
-
-/// Compiles every identity of a loaded set, collecting every error.
-pub fn compile_set(set: PolicySet) -> Result<Vec<Compiled>, PolicyErrors> {
-    let mut out = Vec::new();
-    let mut errors = Vec::new();
-    for (_, p) in set.identities {
-        match policy::compile_network(&p) {
-            Ok(tables) => out.push(Compiled {
-                policy: Arc::new(p),
-                tables,
-            }),
-            Err(e) => errors.extend(e.0),
-        }
-    }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(PolicyErrors(errors))
-    }
+    compiled::compile_set(policy::load_dir(dir)?, &compiled::NoGuard)
 }
 
 impl Reloader {
-    pub fn new(policy_dir: PathBuf, enforcer: mpsc::Sender<Command>, dns: dns::Config) -> Reloader {
+    pub fn new(
+        policy_dir: PathBuf,
+        enforcer: mpsc::Sender<Command>,
+        dns: dns::Config,
+        guard: Arc<dyn FileGuard + Send + Sync>,
+    ) -> Reloader {
         Reloader {
             policy_dir,
             hosts: HostCache::new(dns),
@@ -117,6 +108,7 @@ impl Reloader {
             in_force: Mutex::default(),
             serial: tokio::sync::Mutex::new(()),
             events: None,
+            guard,
         }
     }
 
@@ -176,6 +168,7 @@ impl Reloader {
         };
         let from_disk = earlier.is_none();
         let hosts = self.hosts.clone();
+        let guard = self.guard.clone();
         let d = dir.clone();
         let compiled = tokio::task::spawn_blocking(move || {
             let used = Mutex::default();
@@ -187,7 +180,7 @@ impl Reloader {
                     f.sources.clone(),
                 ),
             };
-            let set = compile_set(set)?;
+            let set = compiled::compile_set(set, &*guard)?;
             Ok::<_, PolicyErrors>((set, sources, used.into_inner().expect("used lock")))
         })
         .await
@@ -333,5 +326,66 @@ pub fn trim_heap() {
     // SAFETY: glibc call without pointer arguments.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::files::compile::{FileEntry, RuleIn};
+
+    /// Adds, for identity `b` only, a file rule the kernel's path table
+    /// cannot hold: what a protected path or lease grant the load never saw
+    /// could do.
+    struct TooLongFor(&'static str);
+
+    impl FileGuard for TooLongFor {
+        fn rules(&self, identity: &str, _: Option<&policy::IdentityPolicy>) -> Vec<RuleIn> {
+            if identity != self.0 {
+                return Vec::new();
+            }
+            vec![RuleIn {
+                path: format!("/{}/", "x".repeat(agent_common::file::FILE_KEY_PATH_LEN)),
+                access: agent_common::file::ACCESS_ALL,
+                deny: true,
+                id: 1,
+                expires_ns: 0,
+            }]
+        }
+        fn enforce(&self, _: &mut [FileEntry], _: &str, _: Option<&policy::IdentityPolicy>) {}
+    }
+
+    #[tokio::test]
+    async fn a_file_rule_compile_error_reaches_no_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a", "b"] {
+            std::fs::write(
+                dir.path().join(format!("{name}.toml")),
+                format!("[identity]\nname = \"{name}\"\n[files]\nread = [\"/srv/{name}/\"]\n"),
+            )
+            .unwrap();
+        }
+        let (tx, mut rx) = mpsc::channel(4);
+        let r = Reloader::new(
+            dir.path().to_path_buf(),
+            tx,
+            dns::Config::new(std::time::Duration::from_secs(30)),
+            Arc::new(TooLongFor("b")),
+        );
+        let err = r.reload(None, "test").await.expect_err("refused");
+        let ReloadError::Policy(errs) = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(errs.0.len(), 1, "{err}");
+        assert!(errs.0[0].file.ends_with("b.toml"), "{err}");
+        // Not one identity was sent to the enforcer: `a`, valid on its
+        // own, keeps what it had too.
+        assert!(rx.try_recv().is_err(), "an apply reached the enforcer");
+        let st = r.status();
+        assert_eq!(st.generation, 0);
+        assert!(
+            !st.last_ok && st.last_errors[0].contains("b.toml"),
+            "{st:?}"
+        );
     }
 }

@@ -232,6 +232,7 @@ impl Kernel {
                 args.policy_dir.clone(),
                 cmd_tx.clone(),
                 dns::Config::new(args.dns_refresh),
+                Arc::new(self.caps.protected.clone()),
             )
             .with_events(hub.tx.clone()),
         );

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use agent_common::identity::Mode;
 use toml::Spanned;
 
-use super::compile::{compile_network, digest};
+use super::compile::{NetTables, compile_network, digest};
 use super::error::{PolicyError, PolicyErrors, Source};
 use super::files;
 use super::raw::{RawNetwork, RawPolicy};
@@ -87,6 +87,7 @@ fn load_sources_after(
 ) -> Result<PolicySet, PolicyErrors> {
     let mut hosts = HostCache::new(resolve);
     let mut identities: BTreeMap<String, IdentityPolicy> = BTreeMap::new();
+    let mut network: BTreeMap<String, NetTables> = BTreeMap::new();
     // Where each name was first defined, to name both files of a duplicate.
     let mut defined: HashMap<String, Origin> = HashMap::new();
 
@@ -107,7 +108,8 @@ fn load_sources_after(
             }
         }
         match parsed.result {
-            Ok(p) if !duplicate => {
+            Ok((p, tables)) if !duplicate => {
+                network.insert(p.name.clone(), tables);
                 identities.insert(p.name.clone(), p);
             }
             Ok(_) => {}
@@ -118,6 +120,7 @@ fn load_sources_after(
         Ok(PolicySet {
             dir: dir.to_path_buf(),
             identities,
+            network,
         })
     } else {
         Err(PolicyErrors(errors))
@@ -184,6 +187,7 @@ pub fn parse_str(
 ) -> Result<IdentityPolicy, PolicyErrors> {
     parse(&Source::new(file, text), &mut HostCache::new(resolve))
         .result
+        .map(|(p, _)| p)
         .map_err(PolicyErrors)
 }
 
@@ -254,7 +258,8 @@ struct Parsed {
     /// The identity name and where it is written, whenever it could be read
     /// (even if the file has other errors), for duplicate detection.
     name: Option<(String, Origin)>,
-    result: Result<IdentityPolicy, Vec<PolicyError>>,
+    /// The policy with the network tables its digest was computed from.
+    result: Result<(IdentityPolicy, NetTables), Vec<PolicyError>>,
 }
 
 fn parse(src: &Source<'_>, hosts: &mut HostCache<'_>) -> Parsed {
@@ -347,7 +352,7 @@ fn parse(src: &Source<'_>, hosts: &mut HostCache<'_>) -> Parsed {
                 policy.digest = files::fold_digest(digest(&policy, &tables), &policy.files);
                 policy.digest =
                     super::syscalls::fold_digest(policy.digest, policy.syscalls.as_ref());
-                Ok(policy)
+                Ok((policy, tables))
             }
             Err(es) => Err(es.0),
         }

@@ -13,8 +13,9 @@
 mod compile;
 #[cfg(test)]
 mod compile_tests;
+pub mod compiled;
 mod error;
-mod files;
+pub mod files;
 mod leases;
 mod load;
 mod raw;
@@ -57,6 +58,10 @@ pub use load::{
 pub struct PolicySet {
     pub dir: PathBuf,
     pub identities: BTreeMap<String, IdentityPolicy>,
+    /// Each identity's network tables, as compiled for its digest: the
+    /// compile stage (`compiled`) takes them instead of compiling again.
+    #[serde(skip)]
+    pub network: BTreeMap<String, NetTables>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -19,7 +19,7 @@ use super::{
 use crate::{
     cgroup,
     daemon::lsm,
-    policy::{IdentityPolicy, NetTables},
+    policy::{NetTables, compiled},
 };
 
 impl Enforcer {
@@ -34,8 +34,15 @@ impl Enforcer {
         }
         let mut report = ApplyReport::default();
         let wanted: HashSet<String> = set.iter().map(|c| c.policy.name.clone()).collect();
+        // Every identity with its live grants first: a grant that cannot be
+        // compiled refuses the apply before anything is written.
+        let mut ready = Vec::with_capacity(set.len());
         for c in set {
-            let c = self.grants.augment(c, self.caps.files_lsm())?;
+            let base = c.policy.clone();
+            ready.push((base, self.grants.augmented(c, &self.caps)?));
+        }
+        for (base, c) in ready {
+            self.grants.record(&base);
             let name = c.policy.name.clone();
             if let Some(l) = self
                 .live
@@ -84,7 +91,7 @@ impl Enforcer {
         let cg_id = cgroup::id(&cg)?;
         let ruleset = self.new_ruleset()?;
 
-        let (keys4, keys6) = match self.write_rules(ruleset, &c.tables) {
+        let (keys4, keys6) = match self.write_rules(ruleset, &c.network) {
             Ok(k) => k,
             Err(e) => {
                 // Nothing points at the half-written ruleset; GC removes it.
@@ -102,7 +109,7 @@ impl Enforcer {
             },
             Err(_) => Vec::new(),
         };
-        let file_keys = match self.write_files(ruleset, &c.policy) {
+        let file_keys = match self.write_files(ruleset, &c.files) {
             Ok(k) => k,
             Err(e) => {
                 let _ = self.collect_garbage();
@@ -219,28 +226,18 @@ impl Enforcer {
             .ok_or(EnforceError::NoIds)
     }
 
-    /// Compiles and writes an identity's `[files]` rules under `ruleset`.
+    /// Writes an identity's compiled `FILE_RULES` entries under `ruleset`
+    /// (without `[files]`, only Corral's protected paths: the kernel then
+    /// refuses only what they refuse).
     fn write_files(
         &mut self,
         ruleset: u32,
-        policy: &IdentityPolicy,
+        entries: &[lsm::FileEntry],
     ) -> Result<Vec<lsm::FileKeyOf>, EnforceError> {
-        if !self.caps.files_lsm() {
+        if !self.caps.files_lsm() || entries.is_empty() {
             return Ok(Vec::new());
         }
-        // Without `[files]`, only Corral's protected paths are written (the
-        // kernel then refuses only what they refuse).
-        let mut rules = lsm::compile::rules_of(&policy.files).unwrap_or_default();
-        rules.extend(self.caps.protected.rules(&policy.name, Some(policy)));
-        if rules.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut entries =
-            lsm::compile(&rules).map_err(|e| EnforceError::Files(policy.name.clone(), e))?;
-        self.caps
-            .protected
-            .enforce(&mut entries, &policy.name, Some(policy));
-        lsm::write_rules(&mut self.ebpf, ruleset, &entries).map_err(merr(maps::FILE_RULES))
+        lsm::write_rules(&mut self.ebpf, ruleset, entries).map_err(merr(maps::FILE_RULES))
     }
 
     /// Corral's protected paths alone under a fresh ruleset, for an
@@ -254,11 +251,8 @@ impl Enforcer {
         if !self.caps.files_lsm() {
             return Ok((0, Vec::new()));
         }
-        let p = self.caps.clone();
-        let p = &p.protected;
-        let mut entries = lsm::compile(&p.rules(name, None))
-            .map_err(|e| EnforceError::Files(name.to_string(), e))?;
-        p.enforce(&mut entries, name, None);
+        let entries = compiled::file_entries(None, name, &self.caps.protected)
+            .map_err(|e| EnforceError::Files(name.to_string(), e.message))?;
         let ruleset = self.new_ruleset()?;
         let keys =
             lsm::write_rules(&mut self.ebpf, ruleset, &entries).map_err(merr(maps::FILE_RULES))?;

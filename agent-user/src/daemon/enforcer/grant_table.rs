@@ -7,7 +7,10 @@
 use std::{collections::HashMap, sync::Arc};
 
 use super::{Compiled, EnforceError};
-use crate::policy::{IdentityPolicy, LiveGrant, NetTables, with_grants};
+use crate::{
+    daemon::capabilities::Capabilities,
+    policy::{IdentityPolicy, LiveGrant, NetTables, compiled, with_grants},
+};
 
 use crate::clock::boot_ns;
 
@@ -23,29 +26,42 @@ pub struct GrantTable {
 }
 
 impl GrantTable {
-    /// Records `c` as the identity's written policy and returns what the
-    /// kernel should hold: `c` itself, or `c` with the live grants added.
+    /// What the kernel should hold for `c`: `c` itself, or `c` compiled
+    /// again with the identity's live grants (the same stage a reload runs,
+    /// `policy::compiled`). Records nothing: an apply augments every
+    /// identity first and [`GrantTable::record`]s only once all succeeded.
     ///
-    /// `files_lsm`: BPF LSM judges opens. Without it file grants are withheld
-    /// here too, not only by Landlock: what the daemon serves as the policy
-    /// in force must never carry a file rule that cannot end with its lease.
-    pub fn augment(&mut self, c: Compiled, files_lsm: bool) -> Result<Compiled, EnforceError> {
+    /// Without BPF LSM file grants are withheld here too, not only by
+    /// Landlock: what the daemon serves as the policy in force must never
+    /// carry a file rule that cannot end with its lease.
+    pub fn augmented(&self, c: Compiled, caps: &Capabilities) -> Result<Compiled, EnforceError> {
         let name = c.policy.name.clone();
-        self.base.insert(name.clone(), c.policy.clone());
         let Some(live) = self.live.get(&name).filter(|l| !l.is_empty()) else {
             return Ok(c);
         };
-        let (mut policy, tables) = with_grants(&c.policy, live, boot_ns())
-            .map_err(|e| EnforceError::Grants(name.clone(), e.to_string()))?;
-        if !files_lsm {
+        let grants = |e: String| EnforceError::Grants(name.clone(), e);
+        let (mut policy, network) =
+            with_grants(&c.policy, live, boot_ns()).map_err(|e| grants(e.to_string()))?;
+        let files = if caps.files_lsm() {
+            compiled::file_entries(Some(&policy), &name, &caps.protected)
+                .map_err(|e| grants(e.to_string()))?
+        } else {
             let files = &mut policy.files;
             files.rules.retain(|r| !files.expires.contains_key(&r.id));
             files.expires.clear();
-        }
+            c.files
+        };
         Ok(Compiled {
             policy: Arc::new(policy),
-            tables,
+            network,
+            files,
         })
+    }
+
+    /// Remembers `policy` as the identity's written policy (without
+    /// grants): what a grant change compiles again.
+    pub fn record(&mut self, policy: &Arc<IdentityPolicy>) {
+        self.base.insert(policy.name.clone(), policy.clone());
     }
 
     /// Sets the live leases of `identity`; returns its policy compiled with
@@ -54,27 +70,13 @@ impl GrantTable {
         &mut self,
         identity: &str,
         live: Vec<LiveGrant>,
-        files_lsm: bool,
+        caps: &Capabilities,
     ) -> Option<Result<Compiled, EnforceError>> {
-        let any = !live.is_empty();
         self.live.insert(identity.to_string(), live);
         let base = self.base.get(identity)?.clone();
-        let tables = if any {
-            // `augment` compiles with the grants; the base alone is unused.
-            NetTables::default()
-        } else {
-            match crate::policy::compile_network(&base) {
-                Ok(t) => t,
-                Err(e) => return Some(Err(EnforceError::Grants(identity.into(), e.to_string()))),
-            }
-        };
-        Some(self.augment(
-            Compiled {
-                tables,
-                policy: base,
-            },
-            files_lsm,
-        ))
+        let compiled = compiled::compile_identity(base, None, &caps.protected)
+            .map_err(|e| EnforceError::Grants(identity.into(), e.to_string()));
+        Some(compiled.and_then(|c| self.augmented(c, caps)))
     }
 
     /// The tables written for `identity` under `ruleset` with `digest`, if

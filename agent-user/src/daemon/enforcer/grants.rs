@@ -105,21 +105,21 @@ impl Enforcer {
                 Err(_) => return self.apply_one(c),
             },
         };
-        let (w4, r4) = diff(&before.v4, &c.tables.v4);
-        let (w6, r6) = diff(&before.v6, &c.tables.v6);
+        let (w4, r4) = diff(&before.v4, &c.network.v4);
+        let (w6, r6) = diff(&before.v6, &c.network.v6);
         debug!(
             identity = %name, ruleset, write = w4.len() + w6.len(),
             remove = r4.len() + r6.len(), "lease grants in place"
         );
         let written = self.write_in_place(ruleset, (&w4, &r4), (&w6, &r6));
         let keys4: Vec<Key<Net4Key>> = c
-            .tables
+            .network
             .v4
             .iter()
             .map(|e| key4(ruleset, e.class, e.prefix_len, e.addr))
             .collect();
         let keys6: Vec<Key<Net6Key>> = c
-            .tables
+            .network
             .v6
             .iter()
             .map(|e| key6(ruleset, e.class, e.prefix_len, e.addr))
@@ -154,7 +154,7 @@ impl Enforcer {
         l.digest = Some(c.policy.digest);
         l.policy = Some(c.policy.clone());
         self.grants
-            .wrote(&name, ruleset, c.policy.digest, Arc::new(c.tables));
+            .wrote(&name, ruleset, c.policy.digest, Arc::new(c.network));
         Ok(())
     }
 

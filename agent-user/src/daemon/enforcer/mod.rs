@@ -42,10 +42,7 @@ use super::{
     snapshot::{IdentityView, Snapshot},
     unix::Unix,
 };
-use crate::{
-    cgroup,
-    policy::{IdentityPolicy, NetTables},
-};
+use crate::{cgroup, policy::IdentityPolicy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnforceError {
@@ -72,7 +69,7 @@ pub enum EnforceError {
     #[error("lease grants of {0}: {1}")]
     Grants(String, String),
     #[error("file rules of {0}: {1}")]
-    Files(String, super::lsm::CompileError),
+    Files(String, String),
     #[error("no free ruleset id (every id may still have rule map entries)")]
     NoRulesets,
     #[error("recording assigned cgroups: {0}")]
@@ -83,11 +80,9 @@ fn merr(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> EnforceError 
     move |e| EnforceError::Map(name, e)
 }
 
-/// One identity of a validated policy set, compiled.
-pub struct Compiled {
-    pub policy: Arc<IdentityPolicy>,
-    pub tables: NetTables,
-}
+/// One identity of a validated policy set, compiled by the compile stage
+/// (`policy::compiled`): the enforcer only writes it.
+pub use crate::policy::compiled::CompiledIdentity as Compiled;
 
 #[derive(Debug, Default, Serialize)]
 pub struct ApplyReport {
@@ -292,7 +287,7 @@ impl Enforcer {
                         .filter(|l| l.policy.is_some())
                         .map(|l| l.digest);
                     let known = live_digest.is_some();
-                    let r = match self.grants.set(&identity, live, self.caps.files_lsm()) {
+                    let r = match self.grants.set(&identity, live, &self.caps) {
                         // Scopes without network grants change nothing here.
                         Some(Ok(c)) if live_digest == Some(Some(c.policy.digest)) => Ok(()),
                         Some(Ok(c)) if known => self.apply_grants(c),

@@ -26,8 +26,8 @@ use agent_common::{
 };
 use serde::Serialize;
 
-use super::compile::{FileEntry, RuleIn};
 use crate::policy::IdentityPolicy;
+use crate::policy::files::compile::{FileEntry, RuleIn};
 
 /// Rule ids above every written rule and below lease grants
 /// (`policy::leases::GRANT_RULE_BASE`), so an event names them.
@@ -233,12 +233,21 @@ impl Protected {
     }
 }
 
+impl crate::policy::compiled::FileGuard for Protected {
+    fn rules(&self, identity: &str, policy: Option<&IdentityPolicy>) -> Vec<RuleIn> {
+        Protected::rules(self, identity, policy)
+    }
+    fn enforce(&self, entries: &mut [FileEntry], identity: &str, policy: Option<&IdentityPolicy>) {
+        Protected::enforce(self, entries, identity, policy)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use agent_common::file::ACCESS_EXEC;
 
-    use super::super::compile::{compile, decide, rules_of};
     use super::*;
+    use crate::policy::files::compile::{compile, decide, rules_of};
 
     fn policy(name: &str, files: &str, extra: &str) -> IdentityPolicy {
         let text =

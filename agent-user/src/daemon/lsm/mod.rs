@@ -12,7 +12,7 @@
 //! `<pin_dir>/links/lsm` and handed over without a gap on restart.
 
 pub mod builtin;
-pub mod compile;
+pub use crate::policy::files::compile;
 
 use crate::daemon::mechanism::{Mechanism, MechanismState};
 use std::{
@@ -35,7 +35,7 @@ use tracing::{info, warn};
 
 use super::btf::{Btf, BtfError};
 
-pub use compile::{CompileError, FileEntry, compile};
+pub use compile::{FileEntry, compile};
 
 /// What the LSM programs could do on this kernel, decided at start-up.
 #[derive(Debug, Clone)]

@@ -25,6 +25,7 @@
 //! Rule ids continue the identity's numbering after its network and unix
 //! rules, in the order read, write, exec, deny, so one id names one rule.
 
+pub mod compile;
 #[cfg(test)]
 mod tests;
 
