@@ -11,3 +11,4 @@ pub mod event;
 pub mod fsutil;
 pub mod policy;
 pub mod sandbox;
+pub mod views;

@@ -37,7 +37,8 @@ pub struct AssignArgs {
 pub struct TailArgs {
     #[arg(long)]
     pub identity: Option<String>,
-    #[arg(long, value_parser = crate::event::KINDS)]
+    /// One kind of event (`lost` events come whatever the filter).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(crate::event::EventKind::filterable_names()))]
     pub kind: Option<String>,
     /// JSON lines (schema in the README).
     #[arg(long)]

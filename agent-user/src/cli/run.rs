@@ -25,6 +25,7 @@ use nix::{
 
 use super::client::{self, Client};
 use crate::sandbox::Confinement;
+use crate::views::{FilesLayer, LaunchPolicy};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -84,6 +85,8 @@ pub fn run(client: &Client, args: &RunArgs) -> anyhow::Result<u8> {
     if !pstatus.is_success() {
         return Err(client::api_error(pstatus, &policy));
     }
+    let policy: LaunchPolicy = serde_json::from_value(policy)
+        .context("the daemon sent a policy view this corral cannot read (versions differ?)")?;
     // Shared with the pre_exec closure, which must be 'static; taken back
     // after spawn for supervision.
     let confinement = Arc::new(Confinement::prepare(&args.identity, &policy)?);
@@ -181,19 +184,18 @@ pub fn run(client: &Client, args: &RunArgs) -> anyhow::Result<u8> {
 /// itself out of the identity's cgroup, after which nothing Corral enforces
 /// applies. `corral run` says so on every start (tests/tests/bypass_net_cgroup.rs
 /// shows each way out).
-fn root_warning(identity: &str, policy: &serde_json::Value) -> String {
-    let files = &policy["files"];
-    let held_by = if files["confined"] == true {
-        files["enforced_by"].as_str().unwrap_or("none")
+fn root_warning(identity: &str, policy: &LaunchPolicy) -> String {
+    let held_by = if policy.files.policy.confined {
+        policy.files.enforced_by
     } else {
-        "none"
+        FilesLayer::None
     };
     let leave = match held_by {
-        "landlock" => {
+        FilesLayer::Landlock => {
             "Its [files] rules (Landlock) stop writes to cgroup.procs, but not \
              clone3(CLONE_INTO_CGROUP), which starts a child in another cgroup"
         }
-        "lsm" => {
+        FilesLayer::Lsm => {
             "It stays in its identity only while its [files] rules keep it away from \
              the cgroup file system (clone3(CLONE_INTO_CGROUP) needs only a directory fd)"
         }

@@ -32,7 +32,11 @@ use super::{
     reload::{ReloadError, Reloader},
     snapshot::Snapshot,
 };
-use crate::{cgroup, clock::now_rfc3339, event::Event};
+use crate::{
+    cgroup,
+    clock::now_rfc3339,
+    event::{Event, EventKind},
+};
 
 mod explain;
 pub mod lease;
@@ -163,7 +167,7 @@ fn operator_action(
     cred: Option<&tokio::net::unix::UCred>,
     resp: &Response<RespBody>,
 ) {
-    let mut ev = Event::notice("operator", now_rfc3339());
+    let mut ev = Event::notice(crate::event::EventKind::Operator, now_rfc3339());
     ev.operator = Some(json!({
         "method": method.as_str(),
         "route": route,
@@ -482,16 +486,15 @@ fn events(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBody> {
     for (k, v) in query(&req) {
         match k.as_str() {
             "identity" => identity = Some(v),
-            "kind" if crate::event::KINDS.contains(&v.as_str()) => kind = Some(v),
-            "kind" => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "unknown kind `{v}`: one of {}",
-                        crate::event::KINDS.join(", ")
-                    ),
-                );
-            }
+            "kind" => match v.parse::<EventKind>() {
+                Ok(k) => kind = Some(k),
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("{e}: one of {}", EventKind::filterable_names().join(", ")),
+                    );
+                }
+            },
             _ => return error(StatusCode::BAD_REQUEST, format!("unknown parameter `{k}`")),
         }
     }
@@ -518,14 +521,14 @@ fn events(req: Request<Incoming>, ctx: &Ctx) -> Response<RespBody> {
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             };
-            if ev.kind != "lost" {
+            if ev.kind != EventKind::Lost {
                 if identity
                     .as_ref()
                     .is_some_and(|i| ev.identity.as_ref() != Some(i))
                 {
                     continue;
                 }
-                if kind.as_ref().is_some_and(|k| &ev.kind != k) {
+                if kind.is_some_and(|k| ev.kind != k) {
                     continue;
                 }
             }

@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 
 use super::snapshot::Snapshot;
 use crate::clock::{BootToWall, now_rfc3339};
-use crate::event::{self, Event, Raw, RawBody, SCHEMA};
+use crate::event::{self, Event, EventKind, Raw, RawBody, SCHEMA};
 
 /// Counters any reader can see (`corral status`).
 #[derive(Debug, Default)]
@@ -256,23 +256,23 @@ fn enrich(
     let p = proc_info(h.tgid, cache);
     let cgroup = cgroups.name(h.cgroup_id, view.map(|v| v.as_ref()));
     let (kind, net, unix, file) = match &raw.body {
-        RawBody::Net(n) => ("net", Some(event::net_info(n)), None, None),
-        RawBody::Unix(u) => ("unix", None, Some(event::unix_info(u)), None),
-        RawBody::File(_) => ("file", None, None, None),
-        RawBody::FileOp(x) => ("file", None, None, Some(event::file_op_info(x))),
-        RawBody::Protect(_) => ("protect", None, None, None),
-        RawBody::Syscall(_) => ("syscall", None, None, None),
+        RawBody::Net(n) => (EventKind::Net, Some(event::net_info(n)), None, None),
+        RawBody::Unix(u) => (EventKind::Unix, None, Some(event::unix_info(u)), None),
+        RawBody::File(_) => (EventKind::File, None, None, None),
+        RawBody::FileOp(x) => (EventKind::File, None, None, Some(event::file_op_info(x))),
+        RawBody::Protect(_) => (EventKind::Protect, None, None, None),
+        RawBody::Syscall(_) => (EventKind::Syscall, None, None, None),
     };
     let mut ev = Event {
         schema: SCHEMA,
         time: humantime::format_rfc3339_nanos(clock.wall(h.ts_ns)).to_string(),
-        kind: kind.into(),
+        kind,
         identity: Some(
             view.map(|v| v.name.clone())
                 .unwrap_or_else(|| format!("#{}", h.identity)),
         ),
         identity_id: Some(h.identity),
-        verdict: Some(event::verdict_str(h.verdict).into()),
+        verdict: event::verdict_of(h.verdict),
         mode: Some(event::mode_str(h.mode).into()),
         reason: Some(event::reason_str(h.reason).into()),
         rule: (h.rule_id != 0)

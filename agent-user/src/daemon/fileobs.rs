@@ -12,6 +12,7 @@ use super::{
 use crate::{
     event::{self, Event},
     policy::{Action, IdentityPolicy, decide_file},
+    views::FilesLayer,
 };
 
 /// Fills `ev.file` and, for Landlock events, `reason` and `rule` from the
@@ -100,26 +101,29 @@ pub fn files_layer(
     files: &crate::policy::FilePolicy,
     mode: agent_common::identity::Mode,
     files_lsm: bool,
-) -> (&'static str, &'static str) {
+) -> (FilesLayer, &'static str) {
     use agent_common::identity::Mode;
     if !files.confined {
-        return ("none", "no [files] section: file access is not confined");
+        return (
+            FilesLayer::None,
+            "no [files] section: file access is not confined",
+        );
     }
     if files_lsm {
         return (
-            "lsm",
+            FilesLayer::Lsm,
             "BPF LSM file_open: judged in the kernel on every open; policy changes apply at once",
         );
     }
     if mode == Mode::Audit {
         return (
-            "none",
+            FilesLayer::None,
             "audit mode without BPF LSM: Landlock can only refuse, so file rules are neither \
              enforced nor reported",
         );
     }
     (
-        "landlock",
+        FilesLayer::Landlock,
         "fallback (BPF LSM unavailable): applied by `corral run` at launch with Landlock, fixed \
          for the life of the process tree (policy changes reach new launches only); processes \
          added with `corral assign` are not file-confined",
@@ -131,7 +135,7 @@ pub fn files_layer(
 pub fn files_json(p: &IdentityPolicy, files_lsm: bool) -> serde_json::Value {
     let (layer, note) = files_layer(&p.files, p.mode, files_lsm);
     let mut v = serde_json::to_value(&p.files).unwrap_or_default();
-    v["enforced_by"] = layer.into();
+    v["enforced_by"] = serde_json::json!(layer);
     v["note"] = note.into();
     v
 }

@@ -15,7 +15,7 @@ use std::{
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use crate::event::Event;
+use crate::event::{Event, EventKind};
 
 /// Upper bounds (seconds) of the reload duration histogram.
 const RELOAD_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
@@ -56,8 +56,8 @@ impl Metrics {
     fn count(&self, ev: &Event) {
         let mut c = self.counts.lock().expect("metrics");
         let identity = ev.identity.clone().unwrap_or_default();
-        match ev.kind.as_str() {
-            "policy" => {
+        match ev.kind {
+            EventKind::Policy => {
                 let p = ev.policy.as_ref().cloned().unwrap_or(Value::Null);
                 if p["ok"] == true {
                     c.reloads_ok += 1;
@@ -72,7 +72,7 @@ impl Metrics {
                     }
                 }
             }
-            "lease" => {
+            EventKind::Lease => {
                 let l = ev.lease.as_ref().cloned().unwrap_or(Value::Null);
                 let action = l["action"].as_str().unwrap_or("other").to_string();
                 if action == "rate-limited" {
@@ -82,12 +82,12 @@ impl Metrics {
                     *c.lease_actions.entry(action).or_default() += 1;
                 }
             }
-            "anomaly" => {
+            EventKind::Anomaly => {
                 let a = ev.anomaly.as_ref().cloned().unwrap_or(Value::Null);
                 let action = a["action"].as_str().unwrap_or("other").to_string();
                 *c.anomaly_actions.entry((identity, action)).or_default() += 1;
             }
-            "operator" => {
+            EventKind::Operator => {
                 let o = ev.operator.as_ref().cloned().unwrap_or(Value::Null);
                 let result = match o["status"].as_u64() {
                     Some(s) if s < 400 => "ok",
@@ -95,11 +95,11 @@ impl Metrics {
                 };
                 *c.operator_actions.entry(result.to_string()).or_default() += 1;
             }
-            "lost" | "audit" => {}
+            EventKind::Lost | EventKind::Audit => {}
             kind => {
-                let verdict = ev.verdict.clone().unwrap_or_default();
+                let verdict = ev.verdict.map_or("", |v| v.name()).to_string();
                 *c.events
-                    .entry((identity, kind.to_string(), verdict))
+                    .entry((identity, kind.name().to_string(), verdict))
                     .or_default() += 1;
             }
         }

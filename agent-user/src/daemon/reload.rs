@@ -254,7 +254,8 @@ impl Reloader {
         let quiet = trigger == "dns"
             && matches!(&result, Ok(r) if r.changed.is_empty() && r.removed.is_empty());
         if let Some(tx) = self.events.as_ref().filter(|_| !quiet) {
-            let mut ev = Event::notice("policy", crate::clock::now_rfc3339());
+            let mut ev =
+                Event::notice(crate::event::EventKind::Policy, crate::clock::now_rfc3339());
             ev.policy = Some(serde_json::json!({
                 "trigger": trigger,
                 "dir": dir,

@@ -55,7 +55,7 @@ impl fmt::Display for Event {
                 f,
                 "{} {} {} {}",
                 self.time,
-                self.kind.to_uppercase(),
+                self.kind.name().to_uppercase(),
                 o(&self.identity),
                 d["action"].as_str().unwrap_or("?")
             )?;
@@ -79,7 +79,7 @@ impl fmt::Display for Event {
             f,
             "{} {} {} {} pid={} comm={} ",
             self.time,
-            o(&self.verdict).to_uppercase(),
+            self.verdict.map_or("-", |v| v.name()).to_uppercase(),
             self.kind,
             o(&self.identity),
             self.tgid.map_or("-".into(), |p| p.to_string()),

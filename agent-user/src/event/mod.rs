@@ -5,6 +5,7 @@
 mod decode;
 mod display;
 mod file;
+mod kind;
 mod net;
 mod syscall;
 
@@ -19,34 +20,25 @@ pub use self::{
     file::{
         FileInfo, ProtectInfo, access_str, file_info, file_op_info, file_path_str, protect_info,
     },
+    kind::{EventKind, EventVerdict, UnknownKind},
     net::{NetInfo, UnixInfo, net_info, unix_info},
     syscall::{SyscallInfo, syscall_info},
 };
 
 pub const SCHEMA: u32 = 1;
 
-/// Every `kind` the stream carries besides `hello` and `lost` (which every
-/// subscriber gets): what `GET /v1/events?kind=` and `corral tail --kind`
-/// accept, so a misspelt kind is an error, not a silent empty stream.
-pub const KINDS: [&str; 10] = [
-    "net", "unix", "file", "protect", "syscall", "lease", "anomaly", "policy", "operator", "audit",
-];
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     pub schema: u32,
     /// RFC 3339 wall-clock time of the kernel event.
     pub time: String,
-    /// `net`, `unix`, `file`, `protect`, `syscall`, `lost`, `lease`,
-    /// `anomaly`, `policy`, `operator`, `audit`.
-    pub kind: String,
+    pub kind: EventKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity_id: Option<u32>,
-    /// `deny` (refused, EPERM) or `audit` (allowed, would have been refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verdict: Option<String>,
+    pub verdict: Option<EventVerdict>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
     /// `deny-rule`, `no-rule` (default deny) or `unsupported` (socket type no rule covers).
@@ -129,12 +121,14 @@ pub fn comm_str(c: &[u8]) -> String {
     String::from_utf8_lossy(&c[..end]).into_owned()
 }
 
-pub fn verdict_str(v: u32) -> &'static str {
+/// The wire verdict as the event's; `None` for a code this build does not
+/// know.
+pub fn verdict_of(v: u32) -> Option<EventVerdict> {
     match Verdict::try_from(v) {
-        Ok(Verdict::Deny) => "deny",
-        Ok(Verdict::Audit) => "audit",
-        Ok(Verdict::Kill) => "kill",
-        Err(_) => "unknown",
+        Ok(Verdict::Deny) => Some(EventVerdict::Deny),
+        Ok(Verdict::Audit) => Some(EventVerdict::Audit),
+        Ok(Verdict::Kill) => Some(EventVerdict::Kill),
+        Err(_) => None,
     }
 }
 
@@ -158,11 +152,12 @@ pub fn reason_str(v: u32) -> &'static str {
 }
 
 impl Event {
-    pub fn lost(time: String, count: u64, source: &str) -> Event {
+    /// An event of `kind` with only its header's time set.
+    fn bare(kind: EventKind, time: String) -> Event {
         Event {
             schema: SCHEMA,
             time,
-            kind: "lost".into(),
+            kind,
             identity: None,
             identity_id: None,
             verdict: None,
@@ -181,10 +176,7 @@ impl Event {
             file: None,
             syscall: None,
             protect: None,
-            lost: Some(LostInfo {
-                count,
-                source: source.into(),
-            }),
+            lost: None,
             leases: None,
             lease: None,
             anomaly: None,
@@ -194,11 +186,56 @@ impl Event {
         }
     }
 
-    /// An event of the daemon's own (`lease`, `anomaly`), fields to fill.
-    pub fn notice(kind: &str, time: String) -> Event {
-        let mut e = Event::lost(time, 0, "");
-        e.kind = kind.into();
-        e.lost = None;
-        e
+    pub fn lost(time: String, count: u64, source: &str) -> Event {
+        Event {
+            lost: Some(LostInfo {
+                count,
+                source: source.into(),
+            }),
+            ..Event::bare(EventKind::Lost, time)
+        }
+    }
+
+    /// An event of the daemon's own (`lease`, `anomaly`, `policy`, ...),
+    /// fields to fill.
+    pub fn notice(kind: EventKind, time: String) -> Event {
+        Event::bare(kind, time)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Schema 1 on the wire, as daemons before the typed kinds and verdicts
+    /// wrote it: each line reads into `Event` and writes back byte for byte.
+    const GOLDEN: [&str; 4] = [
+        r#"{"schema":1,"time":"2026-12-06T01:02:03.000000004Z","kind":"net","identity":"billing-agent","identity_id":3,"verdict":"deny","mode":"enforce","reason":"no-rule","pid":4242,"tgid":4242,"ppid":1,"comm":"curl","exe":"/usr/bin/curl","cgroup":"/corral/billing-agent","cgroup_id":7781,"net":{"op":"connect","family":"inet","protocol":"tcp","addr":"10.1.2.3","port":443,"type":"stream"},"leases":[]}"#,
+        r#"{"schema":1,"time":"2026-12-06T01:02:03.000000004Z","kind":"syscall","identity":"ops-agent","identity_id":4,"verdict":"kill","mode":"enforce","reason":"deny-rule","rule":"deny ptrace (ops-agent.toml:12:5)","pid":9,"tgid":9,"comm":"gdb","leases":[{"id":"l-1","scopes":["metrics"]}]}"#,
+        r#"{"schema":1,"time":"2026-12-06T01:02:03.000000004Z","kind":"lease","identity":"billing-agent","lease":{"action":"issue","lease":"l-2"}}"#,
+        r#"{"schema":1,"time":"2026-12-06T01:02:03.000000004Z","kind":"lost","lost":{"count":12,"source":"kernel"}}"#,
+    ];
+
+    #[test]
+    fn schema_1_lines_round_trip_byte_for_byte() {
+        for line in GOLDEN {
+            let ev: Event = serde_json::from_str(line).expect(line);
+            assert_eq!(serde_json::to_string(&ev).unwrap(), line);
+        }
+        let net: Event = serde_json::from_str(GOLDEN[0]).unwrap();
+        assert_eq!(
+            (net.kind, net.verdict),
+            (EventKind::Net, Some(EventVerdict::Deny))
+        );
+        let lost = Event::lost("2026-12-06T01:02:03.000000004Z".into(), 12, "kernel");
+        assert_eq!(serde_json::to_string(&lost).unwrap(), GOLDEN[3]);
+    }
+
+    #[test]
+    fn an_unknown_kind_or_verdict_is_refused_not_guessed() {
+        let bad_kind = GOLDEN[3].replace("\"lost\",\"lost\"", "\"nett\",\"lost\"");
+        assert!(serde_json::from_str::<Event>(&bad_kind).is_err());
+        let bad_verdict = GOLDEN[0].replace("\"deny\"", "\"maybe\"");
+        assert!(serde_json::from_str::<Event>(&bad_verdict).is_err());
     }
 }

@@ -452,14 +452,11 @@ impl Landlock {
 /// has no `[files]` section, or when the daemon says another layer handles
 /// it (`enforced_by`: `lsm`) or nothing can (`none`: audit mode, which
 /// Landlock cannot do — it only refuses).
-pub fn prepare(policy: &serde_json::Value) -> anyhow::Result<Option<Landlock>> {
-    let files = &policy["files"];
-    if files["confined"] != true || files["enforced_by"] != "landlock" {
+pub fn prepare(files: &crate::views::LaunchFiles) -> anyhow::Result<Option<Landlock>> {
+    if !files.policy.confined || files.enforced_by != crate::views::FilesLayer::Landlock {
         return Ok(None);
     }
-    let fp: FilePolicy = serde_json::from_value(files.clone())
-        .map_err(|e| anyhow::anyhow!("the daemon sent file rules this corral cannot read: {e}"))?;
-    let ll = Landlock::build(&fp)?;
+    let ll = Landlock::build(&files.policy)?;
     for n in &ll.notes {
         eprintln!("corral: files: {n}");
     }

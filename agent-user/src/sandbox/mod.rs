@@ -21,6 +21,7 @@ pub mod supervisor;
 pub mod syscalls;
 pub mod terminal;
 
+use crate::views::LaunchPolicy;
 use std::process::Child;
 
 /// What the launcher prepared for one child.
@@ -39,7 +40,7 @@ pub struct Confinement {
 impl Confinement {
     /// Builds every mechanism's pre-fork state from the identity's policy as
     /// the daemon serves it (`GET /v1/policy/NAME`).
-    pub fn prepare(identity: &str, policy: &serde_json::Value) -> anyhow::Result<Confinement> {
+    pub fn prepare(identity: &str, policy: &LaunchPolicy) -> anyhow::Result<Confinement> {
         let mut terminal = terminal::Terminal::prepare()?;
         let syscalls = syscalls::prepare(identity, policy)?;
         if syscalls.is_some() {
@@ -47,7 +48,7 @@ impl Confinement {
         }
         Ok(Confinement {
             terminal: Some(terminal),
-            landlock: landlock::prepare(policy)?,
+            landlock: landlock::prepare(&policy.files)?,
             syscalls,
         })
     }

@@ -9,7 +9,7 @@
 //! - after spawn: nothing; the supervisor thread answers until the launcher
 //!   exits (when the child does).
 
-use std::{os::fd::RawFd, path::PathBuf, sync::Arc};
+use std::{os::fd::RawFd, sync::Arc};
 
 use agent_common::syscall::SyscallPolicy;
 use anyhow::{Context as _, bail};
@@ -30,20 +30,17 @@ pub struct SyscallConfinement {
 /// `None` when the identity has no `[syscalls]` section.
 pub fn prepare(
     identity: &str,
-    policy: &serde_json::Value,
+    policy: &crate::views::LaunchPolicy,
 ) -> anyhow::Result<Option<SyscallConfinement>> {
-    let s = &policy["syscalls"];
-    if s["confined"] != true {
+    let s = &policy.syscalls;
+    if !s.confined {
         return Ok(None);
     }
-    let map_path = PathBuf::from(
-        s["map"]
-            .as_str()
-            .context("the daemon did not say where SYSCALL_POLICY is pinned")?,
-    );
-    let id = policy["identity_id"]
-        .as_u64()
-        .context("the daemon did not send the identity id")? as u32;
+    let map_path = s
+        .map
+        .clone()
+        .context("the daemon did not say where SYSCALL_POLICY is pinned")?;
+    let id = policy.identity_id;
     let avail =
         std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
     if !avail.split_whitespace().any(|a| a == "user_notif") {
@@ -90,7 +87,7 @@ pub fn prepare(
         map,
         identity_id: id,
         name,
-        reporter: super::report::Reporter::new(s["report"].as_str().map(PathBuf::from)),
+        reporter: super::report::Reporter::new(s.report.clone()),
     };
     let h = handshake.clone();
     std::thread::Builder::new()

@@ -14,6 +14,7 @@ use super::super::{
     inspect::{self, Op, Subject},
 };
 use crate::policy::{ACCESS_EXEC, ACCESS_READ, ACCESS_WRITE, Action, IdentityPolicy, mode_name};
+use crate::views::FilesLayer;
 
 /// See [`crate::policy::judged_destination`]: only connects are rewritten.
 pub fn judged_destination(op: Op, ip: IpAddr) -> Option<IpAddr> {
@@ -180,9 +181,10 @@ pub fn open(view: &Subject, path: &Path, access: u32, files_lsm: bool) -> Result
     v["decision"] = json!(if allowed { "allow" } else { "deny" });
     v["outcome"] = json!(match (allowed, layer, p.mode) {
         (true, ..) => "allowed",
-        (false, "lsm", agent_common::identity::Mode::Audit) => "allowed (audit)",
-        (false, "lsm", _) => "denied (EPERM)",
-        (false, "landlock", _) => "denied (EACCES) for processes started with `corral run`",
+        (false, FilesLayer::Lsm, agent_common::identity::Mode::Audit) => "allowed (audit)",
+        (false, FilesLayer::Lsm, _) => "denied (EPERM)",
+        (false, FilesLayer::Landlock, _) =>
+            "denied (EACCES) for processes started with `corral run`",
         _ => "allowed (NOT enforced: audit mode without BPF LSM)",
     });
     v["rule"] = decided.map_or(Value::Null, |(_, id)| rule_json(p, id));

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use super::super::{capabilities::Capabilities, dns::HostCache, inspect};
 use crate::{
     audit,
-    event::Event,
+    event::{Event, EventKind},
     policy::{
         self, IdentityPolicy,
         suggest::{self, Limits, Proposal, Recorded, Replay},
@@ -302,7 +302,10 @@ async fn record(ctx: &super::Ctx, identity: &str, d: std::time::Duration) -> (Ve
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Ok(Ok(ev)) => {
                 if ev.identity.as_deref() == Some(identity)
-                    && matches!(ev.kind.as_str(), "net" | "unix" | "file" | "syscall")
+                    && matches!(
+                        ev.kind,
+                        EventKind::Net | EventKind::Unix | EventKind::File | EventKind::Syscall
+                    )
                 {
                     out.push((*ev).clone());
                 }

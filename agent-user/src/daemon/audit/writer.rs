@@ -383,7 +383,7 @@ impl Writer {
 
     /// An `audit` event on the stream (and so, when it can be, in the log).
     fn notify(&self, detail: Value) {
-        let mut ev = Event::notice("audit", now_rfc3339());
+        let mut ev = Event::notice(crate::event::EventKind::Audit, now_rfc3339());
         ev.audit = Some(detail);
         let _ = self.hub.send(Arc::new(ev));
     }

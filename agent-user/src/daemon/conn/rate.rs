@@ -69,7 +69,7 @@ impl RateLimit {
         if b.last_report
             .is_none_or(|t| now.saturating_duration_since(t) >= REPORT_EVERY)
         {
-            let mut ev = Event::notice("lease", now_rfc3339());
+            let mut ev = Event::notice(crate::event::EventKind::Lease, now_rfc3339());
             ev.identity = Some(identity.to_string());
             ev.lease = Some(json!({
                 "action": "rate-limited",

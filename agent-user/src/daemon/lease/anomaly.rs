@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     daemon::snapshot::Snapshot,
-    event::{Event, LeaseRef},
+    event::{Event, EventVerdict, LeaseRef},
 };
 
 /// Recent denials kept per lease for `corral lease show`.
@@ -136,10 +136,10 @@ impl Watch {
     /// Stamps `ev` with the identity's live leases at its kernel time, and
     /// counts it if it is a denial.
     pub fn observe(&self, ev: &mut Event, wall: SystemTime, boot_ns: u64) {
-        let (Some(identity), Some(verdict)) = (ev.identity.clone(), ev.verdict.as_deref()) else {
+        let (Some(identity), Some(verdict)) = (ev.identity.clone(), ev.verdict) else {
             return;
         };
-        let denied = verdict == "deny";
+        let denied = verdict == EventVerdict::Deny;
         let t = ms_of(wall);
         let mut g = self.corr.inner.lock().expect("correlator lock");
         let live: Vec<LeaseRef> = g

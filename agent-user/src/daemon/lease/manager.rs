@@ -20,6 +20,7 @@ use super::{
 };
 use crate::{
     clock::{boot_ns, now_ms},
+    event::EventKind,
     policy::AnomalyAction,
 };
 
@@ -112,7 +113,7 @@ impl Leases {
             }
         }
         for (identity, ev) in events {
-            self.emit("lease", &identity, ev);
+            self.emit(EventKind::Lease, &identity, ev);
         }
         if !touched.is_empty() {
             self.bump();
@@ -187,8 +188,7 @@ impl Leases {
                         .lock()
                         .expect("rotated")
                         .insert(v.name.clone(), id.clone());
-                    self.emit(
-                        "lease",
+                    self.emit(EventKind::Lease,
                         &v.name,
                         json!({ "action": "rotate", "lease": id, "path": path, "expires": lease["expires"] }),
                     );
@@ -245,11 +245,11 @@ impl Leases {
         if a.has(AnomalyAction::Alert) {
             let mut ev = base.clone();
             ev["action"] = json!("alert");
-            self.emit("anomaly", &t.identity, ev);
+            self.emit(EventKind::Anomaly, &t.identity, ev);
         }
         if let Some(mut f) = freeze {
             merge(&mut f, &base);
-            self.emit("anomaly", &t.identity, f);
+            self.emit(EventKind::Anomaly, &t.identity, f);
         }
         if a.has(AnomalyAction::RevokeLeases) {
             let reason = format!("anomaly: {} denials within {} ms", t.denials, t.window_ms);
@@ -258,7 +258,7 @@ impl Leases {
                     let mut ev = base.clone();
                     ev["action"] = json!("revoke-leases");
                     ev["leases"] = json!(ids);
-                    self.emit("anomaly", &t.identity, ev);
+                    self.emit(EventKind::Anomaly, &t.identity, ev);
                 }
                 Err(e) => warn!(identity = %t.identity, "anomaly revoke: {e}"),
             }
@@ -295,7 +295,7 @@ impl Leases {
             "was_suspended": suspended,
             "failed": failed.iter().map(|(c, e)| format!("{}: {e}", c.display())).collect::<Vec<_>>(),
         });
-        self.emit("anomaly", identity, v.clone());
+        self.emit(EventKind::Anomaly, identity, v.clone());
         Ok(v)
     }
 }

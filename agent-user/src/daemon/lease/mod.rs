@@ -39,7 +39,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
 use super::{enforcer::Command, snapshot::Snapshot};
-use crate::event::Event;
+use crate::event::{Event, EventKind};
 
 pub use crate::daemon::state_files::KEY_FILE;
 pub const STORE_FILE: &str = "leases.json";
@@ -431,10 +431,10 @@ impl Leases {
         }
     }
 
-    fn emit(&self, kind: &str, identity: &str, detail: Value) {
+    fn emit(&self, kind: EventKind, identity: &str, detail: Value) {
         let mut ev = Event::notice(kind, crate::clock::now_rfc3339());
         ev.identity = Some(identity.to_string());
-        if kind == "anomaly" {
+        if kind == EventKind::Anomaly {
             ev.anomaly = Some(detail);
         } else {
             ev.lease = Some(detail);

@@ -11,6 +11,7 @@ use super::{
 };
 use crate::{
     clock::{now_ms, wall_ms_to_boot_ns},
+    event::EventKind,
     policy::LeasePolicy,
 };
 
@@ -259,7 +260,7 @@ impl Leases {
             v["request_secret"] = json!(s);
         }
         self.emit(
-            "lease",
+            EventKind::Lease,
             &req.identity,
             json!({ "action": if pending { "request" } else { "issue" }, "lease": id,
                 "scopes": v["scopes"], "expires": v["expires"], "by": req.requester,
@@ -376,7 +377,7 @@ impl Leases {
             }
         }
         self.emit(
-            "lease",
+            EventKind::Lease,
             &identity,
             json!({ "action": "renew", "lease": id, "expires": v["expires"],
                 "capped": capped.is_some(), "capped_by": capped, "by": actor.name() }),
@@ -409,7 +410,7 @@ impl Leases {
         self.commit(&identity, seq, None).await?;
         let applied_us = started.elapsed().as_micros() as u64;
         self.emit(
-            "lease",
+            EventKind::Lease,
             &identity,
             json!({ "action": "revoke", "lease": id, "by": actor.name(), "reason": reason,
                 "kernel_applied_us": applied_us }),
@@ -445,7 +446,7 @@ impl Leases {
         self.commit(identity, seq, None).await?;
         for id in &ids {
             self.emit(
-                "lease",
+                EventKind::Lease,
                 identity,
                 json!({ "action": "revoke", "lease": id, "by": by, "reason": reason }),
             );
@@ -485,7 +486,7 @@ impl Leases {
         r?;
         self.commit(&l.identity, seq, approve.then_some(id)).await?;
         self.emit(
-            "lease",
+            EventKind::Lease,
             &l.identity,
             json!({ "action": if approve { "approve" } else { "deny" }, "lease": id, "by": by }),
         );

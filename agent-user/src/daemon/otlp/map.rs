@@ -10,7 +10,7 @@ use super::proto::{
     AnyValue, ExportLogsServiceRequest, InstrumentationScope, KeyValue, LogRecord, Resource,
     ResourceLogs, ScopeLogs, Value, severity,
 };
-use crate::event::Event;
+use crate::event::{Event, EventKind, EventVerdict};
 
 pub fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -22,12 +22,12 @@ pub fn unix_nanos(t: SystemTime) -> u64 {
 /// error, the rest is information.
 fn severity_of(ev: &Event) -> (i32, &'static str) {
     let failed_reload = ev.policy.as_ref().is_some_and(|p| p["ok"] != true);
-    if ev.kind == "lost" || failed_reload || ev.reason.as_deref() == Some("fail-closed") {
+    if ev.kind == EventKind::Lost || failed_reload || ev.reason.as_deref() == Some("fail-closed") {
         return (severity::ERROR, "ERROR");
     }
-    match ev.verdict.as_deref() {
-        Some("deny" | "kill") => (severity::WARN, "WARN"),
-        _ if ev.kind == "anomaly" => (severity::WARN, "WARN"),
+    match ev.verdict {
+        Some(EventVerdict::Deny | EventVerdict::Kill) => (severity::WARN, "WARN"),
+        _ if ev.kind == EventKind::Anomaly => (severity::WARN, "WARN"),
         _ => (severity::INFO, "INFO"),
     }
 }
@@ -57,10 +57,12 @@ pub fn record(ev: &Event, observed: SystemTime) -> LogRecord {
 }
 
 fn attributes(ev: &Event) -> Vec<KeyValue> {
-    let mut a = vec![KeyValue::str("corral.kind", ev.kind.as_str())];
+    let mut a = vec![KeyValue::str("corral.kind", ev.kind.name())];
+    if let Some(v) = ev.verdict {
+        a.push(KeyValue::str("corral.verdict", v.name()));
+    }
     let strs = [
         ("corral.identity", &ev.identity),
-        ("corral.verdict", &ev.verdict),
         ("corral.mode", &ev.mode),
         ("corral.reason", &ev.reason),
         ("corral.rule", &ev.rule),
@@ -200,10 +202,13 @@ mod tests {
     }
 
     fn denial() -> Event {
-        let mut ev = Event::notice("net", "2026-01-02T03:04:05.000000006Z".into());
+        let mut ev = Event::notice(
+            crate::event::EventKind::Net,
+            "2026-01-02T03:04:05.000000006Z".into(),
+        );
         ev.identity = Some("agent".into());
         ev.identity_id = Some(7);
-        ev.verdict = Some("deny".into());
+        ev.verdict = Some(EventVerdict::Deny);
         ev.reason = Some("no-rule".into());
         ev.pid = Some(101);
         ev.tgid = Some(100);
@@ -246,7 +251,7 @@ mod tests {
     #[test]
     fn severities_follow_what_happened() {
         let mut audit = denial();
-        audit.verdict = Some("audit".into());
+        audit.verdict = Some(EventVerdict::Audit);
         assert_eq!(record(&audit, SystemTime::now()).severity_text, "INFO");
         let mut fc = denial();
         fc.reason = Some("fail-closed".into());
@@ -258,8 +263,8 @@ mod tests {
         // An unparsable time falls back to the observation time.
         assert_eq!(r.time_unix_nano, unix_nanos(now));
         assert_eq!(attr(&r, "corral.lost.count"), Some(&Value::Int(5)));
-        let mut kill = Event::notice("syscall", "x".into());
-        kill.verdict = Some("kill".into());
+        let mut kill = Event::notice(crate::event::EventKind::Syscall, "x".into());
+        kill.verdict = Some(EventVerdict::Kill);
         kill.syscall = Some(SyscallInfo {
             nr: 83,
             name: "mkdir".into(),
@@ -270,7 +275,7 @@ mod tests {
         let r = record(&kill, now);
         assert_eq!(r.severity_text, "WARN");
         assert_eq!(attr(&r, "corral.op").cloned(), s("mkdir"));
-        let mut reload = Event::notice("policy", "x".into());
+        let mut reload = Event::notice(crate::event::EventKind::Policy, "x".into());
         reload.policy = Some(serde_json::json!({ "ok": false }));
         assert_eq!(record(&reload, now).severity_text, "ERROR");
         reload.policy = Some(serde_json::json!({ "ok": true }));

@@ -31,7 +31,7 @@ use std::{
 use serde::Serialize;
 
 use super::{ACCESS_EXEC, ACCESS_READ, ACCESS_WRITE, IdentityPolicy, SocketKind};
-use crate::event::Event;
+use crate::event::{Event, EventKind};
 pub use judge::{Judge, Replay, Verdict, replay};
 
 /// How far a proposal may generalise what was seen.
@@ -262,8 +262,11 @@ pub fn collect<'e>(
     let mut rec = Recorded::default();
     for ev in events {
         if ev.identity.as_deref() != Some(identity)
-            || !matches!(ev.kind.as_str(), "net" | "unix" | "file" | "syscall")
-            || !matches!(ev.verdict.as_deref(), Some("deny" | "audit" | "kill"))
+            || !matches!(
+                ev.kind,
+                EventKind::Net | EventKind::Unix | EventKind::File | EventKind::Syscall
+            )
+            || ev.verdict.is_none()
         {
             continue;
         }
@@ -415,7 +418,7 @@ fn event_target(ev: &Event) -> String {
     if let Some(s) = &ev.syscall {
         return format!("syscall {}", s.name);
     }
-    ev.kind.clone()
+    ev.kind.to_string()
 }
 
 /// `read,write` to `ACCESS_*` bits (0 for an unknown name).

@@ -306,7 +306,7 @@ fn other_identities_and_allowed_verdicts_are_ignored() {
     let mut other = connect("127.0.0.1", 1);
     other.identity = Some("u".into());
     let mut allowed = connect("127.0.0.1", 2);
-    allowed.verdict = Some("allow".into());
+    allowed.verdict = None;
     let rec = collect("t", &[other, allowed], &exists);
     assert!(rec.ops.is_empty());
     assert!(Limits::default().check().is_ok());
