@@ -28,11 +28,16 @@ pub fn daemon_tgid() -> u32 {
     CORRAL_DAEMON_TGID.load()
 }
 
-/// The identity of the current task: the deepest tagged cgroup among its
-/// ancestors (so a sub-cgroup an agent creates is still that agent).
-/// `None` for untagged tasks, which are never judged.
+/// The one rule for who the calling task is: the identity of the deepest
+/// tagged cgroup among its ancestors, 0 when none is tagged. Every program
+/// that judges the calling task uses it (the syscall observers through
+/// their cache); `lsm::kernel::task_identity` applies the same rule to
+/// another task from its cgroup's ancestor array, and the hand-assembled
+/// unix programs (agent-user `daemon/kernel/unix_prog.rs`) spell it in
+/// instructions. `tests/tests/nested_identity.rs` checks that the network
+/// and unix programs agree on an identity nested in another.
 #[inline(always)]
-pub fn current() -> Option<Subject> {
+pub fn deepest_tagged() -> u32 {
     // Plain scalar accumulator: an Option accumulator upset the verifier.
     let mut found: u32 = 0;
     let mut level: i32 = 0;
@@ -48,6 +53,15 @@ pub fn current() -> Option<Subject> {
         }
         level += 1;
     }
+    found
+}
+
+/// The identity of the current task: the deepest tagged cgroup among its
+/// ancestors (so a sub-cgroup an agent creates is still that agent).
+/// `None` for untagged tasks, which are never judged.
+#[inline(always)]
+pub fn current() -> Option<Subject> {
+    let found = deepest_tagged();
     if found == 0 {
         return None;
     }

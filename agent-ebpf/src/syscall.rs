@@ -23,7 +23,7 @@ use agent_common::{
         COMM_LEN, EventHeader, KIND_SYSCALL, REASON_DENY_RULE, REASON_FAIL_CLOSED, REASON_NO_RULE,
         REASON_PROTECTED, VERDICT_AUDIT, VERDICT_DENY, VERDICT_KILL,
     },
-    identity::{CGROUP_MAX_DEPTH, MODE_AUDIT},
+    identity::MODE_AUDIT,
     syscall::{
         BITMAP_BITS, FLAG_ASSIGNED_KILL, LAUNCHER_MAX_DEPTH, LAYER_KERNEL, LAYER_KILL,
         LAYER_NOTIFY, LAYER_OBSERVED, LauncherEntry, NR_IA32_FLAG, NR_IOCTL, NR_SECCOMP, NR_SOCKET,
@@ -34,9 +34,9 @@ use agent_common::{
 use aya_ebpf::{
     Global,
     helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns,
-        bpf_probe_read_kernel, generated::bpf_send_signal,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+        generated::bpf_send_signal,
     },
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -45,7 +45,7 @@ use aya_ebpf::{
 
 use crate::{
     events::{self, COUNT_AUDITED, COUNT_DENIED},
-    maps::{CGROUP_IDENTITY, EVENTS, SYSCALL_POLICY},
+    maps::{EVENTS, SYSCALL_POLICY},
 };
 
 /// `task_struct` offsets from the running kernel's BTF; `seccomp_mode` 0
@@ -115,26 +115,6 @@ const REGS_SI: usize = 13 * 8;
 const REGS_DI: usize = 14 * 8;
 const REGS_ORIG_AX: usize = 15 * 8;
 
-#[inline(always)]
-fn walk() -> u32 {
-    // Plain scalar accumulator: an Option accumulator upset the verifier.
-    let mut found: u32 = 0;
-    let mut level: i32 = 0;
-    while level < CGROUP_MAX_DEPTH {
-        // SAFETY: helper with no pointer arguments.
-        let cg = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
-        if cg == 0 {
-            break;
-        }
-        // SAFETY: the value is a plain u32 copied out immediately.
-        if let Some(id) = unsafe { CGROUP_IDENTITY.get(cg) } {
-            found = *id;
-        }
-        level += 1;
-    }
-    found
-}
-
 /// The current task's identity id, 0 when untagged.
 #[inline(always)]
 fn tagged_identity() -> u32 {
@@ -157,7 +137,7 @@ fn tagged_identity() -> u32 {
     let identity = match unsafe { CG_CACHE.get(cg) } {
         Some(e) if e.generation == generation => e.identity,
         _ => {
-            let identity = walk();
+            let identity = crate::identity::deepest_tagged();
             let _ = CG_CACHE.insert(
                 cg,
                 CgIdentity {

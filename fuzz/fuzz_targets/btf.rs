@@ -1,7 +1,7 @@
 //! Arbitrary bytes as kernel BTF, then the questions the daemon asks of it.
 #![no_main]
 
-use agent_user::daemon::btf::Btf;
+use agent_user::daemon::kernel::btf::Btf;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -239,7 +239,10 @@ fn seeds() -> Seeds {
     s.insert("event_decode", events());
     s.insert("api", api());
     s.insert("lease_token", tokens());
-    s.insert("btf", vec![("blob".into(), super::btf::tests::blob())]);
+    s.insert(
+        "btf",
+        vec![("blob".into(), super::kernel::btf::tests::blob())],
+    );
     s
 }
 

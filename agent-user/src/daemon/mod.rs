@@ -3,7 +3,6 @@
 
 mod api;
 mod audit;
-pub mod btf;
 mod capabilities;
 mod conn;
 mod dns;
@@ -16,6 +15,7 @@ pub mod harness;
 mod harness_seeds;
 mod hostcost;
 mod inspect;
+pub mod kernel;
 pub mod lease;
 mod loader;
 mod lsm;
@@ -44,8 +44,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use tokio::net::UnixListener;
 
+pub use kernel::lsm_probe::kernel_probe as lsm_kernel_probe;
 pub use loader::{object_is_stub, unload};
-pub use lsm::kernel_probe as lsm_kernel_probe;
 pub use reload::compile_dir;
 pub use syscalls::task_offsets;
 pub use unix::kernel_support as unix_kernel_support;

@@ -409,7 +409,7 @@ fn model_unix(listed: &[&str], sun_path: &[u8]) -> bool {
     }
 }
 
-/// The unix program's key (see `daemon::unix::prog`) and a hash lookup.
+/// The unix program's key (see `daemon::kernel::unix_prog`) and a hash lookup.
 fn kernel_unix(map: &HashMap<UnixKey, u32>, sun_path: &[u8]) -> bool {
     let mut k = UnixKey {
         ruleset: RULESET,

@@ -84,7 +84,7 @@ pub fn task_offsets() -> TaskOffsets {
 }
 
 fn read_task_offsets() -> TaskOffsets {
-    let b = match super::btf::Btf::from_sys_fs() {
+    let b = match super::kernel::btf::Btf::from_sys_fs() {
         Ok(b) => b,
         Err(e) => {
             warn!("reading kernel BTF ({e}): `assigned = \"kill\"` is unavailable");

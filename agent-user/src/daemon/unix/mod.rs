@@ -17,10 +17,6 @@
 //!   and a send without one goes to the peer already judged at connect();
 //! - socketpair() and passed descriptors are not judged (no address).
 
-mod asm;
-mod prog;
-mod sys;
-
 use std::{
     collections::HashSet,
     fs,
@@ -37,7 +33,7 @@ use aya::maps::{HashMap as BpfHashMap, IterableMap as _, Map, MapData, MapError,
 use tracing::info;
 
 use super::{
-    btf::Btf,
+    kernel::{btf::Btf, sys, unix_prog as prog},
     loader::{self, LoadError},
 };
 use crate::policy::UnixRule;
@@ -338,7 +334,8 @@ mod tests {
     /// The running kernel's layout, when there is one to read.
     #[test]
     fn reads_this_kernel() {
-        if !Path::new(crate::daemon::btf::VMLINUX).exists() || !version_at_least(&release(), (6, 7))
+        if !Path::new(crate::daemon::kernel::btf::VMLINUX).exists()
+            || !version_at_least(&release(), (6, 7))
         {
             return;
         }
