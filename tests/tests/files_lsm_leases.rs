@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use corral_tests::{lease::PROBE_WAIT, *};
 use serde_json::{Value, json};
 
+/// The shared lease lab (`corral_tests::lease::Lab`: start, stop, restart,
+/// clean-up) with a file tree beside it.
 struct Lab {
-    d: Option<Daemon>,
-    dirs: Dirs,
+    lab: lease::Lab,
     t: ScratchTree,
 }
 
@@ -33,7 +34,6 @@ impl Lab {
         if !is_root() {
             return None;
         }
-        // The tree under `tree/`, the daemon's dirs beside it.
         let t = ScratchTree::new(
             &["tree/refunds/secret", "tree/notes"],
             &[
@@ -42,10 +42,6 @@ impl Lab {
                 "tree/notes/n.txt",
             ],
         );
-        // Root's alone, as the daemon's state dir is under systemd (0700).
-        std::fs::set_permissions(&t.root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .expect("chmod");
-        let dirs = Dirs::new(&t.root);
         let policy = format!(
             "[identity]\nname = \"agent\"\n[files]\n\
              read = [{sys}, \"{root}/\", \"{probe}\"]\n\
@@ -57,20 +53,30 @@ impl Lab {
             root = t.p("tree"),
             probe = probe_real(),
         );
-        std::fs::write(dirs.policy_dir.join("agent.toml"), policy).expect("policy");
-        for (name, text) in others {
-            std::fs::write(dirs.policy_dir.join(format!("{name}.toml")), text).expect("policy");
-        }
-        let d = Daemon::start_with(dirs.clone()).expect("daemon did not start");
+        let texts: Vec<(&str, String)> = std::iter::once(("agent", policy))
+            .chain(others.iter().map(|(n, p)| (*n, p.to_string())))
+            .collect();
+        let makers: Vec<Box<dyn Fn(&std::path::Path) -> String>> = texts
+            .iter()
+            .map(|(_, p)| {
+                let p = p.clone();
+                Box::new(move |_: &std::path::Path| p.clone())
+                    as Box<dyn Fn(&std::path::Path) -> String>
+            })
+            .collect();
+        let policies: Vec<lease::PolicyText<'_>> = texts
+            .iter()
+            .zip(&makers)
+            .map(|((n, _), m)| (*n, m.as_ref()))
+            .collect();
         Some(Lab {
-            d: Some(d),
-            dirs,
+            lab: lease::Lab::start(&policies),
             t,
         })
     }
 
     fn d(&self) -> &Daemon {
-        self.d.as_ref().expect("daemon running")
+        self.lab.d()
     }
 
     fn p(&self, rel: &str) -> String {
@@ -78,32 +84,12 @@ impl Lab {
     }
 
     fn issue(&self, scopes: &[&str], ttl: &str) -> Value {
-        let mut args = vec![
-            "lease",
-            "issue",
-            "--identity",
-            "agent",
-            "--ttl",
-            ttl,
-            "--json",
-        ];
-        for s in scopes {
-            args.extend(["--scope", s]);
-        }
-        self.d().cli_json(&args)
+        self.lab.issue("agent", scopes, ttl)
     }
 
     fn write(&self, rel: &str) -> ProbeRun {
         self.d()
             .probe_as("agent", &["pid", "open", &self.p(rel), "w", "sleep", "0.3"])
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if self.d.is_none() {
-            cleanup(&self.dirs);
-        }
     }
 }
 
@@ -182,8 +168,7 @@ fn a_file_grant_opens_writes_and_ends_in_the_kernel_with_the_daemon_stopped() {
         ],
     );
     std::thread::sleep(Duration::from_millis(700));
-    let d = lab.d.take().expect("running");
-    d.stop_keep_pins();
+    lab.lab.stop();
     let r = child.finish_within(PROBE_WAIT);
     r.assert_ok("open", 0); // granted
     r.assert_eperm("open", 1); // deny beats the grant
@@ -191,7 +176,7 @@ fn a_file_grant_opens_writes_and_ends_in_the_kernel_with_the_daemon_stopped() {
     assert!(issued.elapsed() > Duration::from_secs(3));
     writable_outside(&target);
 
-    lab.d = Some(Daemon::start_with(lab.dirs.clone()).expect("restart"));
+    lab.lab.restart();
     let l = lab
         .d()
         .cli_json(&["lease", "show", v["id"].as_str().unwrap(), "--json"]);
@@ -254,7 +239,7 @@ fn a_rotated_token_is_its_owners_and_only_its_identity_reads_it() {
     let Some(lab) = Lab::start_with(rotate, &[("other", other)]) else {
         return;
     };
-    let token = std::fs::canonicalize(&lab.dirs.state_dir)
+    let token = std::fs::canonicalize(&lab.lab.dirs.state_dir)
         .expect("state dir")
         .join("tokens/agent.jwt");
     let deadline = Instant::now() + Duration::from_secs(10);

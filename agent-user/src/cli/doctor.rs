@@ -13,6 +13,30 @@ struct Check {
 pub fn run(client: &Client, a: &JsonFlag) -> anyhow::Result<u8> {
     let mut checks = Vec::new();
     checks.extend(daemon_checks(client));
+    basics(&mut checks);
+    mechanisms(&mut checks);
+    kernel_support(&mut checks);
+    if a.json {
+        let v: Vec<Value> = checks
+            .iter()
+            .map(|c| json!({ "check": c.name, "ok": c.ok, "detail": c.detail }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for c in &checks {
+            println!(
+                "{} {:<26} {}",
+                if c.ok { "ok  " } else { "FAIL" },
+                c.name,
+                c.detail
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// What every mechanism needs: root, cgroup v2, the object, BTF.
+fn basics(checks: &mut Vec<Check>) {
     checks.push(Check {
         name: "root",
         ok: nix::unistd::geteuid().is_root(),
@@ -42,6 +66,10 @@ pub fn run(client: &Client, a: &JsonFlag) -> anyhow::Result<u8> {
         ok: btf,
         detail: "/sys/kernel/btf/vmlinux".into(),
     });
+}
+
+/// The mechanisms that hold files and syscalls: BPF LSM, seccomp, Landlock.
+fn mechanisms(checks: &mut Vec<Check>) {
     let lsms = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
     // Tried for real (a no-op lsm/file_open program, loaded and attached for
     // an instant): `bpf` in the LSM list is not enough on every kernel.
@@ -86,6 +114,11 @@ pub fn run(client: &Client, a: &JsonFlag) -> anyhow::Result<u8> {
             "not available".into()
         },
     });
+}
+
+/// What the kernel's own layout allows: kill mode, the terminal filter,
+/// unix socket rules.
+fn kernel_support(checks: &mut Vec<Check>) {
     let release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -113,6 +146,8 @@ pub fn run(client: &Client, a: &JsonFlag) -> anyhow::Result<u8> {
         },
     });
     let legacy = std::fs::read_to_string("/proc/sys/dev/tty/legacy_tiocsti").unwrap_or_default();
+    let seccomp =
+        std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
     checks.push(Check {
         name: "terminal injection",
         ok: seccomp.contains("errno"),
@@ -139,23 +174,6 @@ pub fn run(client: &Client, a: &JsonFlag) -> anyhow::Result<u8> {
             Err(why) => format!("NOT ENFORCED: {why}"),
         },
     });
-    if a.json {
-        let v: Vec<Value> = checks
-            .iter()
-            .map(|c| json!({ "check": c.name, "ok": c.ok, "detail": c.detail }))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        for c in &checks {
-            println!(
-                "{} {:<26} {}",
-                if c.ok { "ok  " } else { "FAIL" },
-                c.name,
-                c.detail
-            );
-        }
-    }
-    Ok(0)
 }
 
 /// What only a running daemon can tell: whether its audit log is written,

@@ -110,248 +110,277 @@ impl Metrics {
     pub fn render(&self, status: &Value, identities: &[Value]) -> String {
         let mut o = Out::default();
         let c = self.counts.lock().expect("metrics");
-        o.family("corral_events_total", "counter", "Judged events (denials, audits, kills, self-protection) by identity, kind and verdict.");
-        for ((i, k, v), n) in &c.events {
-            o.sample(
-                "corral_events_total",
-                &[("identity", i), ("kind", k), ("verdict", v)],
-                *n as f64,
-            );
-        }
-        let e = &status["events"];
-        o.one(
-            "corral_kernel_events_lost_total",
-            "counter",
-            "Events the kernel could not queue (ring buffer full).",
-            num(&e["kernel_lost"]),
-        );
-        o.one(
-            "corral_events_received_total",
-            "counter",
-            "Records read from the kernel ring buffer.",
-            num(&e["received"]),
-        );
-        o.one(
-            "corral_event_decode_errors_total",
-            "counter",
-            "Ring buffer records that did not decode.",
-            num(&e["decode_errors"]),
-        );
-        o.one(
-            "corral_event_subscribers",
-            "gauge",
-            "Open event stream subscribers.",
-            num(&e["subscribers"]),
-        );
-        o.one(
-            "corral_metrics_events_missed_total",
-            "counter",
-            "Events the metrics counter fell behind on (not counted above).",
-            c.missed as f64,
-        );
-
-        o.family(
-            "corral_reloads_total",
-            "counter",
-            "Policy reloads by result.",
-        );
-        o.sample(
-            "corral_reloads_total",
-            &[("result", "ok")],
-            c.reloads_ok as f64,
-        );
-        o.sample(
-            "corral_reloads_total",
-            &[("result", "error")],
-            c.reloads_failed as f64,
-        );
-        o.family(
-            "corral_reload_duration_seconds",
-            "histogram",
-            "Parse, compile and apply time of policy reloads.",
-        );
-        for (i, b) in RELOAD_BUCKETS.iter().enumerate() {
-            o.sample(
-                "corral_reload_duration_seconds_bucket",
-                &[("le", &b.to_string())],
-                c.reload_buckets[i] as f64,
-            );
-        }
-        let total = (c.reloads_ok + c.reloads_failed) as f64;
-        o.sample(
-            "corral_reload_duration_seconds_bucket",
-            &[("le", "+Inf")],
-            total,
-        );
-        o.sample("corral_reload_duration_seconds_sum", &[], c.reload_sum_s);
-        o.sample("corral_reload_duration_seconds_count", &[], total);
-        o.one(
-            "corral_policy_generation",
-            "gauge",
-            "Successful applies since the daemon started.",
-            num(&status["reload"]["generation"]),
-        );
-
-        o.one(
-            "corral_identities",
-            "gauge",
-            "Identities in force.",
-            identities.len() as f64,
-        );
-        o.family(
-            "corral_identity_processes",
-            "gauge",
-            "Processes in an identity's cgroups.",
-        );
-        for v in identities {
-            o.sample(
-                "corral_identity_processes",
-                &[("identity", v["name"].as_str().unwrap_or(""))],
-                num(&v["processes"]),
-            );
-        }
-        o.family(
-            "corral_identity_rules",
-            "gauge",
-            "Rules as written in an identity's policy, by section.",
-        );
-        for v in identities {
-            let name = v["name"].as_str().unwrap_or("");
-            for (section, n) in v["rules"].as_object().into_iter().flatten() {
-                o.sample(
-                    "corral_identity_rules",
-                    &[("identity", name), ("section", section)],
-                    num(n),
-                );
-            }
-        }
-        o.family(
-            "corral_identity_kernel_entries",
-            "gauge",
-            "Kernel map entries of an identity's rules, by map.",
-        );
-        for v in identities {
-            let name = v["name"].as_str().unwrap_or("");
-            if let Some(m) = v["kernel_entries"].as_object() {
-                for (map, n) in m.iter().filter(|(k, _)| *k != "ruleset") {
-                    if let Some(n) = n.as_f64() {
-                        o.sample(
-                            "corral_identity_kernel_entries",
-                            &[("identity", name), ("map", map)],
-                            n,
-                        );
-                    }
-                }
-            }
-        }
-
-        let l = &status["leases"];
-        o.family("corral_leases", "gauge", "Leases by state.");
-        o.sample("corral_leases", &[("state", "active")], num(&l["active"]));
-        o.sample("corral_leases", &[("state", "pending")], num(&l["pending"]));
-        o.family(
-            "corral_lease_actions_total",
-            "counter",
-            "Lease records by action (issue, renew, revoke, expire, ...).",
-        );
-        for (a, n) in &c.lease_actions {
-            o.sample("corral_lease_actions_total", &[("action", a)], *n as f64);
-        }
-        o.family(
-            "corral_lease_requests_rate_limited_total",
-            "counter",
-            "Agent socket requests refused by the per-identity rate limit.",
-        );
-        for (i, n) in &c.rate_limited {
-            o.sample(
-                "corral_lease_requests_rate_limited_total",
-                &[("identity", i)],
-                *n as f64,
-            );
-        }
-        o.family(
-            "corral_anomaly_actions_total",
-            "counter",
-            "Anomaly responses by identity and action.",
-        );
-        for ((i, a), n) in &c.anomaly_actions {
-            o.sample(
-                "corral_anomaly_actions_total",
-                &[("identity", i), ("action", a)],
-                *n as f64,
-            );
-        }
-        o.family(
-            "corral_operator_actions_total",
-            "counter",
-            "Control API calls that change something, by result.",
-        );
-        for (r, n) in &c.operator_actions {
-            o.sample("corral_operator_actions_total", &[("result", r)], *n as f64);
-        }
-
-        let a = &status["audit"];
-        o.one(
-            "corral_audit_records_total",
-            "counter",
-            "Records appended to the audit log.",
-            num(&a["records"]),
-        );
-        o.one(
-            "corral_audit_bytes_total",
-            "counter",
-            "Bytes appended to the audit log.",
-            num(&a["bytes"]),
-        );
-        o.one(
-            "corral_audit_lost_total",
-            "counter",
-            "Records the audit log could not write.",
-            num(&a["lost"]),
-        );
-        o.one(
-            "corral_audit_segments",
-            "gauge",
-            "Audit log segments on disk.",
-            num(&a["segments"]),
-        );
-        o.one(
-            "corral_audit_last_checkpoint_seq",
-            "gauge",
-            "Sequence number of the last signed checkpoint.",
-            num(&a["last_checkpoint_seq"]),
-        );
-        otlp(&mut o, &status["otlp"]);
-
-        o.family(
-            "corral_api_connections",
-            "gauge",
-            "Open API connections by socket.",
-        );
-        o.family_only_samples(&status["sockets"], "open", "corral_api_connections");
-        o.family(
-            "corral_api_connections_refused_total",
-            "counter",
-            "API connections refused over a limit, by socket and limit.",
-        );
-        for (sock, g) in status["sockets"].as_object().into_iter().flatten() {
-            if g["open"].is_null() {
-                continue;
-            }
-            o.sample(
-                "corral_api_connections_refused_total",
-                &[("socket", sock), ("limit", "total")],
-                num(&g["refused_over_total"]),
-            );
-            o.sample(
-                "corral_api_connections_refused_total",
-                &[("socket", sock), ("limit", "per_uid")],
-                num(&g["refused_over_per_uid"]),
-            );
-        }
+        events(&mut o, &c, status);
+        reloads(&mut o, &c, status);
+        identity_families(&mut o, identities);
+        leases(&mut o, &c, status);
+        audit(&mut o, status);
+        sockets(&mut o, status);
         drop(c);
         programs(&mut o);
         o.0
+    }
+}
+
+/// Judged events and the event pipeline's own counts.
+fn events(o: &mut Out, c: &Counts, status: &Value) {
+    o.family(
+        "corral_events_total",
+        "counter",
+        "Judged events (denials, audits, kills, self-protection) by identity, kind and verdict.",
+    );
+    for ((i, k, v), n) in &c.events {
+        o.sample(
+            "corral_events_total",
+            &[("identity", i), ("kind", k), ("verdict", v)],
+            *n as f64,
+        );
+    }
+    let e = &status["events"];
+    o.one(
+        "corral_kernel_events_lost_total",
+        "counter",
+        "Events the kernel could not queue (ring buffer full).",
+        num(&e["kernel_lost"]),
+    );
+    o.one(
+        "corral_events_received_total",
+        "counter",
+        "Records read from the kernel ring buffer.",
+        num(&e["received"]),
+    );
+    o.one(
+        "corral_event_decode_errors_total",
+        "counter",
+        "Ring buffer records that did not decode.",
+        num(&e["decode_errors"]),
+    );
+    o.one(
+        "corral_event_subscribers",
+        "gauge",
+        "Open event stream subscribers.",
+        num(&e["subscribers"]),
+    );
+    o.one(
+        "corral_metrics_events_missed_total",
+        "counter",
+        "Events the metrics counter fell behind on (not counted above).",
+        c.missed as f64,
+    );
+}
+
+/// Policy reloads: results, duration histogram, generation.
+fn reloads(o: &mut Out, c: &Counts, status: &Value) {
+    o.family(
+        "corral_reloads_total",
+        "counter",
+        "Policy reloads by result.",
+    );
+    o.sample(
+        "corral_reloads_total",
+        &[("result", "ok")],
+        c.reloads_ok as f64,
+    );
+    o.sample(
+        "corral_reloads_total",
+        &[("result", "error")],
+        c.reloads_failed as f64,
+    );
+    o.family(
+        "corral_reload_duration_seconds",
+        "histogram",
+        "Parse, compile and apply time of policy reloads.",
+    );
+    for (i, b) in RELOAD_BUCKETS.iter().enumerate() {
+        o.sample(
+            "corral_reload_duration_seconds_bucket",
+            &[("le", &b.to_string())],
+            c.reload_buckets[i] as f64,
+        );
+    }
+    let total = (c.reloads_ok + c.reloads_failed) as f64;
+    o.sample(
+        "corral_reload_duration_seconds_bucket",
+        &[("le", "+Inf")],
+        total,
+    );
+    o.sample("corral_reload_duration_seconds_sum", &[], c.reload_sum_s);
+    o.sample("corral_reload_duration_seconds_count", &[], total);
+    o.one(
+        "corral_policy_generation",
+        "gauge",
+        "Successful applies since the daemon started.",
+        num(&status["reload"]["generation"]),
+    );
+}
+
+/// Identities in force: processes, rules, kernel entries.
+fn identity_families(o: &mut Out, identities: &[Value]) {
+    o.one(
+        "corral_identities",
+        "gauge",
+        "Identities in force.",
+        identities.len() as f64,
+    );
+    o.family(
+        "corral_identity_processes",
+        "gauge",
+        "Processes in an identity's cgroups.",
+    );
+    for v in identities {
+        o.sample(
+            "corral_identity_processes",
+            &[("identity", v["name"].as_str().unwrap_or(""))],
+            num(&v["processes"]),
+        );
+    }
+    o.family(
+        "corral_identity_rules",
+        "gauge",
+        "Rules as written in an identity's policy, by section.",
+    );
+    for v in identities {
+        let name = v["name"].as_str().unwrap_or("");
+        for (section, n) in v["rules"].as_object().into_iter().flatten() {
+            o.sample(
+                "corral_identity_rules",
+                &[("identity", name), ("section", section)],
+                num(n),
+            );
+        }
+    }
+    o.family(
+        "corral_identity_kernel_entries",
+        "gauge",
+        "Kernel map entries of an identity's rules, by map.",
+    );
+    for v in identities {
+        let name = v["name"].as_str().unwrap_or("");
+        if let Some(m) = v["kernel_entries"].as_object() {
+            for (map, n) in m.iter().filter(|(k, _)| *k != "ruleset") {
+                if let Some(n) = n.as_f64() {
+                    o.sample(
+                        "corral_identity_kernel_entries",
+                        &[("identity", name), ("map", map)],
+                        n,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Leases, the agent socket's rate limit, anomaly and operator actions.
+fn leases(o: &mut Out, c: &Counts, status: &Value) {
+    let l = &status["leases"];
+    o.family("corral_leases", "gauge", "Leases by state.");
+    o.sample("corral_leases", &[("state", "active")], num(&l["active"]));
+    o.sample("corral_leases", &[("state", "pending")], num(&l["pending"]));
+    o.family(
+        "corral_lease_actions_total",
+        "counter",
+        "Lease records by action (issue, renew, revoke, expire, ...).",
+    );
+    for (a, n) in &c.lease_actions {
+        o.sample("corral_lease_actions_total", &[("action", a)], *n as f64);
+    }
+    o.family(
+        "corral_lease_requests_rate_limited_total",
+        "counter",
+        "Agent socket requests refused by the per-identity rate limit.",
+    );
+    for (i, n) in &c.rate_limited {
+        o.sample(
+            "corral_lease_requests_rate_limited_total",
+            &[("identity", i)],
+            *n as f64,
+        );
+    }
+    o.family(
+        "corral_anomaly_actions_total",
+        "counter",
+        "Anomaly responses by identity and action.",
+    );
+    for ((i, a), n) in &c.anomaly_actions {
+        o.sample(
+            "corral_anomaly_actions_total",
+            &[("identity", i), ("action", a)],
+            *n as f64,
+        );
+    }
+    o.family(
+        "corral_operator_actions_total",
+        "counter",
+        "Control API calls that change something, by result.",
+    );
+    for (r, n) in &c.operator_actions {
+        o.sample("corral_operator_actions_total", &[("result", r)], *n as f64);
+    }
+}
+
+/// The audit log and the OTLP exporter.
+fn audit(o: &mut Out, status: &Value) {
+    let a = &status["audit"];
+    o.one(
+        "corral_audit_records_total",
+        "counter",
+        "Records appended to the audit log.",
+        num(&a["records"]),
+    );
+    o.one(
+        "corral_audit_bytes_total",
+        "counter",
+        "Bytes appended to the audit log.",
+        num(&a["bytes"]),
+    );
+    o.one(
+        "corral_audit_lost_total",
+        "counter",
+        "Records the audit log could not write.",
+        num(&a["lost"]),
+    );
+    o.one(
+        "corral_audit_segments",
+        "gauge",
+        "Audit log segments on disk.",
+        num(&a["segments"]),
+    );
+    o.one(
+        "corral_audit_last_checkpoint_seq",
+        "gauge",
+        "Sequence number of the last signed checkpoint.",
+        num(&a["last_checkpoint_seq"]),
+    );
+    otlp(o, &status["otlp"]);
+}
+
+/// The API sockets' admission counts.
+fn sockets(o: &mut Out, status: &Value) {
+    o.family(
+        "corral_api_connections",
+        "gauge",
+        "Open API connections by socket.",
+    );
+    o.family_only_samples(&status["sockets"], "open", "corral_api_connections");
+    o.family(
+        "corral_api_connections_refused_total",
+        "counter",
+        "API connections refused over a limit, by socket and limit.",
+    );
+    for (sock, g) in status["sockets"].as_object().into_iter().flatten() {
+        if g["open"].is_null() {
+            continue;
+        }
+        o.sample(
+            "corral_api_connections_refused_total",
+            &[("socket", sock), ("limit", "total")],
+            num(&g["refused_over_total"]),
+        );
+        o.sample(
+            "corral_api_connections_refused_total",
+            &[("socket", sock), ("limit", "per_uid")],
+            num(&g["refused_over_per_uid"]),
+        );
     }
 }
 

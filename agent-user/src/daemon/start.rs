@@ -181,16 +181,7 @@ impl Kernel {
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let actor = tokio::spawn(self.enforcer.run(cmd_rx));
         let hub = events::Hub::new();
-        let metrics = Arc::new(metrics::Metrics::default());
-        tokio::spawn(metrics.clone().run(hub.tx.subscribe()));
-        // Subscribed before the reader starts: the log misses nothing.
-        let audit_log = Arc::new(
-            audit::Audit::start(&args.state_dir, args.audit.clone(), &hub.tx)
-                .context("opening the audit log")?,
-        );
-        let otlp = otlp::Otlp::start(&args.otlp, hub.tx.subscribe())
-            .context("starting the OTLP exporter")?
-            .map(Arc::new);
+        let (metrics, audit_log, otlp) = subscribers(args, &hub)?;
         // Leases: a missing or corrupt store stops the start-up here,
         // before the first policy apply changes anything in the kernel.
         let leases = Arc::new(Leases::open(
@@ -263,6 +254,27 @@ impl Kernel {
     }
 }
 
+type Subscribers = (
+    Arc<metrics::Metrics>,
+    Arc<audit::Audit>,
+    Option<Arc<otlp::Otlp>>,
+);
+
+/// The hub's standing subscribers, subscribed before the event reader
+/// starts: the log misses nothing.
+fn subscribers(args: &DaemonArgs, hub: &events::Hub) -> anyhow::Result<Subscribers> {
+    let metrics = Arc::new(metrics::Metrics::default());
+    tokio::spawn(metrics.clone().run(hub.tx.subscribe()));
+    let audit_log = Arc::new(
+        audit::Audit::start(&args.state_dir, args.audit.clone(), &hub.tx)
+            .context("opening the audit log")?,
+    );
+    let otlp = otlp::Otlp::start(&args.otlp, hub.tx.subscribe())
+        .context("starting the OTLP exporter")?
+        .map(Arc::new);
+    Ok((metrics, audit_log, otlp))
+}
+
 /// Watches are set before the first apply, so no edit in between is lost.
 fn watcher(args: &DaemonArgs) -> Option<Watcher> {
     if args.no_watch {
@@ -296,32 +308,8 @@ impl Running {
             adopted,
             mechanisms,
         } = self.facts;
-        let lease_socket = args
-            .lease_socket
-            .clone()
-            .unwrap_or_else(|| socket.with_file_name("lease.sock"));
-        // Any local process may connect (mode 0666); the kernel attests who.
-        let agent_listener = conn::bind::bind(&lease_socket, 0o666, None)?;
         tokio::spawn(self.leases.clone().run(self.trips));
-        let sockets = api::Sockets::new(
-            conn::Limits {
-                max_conns: args.lease_max_connections,
-                per_uid: args.lease_max_connections_per_uid,
-                header_timeout: args.lease_idle_timeout,
-            },
-            args.lease_rate,
-            self.hub.tx.clone(),
-        );
-        conn::spawn_isolated(
-            "corral-agent-api",
-            api::lease::serve_agent(
-                agent_listener,
-                sockets.agent.clone(),
-                self.leases.clone(),
-                sockets.rate.clone(),
-            ),
-        )
-        .context("starting the agent socket's thread")?;
+        let (lease_socket, sockets) = serve_agents(args, &socket, &self.leases, &self.hub)?;
         if let Some(w) = self.watcher {
             tokio::spawn(w.run(self.reloader.clone()));
         }
@@ -378,6 +366,42 @@ impl Running {
             parent,
         })
     }
+}
+
+/// The agent socket, on its own thread and runtime (`conn::spawn_isolated`):
+/// its load cannot delay the control socket. Any local process may connect
+/// (mode 0666); the kernel attests who.
+fn serve_agents(
+    args: &DaemonArgs,
+    socket: &std::path::Path,
+    leases: &Arc<Leases>,
+    hub: &events::Hub,
+) -> anyhow::Result<(PathBuf, api::Sockets)> {
+    let lease_socket = args
+        .lease_socket
+        .clone()
+        .unwrap_or_else(|| socket.with_file_name("lease.sock"));
+    let listener = conn::bind::bind(&lease_socket, 0o666, None)?;
+    let sockets = api::Sockets::new(
+        conn::Limits {
+            max_conns: args.lease_max_connections,
+            per_uid: args.lease_max_connections_per_uid,
+            header_timeout: args.lease_idle_timeout,
+        },
+        args.lease_rate,
+        hub.tx.clone(),
+    );
+    conn::spawn_isolated(
+        "corral-agent-api",
+        api::lease::serve_agent(
+            listener,
+            sockets.agent.clone(),
+            leases.clone(),
+            sockets.rate.clone(),
+        ),
+    )
+    .context("starting the agent socket's thread")?;
+    Ok((lease_socket, sockets))
 }
 
 fn log_mechanisms(mechanisms: &[Mechanism]) {

@@ -8,9 +8,44 @@ impl fmt::Display for Event {
         if let Some(l) = &self.lost {
             return write!(f, "{} LOST {} events ({})", self.time, l.count, l.source);
         }
+        if self.daemon_line(f)? {
+            return Ok(());
+        }
+        let o = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
+        write!(
+            f,
+            "{} {} {} {} pid={} comm={} ",
+            self.time,
+            self.verdict.map_or("-", |v| v.name()).to_uppercase(),
+            self.kind,
+            o(&self.identity),
+            self.tgid.map_or("-".into(), |p| p.to_string()),
+            o(&self.comm),
+        )?;
+        self.target(f)?;
+        match (&self.rule, &self.reason) {
+            (Some(r), _) => write!(f, " by {r}")?,
+            (None, Some(r)) => write!(f, " ({r})")?,
+            _ => {}
+        }
+        if let Some(ls) = self.leases.as_ref().filter(|l| !l.is_empty()) {
+            let shown: Vec<String> = ls
+                .iter()
+                .map(|l| format!("{}({})", l.id, l.scopes.join(",")))
+                .collect();
+            write!(f, " leases={}", shown.join(","))?;
+        }
+        Ok(())
+    }
+}
+
+impl Event {
+    /// The daemon's own events (policy, audit, operator, lease, anomaly);
+    /// `false` when this is none of them.
+    fn daemon_line(&self, f: &mut fmt::Formatter<'_>) -> Result<bool, fmt::Error> {
         let o = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
         if let Some(p) = &self.policy {
-            return write!(
+            write!(
                 f,
                 "{} POLICY reload ({}) {} generation={} errors={}",
                 self.time,
@@ -18,7 +53,8 @@ impl fmt::Display for Event {
                 if p["ok"] == true { "ok" } else { "FAILED" },
                 p["generation"],
                 p["errors"]
-            );
+            )?;
+            return Ok(true);
         }
         if let Some(a) = &self.audit {
             write!(
@@ -28,7 +64,7 @@ impl fmt::Display for Event {
                 a["action"].as_str().unwrap_or("?"),
                 a["error"].as_str().unwrap_or("?")
             )?;
-            return match a["action"].as_str() {
+            match a["action"].as_str() {
                 Some("write-recovered") => write!(
                     f,
                     ": {} records were not written since {}",
@@ -36,10 +72,11 @@ impl fmt::Display for Event {
                     a["since"].as_str().unwrap_or("?")
                 ),
                 _ => write!(f, ": the audit log is not written; enforcement goes on"),
-            };
+            }?;
+            return Ok(true);
         }
         if let Some(a) = &self.operator {
-            return write!(
+            write!(
                 f,
                 "{} OPERATOR {} {} uid={} pid={} status={}",
                 self.time,
@@ -48,7 +85,8 @@ impl fmt::Display for Event {
                 a["uid"],
                 a["pid"],
                 a["status"]
-            );
+            )?;
+            return Ok(true);
         }
         if let Some(d) = self.lease.as_ref().or(self.anomaly.as_ref()) {
             write!(
@@ -73,18 +111,13 @@ impl fmt::Display for Event {
                     write!(f, " {k}={}", d[k])?;
                 }
             }
-            return Ok(());
+            return Ok(true);
         }
-        write!(
-            f,
-            "{} {} {} {} pid={} comm={} ",
-            self.time,
-            self.verdict.map_or("-", |v| v.name()).to_uppercase(),
-            self.kind,
-            o(&self.identity),
-            self.tgid.map_or("-".into(), |p| p.to_string()),
-            o(&self.comm),
-        )?;
+        Ok(false)
+    }
+
+    /// What a judged operation was aimed at.
+    fn target(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(n) = self.net.as_ref().filter(|n| n.op == "create") {
             // socket() itself: no address yet, the kind is the target.
             write!(f, "socket {} {} {}", n.family, n.sock_type, n.protocol)?;
@@ -123,18 +156,6 @@ impl fmt::Display for Event {
                 write!(f, " pid={t}")?;
             }
             write!(f, " arg={}", x.arg)?;
-        }
-        match (&self.rule, &self.reason) {
-            (Some(r), _) => write!(f, " by {r}")?,
-            (None, Some(r)) => write!(f, " ({r})")?,
-            _ => {}
-        }
-        if let Some(ls) = self.leases.as_ref().filter(|l| !l.is_empty()) {
-            let shown: Vec<String> = ls
-                .iter()
-                .map(|l| format!("{}({})", l.id, l.scopes.join(",")))
-                .collect();
-            write!(f, " leases={}", shown.join(","))?;
         }
         Ok(())
     }
