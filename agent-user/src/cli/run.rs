@@ -58,35 +58,7 @@ extern "C" fn forward(sig: libc::c_int) {
 }
 
 pub fn run(client: &Client, args: &RunArgs) -> anyhow::Result<u8> {
-    let (status, v) = client::block_on(client.call(
-        Method::GET,
-        &format!("/v1/identities/{}", args.identity),
-        None,
-    ))?;
-    if status == StatusCode::NOT_FOUND {
-        return Err(UnknownIdentity(client::api_error(status, &v).to_string()).into());
-    }
-    if !status.is_success() {
-        return Err(client::api_error(status, &v));
-    }
-    let cgroup = PathBuf::from(v["cgroup"].as_str().context("daemon sent no cgroup path")?);
-    if v["orphaned"].as_bool() == Some(true) {
-        bail!("identity `{}` has no policy file any more", args.identity);
-    }
-
-    // Only what the launch applies: with many network rules the whole view
-    // is tens of MB to build and parse (an older daemon ignores the query
-    // and sends everything, which still works).
-    let (pstatus, policy) = client::block_on(client.call(
-        Method::GET,
-        &format!("/v1/policy/{}?sections=files,syscalls", args.identity),
-        None,
-    ))?;
-    if !pstatus.is_success() {
-        return Err(client::api_error(pstatus, &policy));
-    }
-    let policy: LaunchPolicy = serde_json::from_value(policy)
-        .context("the daemon sent a policy view this corral cannot read (versions differ?)")?;
+    let (cgroup, policy) = fetch(client, &args.identity)?;
     // Shared with the pre_exec closure, which must be 'static; taken back
     // after spawn for supervision.
     let confinement = Arc::new(Confinement::prepare(&args.identity, &policy)?);
@@ -107,19 +79,72 @@ pub fn run(client: &Client, args: &RunArgs) -> anyhow::Result<u8> {
     if as_root {
         eprintln!("{}", root_warning(&args.identity, &policy));
     }
+    let mut cmd = command(args, user.as_ref(), procs.as_raw_fd(), confinement.clone());
+    forward_signals()?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting `{}` as {}", args.command[0], args.identity))?;
+    CHILD.store(child.id() as i32, Ordering::Relaxed);
+    drop(procs);
+    drop(cmd);
+    let confinement =
+        Arc::into_inner(confinement).expect("the Command held the only other reference");
+    let status = confinement.supervise(&mut child)?;
+    use std::os::unix::process::ExitStatusExt as _;
+    Ok(match (status.code(), status.signal()) {
+        (Some(c), _) => c as u8,
+        (None, Some(sig)) => 128u8.wrapping_add(sig as u8),
+        _ => 1,
+    })
+}
 
+/// The identity's cgroup and the launch view of its policy.
+fn fetch(client: &Client, identity: &str) -> anyhow::Result<(PathBuf, LaunchPolicy)> {
+    let (status, v) =
+        client::block_on(client.call(Method::GET, &format!("/v1/identities/{identity}"), None))?;
+    if status == StatusCode::NOT_FOUND {
+        return Err(UnknownIdentity(client::api_error(status, &v).to_string()).into());
+    }
+    if !status.is_success() {
+        return Err(client::api_error(status, &v));
+    }
+    let cgroup = PathBuf::from(v["cgroup"].as_str().context("daemon sent no cgroup path")?);
+    if v["orphaned"].as_bool() == Some(true) {
+        bail!("identity `{identity}` has no policy file any more");
+    }
+
+    // Only what the launch applies: with many network rules the whole view
+    // is tens of MB to build and parse (an older daemon ignores the query
+    // and sends everything, which still works).
+    let (pstatus, policy) = client::block_on(client.call(
+        Method::GET,
+        &format!("/v1/policy/{identity}?sections=files,syscalls"),
+        None,
+    ))?;
+    if !pstatus.is_success() {
+        return Err(client::api_error(pstatus, &policy));
+    }
+    let policy: LaunchPolicy = serde_json::from_value(policy)
+        .context("the daemon sent a policy view this corral cannot read (versions differ?)")?;
+    Ok((cgroup, policy))
+}
+
+/// The agent's command: its user, then (in the child, between fork and
+/// exec) no new privileges, the confinement, and last the cgroup.
+fn command(
+    args: &RunArgs,
+    user: Option<&User>,
+    procs_fd: std::os::fd::RawFd,
+    conf: Arc<Confinement>,
+) -> Command {
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..]);
-    if let Some(u) = &user {
+    if let Some(u) = user {
         cmd.env("HOME", &u.dir)
             .env("USER", &u.name)
             .env("LOGNAME", &u.name);
     }
-    let procs_fd = procs.as_raw_fd();
-    let conf = confinement.clone();
-    let ids = user
-        .as_ref()
-        .map(|u| (u.uid.as_raw(), u.gid.as_raw(), groups_of(u)));
+    let ids = user.map(|u| (u.uid.as_raw(), u.gid.as_raw(), groups_of(u)));
     // SAFETY: the closure only makes raw syscalls on pre-built data.
     unsafe {
         cmd.pre_exec(move || {
@@ -146,6 +171,10 @@ pub fn run(client: &Client, args: &RunArgs) -> anyhow::Result<u8> {
             Ok(())
         });
     }
+    cmd
+}
+
+fn forward_signals() -> anyhow::Result<()> {
     // The child runs in a session of its own (see sandbox::terminal): the
     // terminal's ^C reaches it through its pty, and signals sent to the
     // launcher are passed on. The launcher must outlive it to report its
@@ -163,21 +192,7 @@ pub fn run(client: &Client, args: &RunArgs) -> anyhow::Result<u8> {
             signal(s, SigHandler::Handler(forward))?;
         }
     }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting `{}` as {}", args.command[0], args.identity))?;
-    CHILD.store(child.id() as i32, Ordering::Relaxed);
-    drop(procs);
-    drop(cmd);
-    let confinement =
-        Arc::into_inner(confinement).expect("the Command held the only other reference");
-    let status = confinement.supervise(&mut child)?;
-    use std::os::unix::process::ExitStatusExt as _;
-    Ok(match (status.code(), status.signal()) {
-        (Some(c), _) => c as u8,
-        (None, Some(sig)) => 128u8.wrapping_add(sig as u8),
-        _ => 1,
-    })
+    Ok(())
 }
 
 /// Root inside an identity is not held by the cgroup programs: it can move

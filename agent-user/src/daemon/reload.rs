@@ -72,6 +72,16 @@ enum Input {
     InForce,
 }
 
+/// What one reload did, for [`Reloader::record`].
+struct Done<'a> {
+    trigger: &'a str,
+    dir: &'a Path,
+    from_disk: bool,
+    took: std::time::Duration,
+    compiled_in: std::time::Duration,
+    digests: BTreeMap<String, String>,
+}
+
 pub struct Reloader {
     pub policy_dir: PathBuf,
     /// The resolver cache every load of the daemon goes through.
@@ -212,24 +222,39 @@ impl Reloader {
         };
         let took = started.elapsed();
         trim_heap();
+        let done = Done {
+            trigger,
+            dir: &dir,
+            from_disk,
+            took,
+            compiled_in,
+            digests,
+        };
+        self.record(&result, done);
+        result
+    }
+
+    /// The reload's outcome into `corral status` and the log, and (unless
+    /// it is a quiet host-name refresh) a `policy` event.
+    fn record(&self, result: &Result<ApplyReport, ReloadError>, done: Done<'_>) {
         let mut st = self.status.lock().expect("status lock");
         st.last_time = Some(crate::clock::now_rfc3339());
-        st.last_trigger = Some(trigger.to_string());
-        st.last_duration_ms = Some(took.as_secs_f64() * 1000.0);
-        st.last_compile_ms = Some(compiled_in.as_secs_f64() * 1000.0);
-        match &result {
+        st.last_trigger = Some(done.trigger.to_string());
+        st.last_duration_ms = Some(done.took.as_secs_f64() * 1000.0);
+        st.last_compile_ms = Some(done.compiled_in.as_secs_f64() * 1000.0);
+        match result {
             Ok(report) => {
                 st.generation += 1;
                 st.last_ok = true;
                 st.last_errors.clear();
                 st.last_report = serde_json::to_value(report).ok();
-                if from_disk {
+                if done.from_disk {
                     st.policy_dir_errors.clear();
                 }
                 info!(
-                    trigger, dir = %dir.display(), generation = st.generation,
-                    took_ms = took.as_millis() as u64,
-                    compile_ms = compiled_in.as_millis() as u64,
+                    trigger = done.trigger, dir = %done.dir.display(), generation = st.generation,
+                    took_ms = done.took.as_millis() as u64,
+                    compile_ms = done.compiled_in.as_millis() as u64,
                     changed = ?report.changed, removed = ?report.removed,
                     orphaned = ?report.orphaned, "policy reloaded"
                 );
@@ -240,35 +265,34 @@ impl Reloader {
                     ReloadError::Policy(p) => p.0.iter().map(|e| e.to_string()).collect(),
                     other => vec![other.to_string()],
                 };
-                if from_disk && matches!(e, ReloadError::Policy(_)) {
+                if done.from_disk && matches!(e, ReloadError::Policy(_)) {
                     st.policy_dir_errors = st.last_errors.clone();
                 }
                 error!(
-                    trigger, dir = %dir.display(),
+                    trigger = done.trigger, dir = %done.dir.display(),
                     "reload failed, the previous policy stays in force: {e}"
                 );
             }
         }
         // Host name refreshes run every few seconds: reported when they
         // changed something or failed.
-        let quiet = trigger == "dns"
-            && matches!(&result, Ok(r) if r.changed.is_empty() && r.removed.is_empty());
+        let quiet = done.trigger == "dns"
+            && matches!(result, Ok(r) if r.changed.is_empty() && r.removed.is_empty());
         if let Some(tx) = self.events.as_ref().filter(|_| !quiet) {
             let mut ev =
                 Event::notice(crate::event::EventKind::Policy, crate::clock::now_rfc3339());
             ev.policy = Some(serde_json::json!({
-                "trigger": trigger,
-                "dir": dir,
+                "trigger": done.trigger,
+                "dir": done.dir,
                 "ok": st.last_ok,
                 "generation": st.generation,
                 "errors": st.last_errors,
                 "report": st.last_report,
-                "digests": digests,
+                "digests": done.digests,
                 "duration_ms": st.last_duration_ms,
             }));
             let _ = tx.send(Arc::new(ev));
         }
-        result
     }
 
     async fn apply(&self, set: Vec<Compiled>) -> Result<ApplyReport, ReloadError> {
