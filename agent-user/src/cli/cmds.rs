@@ -214,6 +214,37 @@ fn render_status(v: &Value) -> String {
     // what the directory says, and a later successful host name refresh
     // does not make that any less true.
     let dir_errors = strs(&r["policy_dir_errors"]);
+    out += &render_dir_errors(&dir_errors);
+    out += &render_audit(&v["audit"]);
+    out += &render_where(v);
+    out += &render_events(v);
+    let _ = writeln!(
+        out,
+        "last reload  generation {} at {} ({}): {}",
+        r["generation"],
+        r["last_time"].as_str().unwrap_or("-"),
+        r["last_trigger"].as_str().unwrap_or("-"),
+        if r["last_ok"] == true {
+            "ok"
+        } else {
+            "FAILED, previous policy still in force"
+        }
+    );
+    let last_errors = strs(&r["last_errors"]);
+    if last_errors != dir_errors {
+        for err in last_errors {
+            let _ = writeln!(out, "             {err}");
+        }
+    }
+    out += &render_leases(&v["leases"]);
+    out += &render_sockets(&v["sockets"]);
+    out += &render_mechanisms(v);
+    out
+}
+
+fn render_dir_errors(dir_errors: &[&str]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     if !dir_errors.is_empty() {
         let _ = writeln!(
             out,
@@ -221,11 +252,18 @@ fn render_status(v: &Value) -> String {
              previous policy still is. Fix and save, or `corral policy apply`:",
             dir_errors.len()
         );
-        for e in &dir_errors {
+        for e in dir_errors {
             let _ = writeln!(out, "!!   {e}");
         }
     }
-    out += &render_audit(&v["audit"]);
+    out
+}
+
+/// Where the daemon keeps its policies, cgroups and pins.
+fn render_where(v: &Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let d = &v["daemon"];
     let _ = writeln!(
         out,
         "policy dir   {}",
@@ -247,6 +285,13 @@ fn render_status(v: &Value) -> String {
         }
     );
     let _ = writeln!(out, "identities   {}", v["identities"]);
+    out
+}
+
+/// The event pipeline and the OTLP export.
+fn render_events(v: &Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let e = &v["events"];
     let _ = writeln!(
         out,
@@ -268,26 +313,14 @@ fn render_status(v: &Value) -> String {
                 .map_or(String::new(), |e| format!(", last error: {e}"))
         );
     }
-    let _ = writeln!(
-        out,
-        "last reload  generation {} at {} ({}): {}",
-        r["generation"],
-        r["last_time"].as_str().unwrap_or("-"),
-        r["last_trigger"].as_str().unwrap_or("-"),
-        if r["last_ok"] == true {
-            "ok"
-        } else {
-            "FAILED, previous policy still in force"
-        }
-    );
-    let last_errors = strs(&r["last_errors"]);
-    if last_errors != dir_errors {
-        for err in last_errors {
-            let _ = writeln!(out, "             {err}");
-        }
-    }
-    out += &render_leases(&v["leases"]);
-    out += &render_sockets(&v["sockets"]);
+    out
+}
+
+/// Host-wide costs first, then each mechanism, loudly when not enforcing.
+fn render_mechanisms(v: &Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let d = &v["daemon"];
     for h in v["host_cost"]["host_wide_hooks"]
         .as_array()
         .into_iter()
@@ -387,6 +420,40 @@ fn render_leases(l: &Value) -> String {
     out
 }
 
+/// `tail --since`: what the audit log holds since then, printed before
+/// the live stream; the lines are remembered so a repeat is skipped.
+fn print_history(
+    dir: &std::path::Path,
+    a: &TailArgs,
+    since: std::time::SystemTime,
+    json: bool,
+    printed: &mut std::collections::HashSet<String>,
+) {
+    let f = crate::audit::query::Filter {
+        identity: a.identity.clone(),
+        kind: a.kind.clone(),
+        since: Some(since),
+        ..Default::default()
+    };
+    match crate::audit::query::events(dir, &f) {
+        Ok(evs) => {
+            for e in evs {
+                let line = e.to_string();
+                let out = if json {
+                    line.clone()
+                } else {
+                    serde_json::from_value::<Event>(e)
+                        .map(|ev| ev.to_string())
+                        .unwrap_or_else(|_| line.clone())
+                };
+                println!("{out}");
+                printed.insert(line);
+            }
+        }
+        Err(e) => eprintln!("(cannot read the audit log {}: {e})", dir.display()),
+    }
+}
+
 pub fn tail(client: &Client, a: &TailArgs) -> anyhow::Result<u8> {
     let mut q = Vec::new();
     if let Some(i) = &a.identity {
@@ -419,29 +486,7 @@ pub fn tail(client: &Client, a: &TailArgs) -> anyhow::Result<u8> {
             // Subscribed first, history second: nothing falls in between.
             // The log is flushed every second.
             std::thread::sleep(std::time::Duration::from_millis(1100));
-            let f = crate::audit::query::Filter {
-                identity: a.identity.clone(),
-                kind: a.kind.clone(),
-                since: Some(since),
-                ..Default::default()
-            };
-            match crate::audit::query::events(dir, &f) {
-                Ok(evs) => {
-                    for e in evs {
-                        let line = e.to_string();
-                        let out = if json {
-                            line.clone()
-                        } else {
-                            serde_json::from_value::<Event>(e)
-                                .map(|ev| ev.to_string())
-                                .unwrap_or_else(|_| line.clone())
-                        };
-                        println!("{out}");
-                        printed.insert(line);
-                    }
-                }
-                Err(e) => eprintln!("(cannot read the audit log {}: {e})", dir.display()),
-            }
+            print_history(dir, a, since, json, &mut printed);
         } else if !printed.is_empty() && printed.remove(&v.to_string()) {
             return true;
         }

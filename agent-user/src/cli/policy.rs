@@ -216,6 +216,40 @@ fn diff(client: &Client, dir: Option<PathBuf>, json: bool) -> anyhow::Result<u8>
     Ok(0)
 }
 
+/// Host names in the rules, with what they resolve to now.
+fn print_hosts(hosts: &Value) {
+    for h in hosts.as_array().into_iter().flatten() {
+        let addrs: Vec<String> = h["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| s(a).to_string())
+            .collect();
+        let state = match s(&h["state"]) {
+            "ok" => format!("resolved {}", s(&h["resolved_at"])),
+            "failing" => format!(
+                "NOT RESOLVING since {} ({}): keeping these until {}",
+                s(&h["failing_since"]),
+                s(&h["error"]),
+                s(&h["keep_until"])
+            ),
+            "expired" => format!(
+                "EXPIRED: not resolving since {} ({}); its allow rules are dropped, \
+                 its deny rules keep these addresses",
+                s(&h["failing_since"]),
+                s(&h["error"])
+            ),
+            other => other.to_string(),
+        };
+        println!(
+            "  host {} -> {} ({state}; refreshed every {})",
+            s(&h["name"]),
+            addrs.join(", "),
+            s(&h["refresh_every"])
+        );
+    }
+}
+
 fn show(client: &Client, name: &str, json: bool) -> anyhow::Result<u8> {
     let v = call(client, Method::GET, &format!("/v1/policy/{name}"), None)?;
     if json {
@@ -255,36 +289,7 @@ fn show(client: &Client, name: &str, json: bool) -> anyhow::Result<u8> {
     for u in v["unix"].as_array().into_iter().flatten() {
         println!("  #{:<3} unix  {}{unix_note}", u["id"], s(&u["path"]));
     }
-    for h in v["hosts"].as_array().into_iter().flatten() {
-        let addrs: Vec<String> = h["addresses"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|a| s(a).to_string())
-            .collect();
-        let state = match s(&h["state"]) {
-            "ok" => format!("resolved {}", s(&h["resolved_at"])),
-            "failing" => format!(
-                "NOT RESOLVING since {} ({}): keeping these until {}",
-                s(&h["failing_since"]),
-                s(&h["error"]),
-                s(&h["keep_until"])
-            ),
-            "expired" => format!(
-                "EXPIRED: not resolving since {} ({}); its allow rules are dropped, \
-                 its deny rules keep these addresses",
-                s(&h["failing_since"]),
-                s(&h["error"])
-            ),
-            other => other.to_string(),
-        };
-        println!(
-            "  host {} -> {} ({state}; refreshed every {})",
-            s(&h["name"]),
-            addrs.join(", "),
-            s(&h["refresh_every"])
-        );
-    }
+    print_hosts(&v["hosts"]);
     let protected_note = if v["protected_paths_enforced"] == true {
         ""
     } else {

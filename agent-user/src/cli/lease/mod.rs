@@ -201,84 +201,12 @@ pub fn run(client: &Client, cmd: LeaseCmd) -> anyhow::Result<u8> {
             }
             show_issued(&v, json)
         }
-        LeaseCmd::Revoke(a) => {
-            let (path, body) = match (&a.id, &a.identity) {
-                (Some(id), _) => (
-                    format!("/v1/leases/{id}/revoke"),
-                    json!({ "reason": a.reason }),
-                ),
-                (None, Some(i)) => (
-                    "/v1/leases/revoke".to_string(),
-                    json!({ "identity": i, "reason": a.reason }),
-                ),
-                _ => unreachable!("clap requires one"),
-            };
-            let started = Instant::now();
-            let (_, v) = call(client, Method::POST, &path, Some(&body))?;
-            if a.json {
-                print_json(&v);
-            } else if a.id.is_some() {
-                eprintln!(
-                    "{} (grants out of the kernel in {} µs; {:.1} ms round trip)",
-                    summary(&v),
-                    v["kernel_applied_us"],
-                    started.elapsed().as_secs_f64() * 1e3
-                );
-            } else {
-                eprintln!(
-                    "revoked {} lease(s) of {}; its own requests and rotation are suspended until `corral thaw {}`",
-                    v["revoked"].as_array().map_or(0, Vec::len),
-                    v["identity"].as_str().unwrap_or("?"),
-                    v["identity"].as_str().unwrap_or("?"),
-                );
-            }
-            Ok(0)
-        }
+        LeaseCmd::Revoke(a) => revoke(client, &a),
         LeaseCmd::List {
             identity,
             all,
             json,
-        } => {
-            let mut q = Vec::new();
-            if let Some(i) = &identity {
-                q.push(format!("identity={i}"));
-            }
-            if all {
-                q.push("all=1".into());
-            }
-            let (_, v) = call(
-                client,
-                Method::GET,
-                &format!("/v1/leases?{}", q.join("&")),
-                None,
-            )?;
-            if json {
-                print_json(&v);
-                return Ok(0);
-            }
-            println!(
-                "{:<13} {:<20} {:<8} {:<25} {:>7}  SCOPES",
-                "LEASE", "IDENTITY", "STATE", "EXPIRES", "DENIALS"
-            );
-            for l in v.as_array().into_iter().flatten() {
-                println!(
-                    "{:<13} {:<20} {:<8} {:<25} {:>7}  {}",
-                    l["id"].as_str().unwrap_or("?"),
-                    l["identity"].as_str().unwrap_or("?"),
-                    l["state"].as_str().unwrap_or("?"),
-                    l["expires"].as_str().unwrap_or("-"),
-                    l["denials"],
-                    l["scopes"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                );
-            }
-            Ok(0)
-        }
+        } => list(client, identity.as_deref(), all, json),
         LeaseCmd::Show {
             id,
             json,
@@ -303,6 +231,82 @@ pub fn run(client: &Client, cmd: LeaseCmd) -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+fn revoke(client: &Client, a: &RevokeArgs) -> anyhow::Result<u8> {
+    let (path, body) = match (&a.id, &a.identity) {
+        (Some(id), _) => (
+            format!("/v1/leases/{id}/revoke"),
+            json!({ "reason": a.reason }),
+        ),
+        (None, Some(i)) => (
+            "/v1/leases/revoke".to_string(),
+            json!({ "identity": i, "reason": a.reason }),
+        ),
+        _ => unreachable!("clap requires one"),
+    };
+    let started = Instant::now();
+    let (_, v) = call(client, Method::POST, &path, Some(&body))?;
+    if a.json {
+        print_json(&v);
+    } else if a.id.is_some() {
+        eprintln!(
+            "{} (grants out of the kernel in {} µs; {:.1} ms round trip)",
+            summary(&v),
+            v["kernel_applied_us"],
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    } else {
+        eprintln!(
+            "revoked {} lease(s) of {}; its own requests and rotation are suspended until `corral thaw {}`",
+            v["revoked"].as_array().map_or(0, Vec::len),
+            v["identity"].as_str().unwrap_or("?"),
+            v["identity"].as_str().unwrap_or("?"),
+        );
+    }
+    Ok(0)
+}
+
+fn list(client: &Client, identity: Option<&str>, all: bool, json: bool) -> anyhow::Result<u8> {
+    let mut q = Vec::new();
+    if let Some(i) = identity {
+        q.push(format!("identity={i}"));
+    }
+    if all {
+        q.push("all=1".into());
+    }
+    let (_, v) = call(
+        client,
+        Method::GET,
+        &format!("/v1/leases?{}", q.join("&")),
+        None,
+    )?;
+    if json {
+        print_json(&v);
+        return Ok(0);
+    }
+    println!(
+        "{:<13} {:<20} {:<8} {:<25} {:>7}  SCOPES",
+        "LEASE", "IDENTITY", "STATE", "EXPIRES", "DENIALS"
+    );
+    for l in v.as_array().into_iter().flatten() {
+        println!(
+            "{:<13} {:<20} {:<8} {:<25} {:>7}  {}",
+            l["id"].as_str().unwrap_or("?"),
+            l["identity"].as_str().unwrap_or("?"),
+            l["state"].as_str().unwrap_or("?"),
+            l["expires"].as_str().unwrap_or("-"),
+            l["denials"],
+            l["scopes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
+    Ok(0)
 }
 
 /// The daemon's view of a lease it holds, for `lease show`.
