@@ -69,10 +69,13 @@ impl Lab {
             .zip(&makers)
             .map(|((n, _), m)| (*n, m.as_ref()))
             .collect();
-        Some(Lab {
-            lab: lease::Lab::start(&policies),
-            t,
-        })
+        // Root's alone, as the daemon's state dir is under systemd (0700).
+        let (lab, ()) = lease::Lab::start_prepared(&policies, &[], |dirs| {
+            let base = dirs.state_dir.parent().expect("base dir");
+            std::fs::set_permissions(base, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .expect("chmod");
+        });
+        Some(Lab { lab, t })
     }
 
     fn d(&self) -> &Daemon {
