@@ -21,7 +21,7 @@ use std::{os::fd::AsRawFd as _, sync::Arc, time::Duration};
 
 use hyper::{Method, Request, Response, StatusCode, body::Incoming};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::net::UnixListener;
 use tracing::{debug, info};
 
@@ -175,6 +175,19 @@ pub async fn handle(
             );
         }
     };
+    leases_route(req, rest, l, caller).await
+}
+
+/// `/v1/leases/...`, for both sockets (operator-only routes refused on the
+/// agent socket).
+async fn leases_route(
+    req: Request<Incoming>,
+    rest: &[&str],
+    l: &Leases,
+    caller: Caller,
+) -> Response<RespBody> {
+    let op = matches!(caller, Caller::Operator);
+    let method = req.method().clone();
     let actor = caller.actor(&req);
     let r = match (method.clone(), rest) {
         (Method::GET, ["pubkey"]) => {
@@ -191,21 +204,7 @@ pub async fn handle(
             Ok(json!(l.list(identity.as_deref(), all)))
         }
         (Method::POST, []) => return issue(req, l, caller).await,
-        (Method::POST, ["revoke"]) if op => match body::<RevokeBody>(req).await {
-            Err(e) => Err(LeaseError::BadRequest(e)),
-            Ok(RevokeBody { identity: None, .. }) => {
-                Err(LeaseError::BadRequest("give `identity`".into()))
-            }
-            Ok(RevokeBody {
-                identity: Some(i),
-                reason,
-            }) => {
-                let reason = reason.unwrap_or_else(|| "revoked by the operator".into());
-                l.revoke_identity(&i, "operator", &reason)
-                    .await
-                    .map(|ids| json!({ "identity": i, "revoked": ids, "suspended": true }))
-            }
-        },
+        (Method::POST, ["revoke"]) if op => revoke_identity(req, l).await,
         (Method::GET, [id]) => l.show(id, &actor),
         (Method::GET, [id, "wait"]) => {
             let t = query(&req, "timeout").map(|t| humantime::parse_duration(&t));
@@ -242,13 +241,33 @@ pub async fn handle(
         _ => {
             return err(
                 StatusCode::NOT_FOUND,
-                format!("no route {method} /{}", parts.join("/")),
+                format!("no route {method} /v1/leases/{}", rest.join("/")),
             );
         }
     };
     match r {
         Ok(v) => resp(StatusCode::OK, v),
         Err(e) => lease_err(e, l),
+    }
+}
+
+/// The operator revokes every lease of an identity and suspends its own
+/// requests until `corral thaw`.
+async fn revoke_identity(req: Request<Incoming>, l: &Leases) -> Result<Value, LeaseError> {
+    match body::<RevokeBody>(req).await {
+        Err(e) => Err(LeaseError::BadRequest(e)),
+        Ok(RevokeBody { identity: None, .. }) => {
+            Err(LeaseError::BadRequest("give `identity`".into()))
+        }
+        Ok(RevokeBody {
+            identity: Some(i),
+            reason,
+        }) => {
+            let reason = reason.unwrap_or_else(|| "revoked by the operator".into());
+            l.revoke_identity(&i, "operator", &reason)
+                .await
+                .map(|ids| json!({ "identity": i, "revoked": ids, "suspended": true }))
+        }
     }
 }
 

@@ -163,22 +163,7 @@ impl Leases {
 
     pub async fn issue(&self, req: IssueReq) -> Result<Value, LeaseError> {
         let (lp, cgroup_id) = self.lease_policy(&req.identity)?;
-        let mut scopes: Vec<String> = Vec::new();
-        for s in req.scopes {
-            if !lp.scopes.contains(&s) {
-                return Err(LeaseError::Forbidden(format!(
-                    "scope `{s}` is not in the [leases] scopes of `{}` ({})",
-                    req.identity,
-                    lp.scopes.join(", ")
-                )));
-            }
-            if !scopes.contains(&s) {
-                scopes.push(s);
-            }
-        }
-        if scopes.is_empty() {
-            return Err(LeaseError::BadRequest("give at least one scope".into()));
-        }
+        let scopes = allowed_scopes(&lp, &req.identity, &req.scopes)?;
         let agent = matches!(req.requester, Requester::Agent { .. });
         if agent && self.identity_state(&req.identity).suspended {
             return Err(LeaseError::Forbidden(format!(
@@ -199,28 +184,10 @@ impl Leases {
             .collect();
         let now = now_ms();
         let mut l = Lease {
-            id: new_id(),
-            identity: req.identity.clone(),
-            cgroup_id,
-            scopes,
-            state: LeaseState::Pending,
-            requested_by: req.requester.clone(),
-            requested_ms: now,
             ttl_s: want.min(max),
             ttl_capped: want > max,
             approval_scopes,
-            approval_deadline_ms: None,
-            decided_by: None,
-            issued_ms: None,
-            expires_ms: None,
-            expires_boot_ns: 0,
-            max_expires_ms: None,
-            renewals: 0,
-            ended_ms: None,
-            end_reason: None,
-            denials: 0,
-            secret_sha256: None,
-            approved_end_ms: None,
+            ..Lease::requested(&req, cgroup_id, scopes, now)
         };
         let secret = agent.then(new_secret);
         l.secret_sha256 = secret.as_deref().map(secret_hash);
@@ -322,15 +289,7 @@ impl Leases {
                 )));
             }
             let agent = matches!(actor, Actor::Agent { .. });
-            if agent && !matches!(m.requested_by, Requester::Agent { .. }) {
-                return Err(LeaseError::Forbidden(format!(
-                    "lease {id} was issued by {}: only the operator renews it",
-                    match m.requested_by {
-                        Requester::Rotation => "the daemon's token rotation",
-                        _ => "the operator",
-                    }
-                )));
-            }
+            renewable_by(m, agent)?;
             let incr = ttl.map_or(m.ttl_s, |d| d.as_secs()).max(1);
             let max_cap = m.max_expires_ms.unwrap_or(0);
             let approved = (!m.approval_scopes.is_empty())
@@ -366,16 +325,7 @@ impl Leases {
             self.persist(seq).await?;
         }
         let mut v = self.get_view(id, owner)?;
-        v["renew_capped"] = json!(capped.is_some());
-        if let Some(by) = capped {
-            v["capped_by"] = json!(by);
-            if by == "approval" {
-                v["note"] = json!(
-                    "an approval-scoped lease ends at its approved end: renewals by the agent \
-                     never pass it; request a new lease (a new approval) to continue"
-                );
-            }
-        }
+        note_cap(&mut v, capped);
         self.emit(
             EventKind::Lease,
             &identity,
@@ -544,5 +494,89 @@ impl Leases {
         v["denials"] = json!(l.denials + self.corr.unsaved(id));
         v["recent_denials"] = json!(recent.iter().map(|e| &**e).collect::<Vec<_>>());
         Ok(v)
+    }
+}
+
+fn note_cap(v: &mut Value, capped: Option<&str>) {
+    v["renew_capped"] = json!(capped.is_some());
+    if let Some(by) = capped {
+        v["capped_by"] = json!(by);
+        if by == "approval" {
+            v["note"] = json!(
+                "an approval-scoped lease ends at its approved end: renewals by the agent \
+                 never pass it; request a new lease (a new approval) to continue"
+            );
+        }
+    }
+}
+
+/// An agent renews only leases it requested itself (not the operator's,
+/// not the rotation's).
+fn renewable_by(m: &Lease, agent: bool) -> Result<(), LeaseError> {
+    if agent && !matches!(m.requested_by, Requester::Agent { .. }) {
+        return Err(LeaseError::Forbidden(format!(
+            "lease {} was issued by {}: only the operator renews it",
+            m.id,
+            match m.requested_by {
+                Requester::Rotation => "the daemon's token rotation",
+                _ => "the operator",
+            }
+        )));
+    }
+    Ok(())
+}
+
+/// `asked`, each once, if every one is among the identity's `[leases]`
+/// scopes; at least one.
+fn allowed_scopes(
+    lp: &LeasePolicy,
+    identity: &str,
+    asked: &[String],
+) -> Result<Vec<String>, LeaseError> {
+    let mut scopes: Vec<String> = Vec::new();
+    for s in asked {
+        if !lp.scopes.contains(s) {
+            return Err(LeaseError::Forbidden(format!(
+                "scope `{s}` is not in the [leases] scopes of `{identity}` ({})",
+                lp.scopes.join(", ")
+            )));
+        }
+        if !scopes.contains(s) {
+            scopes.push(s.clone());
+        }
+    }
+    if scopes.is_empty() {
+        return Err(LeaseError::BadRequest("give at least one scope".into()));
+    }
+    Ok(scopes)
+}
+
+impl Lease {
+    /// A lease as requested, before approval or activation.
+    fn requested(req: &IssueReq, cgroup_id: u64, scopes: Vec<String>, now: u64) -> Lease {
+        Lease {
+            id: new_id(),
+            identity: req.identity.clone(),
+            cgroup_id,
+            scopes,
+            state: LeaseState::Pending,
+            requested_by: req.requester.clone(),
+            requested_ms: now,
+            ttl_s: 0,
+            ttl_capped: false,
+            approval_scopes: Vec::new(),
+            approval_deadline_ms: None,
+            decided_by: None,
+            issued_ms: None,
+            expires_ms: None,
+            expires_boot_ns: 0,
+            max_expires_ms: None,
+            renewals: 0,
+            ended_ms: None,
+            end_reason: None,
+            denials: 0,
+            secret_sha256: None,
+            approved_end_ms: None,
+        }
     }
 }
