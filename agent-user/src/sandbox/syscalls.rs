@@ -41,37 +41,8 @@ pub fn prepare(
         .clone()
         .context("the daemon did not say where SYSCALL_POLICY is pinned")?;
     let id = policy.identity_id;
-    let avail =
-        std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
-    if !avail.split_whitespace().any(|a| a == "user_notif") {
-        bail!(
-            "identity `{identity}` has a [syscalls] section, but this kernel has no seccomp user \
-             notification (actions: {}): refusing to run it unconfined",
-            avail.trim()
-        );
-    }
-    let map = PolicyMap::open(&map_path).with_context(|| {
-        format!(
-            "opening {} (the identity's syscall policy; `corral run` reads it directly)",
-            map_path.display()
-        )
-    })?;
-    let value: SyscallPolicy = map
-        .lookup(id)
-        .with_context(|| format!("reading {}", map_path.display()))?
-        .with_context(|| {
-            format!(
-                "no syscall policy for `{identity}` (id {id}) in {}",
-                map_path.display()
-            )
-        })?;
+    let (map, value) = live_policy(identity, id, &map_path)?;
     let name = name_bytes(identity);
-    if value.name != name {
-        bail!(
-            "{} holds another identity under id {id}; retry",
-            map_path.display()
-        );
-    }
     if !value.confined() {
         // A reload removed the section since the daemon answered.
         return Ok(None);
@@ -98,9 +69,61 @@ pub fn prepare(
     // its memory (it answers for the agent).
     // SAFETY: plain prctl on ourselves.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
-    // After this, the child's filter counts as Corral's for the observers.
+    Ok(Some(SyscallConfinement {
+        filter,
+        handshake,
+        _mark: launcher_mark(&map_path, id),
+    }))
+}
+
+/// The pinned map the launcher answers from, and the identity's entry in
+/// it now; refused when this kernel cannot notify (never run unconfined).
+fn live_policy(
+    identity: &str,
+    id: u32,
+    map_path: &std::path::Path,
+) -> anyhow::Result<(PolicyMap, SyscallPolicy)> {
+    let avail =
+        std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
+    if !avail.split_whitespace().any(|a| a == "user_notif") {
+        bail!(
+            "identity `{identity}` has a [syscalls] section, but this kernel has no seccomp user \
+             notification (actions: {}): refusing to run it unconfined",
+            avail.trim()
+        );
+    }
+    let map = PolicyMap::open(map_path).with_context(|| {
+        format!(
+            "opening {} (the identity's syscall policy; `corral run` reads it directly)",
+            map_path.display()
+        )
+    })?;
+    let value: SyscallPolicy = map
+        .lookup(id)
+        .with_context(|| format!("reading {}", map_path.display()))?
+        .with_context(|| {
+            format!(
+                "no syscall policy for `{identity}` (id {id}) in {}",
+                map_path.display()
+            )
+        })?;
+    if value.name != name_bytes(identity) {
+        bail!(
+            "{} holds another identity under id {id}; retry",
+            map_path.display()
+        );
+    }
+    Ok((map, value))
+}
+
+/// Registers the launcher, after which the child's filter counts as
+/// Corral's for the observers.
+fn launcher_mark(
+    map_path: &std::path::Path,
+    id: u32,
+) -> Option<super::launcher_mark::LauncherMark> {
     let marks = map_path.with_file_name(agent_common::maps::SC_LAUNCHERS);
-    let mark = match super::launcher_mark::LauncherMark::register(&marks, id) {
+    match super::launcher_mark::LauncherMark::register(&marks, id) {
         Ok(m) => Some(m),
         Err(e) => {
             // An older daemon has no such map: its observers go by the
@@ -112,12 +135,7 @@ pub fn prepare(
             );
             None
         }
-    };
-    Ok(Some(SyscallConfinement {
-        filter,
-        handshake,
-        _mark: mark,
-    }))
+    }
 }
 
 impl SyscallConfinement {

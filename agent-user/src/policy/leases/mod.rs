@@ -22,7 +22,7 @@ use toml::Spanned;
 
 use super::error::{PolicyError, Source};
 use super::files::check_file_path;
-use super::raw::{RawAnomaly, RawLeases};
+use super::raw::{RawAnomaly, RawGrant, RawLeases, RawRotate};
 use super::{IdentityPolicy, NetRule, Origin};
 
 pub(crate) use grants::check_fit;
@@ -279,9 +279,33 @@ fn build_leases(
         .and_then(|s| duration(src, s, "approval_timeout", one, LONGEST_TTL, errors))
         .unwrap_or(DEFAULT_APPROVAL_TIMEOUT);
 
+    let (declared, scopes) = declared_scopes(src, &raw.scopes, errors);
+    let approval = scope_refs(src, &raw.approval, &declared, "`approval`", errors);
+
+    let grants = build_grants(src, &raw.grant, &declared, build_allow, errors);
+    let rotate = raw
+        .rotate
+        .as_ref()
+        .map(|r| build_rotate(src, r, &declared, &approval, max_ttl, errors));
+    LeasePolicy {
+        max_ttl_s: max_ttl.as_secs().max(1),
+        scopes,
+        approval,
+        approval_timeout_s: approval_timeout.as_secs().max(1),
+        grants,
+        rotate,
+    }
+}
+
+/// `[leases] scopes`: each valid and listed once.
+fn declared_scopes(
+    src: &Source<'_>,
+    raw: &[Spanned<String>],
+    errors: &mut Vec<PolicyError>,
+) -> (BTreeSet<String>, Vec<String>) {
     let mut declared = BTreeSet::new();
     let mut scopes = Vec::new();
-    for s in &raw.scopes {
+    for s in raw {
         match check_scope(s.get_ref()) {
             Err(m) => errors.push(at(src, s, m)),
             Ok(()) if !declared.insert(s.get_ref().clone()) => {
@@ -294,11 +318,21 @@ fn build_leases(
             Ok(()) => scopes.push(s.get_ref().clone()),
         }
     }
-    let approval = scope_refs(src, &raw.approval, &declared, "`approval`", errors);
+    (declared, scopes)
+}
 
+/// `[[leases.grant]]`: each for a declared scope, network rules and file
+/// paths with the grammar and limits of `[network]` and `[files]`.
+fn build_grants(
+    src: &Source<'_>,
+    raw: &[RawGrant],
+    declared: &BTreeSet<String>,
+    build_allow: &mut BuildAllow<'_>,
+    errors: &mut Vec<PolicyError>,
+) -> Vec<Grant> {
     let mut grants = Vec::new();
     let mut written = 0usize;
-    for g in &raw.grant {
+    for g in raw {
         if !declared.contains(g.scope.get_ref()) {
             errors.push(at(
                 src,
@@ -338,7 +372,7 @@ fn build_leases(
         });
     }
     if written >= GRANT_IDS_PER_LEASE as usize
-        && let Some(g) = raw.grant.last()
+        && let Some(g) = raw.last()
     {
         errors.push(at(
             src,
@@ -351,72 +385,75 @@ fn build_leases(
         ));
     }
 
-    let rotate = raw.rotate.as_ref().map(|r| {
-        let scopes = scope_refs(src, r.scopes.get_ref(), &declared, "`rotate`", errors);
-        for s in r.scopes.get_ref() {
-            if approval.contains(s.get_ref()) {
-                errors.push(at(
-                    src,
-                    s,
-                    format!(
-                        "scope `{}` needs approval, so it cannot be rotated automatically",
-                        s.get_ref()
-                    ),
-                ));
-            }
-        }
-        if r.scopes.get_ref().is_empty() {
-            errors.push(src.error_at(
-                r.scopes.span().start,
-                "`[leases.rotate] scopes` needs at least one scope",
+    grants
+}
+
+/// `[leases.rotate]`: scopes that need no approval, a ttl within
+/// `max_ttl`, an absolute token path and an owner.
+fn build_rotate(
+    src: &Source<'_>,
+    r: &RawRotate,
+    declared: &BTreeSet<String>,
+    approval: &[String],
+    max_ttl: Duration,
+    errors: &mut Vec<PolicyError>,
+) -> Rotate {
+    let scopes = scope_refs(src, r.scopes.get_ref(), declared, "`rotate`", errors);
+    for s in r.scopes.get_ref() {
+        if approval.contains(s.get_ref()) {
+            errors.push(at(
+                src,
+                s,
+                format!(
+                    "scope `{}` needs approval, so it cannot be rotated automatically",
+                    s.get_ref()
+                ),
             ));
         }
-        let ttl = r
-            .ttl
-            .as_ref()
-            .and_then(|s| {
-                duration(
-                    src,
-                    s,
-                    "rotate ttl",
-                    Duration::from_secs(2),
-                    max_ttl,
-                    errors,
-                )
-            })
-            .unwrap_or(max_ttl);
-        let path = r.path.as_ref().and_then(|p| {
-            if p.get_ref().starts_with('/') && !p.get_ref().ends_with('/') {
-                Some(PathBuf::from(p.get_ref()))
-            } else {
-                errors.push(at(src, p, "token path must be an absolute file path"));
+    }
+    if r.scopes.get_ref().is_empty() {
+        errors.push(src.error_at(
+            r.scopes.span().start,
+            "`[leases.rotate] scopes` needs at least one scope",
+        ));
+    }
+    let ttl = r
+        .ttl
+        .as_ref()
+        .and_then(|s| {
+            duration(
+                src,
+                s,
+                "rotate ttl",
+                Duration::from_secs(2),
+                max_ttl,
+                errors,
+            )
+        })
+        .unwrap_or(max_ttl);
+    let path = r.path.as_ref().and_then(|p| {
+        if p.get_ref().starts_with('/') && !p.get_ref().ends_with('/') {
+            Some(PathBuf::from(p.get_ref()))
+        } else {
+            errors.push(at(src, p, "token path must be an absolute file path"));
+            None
+        }
+    });
+    let owner = r
+        .owner
+        .as_ref()
+        .and_then(|o| match token_owner(o.get_ref()) {
+            Ok(t) => Some(t),
+            Err(message) => {
+                errors.push(at(src, o, message));
                 None
             }
         });
-        let owner = r
-            .owner
-            .as_ref()
-            .and_then(|o| match token_owner(o.get_ref()) {
-                Ok(t) => Some(t),
-                Err(message) => {
-                    errors.push(at(src, o, message));
-                    None
-                }
-            });
-        Rotate {
-            scopes,
-            ttl_s: ttl.as_secs().max(2),
-            path,
-            owner,
-        }
-    });
-    LeasePolicy {
-        max_ttl_s: max_ttl.as_secs().max(1),
+    Rotate {
         scopes,
-        approval,
-        approval_timeout_s: approval_timeout.as_secs().max(1),
-        grants,
-        rotate,
+        ttl_s: ttl.as_secs().max(2),
+        path,
+        owner,
     }
 }
 
