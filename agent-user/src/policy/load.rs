@@ -288,24 +288,7 @@ fn parse(src: &Source<'_>, hosts: &mut HostCache<'_>) -> Parsed {
         }
     };
 
-    let mode = match raw
-        .identity
-        .mode
-        .as_ref()
-        .map(|m| (m, m.get_ref().as_str()))
-    {
-        None | Some((_, "enforce")) => Mode::Enforce,
-        Some((_, "audit")) => Mode::Audit,
-        Some((m, other)) => {
-            errors.push(error_in(
-                src,
-                m,
-                0,
-                format!("bad mode `{other}`: expected `enforce` or `audit`"),
-            ));
-            Mode::Enforce
-        }
-    };
+    let mode = mode_of(src, raw.identity.mode.as_ref(), &mut errors);
 
     // File rule ids continue after every network and unix rule as written.
     let last_net_id = raw.network.as_ref().map_or(0, |n| {
@@ -336,7 +319,7 @@ fn parse(src: &Source<'_>, hosts: &mut HostCache<'_>) -> Parsed {
         .map(|s| super::syscalls::build(src, s, &mut errors));
 
     let result = if errors.is_empty() {
-        let mut policy = IdentityPolicy {
+        with_digest(IdentityPolicy {
             name: name.clone(),
             mode,
             source: src.file.to_path_buf(),
@@ -346,16 +329,7 @@ fn parse(src: &Source<'_>, hosts: &mut HostCache<'_>) -> Parsed {
             anomaly,
             syscalls,
             digest: 0,
-        };
-        match compile_network(&policy).and_then(|t| super::leases::check_fit(&policy).map(|_| t)) {
-            Ok(tables) => {
-                policy.digest = files::fold_digest(digest(&policy, &tables), &policy.files);
-                policy.digest =
-                    super::syscalls::fold_digest(policy.digest, policy.syscalls.as_ref());
-                Ok((policy, tables))
-            }
-            Err(es) => Err(es.0),
-        }
+        })
     } else {
         Err(errors)
     };
@@ -363,6 +337,40 @@ fn parse(src: &Source<'_>, hosts: &mut HostCache<'_>) -> Parsed {
         name: name_ok.then_some((name, name_origin)),
         result,
     }
+}
+
+/// `[identity] mode`: `enforce` (the default) or `audit`.
+fn mode_of(
+    src: &Source<'_>,
+    mode: Option<&Spanned<String>>,
+    errors: &mut Vec<PolicyError>,
+) -> Mode {
+    match mode.map(|m| (m, m.get_ref().as_str())) {
+        None | Some((_, "enforce")) => Mode::Enforce,
+        Some((_, "audit")) => Mode::Audit,
+        Some((m, other)) => {
+            errors.push(error_in(
+                src,
+                m,
+                0,
+                format!("bad mode `{other}`: expected `enforce` or `audit`"),
+            ));
+            Mode::Enforce
+        }
+    }
+}
+
+/// The network tables compiled (the lease grants' worst case must fit
+/// too) and the digest of everything that reaches the kernel.
+fn with_digest(
+    mut policy: IdentityPolicy,
+) -> Result<(IdentityPolicy, NetTables), Vec<PolicyError>> {
+    let tables = compile_network(&policy)
+        .and_then(|t| super::leases::check_fit(&policy).map(|_| t))
+        .map_err(|es| es.0)?;
+    policy.digest = files::fold_digest(digest(&policy, &tables), &policy.files);
+    policy.digest = super::syscalls::fold_digest(policy.digest, policy.syscalls.as_ref());
+    Ok((policy, tables))
 }
 
 /// Ids are given in the order allow, deny, bind, unix, each in file order,
@@ -390,25 +398,12 @@ fn build_network(
                     continue;
                 }
             };
-            let targets: Vec<(IpAddr, u8, Option<String>)> = match spec.target {
-                Target::Any => vec![
-                    (IpAddr::from([0u8; 4]), 0, None),
-                    (IpAddr::from([0u8; 16]), 0, None),
-                ],
-                Target::Net { addr, prefix_len } => vec![(addr, prefix_len, None)],
-                Target::Host { name, at } => match hosts.lookup(&name) {
-                    // Fail closed: an expired name allows nothing, and what
-                    // it denied stays denied.
-                    Ok(HostAddrs::Expired(_)) if action != Action::Deny => Vec::new(),
-                    Ok(HostAddrs::Live(addrs) | HostAddrs::Expired(addrs)) => addrs
-                        .into_iter()
-                        .map(|a| (a, if a.is_ipv4() { 32 } else { 128 }, Some(name.clone())))
-                        .collect(),
-                    Err(m) => {
-                        errors.push(error_in(src, text, at, m));
-                        continue;
-                    }
-                },
+            let targets = match targets_of(spec.target, action, hosts) {
+                Ok(t) => t,
+                Err((at, m)) => {
+                    errors.push(error_in(src, text, at, m));
+                    continue;
+                }
             };
             for (addr, prefix_len, host) in targets {
                 net.rules.push(NetRule {
@@ -438,7 +433,49 @@ fn build_network(
             Err(e) => errors.push(error_in(src, path, e.at, e.message)),
         }
     }
-    for kind in &raw.sockets {
+    socket_kinds(src, &raw.sockets, &mut net, errors);
+    net.sockets.sort();
+    net
+}
+
+/// An address, its prefix length, and the host name it came from.
+type Addressed = (IpAddr, u8, Option<String>);
+
+/// The addresses a rule's target stands for, each with its prefix length
+/// and the host name it came from; an unresolvable name is an error at its
+/// offset.
+fn targets_of(
+    target: Target,
+    action: Action,
+    hosts: &mut HostCache<'_>,
+) -> Result<Vec<Addressed>, (usize, String)> {
+    Ok(match target {
+        Target::Any => vec![
+            (IpAddr::from([0u8; 4]), 0, None),
+            (IpAddr::from([0u8; 16]), 0, None),
+        ],
+        Target::Net { addr, prefix_len } => vec![(addr, prefix_len, None)],
+        Target::Host { name, at } => match hosts.lookup(&name) {
+            // Fail closed: an expired name allows nothing, and what it
+            // denied stays denied.
+            Ok(HostAddrs::Expired(_)) if action != Action::Deny => Vec::new(),
+            Ok(HostAddrs::Live(addrs) | HostAddrs::Expired(addrs)) => addrs
+                .into_iter()
+                .map(|a| (a, if a.is_ipv4() { 32 } else { 128 }, Some(name.clone())))
+                .collect(),
+            Err(m) => return Err((at, m)),
+        },
+    })
+}
+
+/// `[network] sockets`: the inet socket kinds besides TCP/UDP/MPTCP.
+fn socket_kinds(
+    src: &Source<'_>,
+    kinds: &[Spanned<String>],
+    net: &mut NetworkPolicy,
+    errors: &mut Vec<PolicyError>,
+) {
+    for kind in kinds {
         match super::SocketKind::ALL
             .iter()
             .find(|(name, _)| name == kind.get_ref())
@@ -458,8 +495,6 @@ fn build_network(
             )),
         }
     }
-    net.sockets.sort();
-    net
 }
 
 /// An error `inner` bytes into a string value.
