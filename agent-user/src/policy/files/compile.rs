@@ -145,83 +145,9 @@ fn compile_all(rules: &[RuleIn]) -> Result<Vec<FileEntry>, CompileError> {
     if rules.is_empty() {
         return Ok(Vec::new());
     }
-    // Decisions written at each rule path.
-    let mut at: BTreeMap<&str, [FileDecision; 3]> = BTreeMap::new();
-    for r in rules {
-        if !r.path.starts_with('/') {
-            return Err(CompileError::NotAbsolute(r.path.clone()));
-        }
-        if r.path.len() > FILE_KEY_PATH_LEN {
-            return Err(CompileError::TooLong(r.path.clone()));
-        }
-        let d = at.entry(r.path.as_str()).or_default();
-        let (bits, action) = if r.deny {
-            (r.access, ACTION_DENY)
-        } else {
-            (r.access, ACTION_ALLOW)
-        };
-        for (bit, idx) in IDX {
-            if bits & bit == 0 {
-                continue;
-            }
-            let cur = &mut d[idx];
-            // Deny wins at equal specificity; otherwise the first rule,
-            // except that of equal rules the longer-lived one decides (a
-            // written rule outlives every grant).
-            let longer = action == cur.action
-                && cur.expires_ns != 0
-                && (r.expires_ns == 0 || r.expires_ns > cur.expires_ns);
-            if cur.action == 0 || (action == ACTION_DENY && cur.action == ACTION_ALLOW) || longer {
-                *cur = FileDecision {
-                    action,
-                    rule_id: r.id,
-                    expires_ns: r.expires_ns,
-                    ..FileDecision::default()
-                };
-            }
-        }
-    }
-    // Every ancestor directory of every rule is an entry.
-    let mut dirs: HashSet<String> = HashSet::new();
-    let mut below: HashSet<String> = HashSet::new();
-    for p in at.keys() {
-        let mut cur: &str = p;
-        while let Some(parent) = parent_dir(cur) {
-            below.insert(parent.to_string());
-            if !dirs.insert(parent.to_string()) {
-                break;
-            }
-            cur = parent;
-        }
-    }
-    // Effective decisions of directory entries, parents first (a parent is
-    // always shorter than its child).
-    let mut all_dirs: Vec<String> = dirs
-        .into_iter()
-        .chain(
-            at.keys()
-                .filter(|p| p.ends_with('/'))
-                .map(|p| p.to_string()),
-        )
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    all_dirs.sort_by_key(|d| d.len());
-    let mut eff: std::collections::HashMap<String, [FileDecision; 3]> =
-        std::collections::HashMap::with_capacity(all_dirs.len());
-    for d in &all_dirs {
-        let inherited = parent_dir(d)
-            .and_then(|p| eff.get(p).copied())
-            .unwrap_or_default();
-        let own = at.get(d.as_str()).copied().unwrap_or_default();
-        let mut e = inherited;
-        for i in 0..3 {
-            if own[i].action != 0 {
-                e[i] = own[i];
-            }
-        }
-        eff.insert(d.clone(), e);
-    }
+    let at = decisions_at(rules)?;
+    let (all_dirs, below) = directories(&at);
+    let eff = effective(&all_dirs, &at);
     let mut out = Vec::with_capacity(all_dirs.len() + at.len());
     for d in &all_dirs {
         let e = eff[d];
@@ -274,6 +200,104 @@ fn compile_all(rules: &[RuleIn]) -> Result<Vec<FileEntry>, CompileError> {
         });
     }
     Ok(out)
+}
+
+type Decisions = [FileDecision; 3];
+
+/// The decisions written at each rule path.
+fn decisions_at(rules: &[RuleIn]) -> Result<BTreeMap<&str, Decisions>, CompileError> {
+    let mut at: BTreeMap<&str, Decisions> = BTreeMap::new();
+    for r in rules {
+        if !r.path.starts_with('/') {
+            return Err(CompileError::NotAbsolute(r.path.clone()));
+        }
+        if r.path.len() > FILE_KEY_PATH_LEN {
+            return Err(CompileError::TooLong(r.path.clone()));
+        }
+        let d = at.entry(r.path.as_str()).or_default();
+        let (bits, action) = if r.deny {
+            (r.access, ACTION_DENY)
+        } else {
+            (r.access, ACTION_ALLOW)
+        };
+        for (bit, idx) in IDX {
+            if bits & bit == 0 {
+                continue;
+            }
+            let cur = &mut d[idx];
+            // Deny wins at equal specificity; otherwise the first rule,
+            // except that of equal rules the longer-lived one decides (a
+            // written rule outlives every grant).
+            let longer = action == cur.action
+                && cur.expires_ns != 0
+                && (r.expires_ns == 0 || r.expires_ns > cur.expires_ns);
+            if cur.action == 0 || (action == ACTION_DENY && cur.action == ACTION_ALLOW) || longer {
+                *cur = FileDecision {
+                    action,
+                    rule_id: r.id,
+                    expires_ns: r.expires_ns,
+                    ..FileDecision::default()
+                };
+            }
+        }
+    }
+    Ok(at)
+}
+
+/// Every directory entry (each rule's ancestors, and directory rules),
+/// parents first; and the directories with rules beneath them.
+fn directories(at: &BTreeMap<&str, Decisions>) -> (Vec<String>, HashSet<String>) {
+    // Every ancestor directory of every rule is an entry.
+    let mut dirs: HashSet<String> = HashSet::new();
+    let mut below: HashSet<String> = HashSet::new();
+    for p in at.keys() {
+        let mut cur: &str = p;
+        while let Some(parent) = parent_dir(cur) {
+            below.insert(parent.to_string());
+            if !dirs.insert(parent.to_string()) {
+                break;
+            }
+            cur = parent;
+        }
+    }
+    // Effective decisions of directory entries, parents first (a parent is
+    // always shorter than its child).
+    let mut all_dirs: Vec<String> = dirs
+        .into_iter()
+        .chain(
+            at.keys()
+                .filter(|p| p.ends_with('/'))
+                .map(|p| p.to_string()),
+        )
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    all_dirs.sort_by_key(|d| d.len());
+    (all_dirs, below)
+}
+
+/// Effective decisions of directory entries, parents first (a parent is
+/// always shorter than its child).
+fn effective(
+    all_dirs: &[String],
+    at: &BTreeMap<&str, Decisions>,
+) -> std::collections::HashMap<String, Decisions> {
+    let mut eff: std::collections::HashMap<String, [FileDecision; 3]> =
+        std::collections::HashMap::with_capacity(all_dirs.len());
+    for d in all_dirs {
+        let inherited = parent_dir(d)
+            .and_then(|p| eff.get(p).copied())
+            .unwrap_or_default();
+        let own = at.get(d.as_str()).copied().unwrap_or_default();
+        let mut e = inherited;
+        for i in 0..3 {
+            if own[i].action != 0 {
+                e[i] = own[i];
+            }
+        }
+        eff.insert(d.clone(), e);
+    }
+    eff
 }
 
 /// The kernel's decision replayed at `now_ns` (CLOCK_BOOTTIME): (action,
