@@ -22,6 +22,14 @@ use crate::{
     policy::{NetTables, compiled},
 };
 
+/// The keys a ruleset was written under: NET4, NET6, UNIX_RULES, FILE_RULES.
+struct Written(
+    Vec<Key<Net4Key>>,
+    Vec<Key<Net6Key>>,
+    Vec<UnixKey>,
+    Vec<lsm::FileKeyOf>,
+);
+
 impl Enforcer {
     /// Applies a whole validated set. Each identity flips atomically: its new
     /// rules are written under a fresh ruleset id beside the old ones, then
@@ -90,28 +98,10 @@ impl Enforcer {
         cgroup::ensure(&cg)?;
         let cg_id = cgroup::id(&cg)?;
         let ruleset = self.new_ruleset()?;
-
-        let (keys4, keys6) = match self.write_rules(ruleset, &c.network) {
-            Ok(k) => k,
+        let written = match self.write_ruleset(ruleset, &c) {
+            Ok(w) => w,
             Err(e) => {
                 // Nothing points at the half-written ruleset; GC removes it.
-                let _ = self.collect_garbage();
-                return Err(e);
-            }
-        };
-        let unix_keys = match &mut self.unix {
-            Ok(u) => match u.write(ruleset, &c.policy.network.unix) {
-                Ok(k) => k,
-                Err(e) => {
-                    let _ = self.collect_garbage();
-                    return Err(EnforceError::Map(maps::UNIX_RULES, e));
-                }
-            },
-            Err(_) => Vec::new(),
-        };
-        let file_keys = match self.write_files(ruleset, &c.files) {
-            Ok(k) => k,
-            Err(e) => {
                 let _ = self.collect_garbage();
                 return Err(e);
             }
@@ -145,6 +135,7 @@ impl Enforcer {
             self.delete_unix(&old.unix_keys);
             lsm::delete_rules(&mut self.ebpf, &old.file_keys);
         }
+        let Written(keys4, keys6, unix_keys, file_keys) = written;
         info!(
             identity = %name, id, ruleset, mode = ?c.policy.mode,
             v4 = keys4.len(), v6 = keys6.len(), "policy applied"
@@ -165,6 +156,19 @@ impl Enforcer {
             },
         );
         Ok(())
+    }
+
+    /// Every table of `c` under `ruleset`, nothing pointing at it yet.
+    fn write_ruleset(&mut self, ruleset: u32, c: &Compiled) -> Result<Written, EnforceError> {
+        let (keys4, keys6) = self.write_rules(ruleset, &c.network)?;
+        let unix_keys = match &mut self.unix {
+            Ok(u) => u
+                .write(ruleset, &c.policy.network.unix)
+                .map_err(|e| EnforceError::Map(maps::UNIX_RULES, e))?,
+            Err(_) => Vec::new(),
+        };
+        let file_keys = self.write_files(ruleset, &c.files)?;
+        Ok(Written(keys4, keys6, unix_keys, file_keys))
     }
 
     #[allow(clippy::type_complexity, reason = "pair of key lists, used once")]
