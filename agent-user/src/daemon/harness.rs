@@ -113,6 +113,51 @@ pub struct Harness {
     state_dir: PathBuf,
 }
 
+/// Every identity of `set` as applied, ids in name order.
+fn snapshot_of(set: policy::PolicySet, state_dir: &Path) -> Snapshot {
+    let mut snap = Snapshot::default();
+    for (i, (name, p)) in set.identities.into_iter().enumerate() {
+        let id = i as u32 + 1;
+        let view = IdentityView {
+            id,
+            name: name.clone(),
+            mode: Mode::Enforce,
+            cgroup: state_dir.join("cgroup").join(&name),
+            assigned: Vec::new(),
+            policy: Some(Arc::new(p)),
+            ruleset: id,
+            v4_entries: 0,
+            v6_entries: 0,
+            unix_entries: 0,
+            file_entries: 0,
+            unix_enforced: false,
+        };
+        snap.by_id.insert(id, Arc::new(view));
+    }
+    snap
+}
+
+fn info_of(
+    state_dir: &Path,
+    reloader: &Reloader,
+    caps: &super::capabilities::Capabilities,
+) -> api::status::DaemonInfo {
+    api::status::DaemonInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        pid: std::process::id(),
+        started: crate::clock::now_rfc3339(),
+        policy_dir: reloader.policy_dir.clone(),
+        socket: state_dir.join("corral.sock"),
+        pin_dir: state_dir.join("pins"),
+        state_dir: state_dir.join("state"),
+        cgroup_root: state_dir.join("cgroup"),
+        cgroup_parent: state_dir.join("cgroup"),
+        ringbuf_bytes: 1 << 20,
+        adopted_pins: false,
+        mechanisms: api::status::mechanisms(false, Some("no kernel (harness)"), caps),
+    }
+}
+
 impl Harness {
     /// Identities from `policy_dir` (host names through [`fake_resolve`]);
     /// lease state in a fresh directory removed on drop. `rt` should be a
@@ -131,25 +176,7 @@ impl Harness {
         std::fs::create_dir_all(state_dir.join("policies"))?;
         std::fs::create_dir_all(state_dir.join("state"))?;
 
-        let mut snap = Snapshot::default();
-        for (i, (name, p)) in set.identities.into_iter().enumerate() {
-            let id = i as u32 + 1;
-            let view = IdentityView {
-                id,
-                name: name.clone(),
-                mode: Mode::Enforce,
-                cgroup: state_dir.join("cgroup").join(&name),
-                assigned: Vec::new(),
-                policy: Some(Arc::new(p)),
-                ruleset: id,
-                v4_entries: 0,
-                v6_entries: 0,
-                unix_entries: 0,
-                file_entries: 0,
-                unix_enforced: false,
-            };
-            snap.by_id.insert(id, Arc::new(view));
-        }
+        let snap = snapshot_of(set, &state_dir);
         let names = snap.names();
         let (_snap_tx, snap_rx) = watch::channel(Arc::new(snap));
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
@@ -176,20 +203,7 @@ impl Harness {
             let caps = Arc::new(super::capabilities::Capabilities::none(
                 "no kernel (harness)",
             ));
-            let info = api::status::DaemonInfo {
-                version: env!("CARGO_PKG_VERSION"),
-                pid: std::process::id(),
-                started: crate::clock::now_rfc3339(),
-                policy_dir: reloader.policy_dir.clone(),
-                socket: state_dir.join("corral.sock"),
-                pin_dir: state_dir.join("pins"),
-                state_dir: state_dir.join("state"),
-                cgroup_root: state_dir.join("cgroup"),
-                cgroup_parent: state_dir.join("cgroup"),
-                ringbuf_bytes: 1 << 20,
-                adopted_pins: false,
-                mechanisms: api::status::mechanisms(false, Some("no kernel (harness)"), &caps),
-            };
+            let info = info_of(&state_dir, &reloader, &caps);
             let sockets = super::api::Sockets::new(
                 super::conn::Limits {
                     max_conns: 256,
