@@ -79,6 +79,46 @@ fn str_at(b: &[u8], strings: usize, end: usize, off: u32) -> Result<String, BtfE
     Ok(String::from_utf8_lossy(&tail[..n]).into_owned())
 }
 
+/// Bytes that follow a type's 12-byte header, by kind.
+fn extra_len(kind: u32, vlen: usize) -> Result<usize, BtfError> {
+    Ok(match kind {
+        KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+        KIND_ARRAY => 12,
+        KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
+        KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
+        2 | 7 | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_FUNC | 16
+        | KIND_TYPE_TAG => 0,
+        k => return Err(BtfError::Kind(k)),
+    })
+}
+
+/// A struct's or union's `vlen` members at `p` (`kflag`: bitfield offsets
+/// packed with their size).
+fn members_at(
+    b: &[u8],
+    p: usize,
+    vlen: usize,
+    kflag: bool,
+    (strings, strings_end): (usize, usize),
+) -> Result<Vec<Member>, BtfError> {
+    let mut members = Vec::with_capacity(vlen);
+    for i in 0..vlen {
+        let m = p + 12 * i;
+        let mname = u32_at(b, m)?;
+        let raw = u32_at(b, m + 8)?;
+        members.push(Member {
+            name: if mname == 0 {
+                String::new()
+            } else {
+                str_at(b, strings, strings_end, mname)?
+            },
+            ty: u32_at(b, m + 4)?,
+            bit_off: if kflag { raw & 0x00ff_ffff } else { raw },
+        });
+    }
+    Ok(members)
+}
+
 impl Btf {
     pub fn from_sys_fs() -> Result<Btf, BtfError> {
         Btf::parse(&std::fs::read(VMLINUX).map_err(BtfError::Read)?)
@@ -116,15 +156,7 @@ impl Btf {
             let kind = (info >> 24) & 0x1f;
             let vlen = (info & 0xffff) as usize;
             let kflag = info >> 31 == 1;
-            let extra = match kind {
-                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
-                KIND_ARRAY => 12,
-                KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
-                KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
-                2 | 7 | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_FUNC
-                | 16 | KIND_TYPE_TAG => 0,
-                k => return Err(BtfError::Kind(k)),
-            };
+            let extra = extra_len(kind, vlen)?;
             let wanted = matches!(kind, KIND_STRUCT | KIND_UNION);
             let named = wanted || matches!(kind, KIND_TYPEDEF | KIND_FUNC | KIND_ENUM);
             let name = if name_off == 0 || !named {
@@ -132,23 +164,11 @@ impl Btf {
             } else {
                 str_at(b, strings, strings_end, name_off)?
             };
-            let mut members = Vec::new();
-            if wanted {
-                for i in 0..vlen {
-                    let m = p + 12 * i;
-                    let mname = u32_at(b, m)?;
-                    let raw = u32_at(b, m + 8)?;
-                    members.push(Member {
-                        name: if mname == 0 {
-                            String::new()
-                        } else {
-                            str_at(b, strings, strings_end, mname)?
-                        },
-                        ty: u32_at(b, m + 4)?,
-                        bit_off: if kflag { raw & 0x00ff_ffff } else { raw },
-                    });
-                }
-            }
+            let members = if wanted {
+                members_at(b, p, vlen, kflag, (strings, strings_end))?
+            } else {
+                Vec::new()
+            };
             if kind == KIND_ENUM && !name.is_empty() {
                 let values = enums.entry(name.clone()).or_default();
                 for i in 0..vlen {
