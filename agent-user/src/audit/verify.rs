@@ -94,30 +94,11 @@ pub fn verify(dir: &Path, public: &VerifyingKey) -> std::io::Result<Report> {
                 r.error = Some(format!("{at}: {why}"));
                 return Ok(r);
             }
-            match rec.kind.as_str() {
-                "checkpoint" => {
-                    r.checkpoints += 1;
-                    checkpoints.insert(rec.seq, rec.prev.clone());
-                    since_checkpoint = 0;
-                }
-                "start" => {
-                    r.starts += 1;
-                    if rec.body["previous_run"] == "unclean" {
-                        r.unclean_starts += 1;
-                    }
-                    since_checkpoint += 1;
-                }
-                "pruned" => {
-                    r.pruned_segments += 1;
-                    since_checkpoint += 1;
-                }
-                "loss" => {
-                    let n = rec.body["count"].as_u64().unwrap_or(0);
-                    r.lost_records += n;
-                    r.losses.push(loss_line(&at, &rec));
-                    since_checkpoint += 1;
-                }
-                _ => since_checkpoint += 1,
+            if count(&mut r, &rec, &at) {
+                checkpoints.insert(rec.seq, rec.prev.clone());
+                since_checkpoint = 0;
+            } else {
+                since_checkpoint += 1;
             }
             if let Some((seq, hash)) = &anchor
                 && rec.kind == "pruned"
@@ -142,6 +123,29 @@ pub fn verify(dir: &Path, public: &VerifyingKey) -> std::io::Result<Report> {
     }
     r.unsigned_tail = since_checkpoint;
     Ok(r)
+}
+
+/// Counts `rec` in the report by its kind; `true` for a checkpoint.
+fn count(r: &mut Report, rec: &Record, at: &At<'_>) -> bool {
+    match rec.kind.as_str() {
+        "checkpoint" => {
+            r.checkpoints += 1;
+            return true;
+        }
+        "start" => {
+            r.starts += 1;
+            if rec.body["previous_run"] == "unclean" {
+                r.unclean_starts += 1;
+            }
+        }
+        "pruned" => r.pruned_segments += 1,
+        "loss" => {
+            r.lost_records += rec.body["count"].as_u64().unwrap_or(0);
+            r.losses.push(loss_line(at, rec));
+        }
+        _ => {}
+    }
+    false
 }
 
 fn loss_line(at: &At<'_>, rec: &Record) -> String {
