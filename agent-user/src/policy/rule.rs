@@ -167,6 +167,12 @@ fn parse_target(cidr: &str) -> Result<Target, ValueError> {
         );
     };
 
+    network_of(cidr, addr, prefix_s)
+}
+
+/// `addr` with its `/prefix` (the whole address without one), refused when
+/// host bits are set beyond the prefix.
+fn network_of(cidr: &str, addr: IpAddr, prefix_s: Option<&str>) -> Result<Target, ValueError> {
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let prefix_len = match prefix_s {
         None => max,
