@@ -194,48 +194,7 @@ impl Bench<'_> {
                 rows.push((format!("tagged, {n} rules"), t, u));
             }
 
-            util::header("event throughput: denied connects flood the ring buffer");
-            let flood_policy = "[identity]\nname = \"flood\"\n[network]\nallow = []\n";
-            fs::write(env.policy_dir.join("flood.toml"), flood_policy)?;
-            env.apply()?;
-            let before = env.status()?;
-            let flood_start = std::time::Instant::now();
-            let out = util::output(env.as_identity(Some("flood"), &self.bench).args([
-                "flood",
-                &self.udp_port.to_string(),
-                &FLOOD.to_string(),
-            ]))?;
-            let flood = bench_env::last_json(&out)?;
-            sleep(Duration::from_secs(2));
-            let after = env.status()?;
-            let recv = after["events"]["received"].as_u64().unwrap_or(0)
-                - before["events"]["received"].as_u64().unwrap_or(0);
-            let lost = after["events"]["kernel_lost"].as_u64().unwrap_or(0)
-                - before["events"]["kernel_lost"].as_u64().unwrap_or(0);
-            let secs = flood["elapsed_ns"].as_f64().unwrap_or(1.0) / 1e9;
-            // The audit log gets every received event: how fast it is on
-            // disk, and whether it kept up.
-            let audit = |v: &serde_json::Value, k: &str| v["audit"][k].as_u64().unwrap_or(0);
-            let mut audited = 0;
-            let mut audit_done = flood_start.elapsed();
-            let deadline = std::time::Instant::now() + Duration::from_secs(120);
-            let mut audit_lost = 0;
-            while std::time::Instant::now() < deadline {
-                let now = env.status()?;
-                let written = audit(&now, "records") - audit(&before, "records");
-                audit_lost = audit(&now, "lost") - audit(&before, "lost");
-                if written > audited {
-                    audited = written;
-                    audit_done = flood_start.elapsed();
-                }
-                // Every received event is either on disk or counted lost
-                // (loss records themselves are records too, hence >=).
-                if audited + audit_lost >= recv {
-                    break;
-                }
-                sleep(Duration::from_millis(20));
-            }
-
+            let events = self.flood()?;
             let mut s =
                 String::from("connect() latency, median ns (ratio to no-corral baseline)\n");
             s.push_str(&bench_env::ratio_table(
@@ -248,17 +207,7 @@ impl Bench<'_> {
             for (n, d) in reloads {
                 let _ = writeln!(s, "  {n:>7} rules: {:>8.1} ms", d.as_secs_f64() * 1e3);
             }
-            let _ = writeln!(
-                s,
-                "\nevents: {FLOOD} denials in {secs:.2} s ({:.0}/s generated); daemon received {recv}, kernel lost {lost} ({:.3}% loss)",
-                FLOOD as f64 / secs,
-                lost as f64 * 100.0 / FLOOD as f64
-            );
-            let _ = writeln!(
-                s,
-                "audit log, this burst: {audited} records on disk ({:.0}/s from the flood's start until the last was written), {audit_lost} lost (beyond what the event queue holds)",
-                audited as f64 / audit_done.as_secs_f64()
-            );
+            s.push_str(&events);
             s.push_str(&crate::bench_audit::sustained(
                 env,
                 &self.bench,
@@ -266,6 +215,66 @@ impl Bench<'_> {
             )?);
             Ok(s)
         })
+    }
+    /// Event throughput: a flood of denied connects through the ring
+    /// buffer, and how fast the audit log has them on disk.
+    fn flood(&self) -> Result<String> {
+        let env = self.env;
+        util::header("event throughput: denied connects flood the ring buffer");
+        let flood_policy = "[identity]\nname = \"flood\"\n[network]\nallow = []\n";
+        fs::write(env.policy_dir.join("flood.toml"), flood_policy)?;
+        env.apply()?;
+        let before = env.status()?;
+        let flood_start = std::time::Instant::now();
+        let out = util::output(env.as_identity(Some("flood"), &self.bench).args([
+            "flood",
+            &self.udp_port.to_string(),
+            &FLOOD.to_string(),
+        ]))?;
+        let flood = bench_env::last_json(&out)?;
+        sleep(Duration::from_secs(2));
+        let after = env.status()?;
+        let recv = after["events"]["received"].as_u64().unwrap_or(0)
+            - before["events"]["received"].as_u64().unwrap_or(0);
+        let lost = after["events"]["kernel_lost"].as_u64().unwrap_or(0)
+            - before["events"]["kernel_lost"].as_u64().unwrap_or(0);
+        let secs = flood["elapsed_ns"].as_f64().unwrap_or(1.0) / 1e9;
+        // The audit log gets every received event: how fast it is on
+        // disk, and whether it kept up.
+        let audit = |v: &serde_json::Value, k: &str| v["audit"][k].as_u64().unwrap_or(0);
+        let mut audited = 0;
+        let mut audit_done = flood_start.elapsed();
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let mut audit_lost = 0;
+        while std::time::Instant::now() < deadline {
+            let now = env.status()?;
+            let written = audit(&now, "records") - audit(&before, "records");
+            audit_lost = audit(&now, "lost") - audit(&before, "lost");
+            if written > audited {
+                audited = written;
+                audit_done = flood_start.elapsed();
+            }
+            // Every received event is either on disk or counted lost
+            // (loss records themselves are records too, hence >=).
+            if audited + audit_lost >= recv {
+                break;
+            }
+            sleep(Duration::from_millis(20));
+        }
+
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "\nevents: {FLOOD} denials in {secs:.2} s ({:.0}/s generated); daemon received {recv}, kernel lost {lost} ({:.3}% loss)",
+            FLOOD as f64 / secs,
+            lost as f64 * 100.0 / FLOOD as f64
+        );
+        let _ = writeln!(
+            s,
+            "audit log, this burst: {audited} records on disk ({:.0}/s from the flood's start until the last was written), {audit_lost} lost (beyond what the event queue holds)",
+            audited as f64 / audit_done.as_secs_f64()
+        );
+        Ok(s)
     }
 }
 
