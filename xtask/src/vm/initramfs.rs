@@ -118,27 +118,15 @@ rc=0
     s
 }
 
-pub(super) fn initramfs(
-    stage: &Path,
+/// What the guest runs: each guest suite (filtered), the sanity test of
+/// the native suites, and the LSM benchmark when asked; their binaries are
+/// added to `bins`.
+fn test_runs(
     t: &Tests,
-    modules: &[super::modules::Module],
     args: &VmArgs,
-) -> Result<PathBuf> {
-    let root = stage.join("root");
-    if root.exists() {
-        fs::remove_dir_all(&root).with_context(|| format!("cleaning {}", root.display()))?;
-    }
-    fs::create_dir_all(&root)?;
-    let busybox = util::which("busybox")
-        .or_else(|| Some(PathBuf::from("/bin/busybox")).filter(|p| p.is_file()))
-        .context("busybox not found (apt-get install busybox-static)")?;
-    install(&busybox, &root, Path::new("/bin/busybox"), false)?;
-    // The test harness finds the probe next to `deps/`, as cargo lays out.
-    let guest_dir = Path::new("/corral/target/release");
-    let mut bins: Vec<(PathBuf, PathBuf)> = vec![
-        (t.corral.clone(), guest_dir.join("corral")),
-        (t.probe.clone(), guest_dir.join("corral-probe")),
-    ];
+    guest_dir: &Path,
+    bins: &mut Vec<(PathBuf, PathBuf)>,
+) -> Result<Vec<GuestRun>> {
     let mut runs = Vec::new();
     let filter = args.filter.clone();
     for (name, exe) in &t.binaries {
@@ -176,9 +164,35 @@ pub(super) fn initramfs(
             ));
         }
     }
-    if let Some(cmd) = &args.exec {
-        runs = vec![("sh".into(), vec!["-c".into(), cmd.clone()], Vec::new())];
+    Ok(runs)
+}
+
+pub(super) fn initramfs(
+    stage: &Path,
+    t: &Tests,
+    modules: &[super::modules::Module],
+    args: &VmArgs,
+) -> Result<PathBuf> {
+    let root = stage.join("root");
+    if root.exists() {
+        fs::remove_dir_all(&root).with_context(|| format!("cleaning {}", root.display()))?;
     }
+    fs::create_dir_all(&root)?;
+    let busybox = util::which("busybox")
+        .or_else(|| Some(PathBuf::from("/bin/busybox")).filter(|p| p.is_file()))
+        .context("busybox not found (apt-get install busybox-static)")?;
+    install(&busybox, &root, Path::new("/bin/busybox"), false)?;
+    // The test harness finds the probe next to `deps/`, as cargo lays out.
+    let guest_dir = Path::new("/corral/target/release");
+    let mut bins: Vec<(PathBuf, PathBuf)> = vec![
+        (t.corral.clone(), guest_dir.join("corral")),
+        (t.probe.clone(), guest_dir.join("corral-probe")),
+    ];
+    let runs = test_runs(t, args, guest_dir, &mut bins)?;
+    let runs = match &args.exec {
+        Some(cmd) => vec![("sh".into(), vec!["-c".into(), cmd.clone()], Vec::new())],
+        None => runs,
+    };
     let mut libs: BTreeSet<PathBuf> = BTreeSet::new();
     for (host, guest) in &bins {
         install(host, &root, guest, true)?;

@@ -64,6 +64,44 @@ fn apt_kernel_packages() -> Result<Vec<String>> {
         .collect())
 }
 
+/// `pkg` unpacked under `cache` (downloaded and unpacked once).
+fn unpacked(cache: &Path, pkg: &str) -> Result<PathBuf> {
+    let dir = cache.join(pkg);
+    if !dir.join("boot").is_dir() {
+        println!("vm: downloading {pkg}");
+        let _ = fs::remove_dir_all(&dir);
+        util::run(
+            util::cmd("apt-get")
+                .args(["download", pkg])
+                .current_dir(cache)
+                .stdin(Stdio::null()),
+        )?;
+        let deb = fs::read_dir(cache)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.extension().is_some_and(|x| x == "deb")
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&format!("{pkg}_")))
+            })
+            .with_context(|| {
+                format!(
+                    "apt-get download left no {pkg}_*.deb in {}",
+                    cache.display()
+                )
+            })?;
+        let tmp = cache.join(format!(".{pkg}.partial"));
+        let _ = fs::remove_dir_all(&tmp);
+        util::run(util::cmd("dpkg").arg("-x").arg(&deb).arg(&tmp))?;
+        fs::rename(&tmp, &dir)?;
+        let _ = fs::remove_file(&deb);
+    } else {
+        println!("vm: using cached {pkg}");
+    }
+    Ok(dir)
+}
+
 pub(super) fn kernel(ws: &Path) -> Result<Kernel> {
     let cache = ws.join(".cache/vm");
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
@@ -93,39 +131,7 @@ pub(super) fn kernel(ws: &Path) -> Result<Kernel> {
             "apt offers no linux-image-*-cloud-amd64-unsigned package and none is cached in .cache/vm",
         )?,
     };
-    let dir = cache.join(&pkg);
-    if !dir.join("boot").is_dir() {
-        println!("vm: downloading {pkg}");
-        let _ = fs::remove_dir_all(&dir);
-        util::run(
-            util::cmd("apt-get")
-                .args(["download", &pkg])
-                .current_dir(&cache)
-                .stdin(Stdio::null()),
-        )?;
-        let deb = fs::read_dir(&cache)?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.extension().is_some_and(|x| x == "deb")
-                    && p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(&format!("{pkg}_")))
-            })
-            .with_context(|| {
-                format!(
-                    "apt-get download left no {pkg}_*.deb in {}",
-                    cache.display()
-                )
-            })?;
-        let tmp = cache.join(format!(".{pkg}.partial"));
-        let _ = fs::remove_dir_all(&tmp);
-        util::run(util::cmd("dpkg").arg("-x").arg(&deb).arg(&tmp))?;
-        fs::rename(&tmp, &dir)?;
-        let _ = fs::remove_file(&deb);
-    } else {
-        println!("vm: using cached {pkg}");
-    }
+    let dir = unpacked(&cache, &pkg)?;
     let boot = dir.join("boot");
     let find = |prefix: &str| -> Result<PathBuf> {
         fs::read_dir(&boot)?

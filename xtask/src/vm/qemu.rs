@@ -71,7 +71,8 @@ impl Drop for Qemu {
     }
 }
 
-pub(super) fn boot(k: &Kernel, initrd: &Path, accel: Accel, timeout: Duration) -> Result<()> {
+/// QEMU booting `k` with `initrd`, killed with its parent.
+fn command(k: &Kernel, initrd: &Path, accel: Accel) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
     match accel {
         Accel::Tcg => c.args(["-accel", "tcg", "-cpu", "qemu64"]),
@@ -98,6 +99,11 @@ pub(super) fn boot(k: &Kernel, initrd: &Path, accel: Accel, timeout: Duration) -
             Ok(())
         });
     }
+    c
+}
+
+pub(super) fn boot(k: &Kernel, initrd: &Path, accel: Accel, timeout: Duration) -> Result<()> {
+    let mut c = command(k, initrd, accel);
     println!(
         "vm: booting ({accel:?}, timeout {}s): {}",
         timeout.as_secs(),
