@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use corral_tests::{lease::PROBE_WAIT, *};
 use serde_json::{Value, json};
 
+/// A policy text that ignores the lease socket path.
+type Maker = Box<dyn Fn(&std::path::Path) -> String>;
+
 /// The shared lease lab (`corral_tests::lease::Lab`: start, stop, restart,
 /// clean-up) with a file tree beside it.
 struct Lab {
@@ -56,12 +59,11 @@ impl Lab {
         let texts: Vec<(&str, String)> = std::iter::once(("agent", policy))
             .chain(others.iter().map(|(n, p)| (*n, p.to_string())))
             .collect();
-        let makers: Vec<Box<dyn Fn(&std::path::Path) -> String>> = texts
+        let makers: Vec<Maker> = texts
             .iter()
             .map(|(_, p)| {
                 let p = p.clone();
-                Box::new(move |_: &std::path::Path| p.clone())
-                    as Box<dyn Fn(&std::path::Path) -> String>
+                Box::new(move |_: &std::path::Path| p.clone()) as Maker
             })
             .collect();
         let policies: Vec<lease::PolicyText<'_>> = texts
