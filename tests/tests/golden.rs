@@ -149,3 +149,105 @@ fn bundled_policies_reach_the_kernel_maps() {
         "{checked} kernel entries checked for {in_toml} rules in the TOML"
     );
 }
+
+/// Each file's identity and its `[files]` entries as written: (list, path).
+fn toml_file_entries(files: &[(String, String)]) -> Vec<(String, Vec<(String, String)>)> {
+    files
+        .iter()
+        .map(|(file, text)| {
+            let v: toml::Value = text.parse().unwrap_or_else(|e| panic!("{file}: {e}"));
+            let name = v["identity"]["name"].as_str().expect("identity.name");
+            let f = v.get("files");
+            let entries = ["read", "write", "exec", "deny"]
+                .iter()
+                .flat_map(|k| {
+                    f.and_then(|f| f.get(k))
+                        .and_then(toml::Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .map(move |p| (k.to_string(), p.as_str().expect("a path").to_owned()))
+                })
+                .collect();
+            (name.to_owned(), entries)
+        })
+        .collect()
+}
+
+/// Every `[files]` path of the bundled policies reaches `FILE_RULES` as an
+/// entry of its own length, deciding its access as written: the file half
+/// of the golden test, where BPF LSM enforces files (the guest).
+#[test]
+fn bundled_file_rules_reach_the_kernel_map() {
+    use agent_common::{
+        file::{
+            ACCESS_IDX_EXEC, ACCESS_IDX_READ, ACCESS_IDX_WRITE, FILE_KEY_FIXED_BITS,
+            FILE_KEY_PATH_LEN, FileKey, FileRuleValue,
+        },
+        net::{ACTION_ALLOW, ACTION_DENY},
+    };
+    if !is_root() {
+        return;
+    }
+    let files = bundled_policies();
+    let d = Daemon::start(&policy_refs(&files));
+    if !d.bpf_lsm_or_skip() {
+        return;
+    }
+    let trie: LpmTrie<MapData, FileKey, FileRuleValue> =
+        LpmTrie::try_from(aya::maps::Map::LpmTrie(
+            MapData::from_pin(d.dirs.pin_dir.join("maps").join(maps::FILE_RULES)).expect("pin"),
+        ))
+        .expect("file trie");
+    let written = toml_file_entries(&files);
+    let in_toml: usize = written.iter().map(|(_, e)| e.len()).sum();
+    assert!(
+        in_toml >= 20,
+        "the bundled policies have {in_toml} file rules"
+    );
+    for (name, entries) in &written {
+        let shown = d.cli_json(&["policy", "show", name, "--json"]);
+        let ruleset = shown["kernel_entries"]["ruleset"]
+            .as_u64()
+            .expect("ruleset") as u32;
+        for (list, path) in entries {
+            let mut key = FileKey {
+                ruleset_be: ruleset.to_be(),
+                path: [0; FILE_KEY_PATH_LEN],
+            };
+            key.path[..path.len()].copy_from_slice(path.as_bytes());
+            let v = trie
+                .get(
+                    &Key::new(FILE_KEY_FIXED_BITS + 8 * path.len() as u32, key),
+                    0,
+                )
+                .unwrap_or_else(|e| panic!("{name}: {list} `{path}` not in FILE_RULES: {e}"));
+            assert_eq!(
+                v.len as usize,
+                path.len(),
+                "{name}: {list} `{path}` has no entry of its own"
+            );
+            // A directory rule decides beneath it; a file rule, itself.
+            let slots = if path.ends_with('/') {
+                v.beneath
+            } else {
+                v.exact
+            };
+            let (idx, want): (&[usize], u32) = match list.as_str() {
+                "read" => (&[ACCESS_IDX_READ], ACTION_ALLOW),
+                "write" => (&[ACCESS_IDX_WRITE], ACTION_ALLOW),
+                "exec" => (&[ACCESS_IDX_EXEC], ACTION_ALLOW),
+                _ => (
+                    &[ACCESS_IDX_READ, ACCESS_IDX_WRITE, ACCESS_IDX_EXEC],
+                    ACTION_DENY,
+                ),
+            };
+            for &i in idx {
+                assert_eq!(
+                    slots[i].action, want,
+                    "{name}: {list} `{path}` slot {i} decides {:?}",
+                    slots[i]
+                );
+            }
+        }
+    }
+}

@@ -199,6 +199,12 @@ pub(super) fn initramfs(
         libs.extend(libraries(host)?);
     }
     libs.extend(libraries(&busybox)?);
+    for e in fs::read_dir(&t.policies)?.flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            install(&p, &root, &p, false)?;
+        }
+    }
     for lib in &libs {
         install(lib, &root, lib, false)?;
     }

@@ -43,6 +43,9 @@ const GUEST_TESTS: &[&str] = &[
     "files_lsm_escape",
     "files_lsm_leases",
     "files_lsm_suggest",
+    // The bundled policies' `[files]` rules in `FILE_RULES` (and their
+    // network rules again).
+    "golden",
     // SCTP and L2TP/IP are modules there (see `modules`).
     "socket_kinds",
 ];
@@ -137,6 +140,9 @@ struct Tests {
     probe: PathBuf,
     /// (test target name, executable).
     binaries: Vec<(String, PathBuf)>,
+    /// The bundled policies (`golden` reads them at the workspace's path,
+    /// compiled into the test binaries).
+    policies: PathBuf,
 }
 
 /// Builds (no-op when fresh) the test crate and asks cargo where its test
@@ -189,5 +195,6 @@ fn test_binaries(ws: &Path) -> Result<Tests> {
         corral,
         probe,
         binaries,
+        policies: ws.join("policies"),
     })
 }
