@@ -8,6 +8,7 @@ mod install;
 mod lease;
 mod policy;
 mod run;
+mod status_text;
 mod suggest;
 
 use std::{path::PathBuf, process::ExitCode};
