@@ -64,6 +64,59 @@ fn connect(sa: SocketAddr) -> std::io::Result<()> {
     TcpStream::connect_timeout(&sa, Duration::from_secs(3)).map(drop)
 }
 
+/// `unix-loop PATH=allow|deny ... SECS`: connects until SECS pass,
+/// counting answers that are not the expected ones.
+fn unix_loop(args: &[String], i: usize) -> usize {
+    // unix-loop PATH=allow|deny ... SECS
+    let mut targets = Vec::new();
+    let mut j = i + 1;
+    while let Some((t, want)) = args.get(j).and_then(|a| a.rsplit_once('=')) {
+        targets.push((t.to_string(), want == "allow"));
+        j += 1;
+    }
+    let secs: f64 = args[j].parse().expect("secs");
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let (mut n, mut wrong) = (0u64, 0u64);
+    while Instant::now() < end {
+        for (t, allow) in &targets {
+            if unix_connect(t).is_ok() != *allow {
+                wrong += 1;
+            }
+            n += 1;
+        }
+    }
+    let ns = start.elapsed().as_nanos() as u64 / n.max(1);
+    println!(r#"{{"op":"unix-loop","attempts":{n},"wrong":{wrong},"ns_per_op":{ns}}}"#);
+    j + 1
+}
+
+/// `loop ADDR:PORT=allow|deny ... SECS`: connects until SECS pass,
+/// counting answers that are not the expected ones.
+fn connect_loop(args: &[String], i: usize) -> usize {
+    // loop 127.0.0.1:80=allow 127.0.0.1:81=deny ... SECS
+    let mut targets = Vec::new();
+    let mut j = i + 1;
+    while let Some((t, want)) = args.get(j).and_then(|a| a.split_once('=')) {
+        targets.push((t.parse::<SocketAddr>().expect("addr"), want == "allow"));
+        j += 1;
+    }
+    let secs: f64 = args[j].parse().expect("secs");
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let (mut n, mut wrong) = (0u64, 0u64);
+    while Instant::now() < end {
+        for (t, allow) in &targets {
+            let ok = connect(*t).is_ok();
+            n += 1;
+            if ok != *allow {
+                wrong += 1;
+            }
+        }
+    }
+    println!(r#"{{"op":"loop","attempts":{n},"wrong":{wrong}}}"#);
+    j + 1
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -114,30 +167,7 @@ fn main() {
                 emit("unix-sendto", r);
                 i += 2;
             }
-            "unix-loop" => {
-                // unix-loop PATH=allow|deny ... SECS
-                let mut targets = Vec::new();
-                let mut j = i + 1;
-                while let Some((t, want)) = args.get(j).and_then(|a| a.rsplit_once('=')) {
-                    targets.push((t.to_string(), want == "allow"));
-                    j += 1;
-                }
-                let secs: f64 = args[j].parse().expect("secs");
-                let start = Instant::now();
-                let end = start + Duration::from_secs_f64(secs);
-                let (mut n, mut wrong) = (0u64, 0u64);
-                while Instant::now() < end {
-                    for (t, allow) in &targets {
-                        if unix_connect(t).is_ok() != *allow {
-                            wrong += 1;
-                        }
-                        n += 1;
-                    }
-                }
-                let ns = start.elapsed().as_nanos() as u64 / n.max(1);
-                println!(r#"{{"op":"unix-loop","attempts":{n},"wrong":{wrong},"ns_per_op":{ns}}}"#);
-                i = j + 1;
-            }
+            "unix-loop" => i = unix_loop(&args, i),
             "subcgroup" => {
                 let own = std::fs::read_to_string("/proc/self/cgroup").expect("cgroup");
                 let rel = own.lines().find_map(|l| l.strip_prefix("0::")).expect("v2");
@@ -169,29 +199,7 @@ fn main() {
                 std::thread::sleep(Duration::from_secs_f64(args[i + 1].parse().expect("secs")));
                 i += 2;
             }
-            "loop" => {
-                // loop 127.0.0.1:80=allow 127.0.0.1:81=deny ... SECS
-                let mut targets = Vec::new();
-                let mut j = i + 1;
-                while let Some((t, want)) = args.get(j).and_then(|a| a.split_once('=')) {
-                    targets.push((t.parse::<SocketAddr>().expect("addr"), want == "allow"));
-                    j += 1;
-                }
-                let secs: f64 = args[j].parse().expect("secs");
-                let end = Instant::now() + Duration::from_secs_f64(secs);
-                let (mut n, mut wrong) = (0u64, 0u64);
-                while Instant::now() < end {
-                    for (t, allow) in &targets {
-                        let ok = connect(*t).is_ok();
-                        n += 1;
-                        if ok != *allow {
-                            wrong += 1;
-                        }
-                    }
-                }
-                println!(r#"{{"op":"loop","attempts":{n},"wrong":{wrong}}}"#);
-                i = j + 1;
-            }
+            "loop" => i = connect_loop(&args, i),
             op if bypass_steps::is_step(op) => i = bypass_steps::step(&args, i),
             op if escape_steps::is_step(op) => i = escape_steps::step(&args, i),
             op if file_steps::is_step(op) => i = file_steps::step(&args, i),
