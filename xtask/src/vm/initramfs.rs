@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use super::{GUEST_TESTS, MARKER, SANITY_TEST, Tests, VmArgs};
+use super::{GUEST_TESTS, LANDLOCK_IN_GUEST, MARKER, SANITY_TEST, Tests, VmArgs};
 use crate::util;
 
 /// Shared libraries `ldd` names for `bin` (none for static binaries).
@@ -133,27 +133,28 @@ fn test_runs(
         let guest = guest_dir
             .join("deps")
             .join(exe.file_name().context("exe name")?);
+        let at = guest.display().to_string();
+        let before = runs.len();
         let mut targs: Vec<String> = vec!["--test-threads=1".into()];
         if GUEST_TESTS.contains(&name.as_str()) {
-            if let Some(f) = &filter {
-                targs.push(f.clone());
-            }
-        } else if name == SANITY_TEST.0 {
-            if filter
-                .as_deref()
-                .is_some_and(|f| !SANITY_TEST.1.contains(f))
-            {
-                continue;
-            }
+            targs.extend(filter.clone());
+            runs.push((at.clone(), targs, Vec::new()));
+        } else if name == SANITY_TEST.0
+            && filter.as_deref().is_none_or(|f| SANITY_TEST.1.contains(f))
+        {
             targs.extend([SANITY_TEST.1.to_owned(), "--exact".into()]);
-        } else {
-            continue;
+            runs.push((at.clone(), targs, Vec::new()));
         }
-        bins.push((exe.clone(), guest.clone()));
-        runs.push((guest.display().to_string(), targs, Vec::new()));
+        if let Some((_, only)) = LANDLOCK_IN_GUEST.iter().find(|(n, _)| n == name) {
+            let f = filter.clone().unwrap_or_else(|| only.to_string());
+            let mut targs: Vec<String> = vec!["--test-threads=1".into()];
+            targs.extend(Some(f).filter(|f| !f.is_empty()));
+            let env = vec![("CORRAL_NO_BPF_LSM".into(), "1".into())];
+            runs.push((at.clone(), targs, env));
+        }
         if args.bench && name == "files_lsm" {
             runs.push((
-                guest.display().to_string(),
+                at.clone(),
                 vec![
                     "--test-threads=1".into(),
                     "--ignored".into(),
@@ -162,6 +163,9 @@ fn test_runs(
                 ],
                 vec![("CORRAL_VM_BENCH".into(), "1".into())],
             ));
+        }
+        if runs.len() > before {
+            bins.push((exe.clone(), guest.clone()));
         }
     }
     Ok(runs)
@@ -189,6 +193,11 @@ pub(super) fn initramfs(
         (t.probe.clone(), guest_dir.join("corral-probe")),
     ];
     let runs = test_runs(t, args, guest_dir, &mut bins)?;
+    // The Landlock suite's exec tests copy it into their trees.
+    let true_bin = Path::new("/usr/bin/true");
+    if true_bin.is_file() {
+        bins.push((true_bin.to_path_buf(), true_bin.to_path_buf()));
+    }
     let runs = match &args.exec {
         Some(cmd) => vec![("sh".into(), vec!["-c".into(), cmd.clone()], Vec::new())],
         None => runs,

@@ -49,6 +49,13 @@ const GUEST_TESTS: &[&str] = &[
     // SCTP and L2TP/IP are modules there (see `modules`).
     "socket_kinds",
 ];
+/// Suites of the Landlock fallback, run in the guest too with BPF LSM
+/// switched off (`CORRAL_NO_BPF_LSM`), where they would otherwise skip:
+/// (test binary, name filter).
+const LANDLOCK_IN_GUEST: &[(&str, &str)] = &[
+    ("files_landlock", ""),
+    ("files_lsm_leases", "without_bpf_lsm"),
+];
 /// ...plus one network test as a sanity check of the rest of Corral there.
 const SANITY_TEST: (&str, &str) = (
     "network",
@@ -176,7 +183,8 @@ fn test_binaries(ws: &Path) -> Result<Tests> {
             binaries.push((name.to_owned(), PathBuf::from(exe)));
         }
     }
-    for want in GUEST_TESTS.iter().chain([&SANITY_TEST.0]) {
+    let landlock = LANDLOCK_IN_GUEST.iter().map(|(n, _)| n);
+    for want in GUEST_TESTS.iter().chain([&SANITY_TEST.0]).chain(landlock) {
         if !binaries.iter().any(|(n, _)| n == want) {
             bail!("cargo built no test binary `{want}` in corral-tests");
         }
