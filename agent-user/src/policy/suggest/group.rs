@@ -188,50 +188,55 @@ fn net_rules(
                 .push((a, seen)),
         }
     }
-    let mut emit = |members: Vec<(IpAddr, &Seen)>, bits: u32, limit: u8| {
-        let distinct: BTreeSet<IpAddr> = members.iter().map(|(a, _)| *a).collect();
-        if distinct.len() < limits.min_addrs {
-            for (a, seen) in members {
-                let host = match a {
-                    IpAddr::V4(a) => a.to_string(),
-                    IpAddr::V6(a) => format!("[{a}]"),
-                };
-                acc.add("network", key, rule_text(udp, &host, port), None, seen);
-            }
-            return;
-        }
-        let (net, len) = common_prefix(&distinct, bits);
-        let host = match net {
-            IpAddr::V4(n) => format!("{n}/{len}"),
-            IpAddr::V6(n) => format!("[{n}]/{len}"),
-        };
-        let note = format!(
-            "{} distinct addresses seen in {host} (grouped from {}, never shorter than /{limit})",
-            distinct.len(),
-            limits.min_addrs
-        );
-        for (_, seen) in members {
-            acc.add(
-                "network",
-                key,
-                rule_text(udp, &host, port),
-                Some(note.clone()),
-                seen,
-            );
-        }
-    };
+    let rule = (key, udp, port);
     for (_, m) in v4 {
-        emit(
-            m.into_iter().map(|(a, s)| (a.into(), s)).collect(),
-            32,
-            limits.max_prefix_v4,
-        );
+        let m = m.into_iter().map(|(a, s)| (a.into(), s)).collect();
+        by_prefix(acc, rule, m, (32, limits.max_prefix_v4), limits);
     }
     for (_, m) in v6 {
-        emit(
-            m.into_iter().map(|(a, s)| (a.into(), s)).collect(),
-            128,
-            limits.max_prefix_v6,
+        let m = m.into_iter().map(|(a, s)| (a.into(), s)).collect();
+        by_prefix(acc, rule, m, (128, limits.max_prefix_v6), limits);
+    }
+}
+
+/// One prefix's addresses: exact rules below `limits.min_addrs` distinct
+/// ones, else one rule for their smallest common prefix (never shorter
+/// than `limit`).
+fn by_prefix(
+    acc: &mut Acc,
+    (key, udp, port): (&'static str, bool, u16),
+    members: Vec<(IpAddr, &Seen)>,
+    (bits, limit): (u32, u8),
+    limits: &Limits,
+) {
+    let distinct: BTreeSet<IpAddr> = members.iter().map(|(a, _)| *a).collect();
+    if distinct.len() < limits.min_addrs {
+        for (a, seen) in members {
+            let host = match a {
+                IpAddr::V4(a) => a.to_string(),
+                IpAddr::V6(a) => format!("[{a}]"),
+            };
+            acc.add("network", key, rule_text(udp, &host, port), None, seen);
+        }
+        return;
+    }
+    let (net, len) = common_prefix(&distinct, bits);
+    let host = match net {
+        IpAddr::V4(n) => format!("{n}/{len}"),
+        IpAddr::V6(n) => format!("[{n}]/{len}"),
+    };
+    let note = format!(
+        "{} distinct addresses seen in {host} (grouped from {}, never shorter than /{limit})",
+        distinct.len(),
+        limits.min_addrs
+    );
+    for (_, seen) in members {
+        acc.add(
+            "network",
+            key,
+            rule_text(udp, &host, port),
+            Some(note.clone()),
+            seen,
         );
     }
 }
