@@ -335,27 +335,32 @@ impl Supervisor {
                     _ => return,
                 }
             }
-            let args = [req.data.args[0], req.data.args[1], req.data.args[2]];
-            let error = self.judge(req.pid, req.data.arch, req.data.nr as u32, args);
-            let resp = libc::seccomp_notif_resp {
-                id: req.id,
-                val: 0,
-                error,
-                flags: if error == 0 {
-                    libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32
-                } else {
-                    0
-                },
-            };
-            // SAFETY: `resp` is a valid seccomp_notif_resp. ENOENT (the
-            // target is gone or was interrupted) needs nothing from us.
-            unsafe {
-                libc::ioctl(
-                    listener.as_raw_fd(),
-                    libc::SECCOMP_IOCTL_NOTIF_SEND,
-                    &resp as *const libc::seccomp_notif_resp,
-                );
-            }
+            self.respond(listener.as_raw_fd(), &req);
+        }
+    }
+
+    /// Judges one notified call and answers it: continue, or its errno.
+    fn respond(&mut self, listener: RawFd, req: &libc::seccomp_notif) {
+        let args = [req.data.args[0], req.data.args[1], req.data.args[2]];
+        let error = self.judge(req.pid, req.data.arch, req.data.nr as u32, args);
+        let resp = libc::seccomp_notif_resp {
+            id: req.id,
+            val: 0,
+            error,
+            flags: if error == 0 {
+                libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32
+            } else {
+                0
+            },
+        };
+        // SAFETY: `resp` is a valid seccomp_notif_resp. ENOENT (the
+        // target is gone or was interrupted) needs nothing from us.
+        unsafe {
+            libc::ioctl(
+                listener,
+                libc::SECCOMP_IOCTL_NOTIF_SEND,
+                &resp as *const libc::seccomp_notif_resp,
+            );
         }
     }
 }
