@@ -113,6 +113,16 @@ impl Bench<'_> {
         r
     }
 
+    /// One table row: open+close and getppid, as `identity` (untagged:
+    /// `None`).
+    fn row(&self, label: &str, identity: Option<&str>) -> Result<(String, f64, f64)> {
+        Ok((
+            label.to_string(),
+            self.opens(identity)?,
+            self.syscalls(identity)?,
+        ))
+    }
+
     fn all(&self) -> Result<String> {
         let tmp = &self.env.tmp;
         let mut rows: Vec<(String, f64, f64)> = Vec::new();
@@ -123,17 +133,9 @@ impl Bench<'_> {
 
         util::header("files: daemon without the denial observer");
         self.with_daemon("daemon-a.log", "none", || {
-            rows.push(("untagged".into(), self.opens(None)?, self.syscalls(None)?));
-            rows.push((
-                "tagged, no [files]".into(),
-                self.opens(Some("bench-nofiles"))?,
-                self.syscalls(Some("bench-nofiles"))?,
-            ));
-            rows.push((
-                "Landlock ([files], 3 rules)".into(),
-                self.opens(Some("bench-files"))?,
-                self.syscalls(Some("bench-files"))?,
-            ));
+            rows.push(self.row("untagged", None)?);
+            rows.push(self.row("tagged, no [files]", Some("bench-nofiles"))?);
+            rows.push(self.row("Landlock ([files], 3 rules)", Some("bench-files"))?);
             Ok(())
         })?;
 
@@ -152,21 +154,9 @@ impl Bench<'_> {
             {
                 bail!("the observer did not attach: {files}");
             }
-            rows.push((
-                "observer, untagged".into(),
-                self.opens(None)?,
-                self.syscalls(None)?,
-            ));
-            rows.push((
-                "observer, tagged, no [files]".into(),
-                self.opens(Some("bench-nofiles"))?,
-                self.syscalls(Some("bench-nofiles"))?,
-            ));
-            rows.push((
-                "observer + Landlock ([files])".into(),
-                self.opens(Some("bench-files"))?,
-                self.syscalls(Some("bench-files"))?,
-            ));
+            rows.push(self.row("observer, untagged", None)?);
+            rows.push(self.row("observer, tagged, no [files]", Some("bench-nofiles"))?);
+            rows.push(self.row("observer + Landlock ([files])", Some("bench-files"))?);
             let secret = tmp.join("secret");
             denied_ns = self.measure(
                 Some("bench-files"),
@@ -178,11 +168,7 @@ impl Bench<'_> {
 
         util::header("files: the observer's tp_btf fallback (runs on every syscall)");
         self.with_daemon("daemon-c.log", "btf", || {
-            rows.push((
-                "observer (tp_btf fallback), untagged".into(),
-                self.opens(None)?,
-                self.syscalls(None)?,
-            ));
+            rows.push(self.row("observer (tp_btf fallback), untagged", None)?);
             Ok(())
         })?;
 

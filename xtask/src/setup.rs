@@ -186,18 +186,7 @@ fn bpf_linker(tools: &Path) -> Result<()> {
         "setup: building bpf-linker {BPF_LINKER_VERSION} against {} ({reason}; about a minute)",
         llvm.lib.display()
     );
-    fs::create_dir_all(&libdir).with_context(|| format!("creating {}", libdir.display()))?;
-    // Drop symlinks to an older nightly's libLLVM.
-    for entry in fs::read_dir(&libdir)? {
-        let path = entry?.path();
-        if path.is_symlink() {
-            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-        }
-    }
-    for link in &links {
-        println!("setup: ln -s {} {}", llvm.lib.display(), link.display());
-        symlink(&llvm.lib, link).with_context(|| format!("creating {}", link.display()))?;
-    }
+    relink(&libdir, &links, &llvm.lib)?;
     // An interrupted build must not look up to date.
     let _ = fs::remove_file(&stamp);
     let feature = format!("llvm-{}", llvm.major);
@@ -218,6 +207,23 @@ fn bpf_linker(tools: &Path) -> Result<()> {
     fs::write(&stamp, format!("{}\n", llvm.commit))
         .with_context(|| format!("writing {}", stamp.display()))?;
     println!("setup: built {v} at {}", bin.display());
+    Ok(())
+}
+
+/// `links` in `libdir` pointing at `lib`, and no symlink to an older
+/// nightly's libLLVM left beside them.
+fn relink(libdir: &Path, links: &[PathBuf], lib: &Path) -> Result<()> {
+    fs::create_dir_all(libdir).with_context(|| format!("creating {}", libdir.display()))?;
+    for entry in fs::read_dir(libdir)? {
+        let path = entry?.path();
+        if path.is_symlink() {
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    for link in links {
+        println!("setup: ln -s {} {}", lib.display(), link.display());
+        symlink(lib, link).with_context(|| format!("creating {}", link.display()))?;
+    }
     Ok(())
 }
 
