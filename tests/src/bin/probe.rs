@@ -117,6 +117,35 @@ fn connect_loop(args: &[String], i: usize) -> usize {
     j + 1
 }
 
+/// The AF_UNIX steps (`unix-*`); gives the index of the next step.
+fn unix_step(args: &[String], i: usize) -> usize {
+    match args[i].as_str() {
+        "unix-connect" => {
+            emit("unix-connect", unix_connect(&args[i + 1]));
+            i + 2
+        }
+        "unix-dgram-connect" => {
+            let r = std::os::unix::net::UnixDatagram::unbound()
+                .and_then(|s| s.connect_addr(&unix_addr(&args[i + 1])?));
+            emit("unix-dgram-connect", r);
+            i + 2
+        }
+        "unix-connect-padded" => {
+            emit("unix-connect-padded", unix_connect_padded(&args[i + 1]));
+            i + 2
+        }
+        "unix-sendto" => {
+            let r = std::os::unix::net::UnixDatagram::unbound()
+                .and_then(|s| s.send_to_addr(b"corral", &unix_addr(&args[i + 1])?))
+                .map(drop);
+            emit("unix-sendto", r);
+            i + 2
+        }
+        "unix-loop" => unix_loop(args, i),
+        other => panic!("unknown probe step {other}"),
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -146,28 +175,7 @@ fn main() {
                 );
                 i += 3;
             }
-            "unix-connect" => {
-                emit("unix-connect", unix_connect(&args[i + 1]));
-                i += 2;
-            }
-            "unix-dgram-connect" => {
-                let r = std::os::unix::net::UnixDatagram::unbound()
-                    .and_then(|s| s.connect_addr(&unix_addr(&args[i + 1])?));
-                emit("unix-dgram-connect", r);
-                i += 2;
-            }
-            "unix-connect-padded" => {
-                emit("unix-connect-padded", unix_connect_padded(&args[i + 1]));
-                i += 2;
-            }
-            "unix-sendto" => {
-                let r = std::os::unix::net::UnixDatagram::unbound()
-                    .and_then(|s| s.send_to_addr(b"corral", &unix_addr(&args[i + 1])?))
-                    .map(drop);
-                emit("unix-sendto", r);
-                i += 2;
-            }
-            "unix-loop" => i = unix_loop(&args, i),
+            op if op.starts_with("unix-") => i = unix_step(&args, i),
             "subcgroup" => {
                 let own = std::fs::read_to_string("/proc/self/cgroup").expect("cgroup");
                 let rel = own.lines().find_map(|l| l.strip_prefix("0::")).expect("v2");

@@ -84,6 +84,161 @@ const SYS_FSCONFIG: i64 = 431;
 const SYS_FSMOUNT: i64 = 432;
 const FSCONFIG_CMD_CREATE: u32 = 6;
 
+fn step_fiosetown_self(_args: &[String], i: usize) -> usize {
+    let me = std::process::id() as i32;
+    let s = std::os::unix::net::UnixDatagram::unbound().expect("socket");
+    let pid: i32 = me;
+    // SAFETY: FIOSETOWN reads one int from `pid`.
+    let r = check(unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            FIOSETOWN,
+            &pid as *const i32,
+        )
+    } as i64);
+    emit("fiosetown", r.map(drop));
+    i + 1
+}
+
+fn step_userns(_args: &[String], i: usize) -> usize {
+    // In a child: the probe itself stays where it is.
+    // SAFETY: the probe is single-threaded here; the child only
+    // calls async-signal-safe functions.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: plain syscalls in the child.
+        unsafe {
+            let rc = libc::unshare(libc::CLONE_NEWUSER);
+            let e = if rc == 0 {
+                0
+            } else {
+                *libc::__errno_location()
+            };
+            libc::_exit(e);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: our child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let code = libc::WEXITSTATUS(status);
+    // Events name the child: say which it was.
+    println!(r#"{{"op":"userns-child","pid":{pid}}}"#);
+    emit(
+        "userns",
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(code))
+        },
+    );
+    i + 1
+}
+
+fn step_open_tree_read(args: &[String], i: usize) -> usize {
+    let a = |k: usize| args[i + k].as_str();
+    let d = cstr(a(1));
+    // SAFETY: valid path; the fd is closed below.
+    let tree = check(unsafe {
+        libc::syscall(
+            SYS_OPEN_TREE,
+            libc::AT_FDCWD,
+            d.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as u32,
+        )
+    });
+    match tree {
+        Ok(t) => {
+            emit("open-tree", Ok(()));
+            let rel = cstr(a(2));
+            // SAFETY: valid path relative to our tree fd.
+            let r = check(unsafe {
+                libc::openat(t as i32, rel.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC)
+            } as i64);
+            if let Ok(fd) = r {
+                close(fd as i32);
+            }
+            close(t as i32);
+            emit("open-tree-read", r.map(drop));
+        }
+        Err(e) => emit("open-tree", Err(e)),
+    }
+    i + 3
+}
+
+fn step_execve(args: &[String], i: usize) -> usize {
+    let a = |k: usize| args[i + k].as_str();
+    let path = cstr(a(1));
+    let mut fds = [0i32; 2];
+    // SAFETY: a pipe whose write end closes on a successful exec;
+    // the child only makes async-signal-safe calls.
+    let r = unsafe {
+        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        let pid = libc::fork();
+        if pid == 0 {
+            let argv = [path.as_ptr(), std::ptr::null()];
+            let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            let e = *libc::__errno_location();
+            libc::write(fds[1], (&e as *const i32).cast(), 4);
+            libc::_exit(127);
+        }
+        libc::close(fds[1]);
+        let mut e = 0i32;
+        let n = libc::read(fds[0], (&mut e as *mut i32).cast(), 4);
+        libc::close(fds[0]);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+        if n == 4 {
+            Err(io::Error::from_raw_os_error(e))
+        } else {
+            Ok(())
+        }
+    };
+    emit("execve", r);
+    i + 2
+}
+
+fn step_fsmount_create(args: &[String], i: usize) -> usize {
+    let a = |k: usize| args[i + k].as_str();
+    // SAFETY: plain syscalls with valid strings; fds closed below.
+    let m = unsafe {
+        check(libc::syscall(SYS_FSOPEN, c"tmpfs".as_ptr(), 0u32)).and_then(|fs| {
+            let r = check(libc::syscall(
+                SYS_FSCONFIG,
+                fs as i32,
+                FSCONFIG_CMD_CREATE,
+                std::ptr::null::<u8>(),
+                std::ptr::null::<u8>(),
+                0,
+            ))
+            .and_then(|_| check(libc::syscall(SYS_FSMOUNT, fs as i32, 0u32, 0u32)));
+            close(fs as i32);
+            r
+        })
+    };
+    match m {
+        Ok(mfd) => {
+            emit("fsmount", Ok(()));
+            let name = cstr(a(1));
+            // SAFETY: valid path relative to our mount fd.
+            let r = check(unsafe {
+                libc::openat(
+                    mfd as i32,
+                    name.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+                    0o644,
+                )
+            } as i64);
+            if let Ok(fd) = r {
+                close(fd as i32);
+            }
+            close(mfd as i32);
+            emit("fsmount-create", r.map(drop));
+        }
+        Err(e) => emit("fsmount", Err(e)),
+    }
+    i + 2
+}
+
 pub fn step(args: &[String], i: usize) -> usize {
     let a = |k: usize| args[i + k].as_str();
     let me = std::process::id() as i32;
@@ -113,53 +268,8 @@ pub fn step(args: &[String], i: usize) -> usize {
             emit("setown-ex", r.map(drop));
             i + 1
         }
-        "fiosetown-self" => {
-            let s = std::os::unix::net::UnixDatagram::unbound().expect("socket");
-            let pid: i32 = me;
-            // SAFETY: FIOSETOWN reads one int from `pid`.
-            let r = check(unsafe {
-                libc::ioctl(
-                    std::os::fd::AsRawFd::as_raw_fd(&s),
-                    FIOSETOWN,
-                    &pid as *const i32,
-                )
-            } as i64);
-            emit("fiosetown", r.map(drop));
-            i + 1
-        }
-        "userns" => {
-            // In a child: the probe itself stays where it is.
-            // SAFETY: the probe is single-threaded here; the child only
-            // calls async-signal-safe functions.
-            let pid = unsafe { libc::fork() };
-            if pid == 0 {
-                // SAFETY: plain syscalls in the child.
-                unsafe {
-                    let rc = libc::unshare(libc::CLONE_NEWUSER);
-                    let e = if rc == 0 {
-                        0
-                    } else {
-                        *libc::__errno_location()
-                    };
-                    libc::_exit(e);
-                }
-            }
-            let mut status = 0;
-            // SAFETY: our child.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
-            let code = libc::WEXITSTATUS(status);
-            // Events name the child: say which it was.
-            println!(r#"{{"op":"userns-child","pid":{pid}}}"#);
-            emit(
-                "userns",
-                if code == 0 {
-                    Ok(())
-                } else {
-                    Err(io::Error::from_raw_os_error(code))
-                },
-            );
-            i + 1
-        }
+        "fiosetown-self" => step_fiosetown_self(args, i),
+        "userns" => step_userns(args, i),
         "chroot" => {
             let d = cstr(a(1));
             // SAFETY: valid paths.
@@ -175,35 +285,7 @@ pub fn step(args: &[String], i: usize) -> usize {
             emit("pivot-root", r.map(drop));
             i + 3
         }
-        "open-tree-read" => {
-            let d = cstr(a(1));
-            // SAFETY: valid path; the fd is closed below.
-            let tree = check(unsafe {
-                libc::syscall(
-                    SYS_OPEN_TREE,
-                    libc::AT_FDCWD,
-                    d.as_ptr(),
-                    OPEN_TREE_CLONE | libc::O_CLOEXEC as u32,
-                )
-            });
-            match tree {
-                Ok(t) => {
-                    emit("open-tree", Ok(()));
-                    let rel = cstr(a(2));
-                    // SAFETY: valid path relative to our tree fd.
-                    let r = check(unsafe {
-                        libc::openat(t as i32, rel.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC)
-                    } as i64);
-                    if let Ok(fd) = r {
-                        close(fd as i32);
-                    }
-                    close(t as i32);
-                    emit("open-tree-read", r.map(drop));
-                }
-                Err(e) => emit("open-tree", Err(e)),
-            }
-            i + 3
-        }
+        "open-tree-read" => step_open_tree_read(args, i),
         "fd-setsig" => {
             let fd: i32 = a(1).parse().expect("fd");
             let sig: i32 = a(2).parse().expect("signal");
@@ -230,76 +312,8 @@ pub fn step(args: &[String], i: usize) -> usize {
             emit("fd-fioasync", r.map(drop));
             i + 2
         }
-        "execve" => {
-            let path = cstr(a(1));
-            let mut fds = [0i32; 2];
-            // SAFETY: a pipe whose write end closes on a successful exec;
-            // the child only makes async-signal-safe calls.
-            let r = unsafe {
-                assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
-                let pid = libc::fork();
-                if pid == 0 {
-                    let argv = [path.as_ptr(), std::ptr::null()];
-                    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-                    libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
-                    let e = *libc::__errno_location();
-                    libc::write(fds[1], (&e as *const i32).cast(), 4);
-                    libc::_exit(127);
-                }
-                libc::close(fds[1]);
-                let mut e = 0i32;
-                let n = libc::read(fds[0], (&mut e as *mut i32).cast(), 4);
-                libc::close(fds[0]);
-                libc::waitpid(pid, std::ptr::null_mut(), 0);
-                if n == 4 {
-                    Err(io::Error::from_raw_os_error(e))
-                } else {
-                    Ok(())
-                }
-            };
-            emit("execve", r);
-            i + 2
-        }
-        "fsmount-create" => {
-            // SAFETY: plain syscalls with valid strings; fds closed below.
-            let m = unsafe {
-                check(libc::syscall(SYS_FSOPEN, c"tmpfs".as_ptr(), 0u32)).and_then(|fs| {
-                    let r = check(libc::syscall(
-                        SYS_FSCONFIG,
-                        fs as i32,
-                        FSCONFIG_CMD_CREATE,
-                        std::ptr::null::<u8>(),
-                        std::ptr::null::<u8>(),
-                        0,
-                    ))
-                    .and_then(|_| check(libc::syscall(SYS_FSMOUNT, fs as i32, 0u32, 0u32)));
-                    close(fs as i32);
-                    r
-                })
-            };
-            match m {
-                Ok(mfd) => {
-                    emit("fsmount", Ok(()));
-                    let name = cstr(a(1));
-                    // SAFETY: valid path relative to our mount fd.
-                    let r = check(unsafe {
-                        libc::openat(
-                            mfd as i32,
-                            name.as_ptr(),
-                            libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
-                            0o644,
-                        )
-                    } as i64);
-                    if let Ok(fd) = r {
-                        close(fd as i32);
-                    }
-                    close(mfd as i32);
-                    emit("fsmount-create", r.map(drop));
-                }
-                Err(e) => emit("fsmount", Err(e)),
-            }
-            i + 2
-        }
+        "execve" => step_execve(args, i),
+        "fsmount-create" => step_fsmount_create(args, i),
         other => panic!("unknown escape step {other}"),
     }
 }

@@ -106,6 +106,86 @@ fn connect(sa: SocketAddr) -> std::io::Result<()> {
     TcpStream::connect_timeout(&sa, Duration::from_secs(3)).map(drop)
 }
 
+fn step_lease_exit_race(args: &[String], i: usize) -> usize {
+    let s = match UnixStream::connect(&args[i + 1]) {
+        Ok(s) => s,
+        Err(e) => {
+            print_answer("lease-exit-race", Err(e));
+            return i + 3;
+        }
+    };
+    let connector = std::process::id() as i32;
+    // SAFETY: the probe is single-threaded; the child only uses the
+    // inherited socket and plain syscalls.
+    match unsafe { libc::fork() } {
+        0 => {
+            // Wait until the connector is gone (reaped by its parent),
+            // then ask with the socket it left behind.
+            // SAFETY: plain syscall.
+            while unsafe { libc::kill(connector, 0) } == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            print_answer(
+                "lease-exit-race",
+                exchange(s, "POST", "/v1/leases", &args[i + 2]),
+            );
+            std::process::exit(0);
+        }
+        -1 => panic!("fork failed"),
+        _ => std::process::exit(0),
+    }
+}
+
+fn step_lease_bench(args: &[String], i: usize) -> usize {
+    let n: u32 = args[i + 3].parse().expect("count");
+    let start = Instant::now();
+    let mut ok = 0u32;
+    for _ in 0..n {
+        let r = UnixStream::connect(&args[i + 1])
+            .and_then(|s| exchange(s, "POST", "/v1/leases", &args[i + 2]));
+        if matches!(r, Ok((200, _))) {
+            ok += 1;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        r#"{{"op":"lease-bench","ok":{},"issued":{ok},"per_sec":{:.1}}}"#,
+        ok == n,
+        f64::from(ok) / secs
+    );
+    i + 4
+}
+
+fn step_watch_deny(args: &[String], i: usize) -> usize {
+    let sa = addr(&args[i + 1], &args[i + 2]);
+    let secs: f64 = args[i + 3].parse().expect("secs");
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let mut attempts = 0u64;
+    let mut flip = None;
+    let mut last_ok = 0;
+    while Instant::now() < end {
+        attempts += 1;
+        match connect(sa) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                flip = Some(now_ns());
+                break;
+            }
+            Ok(()) => last_ok = now_ns(),
+            Err(_) => {}
+        }
+        // Paced, so the loop does not run the host out of ports.
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    match flip {
+        Some(t) => println!(
+            r#"{{"op":"watch-deny","ok":true,"attempts":{attempts},"flip_ns":{t},"last_ok_ns":{last_ok}}}"#
+        ),
+        None => println!(r#"{{"op":"watch-deny","ok":false,"attempts":{attempts}}}"#),
+    }
+    i + 4
+}
+
 /// Runs the step at `args[i]`; returns the index of the next step.
 pub fn step(args: &[String], i: usize) -> usize {
     match args[i].as_str() {
@@ -128,83 +208,9 @@ pub fn step(args: &[String], i: usize) -> usize {
             print_answer("lease-call-secret", r);
             i + 6
         }
-        "lease-exit-race" => {
-            let s = match UnixStream::connect(&args[i + 1]) {
-                Ok(s) => s,
-                Err(e) => {
-                    print_answer("lease-exit-race", Err(e));
-                    return i + 3;
-                }
-            };
-            let connector = std::process::id() as i32;
-            // SAFETY: the probe is single-threaded; the child only uses the
-            // inherited socket and plain syscalls.
-            match unsafe { libc::fork() } {
-                0 => {
-                    // Wait until the connector is gone (reaped by its parent),
-                    // then ask with the socket it left behind.
-                    // SAFETY: plain syscall.
-                    while unsafe { libc::kill(connector, 0) } == 0 {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                    print_answer(
-                        "lease-exit-race",
-                        exchange(s, "POST", "/v1/leases", &args[i + 2]),
-                    );
-                    std::process::exit(0);
-                }
-                -1 => panic!("fork failed"),
-                _ => std::process::exit(0),
-            }
-        }
-        "lease-bench" => {
-            let n: u32 = args[i + 3].parse().expect("count");
-            let start = Instant::now();
-            let mut ok = 0u32;
-            for _ in 0..n {
-                let r = UnixStream::connect(&args[i + 1])
-                    .and_then(|s| exchange(s, "POST", "/v1/leases", &args[i + 2]));
-                if matches!(r, Ok((200, _))) {
-                    ok += 1;
-                }
-            }
-            let secs = start.elapsed().as_secs_f64();
-            println!(
-                r#"{{"op":"lease-bench","ok":{},"issued":{ok},"per_sec":{:.1}}}"#,
-                ok == n,
-                f64::from(ok) / secs
-            );
-            i + 4
-        }
-        "watch-deny" => {
-            let sa = addr(&args[i + 1], &args[i + 2]);
-            let secs: f64 = args[i + 3].parse().expect("secs");
-            let end = Instant::now() + Duration::from_secs_f64(secs);
-            let mut attempts = 0u64;
-            let mut flip = None;
-            let mut last_ok = 0;
-            while Instant::now() < end {
-                attempts += 1;
-                match connect(sa) {
-                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                        flip = Some(now_ns());
-                        break;
-                    }
-                    Ok(()) => last_ok = now_ns(),
-                    Err(_) => {}
-                }
-                // Paced, so the loop does not run the host out of ports.
-                std::thread::sleep(Duration::from_micros(100));
-            }
-            match flip {
-                Some(t) => println!(
-                    r#"{{"op":"watch-deny","ok":true,"attempts":{attempts},"flip_ns":{t},"last_ok_ns":{last_ok}}}"#
-                ),
-                None => println!(r#"{{"op":"watch-deny","ok":false,"attempts":{attempts}}}"#),
-            }
-            i + 4
-        }
+        "lease-exit-race" => step_lease_exit_race(args, i),
+        "lease-bench" => step_lease_bench(args, i),
+        "watch-deny" => step_watch_deny(args, i),
         "burst" => {
             let sa = addr(&args[i + 1], &args[i + 2]);
             let n: u32 = args[i + 3].parse().expect("count");

@@ -215,20 +215,129 @@ fn landlock_read(paths: &[String]) -> io::Result<()> {
     r.map(drop)
 }
 
+fn step_o_path_reopen(args: &[String], i: usize) -> usize {
+    let a = |k: usize| args[i + k].as_str();
+    match open_fd(a(1), libc::O_PATH) {
+        Ok(fd) => {
+            emit("o-path", Ok(()));
+            emit(
+                "o-path-reopen",
+                open_close(&format!("/proc/self/fd/{fd}"), libc::O_RDONLY),
+            );
+            close(fd);
+        }
+        Err(e) => emit("o-path", Err(e)),
+    }
+    i + 2
+}
+
+fn step_bpf_map(_args: &[String], i: usize) -> usize {
+    // union bpf_attr for BPF_MAP_CREATE: type, key size, value size,
+    // max entries (the rest zero).
+    let mut attr = [0u32; 32];
+    attr[0] = 2; // BPF_MAP_TYPE_ARRAY
+    attr[1] = 4;
+    attr[2] = 4;
+    attr[3] = 1;
+    // SAFETY: attr outlives the call; 0 = BPF_MAP_CREATE.
+    let r = check(unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), size_of_val(&attr)) });
+    emit("bpf-map", r.map(|fd| close(fd as i32)));
+    i + 1
+}
+
+fn step_signal(args: &[String], i: usize) -> usize {
+    let a = |k: usize| args[i + k].as_str();
+    let pid: i32 = if a(1) == "self" {
+        std::process::id() as i32
+    } else {
+        a(1).parse().expect("pid")
+    };
+    let sig: i32 = a(2).parse().expect("signal");
+    // SAFETY: plain syscall.
+    emit(
+        "signal",
+        check(unsafe { libc::kill(pid, sig) } as i64).map(drop),
+    );
+    i + 3
+}
+
+fn step_hold(args: &[String], i: usize) -> usize {
+    let a = |k: usize| args[i + k].as_str();
+    match open_fd(a(1), libc::O_RDONLY) {
+        Ok(fd) => {
+            HELD.store(fd, std::sync::atomic::Ordering::Relaxed);
+            println!(r#"{{"op":"hold","ok":true,"errno":0,"fd":{fd}}}"#)
+        }
+        Err(e) => emit("hold", Err(e)),
+    }
+    i + 2
+}
+
+fn step_read_fd(args: &[String], i: usize) -> usize {
+    let a = |k: usize| args[i + k].as_str();
+    let fd = fd_arg(a(1));
+    let mut b = [0u8; 16];
+    // SAFETY: reads into our own buffer.
+    let r = check(unsafe { libc::pread(fd, b.as_mut_ptr().cast(), b.len(), 0) } as i64);
+    emit("read-fd", r.map(drop));
+    i + 2
+}
+
+fn step_write_file(args: &[String], i: usize) -> usize {
+    let a = |k: usize| args[i + k].as_str();
+    let r = std::fs::OpenOptions::new()
+        .write(true)
+        .open(a(1))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, a(2).as_bytes()));
+    emit("write-file", r);
+    i + 3
+}
+
+fn step_ptrace(args: &[String], i: usize) -> usize {
+    let a = |k: usize| args[i + k].as_str();
+    let pid: i32 = a(1).parse().expect("pid");
+    // SAFETY: PTRACE_SEIZE does not stop the target; detach at once.
+    let r = check(unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0usize, 0usize) });
+    if r.is_ok() {
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0usize, 0usize) };
+    }
+    emit("ptrace", r.map(drop));
+    i + 2
+}
+
+fn step_mount_tmpfs(args: &[String], i: usize) -> usize {
+    let a = |k: usize| args[i + k].as_str();
+    let dir = cstr(a(1));
+    let fs = cstr("tmpfs");
+    // SAFETY: valid strings for the duration of the call.
+    let r =
+        check(
+            unsafe { libc::mount(fs.as_ptr(), dir.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) }
+                as i64,
+        );
+    if r.is_ok() {
+        unsafe { libc::umount(dir.as_ptr()) };
+    }
+    emit("mount-tmpfs", r.map(drop));
+    i + 2
+}
+
+fn step_landlock_read(args: &[String], i: usize) -> usize {
+    let mut j = i + 1;
+    let mut paths = Vec::new();
+    while j < args.len() && args[j] != "--" {
+        paths.push(args[j].clone());
+        j += 1;
+    }
+    emit("landlock-read", landlock_read(&paths));
+    j + 1
+}
+
 /// Runs step `args[i]`; returns the index of the next step.
 pub fn step(args: &[String], i: usize) -> usize {
     let a = |k: usize| args[i + k].as_str();
     match a(0) {
-        "hold" => {
-            match open_fd(a(1), libc::O_RDONLY) {
-                Ok(fd) => {
-                    HELD.store(fd, std::sync::atomic::Ordering::Relaxed);
-                    println!(r#"{{"op":"hold","ok":true,"errno":0,"fd":{fd}}}"#)
-                }
-                Err(e) => emit("hold", Err(e)),
-            }
-            i + 2
-        }
+        "hold" => step_hold(args, i),
         "reopen-fd" => {
             emit(
                 "reopen-fd",
@@ -236,28 +345,8 @@ pub fn step(args: &[String], i: usize) -> usize {
             );
             i + 2
         }
-        "read-fd" => {
-            let fd = fd_arg(a(1));
-            let mut b = [0u8; 16];
-            // SAFETY: reads into our own buffer.
-            let r = check(unsafe { libc::pread(fd, b.as_mut_ptr().cast(), b.len(), 0) } as i64);
-            emit("read-fd", r.map(drop));
-            i + 2
-        }
-        "o-path-reopen" => {
-            match open_fd(a(1), libc::O_PATH) {
-                Ok(fd) => {
-                    emit("o-path", Ok(()));
-                    emit(
-                        "o-path-reopen",
-                        open_close(&format!("/proc/self/fd/{fd}"), libc::O_RDONLY),
-                    );
-                    close(fd);
-                }
-                Err(e) => emit("o-path", Err(e)),
-            }
-            i + 2
-        }
+        "read-fd" => step_read_fd(args, i),
+        "o-path-reopen" => step_o_path_reopen(args, i),
         "truncate-path" => {
             let c = cstr(a(1));
             // SAFETY: valid NUL-terminated path.
@@ -294,66 +383,11 @@ pub fn step(args: &[String], i: usize) -> usize {
             );
             i + 2
         }
-        "write-file" => {
-            let r = std::fs::OpenOptions::new()
-                .write(true)
-                .open(a(1))
-                .and_then(|mut f| std::io::Write::write_all(&mut f, a(2).as_bytes()));
-            emit("write-file", r);
-            i + 3
-        }
-        "bpf-map" => {
-            // union bpf_attr for BPF_MAP_CREATE: type, key size, value size,
-            // max entries (the rest zero).
-            let mut attr = [0u32; 32];
-            attr[0] = 2; // BPF_MAP_TYPE_ARRAY
-            attr[1] = 4;
-            attr[2] = 4;
-            attr[3] = 1;
-            // SAFETY: attr outlives the call; 0 = BPF_MAP_CREATE.
-            let r = check(unsafe {
-                libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), size_of_val(&attr))
-            });
-            emit("bpf-map", r.map(|fd| close(fd as i32)));
-            i + 1
-        }
-        "signal" => {
-            let pid: i32 = if a(1) == "self" {
-                std::process::id() as i32
-            } else {
-                a(1).parse().expect("pid")
-            };
-            let sig: i32 = a(2).parse().expect("signal");
-            // SAFETY: plain syscall.
-            emit(
-                "signal",
-                check(unsafe { libc::kill(pid, sig) } as i64).map(drop),
-            );
-            i + 3
-        }
-        "ptrace" => {
-            let pid: i32 = a(1).parse().expect("pid");
-            // SAFETY: PTRACE_SEIZE does not stop the target; detach at once.
-            let r = check(unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0usize, 0usize) });
-            if r.is_ok() {
-                unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0usize, 0usize) };
-            }
-            emit("ptrace", r.map(drop));
-            i + 2
-        }
-        "mount-tmpfs" => {
-            let dir = cstr(a(1));
-            let fs = cstr("tmpfs");
-            // SAFETY: valid strings for the duration of the call.
-            let r = check(unsafe {
-                libc::mount(fs.as_ptr(), dir.as_ptr(), fs.as_ptr(), 0, std::ptr::null())
-            } as i64);
-            if r.is_ok() {
-                unsafe { libc::umount(dir.as_ptr()) };
-            }
-            emit("mount-tmpfs", r.map(drop));
-            i + 2
-        }
+        "write-file" => step_write_file(args, i),
+        "bpf-map" => step_bpf_map(args, i),
+        "signal" => step_signal(args, i),
+        "ptrace" => step_ptrace(args, i),
+        "mount-tmpfs" => step_mount_tmpfs(args, i),
         "umount" => {
             let dir = cstr(a(1));
             // SAFETY: valid string for the duration of the call.
@@ -365,16 +399,7 @@ pub fn step(args: &[String], i: usize) -> usize {
             emit("clone-into-cgroup", clone_into_cgroup(a(1)));
             i + 2
         }
-        "landlock-read" => {
-            let mut j = i + 1;
-            let mut paths = Vec::new();
-            while j < args.len() && args[j] != "--" {
-                paths.push(args[j].clone());
-                j += 1;
-            }
-            emit("landlock-read", landlock_read(&paths));
-            j + 1
-        }
+        "landlock-read" => step_landlock_read(args, i),
         other => unreachable!("not an lsm step: {other}"),
     }
 }

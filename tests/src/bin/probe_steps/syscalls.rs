@@ -199,47 +199,110 @@ fn ia32_getpid() -> io::Result<i64> {
     Ok(rax)
 }
 
+fn step_sys(args: &[String], i: usize) -> usize {
+    let op = args[i].as_str();
+    let name = args[i + 1].clone();
+    let path = takes_path(&name).then(|| args[i + 2].clone());
+    let r = if op == "sys" {
+        call(&name, path.as_deref())
+    } else {
+        let n = name.clone();
+        std::thread::spawn(move || call(&n, path.as_deref()))
+            .join()
+            .expect("thread")
+    };
+    print(op, &name, r);
+    i + 2 + usize::from(takes_path(&name))
+}
+
+fn step_io_uring_setup(args: &[String], i: usize) -> usize {
+    let op = args[i].as_str();
+    let mut params = [0u8; 120];
+    // SAFETY: `params` is a zeroed io_uring_params (120 bytes).
+    let r = unsafe {
+        ret(libc::syscall(
+            libc::SYS_io_uring_setup,
+            8,
+            params.as_mut_ptr(),
+        ))
+    };
+    if let Ok(fd) = r {
+        // SAFETY: closing the ring we just made.
+        unsafe { libc::close(fd as i32) };
+    }
+    print(op, "io_uring_setup", r);
+    i + 1
+}
+
+fn step_seccomp_own(args: &[String], i: usize) -> usize {
+    let op = args[i].as_str();
+    let prog = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: libc::SECCOMP_RET_ALLOW,
+    }];
+    let fprog = libc::sock_fprog {
+        len: 1,
+        filter: prog.as_ptr().cast_mut(),
+    };
+    // SAFETY: prctl, then seccomp with a live one-instruction program.
+    let r = unsafe {
+        ret(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as libc::c_long).and_then(|_| {
+            ret(libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &fprog as *const libc::sock_fprog,
+            ))
+        })
+    };
+    print(op, "seccomp", r);
+    i + 1
+}
+
+fn step_tty(_args: &[String], i: usize) -> usize {
+    // SAFETY: plain calls; ttyname's buffer is copied at once.
+    let (sid, name) = unsafe {
+        let n = libc::ttyname(0);
+        let name = if n.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(n).to_string_lossy().into_owned()
+        };
+        (libc::getsid(0), name)
+    };
+    println!(r#"{{"op":"tty","ok":true,"errno":0,"sid":{sid},"stdin_tty":"{name}"}}"#);
+    i + 1
+}
+
+fn step_sys_loop(args: &[String], i: usize) -> usize {
+    let name = args[i + 1].as_str();
+    let n: u64 = args[i + 2].parse().expect("iterations");
+    let mut errors = 0u64;
+    let start = Instant::now();
+    for _ in 0..n {
+        errors += u64::from(call(name, None).is_err());
+    }
+    let ns = start.elapsed().as_nanos() as u64 / n.max(1);
+    println!(
+        r#"{{"op":"sys-loop","name":"{name}","iters":{n},"ns_per_call":{ns},"errors":{errors}}}"#
+    );
+    i + 3
+}
+
 /// Runs the step at `args[i]`; returns the index of the next step.
 pub fn step(args: &[String], i: usize) -> usize {
     let op = args[i].as_str();
     match op {
-        "sys" | "sys-thread" => {
-            let name = args[i + 1].clone();
-            let path = takes_path(&name).then(|| args[i + 2].clone());
-            let r = if op == "sys" {
-                call(&name, path.as_deref())
-            } else {
-                let n = name.clone();
-                std::thread::spawn(move || call(&n, path.as_deref()))
-                    .join()
-                    .expect("thread")
-            };
-            print(op, &name, r);
-            i + 2 + usize::from(takes_path(&name))
-        }
+        "sys" | "sys-thread" => step_sys(args, i),
         "sys-exec" => {
             let exe = std::env::current_exe().expect("exe");
             let e = std::process::Command::new(exe).args(&args[i + 1..]).exec();
             print(op, "execve", Err(e));
             args.len()
         }
-        "io-uring-setup" => {
-            let mut params = [0u8; 120];
-            // SAFETY: `params` is a zeroed io_uring_params (120 bytes).
-            let r = unsafe {
-                ret(libc::syscall(
-                    libc::SYS_io_uring_setup,
-                    8,
-                    params.as_mut_ptr(),
-                ))
-            };
-            if let Ok(fd) = r {
-                // SAFETY: closing the ring we just made.
-                unsafe { libc::close(fd as i32) };
-            }
-            print(op, "io_uring_setup", r);
-            i + 1
-        }
+        "io-uring-setup" => step_io_uring_setup(args, i),
         "socket" => {
             print(op, &args[i + 1], socket(&args[i + 1]));
             i + 2
@@ -248,65 +311,13 @@ pub fn step(args: &[String], i: usize) -> usize {
             print(op, &args[i + 1], tiocsti(&args[i + 1], &args[i + 2]));
             i + 3
         }
-        "seccomp-own" => {
-            let prog = [libc::sock_filter {
-                code: (libc::BPF_RET | libc::BPF_K) as u16,
-                jt: 0,
-                jf: 0,
-                k: libc::SECCOMP_RET_ALLOW,
-            }];
-            let fprog = libc::sock_fprog {
-                len: 1,
-                filter: prog.as_ptr().cast_mut(),
-            };
-            // SAFETY: prctl, then seccomp with a live one-instruction program.
-            let r = unsafe {
-                ret(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as libc::c_long).and_then(
-                    |_| {
-                        ret(libc::syscall(
-                            libc::SYS_seccomp,
-                            libc::SECCOMP_SET_MODE_FILTER,
-                            0,
-                            &fprog as *const libc::sock_fprog,
-                        ))
-                    },
-                )
-            };
-            print(op, "seccomp", r);
-            i + 1
-        }
-        "tty" => {
-            // SAFETY: plain calls; ttyname's buffer is copied at once.
-            let (sid, name) = unsafe {
-                let n = libc::ttyname(0);
-                let name = if n.is_null() {
-                    String::new()
-                } else {
-                    std::ffi::CStr::from_ptr(n).to_string_lossy().into_owned()
-                };
-                (libc::getsid(0), name)
-            };
-            println!(r#"{{"op":"tty","ok":true,"errno":0,"sid":{sid},"stdin_tty":"{name}"}}"#);
-            i + 1
-        }
+        "seccomp-own" => step_seccomp_own(args, i),
+        "tty" => step_tty(args, i),
         "ia32-getpid" => {
             print(op, "getpid", ia32_getpid());
             i + 1
         }
-        "sys-loop" => {
-            let name = args[i + 1].as_str();
-            let n: u64 = args[i + 2].parse().expect("iterations");
-            let mut errors = 0u64;
-            let start = Instant::now();
-            for _ in 0..n {
-                errors += u64::from(call(name, None).is_err());
-            }
-            let ns = start.elapsed().as_nanos() as u64 / n.max(1);
-            println!(
-                r#"{{"op":"sys-loop","name":"{name}","iters":{n},"ns_per_call":{ns},"errors":{errors}}}"#
-            );
-            i + 3
-        }
+        "sys-loop" => step_sys_loop(args, i),
         other => panic!("unknown syscall step {other}"),
     }
 }
