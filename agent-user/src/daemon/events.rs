@@ -274,7 +274,7 @@ fn enrich(
         identity_id: Some(h.identity),
         verdict: event::verdict_of(h.verdict),
         mode: Some(event::mode_str(h.mode).into()),
-        reason: Some(event::reason_str(h.reason).into()),
+        reason: event::reason_of(h.reason),
         rule: (h.rule_id != 0)
             .then(|| snap.rule_text(h.identity, h.rule_id))
             .flatten(),

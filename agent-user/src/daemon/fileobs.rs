@@ -10,7 +10,7 @@ use super::{
     mechanism::{Mechanism, MechanismState},
 };
 use crate::{
-    event::{self, Event},
+    event::{self, Event, EventReason},
     policy::{Action, IdentityPolicy, decide_file},
     views::FilesLayer,
 };
@@ -42,11 +42,11 @@ pub fn complete(ev: &mut Event, x: &FileEvent, policy: Option<&IdentityPolicy>) 
                 (p, decide_file(&p.files, judged, is_dir, x.access))
             });
         let (reason, rule) = match decided {
-            Some((p, Some((Action::Deny, id)))) => ("deny-rule", describe(p, id)),
-            Some((_, None)) => ("no-rule", None),
-            _ => ("not-by-policy", None),
+            Some((p, Some((Action::Deny, id)))) => (EventReason::DenyRule, describe(p, id)),
+            Some((_, None)) => (EventReason::NoRule, None),
+            _ => (EventReason::NotByPolicy, None),
         };
-        ev.reason = Some(reason.into());
+        ev.reason = Some(reason);
         ev.rule = rule;
     }
     let mut info = event::file_info(x, path);

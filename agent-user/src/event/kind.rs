@@ -125,6 +125,45 @@ impl fmt::Display for EventVerdict {
     }
 }
 
+/// Why an operation was judged the way it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventReason {
+    /// A written `deny` entry decided.
+    DenyRule,
+    /// No entry allows it: default deny.
+    NoRule,
+    /// A socket kind no rule can judge.
+    Unsupported,
+    /// Corral's own ground, refused to every identity.
+    SelfProtection,
+    /// Refused because what should decide could not (no launcher answered,
+    /// a path that could not be established).
+    FailClosed,
+    /// Landlock refused what the current policy would allow (file
+    /// permissions, or a launch-time limit).
+    NotByPolicy,
+}
+
+impl EventReason {
+    pub fn name(self) -> &'static str {
+        match self {
+            EventReason::DenyRule => "deny-rule",
+            EventReason::NoRule => "no-rule",
+            EventReason::Unsupported => "unsupported",
+            EventReason::SelfProtection => "self-protection",
+            EventReason::FailClosed => "fail-closed",
+            EventReason::NotByPolicy => "not-by-policy",
+        }
+    }
+}
+
+impl fmt::Display for EventReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +183,17 @@ mod tests {
         assert!("nett".parse::<EventKind>().is_err());
         for v in [EventVerdict::Deny, EventVerdict::Audit, EventVerdict::Kill] {
             assert_eq!(serde_json::to_string(&v).unwrap(), format!("\"{v}\""));
+        }
+        use EventReason::*;
+        for r in [
+            DenyRule,
+            NoRule,
+            Unsupported,
+            SelfProtection,
+            FailClosed,
+            NotByPolicy,
+        ] {
+            assert_eq!(serde_json::to_string(&r).unwrap(), format!("\"{r}\""));
         }
     }
 }

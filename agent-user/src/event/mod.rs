@@ -20,7 +20,7 @@ pub use self::{
     file::{
         FileInfo, ProtectInfo, access_str, file_info, file_op_info, file_path_str, protect_info,
     },
-    kind::{EventKind, EventVerdict, UnknownKind},
+    kind::{EventKind, EventReason, EventVerdict, UnknownKind},
     net::{NetInfo, UnixInfo, net_info, unix_info},
     syscall::{SyscallInfo, syscall_info},
 };
@@ -43,7 +43,7 @@ pub struct Event {
     pub mode: Option<String>,
     /// `deny-rule`, `no-rule` (default deny) or `unsupported` (socket type no rule covers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<EventReason>,
     /// The deciding rule as written, with file:line:col; absent for `no-rule`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
@@ -140,14 +140,16 @@ pub fn mode_str(v: u32) -> &'static str {
     }
 }
 
-pub fn reason_str(v: u32) -> &'static str {
+/// The wire reason as the event's; `None` for a code this build does not
+/// know.
+pub fn reason_of(v: u32) -> Option<EventReason> {
     match Reason::try_from(v) {
-        Ok(Reason::DenyRule) => "deny-rule",
-        Ok(Reason::NoRule) => "no-rule",
-        Ok(Reason::Unsupported) => "unsupported",
-        Ok(Reason::Protected) => "self-protection",
-        Ok(Reason::FailClosed) => "fail-closed",
-        Err(_) => "unknown",
+        Ok(Reason::DenyRule) => Some(EventReason::DenyRule),
+        Ok(Reason::NoRule) => Some(EventReason::NoRule),
+        Ok(Reason::Unsupported) => Some(EventReason::Unsupported),
+        Ok(Reason::Protected) => Some(EventReason::SelfProtection),
+        Ok(Reason::FailClosed) => Some(EventReason::FailClosed),
+        Err(_) => None,
     }
 }
 

@@ -10,7 +10,7 @@ use super::proto::{
     AnyValue, ExportLogsServiceRequest, InstrumentationScope, KeyValue, LogRecord, Resource,
     ResourceLogs, ScopeLogs, Value, severity,
 };
-use crate::event::{Event, EventKind, EventVerdict};
+use crate::event::{Event, EventKind, EventReason, EventVerdict};
 
 pub fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -22,7 +22,7 @@ pub fn unix_nanos(t: SystemTime) -> u64 {
 /// error, the rest is information.
 fn severity_of(ev: &Event) -> (i32, &'static str) {
     let failed_reload = ev.policy.as_ref().is_some_and(|p| p["ok"] != true);
-    if ev.kind == EventKind::Lost || failed_reload || ev.reason.as_deref() == Some("fail-closed") {
+    if ev.kind == EventKind::Lost || failed_reload || ev.reason == Some(EventReason::FailClosed) {
         return (severity::ERROR, "ERROR");
     }
     match ev.verdict {
@@ -61,10 +61,12 @@ fn attributes(ev: &Event) -> Vec<KeyValue> {
     if let Some(v) = ev.verdict {
         a.push(KeyValue::str("corral.verdict", v.name()));
     }
+    if let Some(r) = ev.reason {
+        a.push(KeyValue::str("corral.reason", r.name()));
+    }
     let strs = [
         ("corral.identity", &ev.identity),
         ("corral.mode", &ev.mode),
-        ("corral.reason", &ev.reason),
         ("corral.rule", &ev.rule),
         ("process.command", &ev.comm),
         ("process.executable.path", &ev.exe),
@@ -209,7 +211,7 @@ mod tests {
         ev.identity = Some("agent".into());
         ev.identity_id = Some(7);
         ev.verdict = Some(EventVerdict::Deny);
-        ev.reason = Some("no-rule".into());
+        ev.reason = Some(EventReason::NoRule);
         ev.pid = Some(101);
         ev.tgid = Some(100);
         ev.comm = Some("curl".into());
@@ -254,7 +256,7 @@ mod tests {
         audit.verdict = Some(EventVerdict::Audit);
         assert_eq!(record(&audit, SystemTime::now()).severity_text, "INFO");
         let mut fc = denial();
-        fc.reason = Some("fail-closed".into());
+        fc.reason = Some(EventReason::FailClosed);
         assert_eq!(record(&fc, SystemTime::now()).severity_number, 17);
         let lost = Event::lost("bad time".into(), 5, "kernel");
         let now = SystemTime::now();

@@ -31,7 +31,7 @@ use std::{
 use serde::Serialize;
 
 use super::{ACCESS_EXEC, ACCESS_READ, ACCESS_WRITE, IdentityPolicy, SocketKind};
-use crate::event::{Event, EventKind};
+use crate::event::{Event, EventKind, EventReason};
 pub use judge::{Judge, Replay, Verdict, replay};
 
 /// How far a proposal may generalise what was seen.
@@ -286,16 +286,16 @@ fn aside(op: impl Into<String>, why: &str) -> Refusal {
 }
 
 fn want_of(ev: &Event, real: RealPath<'_>) -> Result<Want, Refusal> {
-    let reason = ev.reason.as_deref().unwrap_or("");
+    let reason = ev.reason;
     let what = || event_target(ev);
     match reason {
-        "self-protection" => {
+        Some(EventReason::SelfProtection) => {
             return Err(aside(
                 what(),
                 "Corral's own ground (self-protection): refused to every identity, never proposed",
             ));
         }
-        "fail-closed" => {
+        Some(EventReason::FailClosed) => {
             return Err(aside(
                 what(),
                 "fail-closed (no launcher answered, or the path could not be established): \
@@ -311,7 +311,7 @@ fn want_of(ev: &Event, real: RealPath<'_>) -> Result<Want, Refusal> {
         return Ok(Want::Unix(u.path.clone()));
     }
     if let Some(f) = &ev.file {
-        if reason == "not-by-policy" {
+        if reason == Some(EventReason::NotByPolicy) {
             return Err(aside(
                 what(),
                 "the policy already allows it: file permissions or a launch-time limit refused it",
