@@ -45,6 +45,93 @@ fn name(p: &Path) -> String {
     p.file_name().unwrap().to_string_lossy().into_owned()
 }
 
+/// The denial, with identity, pid, comm and target, after two restarts;
+/// the reloads, the operator's action with its caller, and both starts.
+fn logged(dir: &Path, r: &ProbeRun, port: u16) {
+    let net = query(dir, &["--identity", "agent", "--kind", "net"]);
+    let ev = net
+        .iter()
+        .map(|r| &r["body"])
+        .find(|b| b["tgid"] == r.pid())
+        .unwrap_or_else(|| panic!("denial of pid {} not logged: {net:#?}", r.pid()));
+    assert_net_event(ev, "agent", r.pid(), "connect", "127.0.0.1", port);
+    assert!(net.len() >= 21, "every denial is logged: {}", net.len());
+    // Reloads, the operator's action with its caller, and both starts.
+    let pol = query(dir, &["--kind", "policy"]);
+    assert!(pol.len() >= 3, "two starts and one apply: {pol:#?}");
+    assert!(pol.iter().any(|p| p["body"]["policy"]["trigger"] == "api"));
+    let op = query(dir, &["--kind", "operator"]);
+    let apply = op
+        .iter()
+        .find(|o| o["body"]["operator"]["route"] == "/v1/policy/apply")
+        .expect("operator action logged");
+    assert_eq!(apply["body"]["operator"]["uid"], 0);
+    assert_eq!(apply["body"]["operator"]["status"], 200);
+    let starts = query(dir, &["--kind", "start"]);
+    assert_eq!(starts.len(), 2, "{starts:#?}");
+    assert_eq!(starts[1]["body"]["previous_run"], "clean");
+    assert!(starts[1]["body"]["previous_checkpoint"]["seq"].is_u64());
+}
+
+/// Each way of changing the log is found in a copy of it: an edited,
+/// deleted or reordered record, a removed segment, a forged signature.
+fn tampering_is_found(dir: &Path) {
+    // An edited record: the next link breaks, and both are named.
+    let t = copy(dir);
+    let s1 = segments(t.path())[1].clone();
+    let mut l = lines(&s1);
+    l[1] = l[1].replacen("\"time\":\"2", "\"time\":\"1", 1);
+    write_lines(&s1, &l);
+    let (ok, text) = verify(t.path(), &[]);
+    assert!(!ok && text.contains("TAMPERED"), "{text}");
+    assert!(
+        text.contains(&format!("{}:2", name(&s1))),
+        "names the edited record: {text}"
+    );
+
+    // A deleted record.
+    let t = copy(dir);
+    let s1 = segments(t.path())[1].clone();
+    let mut l = lines(&s1);
+    l.remove(1);
+    write_lines(&s1, &l);
+    let (ok, text) = verify(t.path(), &[]);
+    assert!(!ok && text.contains(&format!("{}:2", name(&s1))), "{text}");
+
+    // Reordered records.
+    let t = copy(dir);
+    let s1 = segments(t.path())[1].clone();
+    let mut l = lines(&s1);
+    l.swap(1, 2);
+    write_lines(&s1, &l);
+    let (ok, text) = verify(t.path(), &[]);
+    assert!(!ok && text.contains("TAMPERED"), "{text}");
+
+    // A removed segment, in the middle and the oldest.
+    let t = copy(dir);
+    let s = segments(t.path());
+    std::fs::remove_file(&s[1]).unwrap();
+    let (ok, text) = verify(t.path(), &[]);
+    assert!(!ok && text.contains(&name(&s[2])), "{text}");
+    let t = copy(dir);
+    std::fs::remove_file(&segments(t.path())[0]).unwrap();
+    let (ok, text) = verify(t.path(), &[]);
+    assert!(!ok && text.contains("a segment was removed"), "{text}");
+
+    // A forged checkpoint signature.
+    let t = copy(dir);
+    let last = segments(t.path()).last().unwrap().clone();
+    let mut l = lines(&last);
+    let n = l.len() - 1;
+    let mut rec: Value = serde_json::from_str(&l[n]).unwrap();
+    assert_eq!(rec["type"], "checkpoint");
+    rec["body"]["sig"] = Value::String("00".repeat(64));
+    l[n] = rec.to_string();
+    write_lines(&last, &l);
+    let (ok, text) = verify(t.path(), &[]);
+    assert!(!ok && text.contains("signature"), "{text}");
+}
+
 #[test]
 fn denials_reloads_and_operator_actions_are_logged_verified_and_tamper_evident() {
     if !is_root() {
@@ -72,85 +159,8 @@ fn denials_reloads_and_operator_actions_are_logged_verified_and_tamper_evident()
     let segs = segments(&dir);
     assert!(segs.len() >= 3, "small segments rotate: {segs:?}");
 
-    // The denial, with identity, pid, comm and target, after two restarts.
-    let net = query(&dir, &["--identity", "agent", "--kind", "net"]);
-    let ev = net
-        .iter()
-        .map(|r| &r["body"])
-        .find(|b| b["tgid"] == r.pid())
-        .unwrap_or_else(|| panic!("denial of pid {} not logged: {net:#?}", r.pid()));
-    assert_net_event(ev, "agent", r.pid(), "connect", "127.0.0.1", port);
-    assert!(net.len() >= 21, "every denial is logged: {}", net.len());
-    // Reloads, the operator's action with its caller, and both starts.
-    let pol = query(&dir, &["--kind", "policy"]);
-    assert!(pol.len() >= 3, "two starts and one apply: {pol:#?}");
-    assert!(pol.iter().any(|p| p["body"]["policy"]["trigger"] == "api"));
-    let op = query(&dir, &["--kind", "operator"]);
-    let apply = op
-        .iter()
-        .find(|o| o["body"]["operator"]["route"] == "/v1/policy/apply")
-        .expect("operator action logged");
-    assert_eq!(apply["body"]["operator"]["uid"], 0);
-    assert_eq!(apply["body"]["operator"]["status"], 200);
-    let starts = query(&dir, &["--kind", "start"]);
-    assert_eq!(starts.len(), 2, "{starts:#?}");
-    assert_eq!(starts[1]["body"]["previous_run"], "clean");
-    assert!(starts[1]["body"]["previous_checkpoint"]["seq"].is_u64());
-
-    // An edited record: the next link breaks, and both are named.
-    let t = copy(&dir);
-    let s1 = segments(t.path())[1].clone();
-    let mut l = lines(&s1);
-    l[1] = l[1].replacen("\"time\":\"2", "\"time\":\"1", 1);
-    write_lines(&s1, &l);
-    let (ok, text) = verify(t.path(), &[]);
-    assert!(!ok && text.contains("TAMPERED"), "{text}");
-    assert!(
-        text.contains(&format!("{}:2", name(&s1))),
-        "names the edited record: {text}"
-    );
-
-    // A deleted record.
-    let t = copy(&dir);
-    let s1 = segments(t.path())[1].clone();
-    let mut l = lines(&s1);
-    l.remove(1);
-    write_lines(&s1, &l);
-    let (ok, text) = verify(t.path(), &[]);
-    assert!(!ok && text.contains(&format!("{}:2", name(&s1))), "{text}");
-
-    // Reordered records.
-    let t = copy(&dir);
-    let s1 = segments(t.path())[1].clone();
-    let mut l = lines(&s1);
-    l.swap(1, 2);
-    write_lines(&s1, &l);
-    let (ok, text) = verify(t.path(), &[]);
-    assert!(!ok && text.contains("TAMPERED"), "{text}");
-
-    // A removed segment, in the middle and the oldest.
-    let t = copy(&dir);
-    let s = segments(t.path());
-    std::fs::remove_file(&s[1]).unwrap();
-    let (ok, text) = verify(t.path(), &[]);
-    assert!(!ok && text.contains(&name(&s[2])), "{text}");
-    let t = copy(&dir);
-    std::fs::remove_file(&segments(t.path())[0]).unwrap();
-    let (ok, text) = verify(t.path(), &[]);
-    assert!(!ok && text.contains("a segment was removed"), "{text}");
-
-    // A forged checkpoint signature.
-    let t = copy(&dir);
-    let last = segments(t.path()).last().unwrap().clone();
-    let mut l = lines(&last);
-    let n = l.len() - 1;
-    let mut rec: Value = serde_json::from_str(&l[n]).unwrap();
-    assert_eq!(rec["type"], "checkpoint");
-    rec["body"]["sig"] = Value::String("00".repeat(64));
-    l[n] = rec.to_string();
-    write_lines(&last, &l);
-    let (ok, text) = verify(t.path(), &[]);
-    assert!(!ok && text.contains("signature"), "{text}");
+    logged(&dir, &r, port);
+    tampering_is_found(&dir);
 
     // Verified with a key kept elsewhere: another key fails it.
     let other = tempfile::tempdir().unwrap();

@@ -94,6 +94,43 @@ fn reloads_under_load_never_give_a_wrong_answer() {
     d.assert_connect_denied(&tail, "busy", "127.0.0.1", no);
 }
 
+/// kubectl/ConfigMap layout: k8s.toml -> ..data/k8s.toml, ..data -> ..v1;
+/// an update writes ..v2 and swaps ..data atomically.
+fn configmap_swap_is_one_reload(d: &Daemon, tail: &Tail, ok: u16, no: u16) {
+    let dir = d.dirs.policy_dir.clone();
+    let g = d.generation();
+    std::fs::create_dir(dir.join("..v1")).unwrap();
+    std::fs::write(
+        dir.join("..v1/k8s.toml"),
+        net_policy(
+            "k8s",
+            "enforce",
+            &format!("allow = [\"tcp://127.0.0.1:{ok}\"]"),
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/k8s.toml", dir.join("k8s.toml")).unwrap();
+    let g = d.wait_generation_past(g, Duration::from_secs(5));
+    d.assert_connect_allowed("k8s", "127.0.0.1", ok);
+    std::fs::create_dir(dir.join("..v2")).unwrap();
+    std::fs::write(
+        dir.join("..v2/k8s.toml"),
+        net_policy(
+            "k8s",
+            "enforce",
+            &format!("allow = [\"tcp://127.0.0.1:{no}\"]"),
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    std::fs::remove_dir_all(dir.join("..v1")).unwrap();
+    d.wait_generation_past(g, Duration::from_secs(5));
+    d.assert_connect_allowed("k8s", "127.0.0.1", no);
+    d.assert_connect_denied(tail, "k8s", "127.0.0.1", ok);
+}
+
 #[test]
 fn editor_saves_vim_backups_and_configmap_swaps_reload_once() {
     if !is_root() {
@@ -172,39 +209,59 @@ fn editor_saves_vim_backups_and_configmap_swaps_reload_once() {
     d.assert_connect_allowed("fresh", "127.0.0.1", no);
     d.assert_connect_denied(&tail, "fresh", "127.0.0.1", ok);
 
-    // kubectl/ConfigMap layout: k8s.toml -> ..data/k8s.toml, ..data ->
-    // ..v1; an update writes ..v2 and swaps ..data atomically.
-    let g = d.generation();
-    std::fs::create_dir(dir.join("..v1")).unwrap();
-    std::fs::write(
-        dir.join("..v1/k8s.toml"),
-        net_policy(
-            "k8s",
-            "enforce",
-            &format!("allow = [\"tcp://127.0.0.1:{ok}\"]"),
-        ),
-    )
-    .unwrap();
-    std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap();
-    std::os::unix::fs::symlink("..data/k8s.toml", dir.join("k8s.toml")).unwrap();
-    let g = d.wait_generation_past(g, Duration::from_secs(5));
-    d.assert_connect_allowed("k8s", "127.0.0.1", ok);
-    std::fs::create_dir(dir.join("..v2")).unwrap();
-    std::fs::write(
-        dir.join("..v2/k8s.toml"),
-        net_policy(
-            "k8s",
-            "enforce",
-            &format!("allow = [\"tcp://127.0.0.1:{no}\"]"),
-        ),
-    )
-    .unwrap();
-    std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();
-    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
-    std::fs::remove_dir_all(dir.join("..v1")).unwrap();
-    d.wait_generation_past(g, Duration::from_secs(5));
-    d.assert_connect_allowed("k8s", "127.0.0.1", no);
-    d.assert_connect_denied(&tail, "k8s", "127.0.0.1", ok);
+    configmap_swap_is_one_reload(&d, &tail, ok, no);
+}
+
+/// A semantic error (a bad CIDR) at its exact line and column: refused by
+/// the watcher, `status`, `policy apply` and `policy diff` alike.
+fn bad_cidr_is_refused_everywhere(d: &Daemon, tail: &Tail, file: &Path, ok: u16, no: u16, g0: u64) {
+    let rule = format!("tcp://127.0.0.1/33:{no}");
+    let bad = net_policy(
+        "web",
+        "enforce",
+        &format!("allow = [\"tcp://127.0.0.1:{ok}\", \"{rule}\"]"),
+    );
+    let line = bad.lines().position(|l| l.contains(&rule)).unwrap() + 1;
+    let col = bad
+        .lines()
+        .nth(line - 1)
+        .unwrap()
+        .find("127.0.0.1/33")
+        .unwrap()
+        + 1;
+    let before = d.status()["reload"]["last_time"].clone();
+    d.write_policy("web", &bad);
+    let st = d.wait_failed_reload(&before);
+    let err = st["reload"]["last_errors"][0]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        err.starts_with(&format!("{}:{line}:{col}: bad CIDR", file.display())),
+        "{err}"
+    );
+    assert_eq!(st["reload"]["generation"], g0);
+    d.assert_connect_allowed("web", "127.0.0.1", ok);
+    d.assert_connect_denied(tail, "web", "127.0.0.1", no);
+    // The human `status` says it too.
+    let human = String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
+    assert!(
+        human.contains("FAILED, previous policy still in force") && human.contains(&err),
+        "{human}"
+    );
+    // `policy apply` through the API: same path, same refusal.
+    let out = d.cli(&["policy", "apply"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&err),
+        "{out:?}"
+    );
+    // `policy diff` refuses too, naming the error.
+    let out = d.cli(&["policy", "diff"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains(&err),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -257,54 +314,7 @@ fn syntax_and_semantic_errors_leave_the_old_policy_in_force() {
         "{out:?}"
     );
 
-    // A semantic error: a bad CIDR, at its exact line and column.
-    let rule = format!("tcp://127.0.0.1/33:{no}");
-    let bad = net_policy(
-        "web",
-        "enforce",
-        &format!("allow = [\"tcp://127.0.0.1:{ok}\", \"{rule}\"]"),
-    );
-    let line = bad.lines().position(|l| l.contains(&rule)).unwrap() + 1;
-    let col = bad
-        .lines()
-        .nth(line - 1)
-        .unwrap()
-        .find("127.0.0.1/33")
-        .unwrap()
-        + 1;
-    let before = d.status()["reload"]["last_time"].clone();
-    d.write_policy("web", &bad);
-    let st = d.wait_failed_reload(&before);
-    let err = st["reload"]["last_errors"][0]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
-    assert!(
-        err.starts_with(&format!("{}:{line}:{col}: bad CIDR", file.display())),
-        "{err}"
-    );
-    assert_eq!(st["reload"]["generation"], g0);
-    d.assert_connect_allowed("web", "127.0.0.1", ok);
-    d.assert_connect_denied(&tail, "web", "127.0.0.1", no);
-    // The human `status` says it too.
-    let human = String::from_utf8_lossy(&d.cli(&["status"]).stdout).into_owned();
-    assert!(
-        human.contains("FAILED, previous policy still in force") && human.contains(&err),
-        "{human}"
-    );
-    // `policy apply` through the API: same path, same refusal.
-    let out = d.cli(&["policy", "apply"]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains(&err),
-        "{out:?}"
-    );
-    // `policy diff` refuses too, naming the error.
-    let out = d.cli(&["policy", "diff"]);
-    assert!(
-        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains(&err),
-        "{out:?}"
-    );
+    bad_cidr_is_refused_everywhere(&d, &tail, &file, ok, no, g0);
 
     // Fixed: applies.
     let fixed = net_policy(

@@ -185,6 +185,58 @@ fn hosts_of(d: &Daemon, identity: &str) -> Value {
     d.api("GET", &format!("/v1/policy/{identity}"), None).1["hosts"][0].clone()
 }
 
+/// explain answers with the rule and the address `name` resolves to now
+/// (127.0.0.3), refuses the old one, and says opens are not confined.
+fn explain_follows(d: &Daemon, name: &str, port: u16) {
+    let e = d.cli_json(&[
+        "policy",
+        "explain",
+        "--identity",
+        "dns",
+        "--connect",
+        &format!("{name}:{port}"),
+        "--json",
+    ]);
+    assert_eq!(e["answers"][0]["decision"], "allow", "{e:#}");
+    assert!(
+        e["answers"][0]["rule"]["describe"]
+            .as_str()
+            .unwrap_or("")
+            .contains("[127.0.0.3]"),
+        "{e:#}"
+    );
+    let e = d.cli_json(&[
+        "policy",
+        "explain",
+        "--identity",
+        "dns",
+        "--connect",
+        &format!("127.0.0.2:{port}"),
+        "--json",
+    ]);
+    assert_eq!(
+        e["answers"][0]["reason"], "no rule matched: default deny",
+        "{e:#}"
+    );
+    let out = d.cli(&[
+        "policy",
+        "explain",
+        "--identity",
+        "dns",
+        "--open",
+        "/etc/passwd",
+    ]);
+    // `dns` has no `[files]` section: opens are not confined, and explain
+    // says so rather than inventing a rule.
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("open /etc/passwd for read: ALLOW -> allowed")
+            && text.contains("no [files] section"),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn host_name_rules_follow_the_address_and_expire_when_it_stops_resolving() {
     if !is_root() {
@@ -250,54 +302,7 @@ fn host_name_rules_follow_the_address_and_expire_when_it_stops_resolving() {
         show.contains(&format!("host {name} -> 127.0.0.3 (resolved")),
         "{show}"
     );
-    // explain answers with the rule and the resolved address.
-    let e = d.cli_json(&[
-        "policy",
-        "explain",
-        "--identity",
-        "dns",
-        "--connect",
-        &format!("{name}:{port}"),
-        "--json",
-    ]);
-    assert_eq!(e["answers"][0]["decision"], "allow", "{e:#}");
-    assert!(
-        e["answers"][0]["rule"]["describe"]
-            .as_str()
-            .unwrap_or("")
-            .contains("[127.0.0.3]"),
-        "{e:#}"
-    );
-    let e = d.cli_json(&[
-        "policy",
-        "explain",
-        "--identity",
-        "dns",
-        "--connect",
-        &format!("127.0.0.2:{port}"),
-        "--json",
-    ]);
-    assert_eq!(
-        e["answers"][0]["reason"], "no rule matched: default deny",
-        "{e:#}"
-    );
-    let out = d.cli(&[
-        "policy",
-        "explain",
-        "--identity",
-        "dns",
-        "--open",
-        "/etc/passwd",
-    ]);
-    // `dns` has no `[files]` section: opens are not confined, and explain
-    // says so rather than inventing a rule.
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("open /etc/passwd for read: ALLOW -> allowed")
-            && text.contains("no [files] section"),
-        "{out:?}"
-    );
+    explain_follows(&d, &name, port);
 
     // The name stops resolving: its last address is kept (and reported) for
     // 10 refresh intervals, then its allow rule is dropped.

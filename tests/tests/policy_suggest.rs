@@ -78,25 +78,11 @@ fn listeners() -> (Vec<TcpListener>, UdpSocket) {
     (tcp, UdpSocket::bind(("127.0.0.1", UDP_PORT)).expect("udp"))
 }
 
-#[test]
-fn audit_then_enforce_network_and_syscalls() {
-    if !is_root() {
-        return skip("needs root");
-    }
-    let policy = "# advisor test\n[identity]\nname = \"adv\"\nmode = \"audit\"\n\n\
-                  [network]\nallow = [\"udp://127.0.0.53:53\"]\n\n\
-                  [syscalls]\nallow = [\"@default\"]\n";
-    let d = Daemon::start(&[("adv", policy)]);
-    let _l = listeners();
-    let scratch = tempfile::tempdir().expect("tmp");
-    let made = scratch.path().join("made");
-    let script = scratch.path().join("w.py");
-    std::fs::write(&script, NET_WORKLOAD).expect("script");
-    let out = run_as(&d, "adv", &[path_str(&script), path_str(&made)]);
-    assert!(out.status.success(), "audit run: {out:?}");
-    std::fs::remove_dir(&made).expect("made by the workload");
-
-    let v = suggest_when(&d, "adv", |v| {
+/// What the audit-mode run did comes back as the proposal: the four TCP
+/// services, the UDP send, `mkdir`; the replay allows all of it, and the
+/// text keeps the operator's comment and names the command.
+fn learnt_from_the_audit_log(d: &Daemon) -> String {
+    let v = suggest_when(d, "adv", |v| {
         suggested(v, "allow")
             .iter()
             .filter(|a| a.contains("127.0.0.1:2345"))
@@ -129,6 +115,13 @@ fn audit_then_enforce_network_and_syscalls() {
         "evidence names the command: {text}"
     );
 
+    text.to_string()
+}
+
+/// `--write` into the policy dir and `--apply` without `--yes` are
+/// refused; `--apply --yes` writes the proposal, reloads, and both the
+/// reload and the call reach the audit log. Returns the file as written.
+fn apply_is_guarded_and_logged(d: &Daemon, text: &str) -> String {
     // The policy dir is not a --write target; --apply needs --yes.
     let into = d.dirs.policy_dir.join("adv-new.toml");
     let refused = d.cli(&[
@@ -145,7 +138,7 @@ fn audit_then_enforce_network_and_syscalls() {
     assert_eq!(no_yes.status.code(), Some(2), "{no_yes:?}");
 
     let before = d.generation();
-    let applied = suggest(&d, "adv", &["--apply", "--yes"]);
+    let applied = suggest(d, "adv", &["--apply", "--yes"]);
     assert_eq!(applied["applied"]["ok"], true, "{applied}");
     assert!(d.generation() > before);
     let file = d.dirs.policy_dir.join("adv.toml");
@@ -174,6 +167,30 @@ fn audit_then_enforce_network_and_syscalls() {
             logged.then_some(())
         },
     );
+
+    written
+}
+
+#[test]
+fn audit_then_enforce_network_and_syscalls() {
+    if !is_root() {
+        return skip("needs root");
+    }
+    let policy = "# advisor test\n[identity]\nname = \"adv\"\nmode = \"audit\"\n\n\
+                  [network]\nallow = [\"udp://127.0.0.53:53\"]\n\n\
+                  [syscalls]\nallow = [\"@default\"]\n";
+    let d = Daemon::start(&[("adv", policy)]);
+    let _l = listeners();
+    let scratch = tempfile::tempdir().expect("tmp");
+    let made = scratch.path().join("made");
+    let script = scratch.path().join("w.py");
+    std::fs::write(&script, NET_WORKLOAD).expect("script");
+    let out = run_as(&d, "adv", &[path_str(&script), path_str(&made)]);
+    assert!(out.status.success(), "audit run: {out:?}");
+    std::fs::remove_dir(&made).expect("made by the workload");
+
+    let text = learnt_from_the_audit_log(&d);
+    let written = apply_is_guarded_and_logged(&d, &text);
 
     // The operator switches to enforce: the same workload, zero denials.
     let g = d.generation();
