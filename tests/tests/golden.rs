@@ -51,6 +51,50 @@ fn has_rule(list: &NetRuleList, id: u32) -> bool {
         .any(|r| r.rule_id == id)
 }
 
+type V4 = LpmTrie<MapData, Net4Key, NetRuleList>;
+type V6 = LpmTrie<MapData, Net6Key, NetRuleList>;
+
+/// A rule's own network address looked up exactly as the kernel would for
+/// a destination inside it.
+fn lookup(
+    v4: &V4,
+    v6: &V6,
+    ruleset: u32,
+    rule: &serde_json::Value,
+) -> Result<NetRuleList, aya::maps::MapError> {
+    let (addr, _len) = rule["net"]
+        .as_str()
+        .expect("net")
+        .split_once('/')
+        .expect("cidr");
+    let addr: IpAddr = addr.parse().expect("ip");
+    let cls = class(rule);
+    match addr {
+        IpAddr::V4(a) => v4.get(
+            &Key::new(
+                KEY_FIXED_BITS + 32,
+                Net4Key {
+                    ruleset_be: ruleset.to_be(),
+                    class_be: cls.to_be(),
+                    addr: a.octets(),
+                },
+            ),
+            0,
+        ),
+        IpAddr::V6(a) => v6.get(
+            &Key::new(
+                KEY_FIXED_BITS + 128,
+                Net6Key {
+                    ruleset_be: ruleset.to_be(),
+                    class_be: cls.to_be(),
+                    addr: a.octets(),
+                },
+            ),
+            0,
+        ),
+    }
+}
+
 #[test]
 fn bundled_policies_reach_the_kernel_maps() {
     if !is_root() {
@@ -97,40 +141,7 @@ fn bundled_policies_reach_the_kernel_maps() {
         assert!(ruleset > 0, "{name} has no ruleset");
         for rule in shown["network"].as_array().expect("rules") {
             let id = rule["id"].as_u64().expect("id") as u32;
-            let (addr, len) = rule["net"]
-                .as_str()
-                .expect("net")
-                .split_once('/')
-                .expect("cidr");
-            let addr: IpAddr = addr.parse().expect("ip");
-            let len: u32 = len.parse().expect("len");
-            let cls = class(rule);
-            // Look the rule's own network address up exactly as the kernel
-            // would for a destination inside it.
-            let list = match addr {
-                IpAddr::V4(a) => v4.get(
-                    &Key::new(
-                        KEY_FIXED_BITS + 32,
-                        Net4Key {
-                            ruleset_be: ruleset.to_be(),
-                            class_be: cls.to_be(),
-                            addr: a.octets(),
-                        },
-                    ),
-                    0,
-                ),
-                IpAddr::V6(a) => v6.get(
-                    &Key::new(
-                        KEY_FIXED_BITS + 128,
-                        Net6Key {
-                            ruleset_be: ruleset.to_be(),
-                            class_be: cls.to_be(),
-                            addr: a.octets(),
-                        },
-                    ),
-                    0,
-                ),
-            };
+            let list = lookup(&v4, &v6, ruleset, rule);
             let list =
                 list.unwrap_or_else(|e| panic!("{name}: rule {rule} not in the kernel: {e}"));
             // A longer prefix may shadow the rule's own entry, but then the
@@ -138,8 +149,9 @@ fn bundled_policies_reach_the_kernel_maps() {
             // it unreachable for that address, which the bundled files avoid).
             assert!(
                 has_rule(&list, id),
-                "{name}: rule #{id} ({}) missing from kernel list {list:?} (prefix /{len})",
-                rule["text"]
+                "{name}: rule #{id} ({}, {}) missing from kernel list {list:?}",
+                rule["text"],
+                rule["net"]
             );
             checked += 1;
         }
