@@ -13,7 +13,7 @@ use std::{
 };
 
 use corral_tests::{
-    assert_net_event, is_root,
+    Tail, assert_net_event, is_root,
     lease::{Lab, PROBE_WAIT, frozen, leases_section, policy},
     probe_bin, probe_outside, tcp_listener, wait_for,
 };
@@ -79,6 +79,38 @@ fn status_answers(lab: &Lab) -> Duration {
     t.elapsed()
 }
 
+/// An agent storming its own socket is rate-limited and reported.
+fn storm_is_rate_limited(lab: &Lab, tail: &Tail, sock: &str) {
+    let storm = lab.d().probe_as("agent", &["lease-storm", sock, "100"]);
+    let s = &storm.step("lease-storm", 0)["statuses"];
+    assert!(
+        s["429"].as_u64().unwrap_or(0) > 0,
+        "storm must hit the rate limit: {s}"
+    );
+    assert!(s["200"].as_u64().unwrap_or(0) > 0, "some pass: {s}");
+    let rl = tail.expect(|e| e["kind"] == "lease" && e["lease"]["action"] == "rate-limited");
+    assert_eq!(rl["identity"], "agent");
+    assert!(rl["lease"]["refused"].as_u64().unwrap() >= 1, "{rl:#}");
+}
+
+/// What the flooders saw: capped, told why, bodies refused unread.
+fn flooders_were_capped(held: Value, b: Value, rss_before: u64, rss_max: u64) {
+    assert!(held["max_held"].as_u64().unwrap() <= 32, "{held}");
+    assert!(held["refused"].as_u64().unwrap() > 0, "{held}");
+    let codes = b["statuses"].as_object().expect("statuses");
+    assert!(
+        codes.keys().all(|c| c == "413" || c == "503"),
+        "oversized bodies get 413 (or 503 when over the connection limit): {b}"
+    );
+    assert!(codes.get("413").is_some(), "{b}");
+    assert_eq!(b["chunked"], 411, "{b}");
+    eprintln!(
+        "MEASURE flood: idle held at most {} (refused {}, closed by daemon {}), bodies {:?}; \
+         daemon RSS {} KiB before, {} KiB at most during",
+        held["max_held"], held["refused"], held["closed_by_daemon"], codes, rss_before, rss_max
+    );
+}
+
 #[test]
 fn agent_socket_flood_leaves_control_enforcement_and_anomaly_response_intact() {
     if !is_root() {
@@ -124,17 +156,7 @@ fn agent_socket_flood_leaves_control_enforcement_and_anomaly_response_intact() {
     eprintln!("MEASURE `corral status` under the flood: {took:?}");
     let mut rss_max = rss_kib(pid);
 
-    // An agent storming its own socket is rate-limited and reported.
-    let storm = lab.d().probe_as("agent", &["lease-storm", &sock, "100"]);
-    let s = &storm.step("lease-storm", 0)["statuses"];
-    assert!(
-        s["429"].as_u64().unwrap_or(0) > 0,
-        "storm must hit the rate limit: {s}"
-    );
-    assert!(s["200"].as_u64().unwrap_or(0) > 0, "some pass: {s}");
-    let rl = tail.expect(|e| e["kind"] == "lease" && e["lease"]["action"] == "rate-limited");
-    assert_eq!(rl["identity"], "agent");
-    assert!(rl["lease"]["refused"].as_u64().unwrap() >= 1, "{rl:#}");
+    storm_is_rate_limited(&lab, &tail, &sock);
     rss_max = rss_max.max(rss_kib(pid));
 
     // A revoke by the operator reaches the kernel.
@@ -161,23 +183,7 @@ fn agent_socket_flood_leaves_control_enforcement_and_anomaly_response_intact() {
     burst.finish_within(PROBE_WAIT);
     rss_max = rss_max.max(rss_kib(pid));
 
-    // What the flooders saw: capped, told why, bodies refused unread.
-    let held = finish(idle);
-    let b = finish(bodies);
-    assert!(held["max_held"].as_u64().unwrap() <= 32, "{held}");
-    assert!(held["refused"].as_u64().unwrap() > 0, "{held}");
-    let codes = b["statuses"].as_object().expect("statuses");
-    assert!(
-        codes.keys().all(|c| c == "413" || c == "503"),
-        "oversized bodies get 413 (or 503 when over the connection limit): {b}"
-    );
-    assert!(codes.get("413").is_some(), "{b}");
-    assert_eq!(b["chunked"], 411, "{b}");
-    eprintln!(
-        "MEASURE flood: idle held at most {} (refused {}, closed by daemon {}), bodies {:?}; \
-         daemon RSS {} KiB before, {} KiB at most during",
-        held["max_held"], held["refused"], held["closed_by_daemon"], codes, rss_before, rss_max
-    );
+    flooders_were_capped(finish(idle), finish(bodies), rss_before, rss_max);
     assert!(
         rss_max < rss_before + 64 * 1024,
         "daemon memory must stay bounded: {rss_before} KiB -> {rss_max} KiB"
