@@ -13,6 +13,60 @@ use std::sync::atomic::Ordering;
 
 use corral_tests::*;
 
+/// The io_uring operations the agent is refused: connects (inline, async,
+/// SQPOLL, and with the socket made by io_uring too) and sends.
+fn uring_denied(n: &str, un: &str) -> Vec<String> {
+    vec![
+        "bp-uring-connect".to_string(),
+        "inline".to_string(),
+        "127.0.0.1".to_string(),
+        n.to_string(),
+        "bp-uring-connect".to_string(),
+        "async".to_string(),
+        "127.0.0.1".to_string(),
+        n.to_string(),
+        "bp-uring-connect".to_string(),
+        "sqpoll".to_string(),
+        "127.0.0.1".to_string(),
+        n.to_string(),
+        "bp-uring-socket-connect".to_string(),
+        "127.0.0.1".to_string(),
+        n.to_string(),
+        "bp-uring-sendmsg".to_string(),
+        "inline".to_string(),
+        "127.0.0.1".to_string(),
+        un.to_string(),
+        "bp-uring-sendmsg".to_string(),
+        "async".to_string(),
+        "127.0.0.1".to_string(),
+        un.to_string(),
+        "bp-uring-sendmsg".to_string(),
+        "sqpoll".to_string(),
+        "127.0.0.1".to_string(),
+        un.to_string(),
+    ]
+}
+
+/// Every denial is the agent's, whichever thread of it made the call
+/// (the submitter, an iou-wrk worker or the iou-sqp poller).
+fn every_denial_is_the_agents(tail: &Tail, pid: u64, no_port: u16, uno: u16) {
+    let mut comms = Vec::new();
+    for _ in 0..4 {
+        let ev = net_event(tail, "127.0.0.1", no_port);
+        assert_eq!(ev["identity"], "ring", "{ev:#}");
+        assert_eq!(ev["tgid"].as_u64(), Some(pid), "{ev:#}");
+        assert_eq!(ev["net"]["op"], "connect", "{ev:#}");
+        assert_eq!(ev["verdict"], "deny", "{ev:#}");
+        comms.push(ev["comm"].as_str().unwrap_or("").to_string());
+    }
+    for _ in 0..3 {
+        let ev = net_event(tail, "127.0.0.1", uno);
+        assert_eq!(ev["net"]["op"], "sendmsg", "{ev:#}");
+        assert_eq!(ev["tgid"].as_u64(), Some(pid), "{ev:#}");
+    }
+    eprintln!("io_uring denials came from threads {comms:?}");
+}
+
 /// io_uring operations bypass seccomp, but not cgroup sock_addr programs:
 /// the connect or send runs in the submitting task, an io-wq worker or the
 /// SQPOLL thread, all threads of the agent's process in its cgroup.
@@ -36,35 +90,8 @@ fn io_uring_connect_and_sendmsg_are_judged() {
         uok.to_string(),
         uno.to_string(),
     );
-    let denied: Vec<&str> = vec![
-        "bp-uring-connect",
-        "inline",
-        "127.0.0.1",
-        &n,
-        "bp-uring-connect",
-        "async",
-        "127.0.0.1",
-        &n,
-        "bp-uring-connect",
-        "sqpoll",
-        "127.0.0.1",
-        &n,
-        "bp-uring-socket-connect",
-        "127.0.0.1",
-        &n,
-        "bp-uring-sendmsg",
-        "inline",
-        "127.0.0.1",
-        &un,
-        "bp-uring-sendmsg",
-        "async",
-        "127.0.0.1",
-        &un,
-        "bp-uring-sendmsg",
-        "sqpoll",
-        "127.0.0.1",
-        &un,
-    ];
+    let denied = uring_denied(&n, &un);
+    let denied: Vec<&str> = denied.iter().map(String::as_str).collect();
     let mut steps = vec!["pid"];
     steps.extend_from_slice(&denied);
     steps.extend_from_slice(&[
@@ -92,24 +119,7 @@ fn io_uring_connect_and_sendmsg_are_judged() {
         "no denied datagram arrives"
     );
 
-    // Every denial is the agent's, whichever thread of it made the call
-    // (the submitter, an iou-wrk worker or the iou-sqp poller).
-    let pid = r.pid();
-    let mut comms = Vec::new();
-    for _ in 0..4 {
-        let ev = net_event(&tail, "127.0.0.1", no_port);
-        assert_eq!(ev["identity"], "ring", "{ev:#}");
-        assert_eq!(ev["tgid"].as_u64(), Some(pid), "{ev:#}");
-        assert_eq!(ev["net"]["op"], "connect", "{ev:#}");
-        assert_eq!(ev["verdict"], "deny", "{ev:#}");
-        comms.push(ev["comm"].as_str().unwrap_or("").to_string());
-    }
-    for _ in 0..3 {
-        let ev = net_event(&tail, "127.0.0.1", uno);
-        assert_eq!(ev["net"]["op"], "sendmsg", "{ev:#}");
-        assert_eq!(ev["tgid"].as_u64(), Some(pid), "{ev:#}");
-    }
-    eprintln!("io_uring denials came from threads {comms:?}");
+    every_denial_is_the_agents(&tail, r.pid(), no_port, uno);
 
     let out = probe_outside(&denied);
     for i in 0..3 {
