@@ -42,21 +42,7 @@ fn sockets_from_outside_the_identity_are_not_judged() {
         &enforce_policy("fd", &format!("allow = []\nunix = [\"{path_s}\"]")),
     );
 
-    // The test process (outside every corral cgroup) makes the sockets and
-    // hands one out per connection.
-    let l = std::os::unix::net::UnixListener::bind(&path).expect("unix listen");
-    let kinds = [libc::SOCK_STREAM, libc::SOCK_DGRAM];
-    let server = std::thread::spawn(move || {
-        for kind in kinds {
-            let (c, _) = l.accept().expect("accept");
-            // SAFETY: plain syscall; owned right away.
-            let fd = unsafe { libc::socket(libc::AF_INET, kind | libc::SOCK_CLOEXEC, 0) };
-            assert!(fd >= 0);
-            // SAFETY: a fresh fd.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            send_fd(c.as_raw_fd(), fd.as_raw_fd());
-        }
-    });
+    let server = hand_out_sockets(&path);
     // A socket the agent can take with pidfd_getfd.
     let held = UdpSocket::bind("127.0.0.1:0").expect("held socket");
     let held_fd = held.as_raw_fd().to_string();
@@ -124,6 +110,24 @@ fn sockets_from_outside_the_identity_are_not_judged() {
     r.assert_eperm("bp-getfd", 0);
     r.assert_eperm("sendto", 0);
     drop(held);
+}
+
+/// The test process (outside every corral cgroup) makes the sockets and
+/// hands one out per connection on `path`: a stream, then a datagram one.
+fn hand_out_sockets(path: &std::path::Path) -> std::thread::JoinHandle<()> {
+    let l = std::os::unix::net::UnixListener::bind(path).expect("unix listen");
+    let kinds = [libc::SOCK_STREAM, libc::SOCK_DGRAM];
+    std::thread::spawn(move || {
+        for kind in kinds {
+            let (c, _) = l.accept().expect("accept");
+            // SAFETY: plain syscall; owned right away.
+            let fd = unsafe { libc::socket(libc::AF_INET, kind | libc::SOCK_CLOEXEC, 0) };
+            assert!(fd >= 0);
+            // SAFETY: a fresh fd.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            send_fd(c.as_raw_fd(), fd.as_raw_fd());
+        }
+    })
 }
 
 fn send_fd(sock: i32, fd: i32) {
@@ -230,6 +234,46 @@ fn sockets_made_before_assign_are_not_judged() {
     assert_net_event(&ev, "late", pid, "connect", "127.0.0.1", port);
 }
 
+/// In a fresh netns (route_localnet + accept_local on lo, so a packet
+/// injected on lo from 127.0.0.1 to 127.0.0.1 is delivered): a sink on the
+/// denied 127.0.0.1:7002, then every way to reach it.
+const EVERY_WAY_TO_7002: [&str; 34] = [
+    "pid",
+    "bp-netns",
+    "write-file",
+    "/proc/sys/net/ipv4/conf/lo/route_localnet",
+    "1",
+    "write-file",
+    "/proc/sys/net/ipv4/conf/lo/accept_local",
+    "1",
+    "write-file",
+    "/proc/sys/net/ipv4/ping_group_range",
+    "0 0",
+    "bp-udp-sink",
+    "127.0.0.1",
+    "7002",
+    "sendto",
+    "127.0.0.1",
+    "7002",
+    "bp-raw-udp",
+    "127.0.0.1",
+    "7002",
+    "bp-packet-udp",
+    "127.0.0.1",
+    "7002",
+    "bp-udp-count",
+    "7002",
+    "bp-raw-connect",
+    "127.0.0.1",
+    "bp-capture",
+    "bp-ping",
+    "127.0.0.3",
+    "bp-ping-connect",
+    "127.0.0.4",
+    "bp-captured",
+    "bp-vsock-socket",
+];
+
 /// OPEN (documented) where a policy names them: raw IP sockets (neither
 /// connect() nor sendto() is judged) and ICMP echo ("ping") sockets
 /// (connect() is judged, `unsupported`; sendto() is not) exist in an
@@ -251,48 +295,7 @@ fn raw_packet_ping_and_vsock_sockets_are_not_judged() {
              bind = [\"udp://127.0.0.1:7002\", \"udp://127.0.0.3:7003\"]",
         ),
     );
-    // In a fresh netns (route_localnet + accept_local on lo, so a packet
-    // injected on lo from 127.0.0.1 to 127.0.0.1 is delivered): a sink on
-    // the denied 127.0.0.1:7002, then every way to reach it.
-    let r = d.probe_as(
-        "raw",
-        &[
-            "pid",
-            "bp-netns",
-            "write-file",
-            "/proc/sys/net/ipv4/conf/lo/route_localnet",
-            "1",
-            "write-file",
-            "/proc/sys/net/ipv4/conf/lo/accept_local",
-            "1",
-            "write-file",
-            "/proc/sys/net/ipv4/ping_group_range",
-            "0 0",
-            "bp-udp-sink",
-            "127.0.0.1",
-            "7002",
-            "sendto",
-            "127.0.0.1",
-            "7002",
-            "bp-raw-udp",
-            "127.0.0.1",
-            "7002",
-            "bp-packet-udp",
-            "127.0.0.1",
-            "7002",
-            "bp-udp-count",
-            "7002",
-            "bp-raw-connect",
-            "127.0.0.1",
-            "bp-capture",
-            "bp-ping",
-            "127.0.0.3",
-            "bp-ping-connect",
-            "127.0.0.4",
-            "bp-captured",
-            "bp-vsock-socket",
-        ],
-    );
+    let r = d.probe_as("raw", &EVERY_WAY_TO_7002);
     r.assert_ok("bp-udp-sink", 0);
     r.assert_eperm("sendto", 0);
     r.assert_ok("bp-raw-udp", 0);
