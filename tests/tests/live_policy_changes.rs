@@ -237,6 +237,41 @@ fn explain_follows(d: &Daemon, name: &str, port: u16) {
     );
 }
 
+/// The name stops resolving: its last address is kept (and reported) for
+/// 10 refresh intervals, then its allow rule is dropped.
+fn kept_then_expired(d: &Daemon, tail: &Tail, hosts: &HostsGuard, port: u16) {
+    let gone = Instant::now();
+    hosts.set(&[]);
+    let h = wait_for(Duration::from_secs(5), "the name to fail", || {
+        let h = hosts_of(d, "dns");
+        (h["state"] == "failing").then_some(h)
+    });
+    assert_eq!(h["addresses"], serde_json::json!(["127.0.0.3"]), "{h:#}");
+    assert!(h["keep_until"].is_string(), "{h:#}");
+    d.assert_connect_allowed("dns", "127.0.0.3", port);
+    assert!(
+        d.log_text().contains("stopped resolving"),
+        "{}",
+        d.log_text()
+    );
+    let g = d.generation();
+    wait_for(Duration::from_secs(20), "the name to expire", || {
+        (hosts_of(d, "dns")["state"] == "expired").then_some(())
+    });
+    d.wait_generation_past(g, Duration::from_secs(5));
+    let kept = gone.elapsed();
+    eprintln!("expired after {kept:?}");
+    assert!(kept >= Duration::from_secs(9), "kept only {kept:?}");
+    d.assert_connect_denied(tail, "dns", "127.0.0.3", port);
+    assert!(
+        d.log_text().contains("allow rules are dropped"),
+        "{}",
+        d.log_text()
+    );
+    let show = String::from_utf8_lossy(&d.cli(&["policy", "show", "dns"]).stdout).into_owned();
+    assert!(show.contains("EXPIRED"), "{show}");
+}
+
 #[test]
 fn host_name_rules_follow_the_address_and_expire_when_it_stops_resolving() {
     if !is_root() {
@@ -304,37 +339,6 @@ fn host_name_rules_follow_the_address_and_expire_when_it_stops_resolving() {
     );
     explain_follows(&d, &name, port);
 
-    // The name stops resolving: its last address is kept (and reported) for
-    // 10 refresh intervals, then its allow rule is dropped.
-    let gone = Instant::now();
-    hosts.set(&[]);
-    let h = wait_for(Duration::from_secs(5), "the name to fail", || {
-        let h = hosts_of(&d, "dns");
-        (h["state"] == "failing").then_some(h)
-    });
-    assert_eq!(h["addresses"], serde_json::json!(["127.0.0.3"]), "{h:#}");
-    assert!(h["keep_until"].is_string(), "{h:#}");
-    d.assert_connect_allowed("dns", "127.0.0.3", port);
-    assert!(
-        d.log_text().contains("stopped resolving"),
-        "{}",
-        d.log_text()
-    );
-    let g = d.generation();
-    wait_for(Duration::from_secs(20), "the name to expire", || {
-        (hosts_of(&d, "dns")["state"] == "expired").then_some(())
-    });
-    d.wait_generation_past(g, Duration::from_secs(5));
-    let kept = gone.elapsed();
-    eprintln!("expired after {kept:?}");
-    assert!(kept >= Duration::from_secs(9), "kept only {kept:?}");
-    d.assert_connect_denied(&tail, "dns", "127.0.0.3", port);
-    assert!(
-        d.log_text().contains("allow rules are dropped"),
-        "{}",
-        d.log_text()
-    );
-    let show = String::from_utf8_lossy(&d.cli(&["policy", "show", "dns"]).stdout).into_owned();
-    assert!(show.contains("EXPIRED"), "{show}");
+    kept_then_expired(&d, &tail, &hosts, port);
     drop(hosts);
 }

@@ -135,32 +135,10 @@ fn io_uring_and_raw_socket_families_are_denied() {
     );
 }
 
-#[test]
-fn python_node_and_rust_programs_run_under_default() {
-    if !is_root() {
-        return;
-    }
-    let p = syscall_policy("rt", "enforce", "allow = [\"@default\"]");
-    let (d, tail) = Daemon::start_tailed("rt", &p);
-    let script = "import json, os, threading, subprocess, hashlib, tempfile, time\n\
-        out = []\n\
-        t = threading.Thread(target=lambda: out.append(hashlib.sha256(b'x').hexdigest()[:8]))\n\
-        t.start(); t.join()\n\
-        with tempfile.TemporaryFile() as f:\n    f.write(b'corral'); f.seek(0); out.append(f.read().decode())\n\
-        out.append(subprocess.run(['true']).returncode)\n\
-        time.sleep(0.01)\n\
-        print(json.dumps({'ok': True, 'out': out, 'pid': os.getpid()}))\n";
-    let o = d.cli(&["run", "--identity", "rt", "--", "python3", "-c", script]);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "python3 under @default: {stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(stdout.contains(r#""ok": true"#), "{stdout}");
-    assert!(stdout.contains(r#""2d711642", "corral", 0"#), "{stdout}");
-
-    // Node too, where it is installed (libuv threads, epoll, timers).
+/// Node, where it is installed (libuv threads, epoll, timers), and a user
+/// lookup with HOME unset (as under CI and systemd: glibc asks nscd over
+/// an AF_UNIX socket first), both under `@default`.
+fn node_and_user_lookup_run(d: &Daemon) {
     let node = "const fs = require('fs'); const os = require('os');\n\
         const n = fs.readdirSync('/').length;\n\
         setTimeout(() => console.log(JSON.stringify({ok: true, n, cpus: os.cpus().length})), 5);";
@@ -195,6 +173,34 @@ fn python_node_and_rust_programs_run_under_default() {
         o.status.success() && String::from_utf8_lossy(&o.stdout).trim().starts_with('/'),
         "user lookup under @default: {o:?}"
     );
+}
+
+#[test]
+fn python_node_and_rust_programs_run_under_default() {
+    if !is_root() {
+        return;
+    }
+    let p = syscall_policy("rt", "enforce", "allow = [\"@default\"]");
+    let (d, tail) = Daemon::start_tailed("rt", &p);
+    let script = "import json, os, threading, subprocess, hashlib, tempfile, time\n\
+        out = []\n\
+        t = threading.Thread(target=lambda: out.append(hashlib.sha256(b'x').hexdigest()[:8]))\n\
+        t.start(); t.join()\n\
+        with tempfile.TemporaryFile() as f:\n    f.write(b'corral'); f.seek(0); out.append(f.read().decode())\n\
+        out.append(subprocess.run(['true']).returncode)\n\
+        time.sleep(0.01)\n\
+        print(json.dumps({'ok': True, 'out': out, 'pid': os.getpid()}))\n";
+    let o = d.cli(&["run", "--identity", "rt", "--", "python3", "-c", script]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "python3 under @default: {stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains(r#""ok": true"#), "{stdout}");
+    assert!(stdout.contains(r#""2d711642", "corral", 0"#), "{stdout}");
+
+    node_and_user_lookup_run(&d);
 
     let r = d.probe_as(
         "rt",
