@@ -15,6 +15,56 @@ use corral_tests::*;
 
 const ENETUNREACH: i64 = 101;
 
+/// In a fresh netns with fe80::1 on lo: listeners, then every IPv6
+/// spelling of a v4 destination, an IPv6 socket given an AF_INET address,
+/// and link-local connects with a scope id.
+const SIX_STEPS: [&str; 43] = [
+    "bp-netns",
+    "bp-ip",
+    "addr",
+    "add",
+    "fe80::1/64",
+    "dev",
+    "lo",
+    "nodad",
+    "--",
+    // The prefix route of a new address comes a moment later.
+    "sleep",
+    "0.5",
+    "bp-listen",
+    "127.0.0.1",
+    "7000",
+    "bp-listen",
+    "::",
+    "7001",
+    "bp-listen",
+    "::",
+    "7002",
+    "connect",
+    "::ffff:127.0.0.1",
+    "7000",
+    "connect",
+    "::127.0.0.1",
+    "7000",
+    "connect",
+    "::ffff:0:127.0.0.1",
+    "7000",
+    "connect",
+    "64:ff9b::127.0.0.1",
+    "7000",
+    "bp-v6sock-v4addr",
+    "127.0.0.2",
+    "7000",
+    "bp-connect6",
+    "fe80::1",
+    "lo",
+    "7001",
+    "bp-connect6",
+    "fe80::1",
+    "lo",
+    "7002",
+];
+
 /// IPv6 spellings of IPv4 addresses. Only IPv4-mapped (::ffff:a.b.c.d)
 /// reaches an IPv4 peer in this kernel, and it is judged by the IPv4 rules
 /// (also in `network.rs`). IPv4-compatible (::a.b.c.d), IPv4-translated
@@ -34,52 +84,7 @@ fn ipv6_spellings_and_scope_ids() {
          bind = [\"tcp://127.0.0.1:7000\", \"tcp://[::]:7001-7002\"]",
     );
     let (d, tail) = Daemon::start_tailed("six", &p);
-    let steps = [
-        "bp-netns",
-        "bp-ip",
-        "addr",
-        "add",
-        "fe80::1/64",
-        "dev",
-        "lo",
-        "nodad",
-        "--",
-        // The prefix route of a new address comes a moment later.
-        "sleep",
-        "0.5",
-        "bp-listen",
-        "127.0.0.1",
-        "7000",
-        "bp-listen",
-        "::",
-        "7001",
-        "bp-listen",
-        "::",
-        "7002",
-        "connect",
-        "::ffff:127.0.0.1",
-        "7000",
-        "connect",
-        "::127.0.0.1",
-        "7000",
-        "connect",
-        "::ffff:0:127.0.0.1",
-        "7000",
-        "connect",
-        "64:ff9b::127.0.0.1",
-        "7000",
-        "bp-v6sock-v4addr",
-        "127.0.0.2",
-        "7000",
-        "bp-connect6",
-        "fe80::1",
-        "lo",
-        "7001",
-        "bp-connect6",
-        "fe80::1",
-        "lo",
-        "7002",
-    ];
+    let steps = SIX_STEPS;
     let r = d.probe_as("six", &with_pid(&steps));
     r.assert_ok("bp-netns", 0);
     r.assert_ok("bp-ip", 0);
@@ -117,6 +122,36 @@ fn ipv6_spellings_and_scope_ids() {
     }
     out.assert_ok("bp-v6sock-v4addr", 0);
     out.assert_ok("bp-connect6", 0);
+}
+
+/// Where loopback is allowed, 0.0.0.0 works; a socket bound to 127.0.0.5
+/// reaches the listener on 127.0.0.1 (the rewrite), where the kernel alone
+/// would have gone to 127.0.0.5 (refused: nothing listens).
+fn loopback_allowed_reaches_it(d: &Daemon, s: &str, su: &str) {
+    let r = d.probe_as(
+        "lo-ok",
+        &[
+            "connect",
+            "0.0.0.0",
+            s,
+            "sendto",
+            "0.0.0.0",
+            su,
+            "bp-bound-connect",
+            "127.0.0.5",
+            "0.0.0.0",
+            s,
+        ],
+    );
+    r.assert_ok("connect", 0);
+    r.assert_ok("sendto", 0);
+    r.assert_ok("bp-bound-connect", 0);
+    let out = probe_outside(&["bp-bound-connect", "127.0.0.5", "0.0.0.0", s]);
+    assert_eq!(
+        out.step("bp-bound-connect", 0)["errno"],
+        111,
+        "untagged: the kernel's own meaning (bound address) {out:#?}"
+    );
 }
 
 /// The unspecified address as a destination means this host: connect() or
@@ -198,33 +233,7 @@ fn unspecified_destination_is_judged_as_loopback() {
     out.assert_ok("sendto", 0);
     assert_eq!(count_reaches(&u_n, 1), 1);
 
-    // Where loopback is allowed, 0.0.0.0 works; a socket bound to
-    // 127.0.0.5 reaches the listener on 127.0.0.1 (the rewrite), where the
-    // kernel alone would have gone to 127.0.0.5 (refused: nothing listens).
-    let r = d.probe_as(
-        "lo-ok",
-        &[
-            "connect",
-            "0.0.0.0",
-            &s,
-            "sendto",
-            "0.0.0.0",
-            &su,
-            "bp-bound-connect",
-            "127.0.0.5",
-            "0.0.0.0",
-            &s,
-        ],
-    );
-    r.assert_ok("connect", 0);
-    r.assert_ok("sendto", 0);
-    r.assert_ok("bp-bound-connect", 0);
-    let out = probe_outside(&["bp-bound-connect", "127.0.0.5", "0.0.0.0", &s]);
-    assert_eq!(
-        out.step("bp-bound-connect", 0)["errno"],
-        111,
-        "untagged: the kernel's own meaning (bound address) {out:#?}"
-    );
+    loopback_allowed_reaches_it(&d, &s, &su);
 }
 
 /// Names are resolved by the agent and judged by address: a name is no way
