@@ -40,12 +40,26 @@ pub struct LaunchPolicy {
     pub syscalls: LaunchSyscalls,
 }
 
-/// The `files` section: the rules, and who applies them.
+/// The `files` section: the rules, and who applies them. Read through a
+/// `Value` rather than `#[serde(flatten)]`: flattening buffers the map and
+/// loses serde_json's reading of `expires`' integer keys (written as
+/// strings), which a lease's file grant puts there.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "serde_json::Value")]
 pub struct LaunchFiles {
     pub enforced_by: FilesLayer,
-    #[serde(flatten)]
     pub policy: FilePolicy,
+}
+
+impl TryFrom<serde_json::Value> for LaunchFiles {
+    type Error = serde_json::Error;
+
+    fn try_from(v: serde_json::Value) -> Result<Self, Self::Error> {
+        Ok(LaunchFiles {
+            enforced_by: serde_json::from_value(v["enforced_by"].clone())?,
+            policy: serde_json::from_value(v)?,
+        })
+    }
 }
 
 /// The `syscalls` section, as far as the launcher needs it.
@@ -71,7 +85,7 @@ mod tests {
             "name": "t", "mode": "enforce", "source": "/p/t.toml", "digest": "00",
             "identity_id": 7,
             "files": { "confined": true, "rules": [], "exec_restricted": false,
-                       "enforced_by": "landlock",
+                       "expires": { "2147483649": 12345 }, "enforced_by": "landlock",
                        "note": "fallback" },
             "protected_paths": [], "protected_paths_enforced": false,
             "syscalls": { "confined": true, "map": "/sys/fs/bpf/corral/maps/SYSCALL_POLICY",
@@ -81,6 +95,8 @@ mod tests {
         assert_eq!(p.identity_id, 7);
         assert_eq!(p.files.enforced_by, FilesLayer::Landlock);
         assert!(p.files.policy.confined);
+        // A lease's file grant: its rule id's end, keyed by a number.
+        assert_eq!(p.files.policy.expires.get(&2_147_483_649), Some(&12345));
         assert!(p.syscalls.confined);
         assert_eq!(
             p.syscalls.map.as_deref(),
