@@ -21,6 +21,31 @@ fn status_text(lab: &Lab, cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Status (first thing after the header) and doctor say the log is
+/// failing; returns how many records status says were not written.
+fn failing_is_said_loudly(lab: &Lab) -> u64 {
+    let st = lab.d().status();
+    let f = &st["audit"]["failing"];
+    assert_eq!(f["error"], "No space left on device", "{st:#}");
+    let not_written = f["not_written"].as_u64().expect("not_written");
+    assert!(not_written >= 2, "{st:#}");
+    let text = status_text(lab, "status");
+    let line = text.lines().nth(1).unwrap_or_default();
+    assert!(
+        line.starts_with("!! audit: FAILING (No space left on device), ")
+            && line.contains(" records not written"),
+        "{text}"
+    );
+    let doc = status_text(lab, "doctor");
+    assert!(
+        doc.lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("audit log") && l.contains("FAILING")),
+        "{doc}"
+    );
+
+    not_written
+}
+
 #[test]
 fn a_full_disk_is_reported_never_blocks_enforcement_and_the_gap_is_declared() {
     if !is_root() {
@@ -54,25 +79,7 @@ fn a_full_disk_is_reported_never_blocks_enforcement_and_the_gap_is_declared() {
     assert_net_event(&ev, "agent", r2.pid(), "connect", "127.0.0.1", port);
     probe_outside(&["connect", "127.0.0.1", &ps]).assert_ok("connect", 0);
 
-    // Status (first thing after the header) and doctor say so.
-    let st = lab.d().status();
-    let f = &st["audit"]["failing"];
-    assert_eq!(f["error"], "No space left on device", "{st:#}");
-    let not_written = f["not_written"].as_u64().expect("not_written");
-    assert!(not_written >= 2, "{st:#}");
-    let text = status_text(&lab, "status");
-    let line = text.lines().nth(1).unwrap_or_default();
-    assert!(
-        line.starts_with("!! audit: FAILING (No space left on device), ")
-            && line.contains(" records not written"),
-        "{text}"
-    );
-    let doc = status_text(&lab, "doctor");
-    assert!(
-        doc.lines()
-            .any(|l| l.starts_with("FAIL") && l.contains("audit log") && l.contains("FAILING")),
-        "{doc}"
-    );
+    let not_written = failing_is_said_loudly(&lab);
 
     // Room again: the writer recovers by itself, declaring the gap first.
     disk.resize("4m");

@@ -18,6 +18,50 @@ use std::{
 
 use corral_tests::*;
 
+/// Root, in a fresh netns with fd42::1 and fd42::2 on lo: the probe
+/// captures its own packets, sends to denied hops directly, then through
+/// each kind of source route.
+const ROUTE_STEPS: [&str; 38] = [
+    "pid",
+    "bp-netns",
+    "bp-ip",
+    "addr",
+    "add",
+    "fd42::1/128",
+    "dev",
+    "lo",
+    "nodad",
+    "--",
+    "bp-ip",
+    "addr",
+    "add",
+    "fd42::2/128",
+    "dev",
+    "lo",
+    "nodad",
+    "--",
+    "bp-capture",
+    "sendto",
+    "127.0.0.2",
+    "7000",
+    "sendto",
+    "fd42::2",
+    "7000",
+    "bp-lsrr",
+    "127.0.0.2",
+    "127.0.0.1",
+    "7000",
+    "bp-retopts",
+    "127.0.0.3",
+    "127.0.0.1",
+    "7000",
+    "bp-srh",
+    "fd42::2",
+    "fd42::1",
+    "7000",
+    "bp-captured",
+];
+
 /// OPEN (documented): source routing. An IPv6 segment routing header
 /// (setsockopt IPV6_RTHDR, type 4), which needs NO privilege, and IPv4 loose
 /// source route options (setsockopt IP_OPTIONS, or per message with an
@@ -37,50 +81,7 @@ fn source_routes_send_to_unjudged_first_hops() {
             "allow = [\"udp://127.0.0.1:7000\", \"udp://[fd42::1]:7000\", \"udp://[::1]:7000\"]",
         ),
     );
-    // Root, in a fresh netns: the probe captures its own packets.
-    let r = d.probe_as(
-        "route",
-        &[
-            "pid",
-            "bp-netns",
-            "bp-ip",
-            "addr",
-            "add",
-            "fd42::1/128",
-            "dev",
-            "lo",
-            "nodad",
-            "--",
-            "bp-ip",
-            "addr",
-            "add",
-            "fd42::2/128",
-            "dev",
-            "lo",
-            "nodad",
-            "--",
-            "bp-capture",
-            "sendto",
-            "127.0.0.2",
-            "7000",
-            "sendto",
-            "fd42::2",
-            "7000",
-            "bp-lsrr",
-            "127.0.0.2",
-            "127.0.0.1",
-            "7000",
-            "bp-retopts",
-            "127.0.0.3",
-            "127.0.0.1",
-            "7000",
-            "bp-srh",
-            "fd42::2",
-            "fd42::1",
-            "7000",
-            "bp-captured",
-        ],
-    );
+    let r = d.probe_as("route", &ROUTE_STEPS);
     r.assert_eperm("sendto", 0);
     r.assert_eperm("sendto", 1);
     r.assert_ok("bp-lsrr", 0);

@@ -287,6 +287,63 @@ fn exec_allowed_and_denied() {
     probe_outside(&["exec", &t.p("bin/no/true")]).assert_ok("exec", 0);
 }
 
+/// Symlinks, hard links and renames in and out of what the rules allow,
+/// then relative opens after chdir.
+fn link_steps(t: &ScratchTree) -> Vec<String> {
+    vec![
+        "pid".into(),
+        // A symlink to a denied file, existing and made by the agent.
+        "open".into(),
+        t.p("kb/link"),
+        "r".into(),
+        "symlink".into(),
+        t.p("secret"),
+        t.p("out/link2"),
+        "open".into(),
+        t.p("out/link2"),
+        "r".into(),
+        // Hard links cannot widen access (REFER).
+        "link".into(),
+        t.p("secret"),
+        t.p("out/stolen"),
+        "link".into(),
+        t.p("tickets/vip/x"),
+        t.p("out/vip"),
+        "link".into(),
+        t.p("kb/doc"),
+        t.p("out/doc"),
+        // Renames neither.
+        "rename".into(),
+        t.p("kb/doc"),
+        t.p("out/doc"),
+        "rename".into(),
+        t.p("tickets/a"),
+        t.p("tickets/vip/a"),
+        // Out of an expanded directory (no right on the directory).
+        "rename".into(),
+        t.p("tickets/a"),
+        t.p("out/a"),
+        "rename".into(),
+        t.p("drafts/d"),
+        t.p("out/d"),
+        // Relative paths after chdir.
+        "chdir".into(),
+        t.p("kb"),
+        "open".into(),
+        "doc".into(),
+        "r".into(),
+        "chdir".into(),
+        t.p(""),
+        "open".into(),
+        "secret".into(),
+        "r".into(),
+        // Relative paths are made absolute from the process's working
+        // directory when the daemon reads the event: stay alive for it.
+        "sleep".into(),
+        "1".into(),
+    ]
+}
+
 /// Hard links and renames that would widen access fail (EACCES, or
 /// EXDEV across a Landlock boundary), three of each.
 fn links_and_renames_refused(run: &ProbeRun) {
@@ -340,61 +397,9 @@ fn symlinks_links_renames_and_relative_paths() {
         return;
     };
     let tail = d.tail(Some("files-d"));
-    let run = d.probe_as(
-        "files-d",
-        &[
-            "pid",
-            // A symlink to a denied file, existing and made by the agent.
-            "open",
-            &t.p("kb/link"),
-            "r",
-            "symlink",
-            &t.p("secret"),
-            &t.p("out/link2"),
-            "open",
-            &t.p("out/link2"),
-            "r",
-            // Hard links cannot widen access (REFER).
-            "link",
-            &t.p("secret"),
-            &t.p("out/stolen"),
-            "link",
-            &t.p("tickets/vip/x"),
-            &t.p("out/vip"),
-            "link",
-            &t.p("kb/doc"),
-            &t.p("out/doc"),
-            // Renames neither.
-            "rename",
-            &t.p("kb/doc"),
-            &t.p("out/doc"),
-            "rename",
-            &t.p("tickets/a"),
-            &t.p("tickets/vip/a"),
-            // Out of an expanded directory (no right on the directory).
-            "rename",
-            &t.p("tickets/a"),
-            &t.p("out/a"),
-            "rename",
-            &t.p("drafts/d"),
-            &t.p("out/d"),
-            // Relative paths after chdir.
-            "chdir",
-            &t.p("kb"),
-            "open",
-            "doc",
-            "r",
-            "chdir",
-            &t.p(""),
-            "open",
-            "secret",
-            "r",
-            // Relative paths are made absolute from the process's working
-            // directory when the daemon reads the event: stay alive for it.
-            "sleep",
-            "1",
-        ],
-    );
+    let steps = link_steps(&t);
+    let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
+    let run = d.probe_as("files-d", &steps);
     let pid = run.pid();
     denied(&run, "open", 0);
     run.assert_ok("symlink", 0);
