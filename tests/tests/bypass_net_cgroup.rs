@@ -77,6 +77,26 @@ fn deep_sub_cgroups_are_still_the_agent() {
     );
 }
 
+/// Root under Landlock: the write to cgroup.procs is refused, clone3
+/// (CLONE_INTO_CGROUP) still leaves.
+fn landlock_stops_the_write_not_clone3(d: &Daemon, steps: &[&str]) {
+    match d.mechanism("files")["state"].as_str() {
+        Some("fallback") => {
+            let r = d.probe_as("boxed", steps);
+            assert!(r.stderr.contains("Landlock"), "{}", r.stderr);
+            r.assert_eperm("connect", 0);
+            r.assert_errno("bp-escape", 0, EACCES);
+            assert_eq!(
+                r.step("bp-clone-into-parent", 0)["child_errno"],
+                0,
+                "OPEN: clone3(CLONE_INTO_CGROUP) passes Landlock: {r:#?}"
+            );
+            r.assert_eperm("connect", 1);
+        }
+        other => skip(&format!("the Landlock part: files mechanism is {other:?}")),
+    }
+}
+
 /// OPEN for root (documented; `corral run` warns): a root agent moves
 /// itself out of its identity by writing its pid into another cgroup's
 /// cgroup.procs, or starts a child elsewhere with clone3(CLONE_INTO_CGROUP),
@@ -141,22 +161,7 @@ fn root_agents_can_leave_their_identity() {
     let ev = net_event(&tail, "127.0.0.1", port);
     assert_net_event(&ev, "rooty", r.pid(), "connect", "127.0.0.1", port);
 
-    // Root under Landlock: the write is refused, clone3 still leaves.
-    match d.mechanism("files")["state"].as_str() {
-        Some("fallback") => {
-            let r = d.probe_as("boxed", &steps);
-            assert!(r.stderr.contains("Landlock"), "{}", r.stderr);
-            r.assert_eperm("connect", 0);
-            r.assert_errno("bp-escape", 0, EACCES);
-            assert_eq!(
-                r.step("bp-clone-into-parent", 0)["child_errno"],
-                0,
-                "OPEN: clone3(CLONE_INTO_CGROUP) passes Landlock: {r:#?}"
-            );
-            r.assert_eperm("connect", 1);
-        }
-        other => skip(&format!("the Landlock part: files mechanism is {other:?}")),
-    }
+    landlock_stops_the_write_not_clone3(&d, &steps);
 
     // --user: no warning, no way out.
     let r = d.probe_as_user("rooty", "nobody", &steps);

@@ -356,6 +356,27 @@ fn lsm_enforcement_survives_a_daemon_restart() {
 
 // --- measurement -------------------------------------------------------------------
 
+/// The table: each row's median, as a ratio over the baseline's.
+fn print_rows(rows: &[(&str, Vec<f64>)], n: &str, rounds: usize) {
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let base_ns = median(&rows[0].1);
+    println!(
+        "\nopen+close of one allowed file, {n} per run, median of {rounds} (TCG guest: compare ratios only)"
+    );
+    for (name, v) in rows {
+        let m = median(v);
+        println!(
+            "  {name:<28} {m:>9.0} ns  x{:.2}  (+{:.0} ns)",
+            m / base_ns,
+            m - base_ns
+        );
+    }
+}
+
 /// open+close of one allowed file: untagged, tagged with 10 / 1,000 /
 /// 100,000 rules, and the same allowlist under Landlock (no Corral), as
 /// ratios over the untagged baseline. Run by `cargo xtask vm-test --bench`.
@@ -436,23 +457,7 @@ fn bench_file_open() {
                 .push(ns(&d.probe_as(id, &["open-loop", &target, &n])));
         }
     }
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
-    let base_ns = median(&rows[0].1);
-    println!(
-        "\nopen+close of one allowed file, {n} per run, median of {rounds} (TCG guest: compare ratios only)"
-    );
-    for (name, v) in &rows {
-        let m = median(v);
-        println!(
-            "  {name:<28} {m:>9.0} ns  x{:.2}  (+{:.0} ns)",
-            m / base_ns,
-            m - base_ns
-        );
-    }
+    print_rows(&rows, &n, rounds);
     let (_, ids) = d.api("GET", "/v1/identities", None);
     for i in ids.as_array().into_iter().flatten() {
         println!("  {}: kernel entries {}", i["name"], i["kernel_entries"]);
