@@ -308,6 +308,14 @@ pub fn build_path(o: &KernelOffsets, s: &mut FileScratch, mnt: u64, dentry: u64,
     if !complete {
         return Built::TooLong;
     }
+    copy_out(s, pos)
+}
+
+/// Moves the path built at `build[pos..PATH_BUF]` to the start of `path`
+/// (cut to `FILE_PATH_LEN`); its length, or `TooLong`.
+#[inline(always)]
+fn copy_out(s: &mut FileScratch, pos: usize) -> Built {
+    let base = s.build.as_mut_ptr();
     // The walk can end after any number of steps with a different `pos`:
     // through map memory, the length is one unknown scalar, so the states
     // after the walk are pruned as equal.
