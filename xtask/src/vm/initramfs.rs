@@ -171,6 +171,23 @@ fn test_runs(
     Ok(runs)
 }
 
+/// The host's merged-/usr layout (`/lib -> usr/lib`, ...) in the guest
+/// too, so libraries sit at the real paths they have on the host: rules
+/// that allow `/usr/` (Landlock, which checks the real file) then cover
+/// the dynamic loader there as here.
+fn merged_usr(root: &Path) -> Result<()> {
+    for d in ["lib", "lib64", "lib32", "libx32"] {
+        let host = Path::new("/").join(d);
+        let Ok(target) = fs::read_link(&host) else {
+            continue;
+        };
+        fs::create_dir_all(root.join(&target))?;
+        std::os::unix::fs::symlink(&target, root.join(d))
+            .with_context(|| format!("linking {d} -> {}", target.display()))?;
+    }
+    Ok(())
+}
+
 pub(super) fn initramfs(
     stage: &Path,
     t: &Tests,
@@ -182,6 +199,7 @@ pub(super) fn initramfs(
         fs::remove_dir_all(&root).with_context(|| format!("cleaning {}", root.display()))?;
     }
     fs::create_dir_all(&root)?;
+    merged_usr(&root)?;
     let busybox = util::which("busybox")
         .or_else(|| Some(PathBuf::from("/bin/busybox")).filter(|p| p.is_file()))
         .context("busybox not found (apt-get install busybox-static)")?;
