@@ -41,6 +41,9 @@ pub static IDENTITY_STATS: PerCpuArray<IdentityStats> = PerCpuArray::pinned(MAX_
 #[map(name = "FILE_RULES")]
 pub static FILE_RULES: LpmTrie<FileKey, FileRuleValue> = LpmTrie::pinned(262144, BPF_F_NO_PREALLOC);
 
+// The eBPF crate's one import loop, kept: the scratch value's layout (the
+// LPM key it starts with, the build area, the opaque word) belongs to the
+// path walk in `lsm::kernel` that is the only code touching it.
 /// The LSM programs' path buffer (per CPU, not pinned: holds nothing
 /// between runs).
 #[map(name = "FILE_SCRATCH")]

@@ -5,7 +5,6 @@
 use std::{
     fmt::Write as _,
     fs,
-    net::{TcpListener, UdpSocket},
     path::{Path, PathBuf},
     process::Command,
     thread::sleep,
@@ -73,8 +72,8 @@ pub fn run(ws: &Path, args: &BenchArgs) -> Result<()> {
             Bench {
                 env,
                 bench: ws.join("target/release/corral-bench"),
-                tcp_port: free_port(),
-                udp_port: free_port(),
+                tcp_port: crate::util::free_port(),
+                udp_port: crate::util::free_port(),
             }
             .all()
         })?;
@@ -92,14 +91,6 @@ pub fn run(ws: &Path, args: &BenchArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-pub fn free_port() -> u16 {
-    let t = TcpListener::bind("127.0.0.1:0").expect("port");
-    let p = t.local_addr().expect("addr").port();
-    // Keep UDP free on the same number too.
-    let _ = UdpSocket::bind(("127.0.0.1", p));
-    p
 }
 
 impl Bench<'_> {

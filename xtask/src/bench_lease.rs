@@ -71,7 +71,7 @@ pub fn run(ws: &Path, baseline: Option<&Path>) -> Result<String> {
                 policy_dir: env.policy_dir.clone(),
                 tmp: env.tmp.clone(),
             };
-            let port = crate::bench::free_port();
+            let port = crate::util::free_port();
             let r = Bench {
                 sock: env.socket.with_file_name("lease.sock"),
                 env: &env,

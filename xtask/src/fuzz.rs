@@ -21,7 +21,6 @@ use anyhow::{Context as _, Result, bail};
 use crate::util;
 
 pub const TARGETS: [&str; 5] = ["policy", "event_decode", "api", "lease_token", "btf"];
-const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Seconds per target in `cargo xtask test`.
 const SMOKE_SECS: u64 = 8;
 
@@ -65,29 +64,6 @@ fn campaign(ws: &Path, targets: &[&str], secs: u64) -> Result<String> {
 
 fn cargo_fuzz_bin(ws: &Path) -> PathBuf {
     util::tools_dir(ws).join("cargo-fuzz/bin")
-}
-
-/// Installs cargo-fuzz into `.tools/cargo-fuzz` (from `cargo xtask setup`).
-pub fn ensure_cargo_fuzz(ws: &Path) -> Result<()> {
-    let root = util::tools_dir(ws).join("cargo-fuzz");
-    if root.join("bin/cargo-fuzz").is_file() {
-        return Ok(());
-    }
-    println!(
-        "setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} into {} (a few minutes)",
-        root.display()
-    );
-    util::run(
-        util::cmd("cargo")
-            .arg("+nightly")
-            .args([
-                "install",
-                &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
-                "--locked",
-                "--root",
-            ])
-            .arg(&root),
-    )
 }
 
 fn path_with_cargo_fuzz(ws: &Path) -> Result<OsString> {

@@ -37,7 +37,7 @@ pub fn ensure(ws: &Path) -> Result<()> {
     let start = Instant::now();
     nightly_rust_src().context("setting up the nightly toolchain")?;
     bpf_linker(&util::tools_dir(ws)).context("setting up bpf-linker")?;
-    crate::fuzz::ensure_cargo_fuzz(ws).context("installing cargo-fuzz")?;
+    ensure_cargo_fuzz(ws).context("installing cargo-fuzz")?;
     apt_packages(APT_PACKAGES).context("installing test packages")?;
     println!("setup: done in {:.2?}", start.elapsed());
     Ok(())
@@ -280,6 +280,32 @@ pub fn apt_packages(packages: &[&str]) -> Result<()> {
             .stdin(Stdio::null()),
     )?;
     Ok(())
+}
+
+/// The cargo-fuzz `cargo xtask fuzz` runs (its targets need nightly).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// Installs cargo-fuzz into `.tools/cargo-fuzz` (from `cargo xtask setup`).
+pub fn ensure_cargo_fuzz(ws: &Path) -> Result<()> {
+    let root = util::tools_dir(ws).join("cargo-fuzz");
+    if root.join("bin/cargo-fuzz").is_file() {
+        return Ok(());
+    }
+    println!(
+        "setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} into {} (a few minutes)",
+        root.display()
+    );
+    util::run(
+        util::cmd("cargo")
+            .arg("+nightly")
+            .args([
+                "install",
+                &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+                "--locked",
+                "--root",
+            ])
+            .arg(&root),
+    )
 }
 
 #[cfg(test)]

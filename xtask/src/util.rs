@@ -217,3 +217,12 @@ pub fn as_root(program: impl AsRef<OsStr>, envs: &[(&str, &OsStr)]) -> Result<Co
     c.arg(program);
     Ok(c)
 }
+
+/// A loopback port free for TCP (and UDP on the same number).
+pub fn free_port() -> u16 {
+    let t = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    let p = t.local_addr().expect("addr").port();
+    // Keep UDP free on the same number too.
+    let _ = std::net::UdpSocket::bind(("127.0.0.1", p));
+    p
+}
