@@ -171,6 +171,24 @@ fn test_runs(
     Ok(runs)
 }
 
+/// `lib` at its real path on the host, and its own path as a symlink to
+/// that when it differs (the dynamic loader is `/lib64/ld-linux…` ->
+/// `/usr/lib/x86_64-linux-gnu/…`): Landlock judges the real file, as on
+/// the host.
+fn install_real(lib: &Path, root: &Path) -> Result<()> {
+    let real = fs::canonicalize(lib).unwrap_or_else(|_| lib.to_path_buf());
+    install(&real, root, &real, false)?;
+    let link = root.join(lib.strip_prefix("/").unwrap_or(lib));
+    if real != lib && fs::symlink_metadata(&link).is_err() {
+        if let Some(d) = link.parent() {
+            fs::create_dir_all(d)?;
+        }
+        std::os::unix::fs::symlink(&real, &link)
+            .with_context(|| format!("linking {} -> {}", link.display(), real.display()))?;
+    }
+    Ok(())
+}
+
 /// The host's merged-/usr layout (`/lib -> usr/lib`, ...) in the guest
 /// too, so libraries sit at the real paths they have on the host: rules
 /// that allow `/usr/` (Landlock, which checks the real file) then cover
@@ -233,7 +251,7 @@ pub(super) fn initramfs(
         }
     }
     for lib in &libs {
-        install(lib, &root, lib, false)?;
+        install_real(lib, &root)?;
     }
     let etc = root.join("etc");
     fs::create_dir_all(&etc)?;
