@@ -29,7 +29,11 @@ pub fn syscall_policy(name: &str, mode: &str, body: &str) -> String {
 
 /// Every `policies/*.toml` of the workspace: (file stem, text).
 pub fn bundled_policies() -> Vec<(String, String)> {
-    let src = workspace().join("policies");
+    // The guest puts them elsewhere: its /tmp is a fresh tmpfs, and a
+    // checkout may live under /tmp.
+    let src = std::env::var_os("CORRAL_BUNDLED_POLICIES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace().join("policies"));
     std::fs::read_dir(&src)
         .expect("policies/")
         .flatten()

@@ -118,6 +118,9 @@ rc=0
     s
 }
 
+/// Where the bundled policies are in the guest (`golden` reads them).
+const GUEST_POLICIES: &str = "/corral/policies";
+
 /// What the guest runs: each guest suite (filtered), the sanity test of
 /// the native suites, and the LSM benchmark when asked; their binaries are
 /// added to `bins`.
@@ -135,15 +138,16 @@ fn test_runs(
             .join(exe.file_name().context("exe name")?);
         let at = guest.display().to_string();
         let before = runs.len();
+        let env = || vec![("CORRAL_BUNDLED_POLICIES".into(), GUEST_POLICIES.into())];
         let mut targs: Vec<String> = vec!["--test-threads=1".into()];
         if GUEST_TESTS.contains(&name.as_str()) {
             targs.extend(filter.clone());
-            runs.push((at.clone(), targs, Vec::new()));
+            runs.push((at.clone(), targs, env()));
         } else if name == SANITY_TEST.0
             && filter.as_deref().is_none_or(|f| SANITY_TEST.1.contains(f))
         {
             targs.extend([SANITY_TEST.1.to_owned(), "--exact".into()]);
-            runs.push((at.clone(), targs, Vec::new()));
+            runs.push((at.clone(), targs, env()));
         }
         if let Some((_, only)) = LANDLOCK_IN_GUEST.iter().find(|(n, _)| n == name) {
             let f = filter.clone().unwrap_or_else(|| only.to_string());
@@ -246,8 +250,11 @@ pub(super) fn initramfs(
     libs.extend(libraries(&busybox)?);
     for e in fs::read_dir(&t.policies)?.flatten() {
         let p = e.path();
-        if p.extension().is_some_and(|x| x == "toml") {
-            install(&p, &root, &p, false)?;
+        if let Some(name) = p
+            .file_name()
+            .filter(|_| p.extension().is_some_and(|x| x == "toml"))
+        {
+            install(&p, &root, &Path::new(GUEST_POLICIES).join(name), false)?;
         }
     }
     for lib in &libs {

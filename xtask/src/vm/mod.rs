@@ -147,8 +147,8 @@ struct Tests {
     probe: PathBuf,
     /// (test target name, executable).
     binaries: Vec<(String, PathBuf)>,
-    /// The bundled policies (`golden` reads them at the workspace's path,
-    /// compiled into the test binaries).
+    /// The bundled policies (put at `/corral/policies` in the guest, where
+    /// `golden` reads them through `CORRAL_BUNDLED_POLICIES`).
     policies: PathBuf,
 }
 
