@@ -54,21 +54,15 @@ fn the_deepest_tagged_cgroup_decides_for_network_and_unix_alike() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Below both: `inner` is the deepest tagged ancestor, for both programs.
+    // The same connects, from a sub-cgroup of `outer`'s.
     let s = port.to_string();
-    let r = d.probe_as(
-        "outer",
-        &[
-            "pid",
-            "subcgroup",
-            "x/inner/deeper",
-            "connect",
-            "127.0.0.1",
-            &s,
-            "unix-connect",
-            &sock,
-        ],
-    );
+    let from = |sub: &str| {
+        let steps = ["pid", "subcgroup", sub, "connect", "127.0.0.1", &s];
+        d.probe_as("outer", &[&steps[..], &["unix-connect", &sock]].concat())
+    };
+
+    // Below both: `inner` is the deepest tagged ancestor, for both programs.
+    let r = from("x/inner/deeper");
     r.assert_ok("subcgroup", 0);
     r.assert_eperm("connect", 0);
     r.assert_eperm("unix-connect", 0);
@@ -78,22 +72,12 @@ fn the_deepest_tagged_cgroup_decides_for_network_and_unix_alike() {
     assert_unix_event(&ev, "inner", r.pid(), "connect", &sock);
 
     // Beside `inner`, still inside `outer`: outer's rules, for both.
-    let r = d.probe_as(
-        "outer",
-        &[
-            "pid",
-            "subcgroup",
-            "x/beside",
-            "connect",
-            "127.0.0.1",
-            &s,
-            "unix-connect",
-            &sock,
-        ],
-    );
+    let r = from("x/beside");
     r.assert_ok("subcgroup", 0);
     r.assert_ok("connect", 0);
     r.assert_ok("unix-connect", 0);
     // And outside every identity, the same operations succeed.
-    probe_outside(&["connect", "127.0.0.1", &s, "unix-connect", &sock]).assert_ok("connect", 0);
+    let out = probe_outside(&["connect", "127.0.0.1", &s, "unix-connect", &sock]);
+    out.assert_ok("connect", 0);
+    out.assert_ok("unix-connect", 0);
 }
