@@ -80,6 +80,10 @@ pub const FILE_REASON_RULES_BELOW: u32 = 5;
 /// from the initial mount namespace's root (a detached or cloned mount
 /// tree, another mount namespace's mounts). Denied (fail closed).
 pub const FILE_REASON_NO_HOST_PATH: u32 = 6;
+/// Landlock refused creating something in the directory `path` (a file,
+/// directory, link, device...): its audit record names the directory, not
+/// the new name. Judged like `FILE_REASON_OBSERVED`.
+pub const FILE_REASON_OBSERVED_CREATE: u32 = 7;
 
 /// `FileOpEvent::op`: which LSM hook refused.
 pub const FILE_OP_LINK_SOURCE: u32 = 1;

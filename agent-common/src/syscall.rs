@@ -82,7 +82,10 @@ pub struct LauncherEntry {
     /// The identity it launched: a launched process later assigned to
     /// another identity is that identity's assigned process.
     pub identity: u32,
-    pub _pad: u32,
+    /// The `SyscallPolicy::generation` its agent's filter was compiled
+    /// from: the daemon needs the host-wide observers for this agent only
+    /// if a hot syscall that policy allowed has been dropped since.
+    pub generation: u32,
     /// The launcher's start time in clock ticks since boot (USER_HZ, as
     /// `/proc/PID/stat` field 22 gives it).
     pub start_ticks: u64,

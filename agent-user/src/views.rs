@@ -49,6 +49,19 @@ pub struct LaunchPolicy {
 pub struct LaunchFiles {
     pub enforced_by: FilesLayer,
     pub policy: FilePolicy,
+    /// Present when the daemon reads Landlock's audit records.
+    pub audit: Option<LaunchAudit>,
+}
+
+/// What `corral run` does for the daemon's Landlock-audit observer: join
+/// `gid` (when the daemon names each refused process) before forking the
+/// agent, and name the child `token` before it restricts itself
+/// (`daemon::llaudit`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct LaunchAudit {
+    #[serde(default)]
+    pub gid: Option<u32>,
+    pub token: String,
 }
 
 impl TryFrom<serde_json::Value> for LaunchFiles {
@@ -57,6 +70,10 @@ impl TryFrom<serde_json::Value> for LaunchFiles {
     fn try_from(v: serde_json::Value) -> Result<Self, Self::Error> {
         Ok(LaunchFiles {
             enforced_by: serde_json::from_value(v["enforced_by"].clone())?,
+            audit: match v.get("audit") {
+                Some(a) if !a.is_null() => Some(serde_json::from_value(a.clone())?),
+                _ => None,
+            },
             policy: serde_json::from_value(v)?,
         })
     }

@@ -307,10 +307,17 @@ fn enforce_rounds_learn_files_under_landlock() {
         !added.iter().any(|a| a.to_string().contains("other")),
         "{added:?}"
     );
+    // Landlock's audit records name a create by its directory only: the
+    // three writes into out/ are then one operation.
+    let audit_records = d.mechanism("files")["detail"]
+        .as_str()
+        .unwrap_or("")
+        .contains("Landlock audit records");
+    let ops = if audit_records { 15 } else { 17 };
     let r = &v["replay"];
     assert_eq!(
         (r["allowed"].as_u64(), r["operations"].as_u64()),
-        (Some(17), Some(17)),
+        (Some(ops), Some(ops)),
         "{r}"
     );
 

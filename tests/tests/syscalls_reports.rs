@@ -118,3 +118,53 @@ fn reports_made_while_the_daemon_is_down_arrive_after_the_restart() {
     assert_syscall_event(&ev, "later", pid, ("kcmp", NR_KCMP), "kernel", "deny");
     assert_eq!(probe.finish().code, Some(0));
 }
+
+/// A long-running agent launched under the live policy needs no observer;
+/// once its policy drops a hot syscall its filter still passes in the
+/// kernel, only the observers can see that call, so they attach, report
+/// it, and detach when the agent is gone.
+#[test]
+fn observers_attach_only_when_a_running_agents_filter_is_out_of_date() {
+    if !is_root() {
+        skip("needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let go = tmp.path().join("go");
+    let p = syscall_policy(
+        "long",
+        "enforce",
+        "allow = [\"@default\"]\ndeny = [\"kcmp\"]",
+    );
+    let (d, tail) = Daemon::start_tailed("long", &p);
+    let mut probe = d.spawn_probe_as(
+        "long",
+        &["pid", "wait-file", path_str(&go), "sys", "getppid"],
+    );
+    let pid = probe.next_step("pid")["pid"].as_u64().expect("pid");
+    // The daemon re-checks every 50 ms: ten rounds with the agent running.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !observers_attached(&d),
+        "an agent launched under the live policy needs no host-wide observer"
+    );
+    let g = d.generation();
+    let dropped = syscall_policy(
+        "long",
+        "enforce",
+        "allow = [\"@default\"]\ndeny = [\"kcmp\", \"getppid\"]",
+    );
+    d.write_policy("long", &dropped);
+    d.wait_generation_past(g, Duration::from_secs(10));
+    wait_for(Duration::from_secs(10), "the observers to attach", || {
+        observers_attached(&d).then_some(())
+    });
+    touch(&go);
+    let ev = tail.expect(|e| is_syscall(e, "getppid"));
+    assert_eq!(ev["pid"].as_u64(), Some(pid), "{ev:#}");
+    assert_eq!(ev["identity"], "long", "{ev:#}");
+    probe.finish();
+    wait_for(Duration::from_secs(10), "the observers to detach", || {
+        (!observers_attached(&d)).then_some(())
+    });
+}

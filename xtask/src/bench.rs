@@ -32,7 +32,8 @@ struct Bench<'a> {
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Only this part: `connect`, `files`, `syscall` or `lease`.
+    /// Only this part: `connect`, `files`, `syscall`, `lease`, `host` or
+    /// `agent`.
     only: Option<String>,
     /// A `corral` binary (e.g. built from an earlier commit) whose lease
     /// numbers are measured beside this tree's.
@@ -59,9 +60,9 @@ pub fn run(ws: &Path, args: &BenchArgs) -> Result<()> {
     if let Some(o) = args
         .only
         .as_deref()
-        .filter(|o| !["connect", "files", "syscall", "lease", "host"].contains(o))
+        .filter(|o| !["connect", "files", "syscall", "lease", "host", "agent"].contains(o))
     {
-        bail!("unknown bench part `{o}`: connect, files, syscall, lease or host");
+        bail!("unknown bench part `{o}`: connect, files, syscall, lease, host or agent");
     }
     if part("lease") {
         let r = crate::bench_lease::run(ws, args.lease_baseline.as_deref())?;
@@ -80,10 +81,11 @@ pub fn run(ws: &Path, args: &BenchArgs) -> Result<()> {
         println!("\n{report}");
     }
     type Table = fn(&Path) -> Result<String>;
-    let tables: [(&str, Table); 3] = [
+    let tables: [(&str, Table); 4] = [
         ("files", crate::bench_files::run),
         ("syscall", crate::bench_syscall::run),
         ("host", crate::bench_host::run),
+        ("agent", crate::bench_agent::run),
     ];
     for (name, run) in tables {
         if part(name) {

@@ -77,6 +77,21 @@ impl Env {
         )?)?)
     }
 
+    /// The `files` line of `corral status`: which layer enforces `[files]`
+    /// and how their denials are observed.
+    pub fn files_detail(&self) -> String {
+        self.status()
+            .ok()
+            .and_then(|st| {
+                st["daemon"]["mechanisms"].as_array().and_then(|m| {
+                    m.iter()
+                        .find(|m| m["name"] == "files")
+                        .and_then(|m| m["detail"].as_str().map(str::to_string))
+                })
+            })
+            .unwrap_or_default()
+    }
+
     /// `corral policy apply`, and how long it took.
     pub fn apply(&self) -> Result<Duration> {
         let t = Instant::now();
@@ -122,6 +137,15 @@ impl Env {
             .stdout(Stdio::null())
             .status();
     }
+}
+
+/// Paired rounds per table: `CORRAL_BENCH_ROUNDS`, default 7.
+pub fn rounds() -> usize {
+    std::env::var("CORRAL_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7)
+        .max(1)
 }
 
 /// Runs `f` while `daemon` is up, then stops it whatever `f` returned.

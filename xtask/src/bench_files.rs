@@ -2,10 +2,13 @@
 //! open()+close() (Landlock in the process, the denial observer on every
 //! syscall), each scenario beside a no-Corral baseline from the same run.
 //!
-//! Three daemons run one after the other: without the observer
+//! Four daemons run one after the other: without the observer
 //! (`CORRAL_NO_FILE_OBSERVER=1`), so Landlock's own cost and the observer's
-//! separate cleanly; with it (per-syscall tracepoints); and with its tp_btf
-//! fallback forced (`CORRAL_FILE_OBSERVER_BTF=1`), which every syscall pays.
+//! separate cleanly; with Landlock's audit records (the default where the
+//! kernel has them: nothing host-wide, the agent keeps an audit context);
+//! with per-syscall tracepoints (`CORRAL_FILE_OBSERVER=tracepoints`, the
+//! form where it has not); and with their tp_btf fallback forced
+//! (`CORRAL_FILE_OBSERVER_BTF=1`), which every syscall pays.
 
 use std::{
     fmt::Write as _,
@@ -14,7 +17,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use serde_json::Value;
 
 use crate::{
     bench_env::{self, Env, RUNS, median},
@@ -95,12 +97,16 @@ impl Bench<'_> {
     }
 
     /// Runs `f` with a daemon up, then stops it and unloads what it left
-    /// (whatever `f` returned). `observer`: "none", "tracepoints" (the
-    /// default form) or "btf" (the tp_btf fallback, forced).
+    /// (whatever `f` returned). `observer`: "none", "audit" (the default
+    /// form), "tracepoints" or "btf" (the tp_btf fallback, forced).
     fn with_daemon(&self, log: &str, observer: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
         let env: &[(&str, &str)] = match observer {
             "none" => &[("CORRAL_NO_FILE_OBSERVER", "1")],
-            "btf" => &[("CORRAL_FILE_OBSERVER_BTF", "1")],
+            "tracepoints" => &[("CORRAL_FILE_OBSERVER", "tracepoints")],
+            "btf" => &[
+                ("CORRAL_FILE_OBSERVER", "tracepoints"),
+                ("CORRAL_FILE_OBSERVER_BTF", "1"),
+            ],
             _ => &[],
         };
         let log = self.env.tmp.join(log);
@@ -124,7 +130,6 @@ impl Bench<'_> {
     }
 
     fn all(&self) -> Result<String> {
-        let tmp = &self.env.tmp;
         let mut rows: Vec<(String, f64, f64)> = Vec::new();
         util::header("files: baseline, no corral loaded");
         let (bo, bs) = (self.opens(None)?, self.syscalls(None)?);
@@ -139,36 +144,39 @@ impl Bench<'_> {
             Ok(())
         })?;
 
-        util::header("files: daemon with the denial observer (per-syscall tracepoints)");
+        util::header("files: daemon reading Landlock's audit records");
+        let mut audit_denied_ns = None;
+        let mut audit_note = String::new();
+        self.with_daemon("daemon-audit.log", "audit", || {
+            let detail = self.env.files_detail();
+            if !detail.contains("Landlock audit records") {
+                audit_note = format!("audit records not used here: {detail}\n");
+                return Ok(());
+            }
+            rows.push(self.row("audit records, untagged", None)?);
+            rows.push(self.row("audit records, tagged, no [files]", Some("bench-nofiles"))?);
+            rows.push(self.row("audit records + Landlock ([files])", Some("bench-files"))?);
+            audit_denied_ns = Some(self.denied()?);
+            Ok(())
+        })?;
+
+        util::header("files: daemon with the tracepoint observer (per-syscall tracepoints)");
         let mut denied_ns = 0.0;
         self.with_daemon("daemon-b.log", "tracepoints", || {
-            let st = self.env.status()?;
-            let files = st["daemon"]["mechanisms"]
-                .as_array()
-                .and_then(|m| m.iter().find(|m| m["name"] == "files").cloned())
-                .unwrap_or(Value::Null);
-            if !files["detail"]
-                .as_str()
-                .unwrap_or("")
-                .contains("through the syscall observer")
-            {
+            let files = self.env.files_detail();
+            if !files.contains("through syscall tracepoints") {
                 bail!("the observer did not attach: {files}");
             }
-            rows.push(self.row("observer, untagged", None)?);
-            rows.push(self.row("observer, tagged, no [files]", Some("bench-nofiles"))?);
-            rows.push(self.row("observer + Landlock ([files])", Some("bench-files"))?);
-            let secret = tmp.join("secret");
-            denied_ns = self.measure(
-                Some("bench-files"),
-                &["open-loop", secret.to_str().expect("utf-8"), DENIED],
-                true,
-            )?;
+            rows.push(self.row("tracepoints, untagged", None)?);
+            rows.push(self.row("tracepoints, tagged, no [files]", Some("bench-nofiles"))?);
+            rows.push(self.row("tracepoints + Landlock ([files])", Some("bench-files"))?);
+            denied_ns = self.denied()?;
             Ok(())
         })?;
 
         util::header("files: the observer's tp_btf fallback (runs on every syscall)");
         self.with_daemon("daemon-c.log", "btf", || {
-            rows.push(self.row("observer (tp_btf fallback), untagged", None)?);
+            rows.push(self.row("tracepoints (tp_btf fallback), untagged", None)?);
             Ok(())
         })?;
 
@@ -181,11 +189,29 @@ impl Bench<'_> {
             (bo, bs),
             &rows,
         ));
+        s.push_str(&audit_note);
+        if let Some(ns) = audit_denied_ns {
+            let _ = writeln!(
+                s,
+                "refused open (Landlock EACCES + audit records): {ns:.0} ns ({:.2}x an allowed open)",
+                ns / bo
+            );
+        }
         let _ = writeln!(
             s,
-            "refused open (Landlock EACCES + observer event): {denied_ns:.0} ns ({:.2}x an allowed open)",
+            "refused open (Landlock EACCES + tracepoint event): {denied_ns:.0} ns ({:.2}x an allowed open)",
             denied_ns / bo
         );
         Ok(s)
+    }
+
+    /// ns per refused open of the secret, as the `[files]` identity.
+    fn denied(&self) -> Result<f64> {
+        let secret = self.env.tmp.join("secret");
+        self.measure(
+            Some("bench-files"),
+            &["open-loop", secret.to_str().expect("utf-8"), DENIED],
+            true,
+        )
     }
 }

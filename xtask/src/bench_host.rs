@@ -27,12 +27,22 @@ use crate::{
 };
 
 /// (workload, iterations per measurement, label).
-const WORKLOADS: [(&str, &str, &str); 4] = [
+pub const WORKLOADS: [(&str, &str, &str); 4] = [
     ("getppid", "2000000", "getppid loop"),
     ("open-read", "200000", "open+read+close (256 files)"),
     ("stat", "400000", "stat (256 files)"),
     ("tcp-loop", "4000", "loopback TCP connect"),
 ];
+
+/// A free loopback port below the ephemeral range (a server port inside
+/// it can collide with the clients' own TIME-WAIT sockets).
+pub fn low_port() -> Result<u16> {
+    let start = 20_000 + (std::process::id() % 10_000) as u16;
+    (start..32_000)
+        .chain(20_000..start)
+        .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .context("no free loopback port below 32000")
+}
 
 struct Bench<'a> {
     env: &'a Env,
@@ -43,16 +53,9 @@ struct Bench<'a> {
 /// Runs the host-cost table; returns its report. The caller has built the
 /// release binaries (`corral`, `corral-bench`).
 pub fn run(ws: &Path) -> Result<String> {
-    let rounds: usize = std::env::var("CORRAL_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(7)
-        .max(1);
+    let rounds = bench_env::rounds();
     bench_env::with_env(ws, "corral-bench-host", |env| {
-        let port = {
-            let l = TcpListener::bind("127.0.0.1:0")?;
-            l.local_addr()?.port()
-        };
+        let port = crate::bench_host::low_port()?;
         Bench {
             env,
             bench: fs::canonicalize(ws.join("target/release/corral-bench"))?,
@@ -107,26 +110,30 @@ impl Bench<'_> {
 
     /// Arm (b): a daemon with every section, and one confined agent
     /// running (`corral run` of `sleep`, with its launcher).
-    fn with_corral<T>(&self, round: usize, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    /// Also returns how the `[files]` denials were observed.
+    fn with_corral<T>(&self, round: usize, f: impl FnOnce() -> Result<T>) -> Result<(T, String)> {
         let log = self.env.tmp.join(format!("daemon-{round}.log"));
         let d = self
             .env
             .start_daemon(&log, &["--no-watch", "--ringbuf-size", "16M"], &[])?;
         let r = bench_env::while_running(d, || {
-            let agent = self.agent()?;
+            let sys = self.agent("hc-sys")?;
+            let files = self.agent("hc-files")?;
+            let observer = self.env.files_detail();
             let r = f();
-            stop(agent);
-            r
+            stop(sys);
+            stop(files);
+            Ok((r?, observer))
         });
         self.env.unload();
         r
     }
 
-    fn agent(&self) -> Result<Child> {
+    fn agent(&self, identity: &str) -> Result<Child> {
         Ok(self
             .env
             .corral()
-            .args(["run", "--identity", "hc-sys", "--", "sleep", "600"])
+            .args(["run", "--identity", identity, "--", "sleep", "600"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -138,15 +145,17 @@ impl Bench<'_> {
         // Per workload: (a) samples, (b) samples, per-round ratios.
         let n = WORKLOADS.len();
         let (mut a, mut b, mut ratios) = (vec![vec![]; n], vec![vec![]; n], vec![vec![]; n]);
+        let mut observer = String::new();
         for round in 0..rounds {
             util::header(&format!("host cost: round {}/{rounds}", round + 1));
-            let (ra, rb) = if round % 2 == 0 {
+            let (ra, (rb, obs)) = if round % 2 == 0 {
                 let ra = self.workloads()?;
                 (ra, self.with_corral(round, || self.workloads())?)
             } else {
                 let rb = self.with_corral(round, || self.workloads())?;
                 (self.workloads()?, rb)
             };
+            observer = obs;
             for i in 0..n {
                 a[i].push(ra[i]);
                 b[i].push(rb[i]);
@@ -156,7 +165,7 @@ impl Bench<'_> {
         let mut s = format!(
             "host cost: UNTAGGED processes, {rounds} paired rounds (A B / B A), ns per op\n\
              (a) no Corral; (b) Corral with [network], [files], [syscalls], [leases] identities \
-             and a running `corral run` agent\n"
+             and running `corral run` agents ([syscalls], [files])\n[files] here: {observer}\n"
         );
         let _ = writeln!(
             s,

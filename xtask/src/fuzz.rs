@@ -20,13 +20,21 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::util;
 
-pub const TARGETS: [&str; 5] = ["policy", "event_decode", "api", "lease_token", "btf"];
+pub const TARGETS: [&str; 6] = [
+    "policy",
+    "event_decode",
+    "api",
+    "lease_token",
+    "btf",
+    "audit_record",
+];
 /// Seconds per target in `cargo xtask test`.
 const SMOKE_SECS: u64 = 8;
 
 #[derive(clap::Args, Debug)]
 pub struct FuzzArgs {
-    /// Only this target (policy, event_decode, api, lease_token, btf).
+    /// Only this target (policy, event_decode, api, lease_token, btf,
+    /// audit_record).
     #[arg(long, value_name = "NAME")]
     pub target: Option<String>,
     /// Seconds per target.

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_agent;
 mod bench_audit;
 mod bench_env;
 mod bench_files;

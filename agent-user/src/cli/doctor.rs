@@ -114,6 +114,49 @@ fn mechanisms(checks: &mut Vec<Check>) {
             "not available".into()
         },
     });
+    checks.push(landlock_observer(abi));
+}
+
+/// How the Landlock fallback's denials would reach `corral tail`: from
+/// Landlock's own audit records (nothing host-wide), or else from syscall
+/// tracepoints that every syscall on the host pays for.
+fn landlock_observer(abi: i64) -> Check {
+    use crate::daemon::llaudit::{OBSERVED_GID, netlink::Control};
+    let status = (abi >= 7)
+        .then(|| Control::open().and_then(|mut c| c.status()))
+        .map(|r| r.map_err(|e| e.to_string()));
+    let (ok, detail) = match status {
+        Some(Ok(s)) => (
+            true,
+            format!(
+                "Landlock audit records (ABI {abi}; audit enabled={}, backlog_limit={}): no \
+                 host-wide hook. The daemon enables audit while it runs if it is off, with a \
+                 `task,never -F gid!={OBSERVED_GID}` rule so that only agents keep an audit \
+                 context",
+                s.enabled, s.backlog_limit
+            ),
+        ),
+        Some(Err(e)) => (
+            false,
+            format!(
+                "audit netlink unavailable ({e}): Landlock denials would be observed by syscall \
+                 tracepoints, which every syscall on this host pays for"
+            ),
+        ),
+        None => (
+            false,
+            format!(
+                "Landlock ABI {abi} writes no audit records (ABI 7, Linux 6.15+): Landlock \
+                 denials would be observed by syscall tracepoints, which every syscall on this \
+                 host pays for"
+            ),
+        ),
+    };
+    Check {
+        name: "Landlock denial observer",
+        ok,
+        detail,
+    }
 }
 
 /// What the kernel's own layout allows: kill mode, the terminal filter,

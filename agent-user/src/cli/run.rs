@@ -79,7 +79,14 @@ pub fn run(client: &Client, args: &RunArgs) -> anyhow::Result<u8> {
     if as_root {
         eprintln!("{}", root_warning(&args.identity, &policy));
     }
-    let mut cmd = command(args, user.as_ref(), procs.as_raw_fd(), confinement.clone());
+    let observed = join_observed_group(&policy);
+    let mut cmd = command(
+        args,
+        user.as_ref(),
+        observed,
+        procs.as_raw_fd(),
+        confinement.clone(),
+    );
     forward_signals()?;
     let mut child = cmd
         .spawn()
@@ -134,6 +141,7 @@ fn fetch(client: &Client, identity: &str) -> anyhow::Result<(PathBuf, LaunchPoli
 fn command(
     args: &RunArgs,
     user: Option<&User>,
+    observed: Option<libc::gid_t>,
     procs_fd: std::os::fd::RawFd,
     conf: Arc<Confinement>,
 ) -> Command {
@@ -144,7 +152,11 @@ fn command(
             .env("USER", &u.name)
             .env("LOGNAME", &u.name);
     }
-    let ids = user.map(|u| (u.uid.as_raw(), u.gid.as_raw(), groups_of(u)));
+    let ids = user.map(|u| {
+        let mut groups = groups_of(u);
+        groups.extend(observed);
+        (u.uid.as_raw(), u.gid.as_raw(), groups)
+    });
     // SAFETY: the closure only makes raw syscalls on pre-built data.
     unsafe {
         cmd.pre_exec(move || {
@@ -225,6 +237,29 @@ fn root_warning(identity: &str, policy: &LaunchPolicy) -> String {
          through AF_PACKET sockets, which network rules never see. Start agents with \
          --user USER."
     )
+}
+
+/// The daemon's audit observer names each refused process only if the
+/// agent was forked by a member of its group (`daemon::llaudit`): the
+/// launcher joins it before the fork, and the agent keeps it. The group
+/// owns no file, so membership grants nothing.
+fn join_observed_group(policy: &LaunchPolicy) -> Option<libc::gid_t> {
+    let want = policy.files.audit.as_ref()?.gid?;
+    let gid = nix::unistd::Gid::from_raw(want);
+    let mut groups = nix::unistd::getgroups().unwrap_or_default();
+    if !groups.contains(&gid) {
+        groups.push(gid);
+    }
+    match nix::unistd::setgroups(&groups) {
+        Ok(()) => Some(want),
+        Err(e) => {
+            eprintln!(
+                "corral: files: denials will carry the agent's first pid, not each process's: \
+                 joining group {want} needs root ({e})"
+            );
+            None
+        }
+    }
 }
 
 fn resolve_user(spec: &str) -> anyhow::Result<User> {

@@ -14,6 +14,9 @@ pub struct Capabilities {
     /// not. `None`: not wanted (BPF LSM reports file denials itself) or
     /// switched off (`CORRAL_NO_FILE_OBSERVER`).
     pub file_observer: Option<Result<String, String>>,
+    /// The observer when it reads Landlock's audit records (no host-wide
+    /// hook): launch tokens, and the audit status to put back on stop.
+    pub file_audit: Option<std::sync::Arc<super::llaudit::Setup>>,
     /// Corral's own paths, refused to every tagged process (written into
     /// each identity's file rules when BPF LSM enforces files).
     pub protected: Protected,
@@ -32,6 +35,7 @@ impl Capabilities {
         Capabilities {
             lsm: LsmReport::unavailable(why.to_string()),
             file_observer: None,
+            file_audit: None,
             protected: Protected::default(),
         }
     }

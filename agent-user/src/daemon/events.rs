@@ -154,13 +154,17 @@ pub async fn run(
                         if let Ok(raw) = Raw::decode(&bytes) {
                             let snap = snapshot.borrow().clone();
                             let clock = BootToWall::now();
-                            let ev = enrich(&raw, &snap, &clock, &mut cache, &mut cgroups);
+                            let mut ev = enrich(&raw, &snap, &clock, &mut cache, &mut cgroups);
+                            // The leases held then, like the kernel's events.
+                            if let Some(w) = &leases {
+                                w.observe(&mut ev, clock.wall(raw.hdr.ts_ns), raw.hdr.ts_ns);
+                            }
                             let _ = tx.send(Arc::new(ev));
                         }
                     }
-                    super::reports::Report::Lost(n) => {
-                        warn!(lost = n, "a launcher dropped reports while no daemon listened");
-                        let _ = tx.send(Arc::new(Event::lost(now_rfc3339(), n, "launcher")));
+                    super::reports::Report::Lost(n, source) => {
+                        warn!(lost = n, source, "events were lost before they reached the daemon");
+                        let _ = tx.send(Arc::new(Event::lost(now_rfc3339(), n, source)));
                     }
                 }
             }

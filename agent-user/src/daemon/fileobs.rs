@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use agent_common::file::{DIRFD_CWD, FILE_REASON_OBSERVED, FileEvent, LAYER_LANDLOCK};
+use agent_common::file::{
+    DIRFD_CWD, FILE_REASON_OBSERVED, FILE_REASON_OBSERVED_CREATE, FileEvent, LAYER_LANDLOCK,
+};
 
 use super::{
     capabilities::Capabilities,
@@ -32,8 +34,9 @@ pub fn complete(ev: &mut Event, x: &FileEvent, policy: Option<&IdentityPolicy>) 
         .then(|| std::fs::canonicalize(&path).ok())
         .flatten()
         .map(|p| p.display().to_string())
-        .filter(|r| *r != path);
-    if x.layer == LAYER_LANDLOCK && x.reason == FILE_REASON_OBSERVED {
+        .filter(|r| r != path.trim_end_matches('/'));
+    let create = x.reason == FILE_REASON_OBSERVED_CREATE;
+    if x.layer == LAYER_LANDLOCK && (x.reason == FILE_REASON_OBSERVED || create) {
         let judged = real.as_deref().unwrap_or(&path);
         let decided = policy
             .filter(|p| p.files.confined && judged.starts_with('/'))
@@ -50,6 +53,13 @@ pub fn complete(ev: &mut Event, x: &FileEvent, policy: Option<&IdentityPolicy>) 
         ev.rule = rule;
     }
     let mut info = event::file_info(x, path);
+    if create {
+        info.op = Some("create".into());
+        info.note = Some(
+            "creating in this directory: Landlock's audit record names the directory, not the new name"
+                .into(),
+        );
+    }
     if let Some(r) = real
         && info.note.is_none()
     {
@@ -145,7 +155,7 @@ pub fn mechanism(caps: &Capabilities) -> Mechanism {
     let abi = crate::sandbox::landlock::abi();
     let observer = match &caps.file_observer {
         Some(Ok(form)) => {
-            format!("denials reach `corral tail` through the syscall observer ({form})")
+            format!("denials reach `corral tail` through {form}")
         }
         Some(Err(e)) => format!("denials are NOT reported: the observer did not attach ({e})"),
         None => "denial observer not loaded".to_string(),

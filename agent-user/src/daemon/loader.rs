@@ -280,6 +280,18 @@ pub fn attach_sock_addr(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Res
     Ok(())
 }
 
+/// Removes the tracepoint observer's pinned links (the audit records
+/// observe instead).
+pub fn detach_fileobs(pin_dir: &Path) {
+    let dir = pin_dir.join("links").join("fileobs");
+    for (name, _) in maps::FILEOBS_PROGRAMS
+        .iter()
+        .chain(maps::FILEOBS_TP_PROGRAMS.iter())
+    {
+        let _ = fs::remove_file(dir.join(name));
+    }
+}
+
 /// Loads and attaches the Landlock-denial observer (see agent-ebpf
 /// `fileobs`), pinning its links under `<pin_dir>/links/fileobs` like the
 /// others. Preferred: one `syscalls:` tracepoint per observed syscall (other

@@ -17,6 +17,7 @@ mod hostcost;
 mod inspect;
 pub mod kernel;
 pub mod lease;
+pub mod llaudit;
 mod loader;
 mod lsm;
 mod mechanism;
@@ -50,6 +51,14 @@ pub use reload::compile_dir;
 pub use syscalls::task_offsets;
 pub use unix::kernel_support as unix_kernel_support;
 
+/// `corral daemon --landlock-pids`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LandlockPids {
+    #[default]
+    Process,
+    Session,
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct DaemonArgs {
     /// Directory of policy files, one identity per `*.toml`.
@@ -72,6 +81,12 @@ pub struct DaemonArgs {
     pub ringbuf_size: u32,
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Where Landlock's audit records report the Landlock fallback's
+    /// denials: `process` names each refused process (agents keep an audit
+    /// context: ~+200 ns on each of their syscalls); `session` names the
+    /// process that started the agent, and agents pay nothing for it.
+    #[arg(long, value_enum, default_value_t = LandlockPids::Process)]
+    pub landlock_pids: LandlockPids,
     /// Detach programs and remove pins and empty cgroups on exit. Without
     /// it, enforcement stays in force while the daemon is down (restart,
     /// upgrade) — the default for a service.

@@ -27,8 +27,8 @@ use tracing::{debug, warn};
 pub enum Report {
     /// A `SyscallEvent` record, as the ring buffer would hold it.
     Event(Vec<u8>),
-    /// Reports a launcher dropped while no daemon listened.
-    Lost(u64),
+    /// Events a source (`launcher`, `landlock-audit`) could not deliver.
+    Lost(u64, &'static str),
 }
 
 /// The report socket, beside the daemon's state.
@@ -99,7 +99,7 @@ fn serve(sock: &UnixDatagram, launchers: &Path, tx: &mpsc::Sender<Report>) {
             continue;
         }
         if r.lost > 0 {
-            let _ = tx.blocking_send(Report::Lost(r.lost.into()));
+            let _ = tx.blocking_send(Report::Lost(r.lost.into(), "launcher"));
         }
         let ev = &r.event;
         // SAFETY: `SyscallEvent` is repr(C) plain data.

@@ -28,7 +28,7 @@ use super::{
     capabilities::Capabilities,
     compile_dir, conn, dns, enforcer, events, hostcost, lease,
     lease::Leases,
-    loader, lsm,
+    llaudit, loader, lsm,
     mechanism::{Mechanism, MechanismState},
     metrics, otlp, reload, reports,
     snapshot::Snapshot,
@@ -123,6 +123,25 @@ impl Kernel {
     }
 }
 
+/// Landlock's audit records as the file observer, where this host has
+/// them; otherwise the reason, loudly, and the tracepoints take over.
+fn file_audit(args: &DaemonArgs) -> Option<Arc<llaudit::Setup>> {
+    if std::env::var("CORRAL_FILE_OBSERVER").is_ok_and(|v| v == "tracepoints") {
+        return None;
+    }
+    let per_process = args.landlock_pids == super::LandlockPids::Process;
+    match llaudit::Setup::start(&args.state_dir, per_process) {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) => {
+            warn!(
+                "Landlock audit records unavailable ({e}): observing Landlock denials with syscall \
+                 tracepoints, which every syscall on this host pays for"
+            );
+            None
+        }
+    }
+}
+
 /// BPF LSM (optional: the report says loudly what this kernel could not
 /// run), the Landlock-denial observer where BPF LSM does not report file
 /// denials itself, and the protected paths.
@@ -130,19 +149,29 @@ fn capabilities(args: &DaemonArgs, ebpf: &mut aya::Ebpf) -> Capabilities {
     let lsm_report = lsm::load_and_attach(ebpf, &args.pin_dir);
     lsm::log_report(&lsm_report);
     // `CORRAL_NO_FILE_OBSERVER=1` leaves the observer out (benchmarks
-    // measure Landlock alone with it).
-    let file_observer = (!lsm_report.files_enforced()
-        && std::env::var_os("CORRAL_NO_FILE_OBSERVER").is_none())
-    .then(|| {
-        let r = hostcost::attach_measured(hostcost::Hook::FileObserver, || {
-            loader::attach_fileobs(ebpf, &args.pin_dir)
-        });
-        if let Err(e) = &r {
-            warn!(
-                "file denial observer not attached: Landlock denials will not reach `corral tail`: {e}"
-            );
+    // measure Landlock alone with it); `CORRAL_FILE_OBSERVER=tracepoints`
+    // skips the audit records (benchmarks compare the two).
+    let wanted =
+        !lsm_report.files_enforced() && std::env::var_os("CORRAL_NO_FILE_OBSERVER").is_none();
+    let file_audit = wanted.then(|| file_audit(args)).flatten();
+    let file_observer = wanted.then(|| match &file_audit {
+        Some(a) => {
+            // Tracepoint links a daemon before this one pinned would still
+            // make every syscall on the host pay.
+            loader::detach_fileobs(&args.pin_dir);
+            Ok(a.form())
         }
-        r.map(str::to_string).map_err(|e| e.to_string())
+        None => {
+            let r = hostcost::attach_measured(hostcost::Hook::FileObserver, || {
+                loader::attach_fileobs(ebpf, &args.pin_dir)
+            });
+            if let Err(e) = &r {
+                warn!(
+                    "file denial observer not attached: Landlock denials will not reach `corral tail`: {e}"
+                );
+            }
+            r.map(str::to_string).map_err(|e| e.to_string())
+        }
     });
     // By real path: the kernel judges resolved paths.
     let real = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or(p.clone());
@@ -150,6 +179,7 @@ fn capabilities(args: &DaemonArgs, ebpf: &mut aya::Ebpf) -> Capabilities {
     Capabilities {
         lsm: lsm_report,
         file_observer,
+        file_audit,
         protected: lsm::builtin::Protected::new(
             &real(&args.state_dir),
             &real(&args.policy_dir),
@@ -204,6 +234,17 @@ impl Kernel {
         // Launchers' reports of what they refuse, into the same pipeline as
         // the kernel's events.
         let (report_tx, report_rx) = mpsc::channel(4096);
+        if let Some(a) = &self.caps.file_audit
+            && let Some(fd) = a.take_listener()
+        {
+            tokio::spawn(llaudit::observe::run(
+                a.clone(),
+                fd,
+                report_tx.clone(),
+                self.snapshot.clone(),
+                self.facts.cg_root.clone(),
+            ));
+        }
         if let Err(e) = reports::start(&args.state_dir, &args.pin_dir, report_tx) {
             warn!(
                 "launcher report socket unavailable ({e}): syscalls refused by `corral run` launchers are not reported"
@@ -298,6 +339,8 @@ pub struct Serving {
     socket: PathBuf,
     lease_socket: PathBuf,
     parent: PathBuf,
+    /// Put back what the audit observer changed on the host.
+    file_audit: Option<Arc<llaudit::Setup>>,
 }
 
 impl Running {
@@ -330,6 +373,7 @@ impl Running {
             mechanisms,
         };
         let listener = super::bind_socket(&socket, args.socket_group.as_deref())?;
+        let file_audit = self.caps.file_audit.clone();
         let ctx = Arc::new(api::Ctx {
             enforcer: self.cmd_tx,
             snapshot: self.snapshot,
@@ -364,6 +408,7 @@ impl Running {
             socket,
             lease_socket,
             parent,
+            file_audit,
         })
     }
 }
@@ -441,6 +486,9 @@ impl Serving {
     ) -> anyhow::Result<()> {
         super::sd_notify("STOPPING=1");
         self.server.abort();
+        if let Some(a) = &self.file_audit {
+            a.restore();
+        }
         // The event reader hands over what it already took from the ring
         // (the rest stays there for the next daemon), then the log is sealed.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -30,17 +30,36 @@ pub struct Confined {
     pub value: SyscallPolicy,
 }
 
+/// What an identity's policies allowed, by generation, as far as this
+/// daemon has written them (`Syscalls::sync`).
+pub type Served = HashMap<(u32, u32), [u64; agent_common::syscall::BITMAP_WORDS]>;
+
 /// Why the observers are needed, or `None`.
-pub fn why(confined: &[Confined], launchers: &HashMap<u32, LauncherEntry>) -> Option<String> {
+pub fn why(
+    confined: &[Confined],
+    launchers: &HashMap<u32, LauncherEntry>,
+    served: &Served,
+) -> Option<String> {
     let hot = hot_set().union(&always_allowed());
     for c in confined {
         let allowed = SyscallSet(c.value.allow);
-        let dropped_hot = hot.iter().any(|nr| !allowed.contains(nr));
+        // Only what the agent's own filter passes in the kernel: the hot
+        // syscalls its launch-time policy allowed. A launch whose policy
+        // this daemon never wrote (it started since) counts every hot
+        // syscall the live policy lacks.
+        let dropped_hot = |generation: u32| {
+            if generation == c.value.generation {
+                return false;
+            }
+            let launched = served.get(&(c.id, generation)).map(|a| SyscallSet(*a));
+            hot.iter()
+                .any(|nr| launched.as_ref().is_none_or(|l| l.contains(nr)) && !allowed.contains(nr))
+        };
         for cg in &c.cgroups {
             for pid in procs(cg) {
                 match launcher_of(pid, launchers) {
-                    Some(id) if id == c.id => {
-                        if dropped_hot {
+                    Some((id, generation)) if id == c.id => {
+                        if dropped_hot(generation) {
                             return Some(format!(
                                 "an agent of identity #{} runs with hot syscalls its policy no \
                                  longer allows",
@@ -85,9 +104,10 @@ fn procs(cg: &Path) -> Vec<u32> {
     out
 }
 
-/// The identity of the live launcher among `pid`'s parents (as the kernel
-/// side's `launched` walks them: same tgid, same start tick).
-fn launcher_of(pid: u32, launchers: &HashMap<u32, LauncherEntry>) -> Option<u32> {
+/// The identity (and policy generation) of the live launcher among `pid`'s
+/// parents (as the kernel side's `launched` walks them: same tgid, same
+/// start tick).
+fn launcher_of(pid: u32, launchers: &HashMap<u32, LauncherEntry>) -> Option<(u32, u32)> {
     let mut p = pid;
     for _ in 0..LAUNCHER_MAX_DEPTH {
         let parent = ppid(p)?;
@@ -96,7 +116,7 @@ fn launcher_of(pid: u32, launchers: &HashMap<u32, LauncherEntry>) -> Option<u32>
         }
         if let Some(e) = launchers.get(&parent) {
             return (crate::sandbox::launcher_mark::start_ticks(parent) == Some(e.start_ticks))
-                .then_some(e.identity);
+                .then_some((e.identity, e.generation));
         }
         p = parent;
     }

@@ -159,6 +159,10 @@ pub fn value_for(l: &LiveIdentity) -> SyscallPolicy {
     }
 }
 
+/// Bound on the remembered allow sets; past it they are forgotten, and
+/// agents launched before count as unknown (observers attached).
+const SERVED_MAX: usize = 4096;
+
 /// Syscall state the enforcer owns beside the `Ebpf` object.
 pub struct Syscalls {
     pin_dir: PathBuf,
@@ -174,6 +178,9 @@ pub struct Syscalls {
     unix_enforced: bool,
     /// When dead launchers' marks were last removed.
     last_prune: Option<std::time::Instant>,
+    /// The allow sets written, by (identity, generation): what a running
+    /// agent's filter was compiled from.
+    served: super::syscall_need::Served,
 }
 
 impl Syscalls {
@@ -195,6 +202,7 @@ impl Syscalls {
             kill_capable: seccomp_mode_offset() != 0,
             unix_enforced: true,
             last_prune: None,
+            served: Default::default(),
         }
     }
 
@@ -231,6 +239,10 @@ impl Syscalls {
             if m.get(&l.id, 0).ok() != Some(want) {
                 m.insert(l.id, want, 0)?;
             }
+            if self.served.len() >= SERVED_MAX {
+                self.served.clear();
+            }
+            self.served.insert((l.id, want.generation), want.allow);
         }
         let stale: Vec<u32> = m
             .keys()
@@ -274,7 +286,7 @@ impl Syscalls {
                 .and_then(|m| BpfHashMap::<_, u32, LauncherEntry>::try_from(m).ok())
                 .map(|m| m.iter().filter_map(Result::ok).collect())
                 .unwrap_or_default();
-            super::syscall_need::why(&confined, &launchers)
+            super::syscall_need::why(&confined, &launchers, &self.served)
         };
         if why.is_some() && !self.attached {
             info!(

@@ -361,6 +361,50 @@ struct PathBeneathAttr {
 pub struct Landlock {
     ruleset: OwnedFd,
     pub notes: Vec<String>,
+    /// The daemon's launch token (`daemon::llaudit`), set as the child's
+    /// name before `landlock_restrict_self` so the domain's audit records
+    /// name the identity; `None` where the daemon reads no audit records.
+    audit_token: Option<std::ffi::CString>,
+}
+
+/// `LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON`: denials after `execve` are
+/// logged too (by default only the image that restricted itself is).
+pub const LOG_NEW_EXEC_ON: u32 = 2;
+
+/// A ruleset that refuses every file read (the daemon's self-test).
+pub fn empty_ruleset() -> io::Result<OwnedFd> {
+    create_ruleset(1 << 2)
+}
+
+/// `landlock_create_ruleset` handling `handled` file rights, no rule yet.
+fn create_ruleset(handled: u64) -> io::Result<OwnedFd> {
+    let attr = RulesetAttr {
+        handled_access_fs: handled,
+    };
+    // SAFETY: a valid attr of the size given.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            &attr as *const RulesetAttr,
+            size_of::<RulesetAttr>(),
+            0u32,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd (O_CLOEXEC) nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `landlock_restrict_self` for the calling thread. No allocation.
+pub fn restrict_thread(ruleset: &OwnedFd, flags: u32) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    let rc = unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), flags) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Landlock {
@@ -374,24 +418,8 @@ impl Landlock {
             );
         }
         let handled = handled_rights(abi);
-        let attr = RulesetAttr {
-            handled_access_fs: handled,
-        };
-        // SAFETY: a valid attr of the size given.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_landlock_create_ruleset,
-                &attr as *const RulesetAttr,
-                size_of::<RulesetAttr>(),
-                0u32,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error())
-                .map_err(|e| anyhow::anyhow!("landlock_create_ruleset: {e}"));
-        }
-        // SAFETY: a fresh fd (O_CLOEXEC) nobody else owns.
-        let ruleset = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let ruleset =
+            create_ruleset(handled).map_err(|e| anyhow::anyhow!("landlock_create_ruleset: {e}"))?;
         let plan = plan(files)?;
         for g in &plan.grants {
             let Ok(obj) = open_real(&g.path) else {
@@ -427,23 +455,19 @@ impl Landlock {
         Ok(Landlock {
             ruleset,
             notes: plan.notes,
+            audit_token: None,
         })
     }
 
     /// In the child, after `no_new_privs`: no allocation.
     pub fn restrict_self(&self) -> io::Result<()> {
-        // SAFETY: plain syscall on a valid fd.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_landlock_restrict_self,
-                self.ruleset.as_raw_fd(),
-                0u32,
-            )
+        let Some(token) = &self.audit_token else {
+            return restrict_thread(&self.ruleset, 0);
         };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        // SAFETY: a valid C string; the name is reset by the execve that
+        // follows.
+        unsafe { libc::prctl(libc::PR_SET_NAME, token.as_ptr()) };
+        restrict_thread(&self.ruleset, LOG_NEW_EXEC_ON)
     }
 }
 
@@ -456,7 +480,13 @@ pub fn prepare(files: &crate::views::LaunchFiles) -> anyhow::Result<Option<Landl
     if !files.policy.confined || files.enforced_by != crate::views::FilesLayer::Landlock {
         return Ok(None);
     }
-    let ll = Landlock::build(&files.policy)?;
+    let mut ll = Landlock::build(&files.policy)?;
+    // The log flags need ABI 7; the daemon offers a token only then.
+    ll.audit_token = files
+        .audit
+        .as_ref()
+        .filter(|_| abi() >= 7)
+        .and_then(|a| std::ffi::CString::new(a.token.as_str()).ok());
     for n in &ll.notes {
         eprintln!("corral: files: {n}");
     }

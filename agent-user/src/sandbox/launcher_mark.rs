@@ -55,13 +55,18 @@ fn bpf(cmd: libc::c_long, attr: &ElemAttr) -> io::Result<()> {
 }
 
 impl LauncherMark {
-    /// Registers this process as the launcher of `identity_id`.
-    pub fn register(map_path: &Path, identity_id: u32) -> io::Result<LauncherMark> {
+    /// Registers this process as the launcher of `identity_id`, whose
+    /// filter is compiled from the policy of `generation`.
+    pub fn register(
+        map_path: &Path,
+        identity_id: u32,
+        generation: u32,
+    ) -> io::Result<LauncherMark> {
         let map = super::supervisor::obj_get_rw(map_path, true)?;
         let tgid = outer_tgid().unwrap_or_else(std::process::id);
         let entry = LauncherEntry {
             identity: identity_id,
-            _pad: 0,
+            generation,
             start_ticks: start_ticks(tgid)
                 .ok_or_else(|| io::Error::other("cannot read this process's start time"))?,
         };

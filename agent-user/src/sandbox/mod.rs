@@ -12,7 +12,7 @@
 //!
 //! Each mechanism lives in its own module and adds one field here.
 
-mod cbpf;
+pub(crate) mod cbpf;
 pub mod landlock;
 pub mod launcher_mark;
 pub mod report;

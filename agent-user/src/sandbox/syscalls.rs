@@ -72,7 +72,7 @@ pub fn prepare(
     Ok(Some(SyscallConfinement {
         filter,
         handshake,
-        _mark: launcher_mark(&map_path, id),
+        _mark: launcher_mark(&map_path, id, value.generation),
     }))
 }
 
@@ -121,9 +121,10 @@ fn live_policy(
 fn launcher_mark(
     map_path: &std::path::Path,
     id: u32,
+    generation: u32,
 ) -> Option<super::launcher_mark::LauncherMark> {
     let marks = map_path.with_file_name(agent_common::maps::SC_LAUNCHERS);
-    match super::launcher_mark::LauncherMark::register(&marks, id) {
+    match super::launcher_mark::LauncherMark::register(&marks, id, generation) {
         Ok(m) => Some(m),
         Err(e) => {
             // An older daemon has no such map: its observers go by the

@@ -111,6 +111,11 @@ fn host_workload(op: &str, port: u16, iters: usize) -> Option<String> {
     };
     let listener = (op == "tcp-loop").then(|| {
         let l = TcpListener::bind(("127.0.0.1", port)).expect("listen");
+        // A backlog that holds the whole loop: when the accepting thread
+        // is not scheduled in time, a full queue drops SYNs, and their
+        // one-second retransmits would be most of what is measured.
+        // SAFETY: listen(2) again on our own socket only resizes its queue.
+        unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), 8192) };
         let l2 = l.try_clone().expect("clone");
         std::thread::spawn(move || {
             for c in l2.incoming() {
@@ -130,7 +135,26 @@ fn host_workload(op: &str, port: u16, iters: usize) -> Option<String> {
             "open-read" => std::fs::File::open(&files[i % files.len()])
                 .and_then(|mut f| std::io::Read::read(&mut f, &mut buf))
                 .is_ok(),
-            "tcp-loop" => TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            // Closed with a reset (linger 0): thousands of connects per
+            // run would otherwise fill the port range with TIME-WAIT
+            // sockets and slow later runs' connects, whichever arm.
+            "tcp-loop" => TcpStream::connect(("127.0.0.1", port)).is_ok_and(|c| {
+                let l = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                // SAFETY: a valid linger struct on a live socket.
+                unsafe {
+                    libc::setsockopt(
+                        std::os::fd::AsRawFd::as_raw_fd(&c),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&l as *const libc::linger).cast(),
+                        size_of::<libc::linger>() as u32,
+                    )
+                };
+                true
+            }),
             _ => return None,
         };
         errors += usize::from(!ok);

@@ -179,6 +179,14 @@ pub fn policy_json(v: &IdentityView, sections: Sections, caps: &Capabilities) ->
     }
     if sections.has("files") {
         out["files"] = crate::daemon::fileobs::files_json(p, caps.files_lsm());
+        if let Some(a) = &caps.file_audit
+            && out["files"]["enforced_by"] == "landlock"
+        {
+            out["files"]["audit"] = json!({
+                "gid": a.launch_gid(),
+                "token": a.tokens.issue(v.id),
+            });
+        }
         // Corral's own ground, refused to every identity where BPF LSM
         // runs (`bpf lsm: files`), whatever its rules say.
         out["protected_paths"] = json!(caps.protected.list());

@@ -331,7 +331,10 @@ fn place(
     // Under Landlock, a rule names what exists at launch: a file the agent
     // creates is allowed by a rule on its directory.
     let create = absent && access & ACCESS_WRITE != 0 && !cx.files_lsm;
-    let target = if create {
+    let target = if create && path.ends_with('/') {
+        // Already the directory (a Landlock create names only that).
+        path.to_string()
+    } else if create {
         parent_dir(path)
     } else {
         path.to_string()

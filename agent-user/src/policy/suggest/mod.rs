@@ -331,6 +331,18 @@ fn want_of(ev: &Event, real: RealPath<'_>) -> Result<Want, Refusal> {
         } else {
             real(&f.path)
         };
+        // Landlock refused creating something in a directory (its record
+        // names the directory only): a rule on the directory allows it.
+        if f.layer == "landlock"
+            && f.op.as_deref() == Some("create")
+            && let Some((dir, true)) = &resolved
+        {
+            return Ok(Want::File {
+                path: format!("{}/", dir.trim_end_matches('/')),
+                access,
+                absent: true,
+            });
+        }
         let Some((path, exists)) = resolved else {
             return Err(aside(
                 what(),
