@@ -85,6 +85,9 @@ pub struct Setup {
     pub selftest: Duration,
     /// Launchers join `OBSERVED_GID` (`--landlock-pids process`).
     pub per_process: bool,
+    /// `restore` ran (at shutdown, or on drop when the start-up failed
+    /// after audit was turned on).
+    restored: std::sync::atomic::AtomicBool,
     /// A host rule (`-a task,never`) gives no process an audit context:
     /// denials then carry the pid that started the agent, not each one's.
     pub no_contexts: bool,
@@ -155,6 +158,7 @@ impl Setup {
             selftest: Duration::ZERO,
             no_contexts,
             per_process,
+            restored: Default::default(),
         };
         match selftest(&listener, state_dir) {
             Ok(took) => setup.selftest = took,
@@ -231,6 +235,12 @@ impl Setup {
     /// Puts back what this daemon changed (audit on, the backlog); the
     /// task rule stays (see the module comment).
     pub fn restore(&self) {
+        if self
+            .restored
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
         let mut kept: Vec<_> = self
             .domains()
             .iter()
@@ -268,6 +278,14 @@ impl Setup {
             }
             Err(e) => warn!("restoring the audit status: {e}"),
         }
+    }
+}
+
+impl Drop for Setup {
+    /// A daemon whose start-up failed after this (a tagged cgroup of its
+    /// own, a policy error) leaves the host's audit status as it found it.
+    fn drop(&mut self) {
+        self.restore();
     }
 }
 

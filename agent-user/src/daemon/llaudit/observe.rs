@@ -214,21 +214,31 @@ impl Observer {
 
     /// The identity of a new domain: the launch token its creator carried,
     /// accepted once; otherwise (a domain an agent made for itself) the
-    /// creator's cgroup, while it lives.
+    /// creator's cgroup, while it lives. A live creator in another
+    /// identity's cgroup than its token names is judged by the cgroup: a
+    /// token read from another launch's `/proc/PID/comm` in the instant it
+    /// is set cannot lend an agent's own domain another identity.
     fn bind(&mut self, comm: &str, creator: u32) -> Option<u32> {
+        let by_cgroup = self.identity_of(creator);
         if let Some(id) = self.setup.tokens.verify(comm) {
             if self.used.len() >= TOKENS_KEPT {
                 self.used.clear();
             }
-            if self.used.insert(comm.to_string()) {
+            if by_cgroup.is_some_and(|c| c != id) {
+                warn!(
+                    comm,
+                    "a launch token used outside its identity's cgroup: judged by the cgroup"
+                );
+            } else if self.used.insert(comm.to_string()) {
                 return Some(id);
+            } else {
+                warn!(
+                    comm,
+                    "a launch token was used twice: the second domain is judged by its cgroup"
+                );
             }
-            warn!(
-                comm,
-                "a launch token was used twice: the second domain is judged by its cgroup"
-            );
         }
-        self.identity_of(creator)
+        by_cgroup
     }
 
     fn cgroup_of(&self, pid: u32) -> Option<PathBuf> {
