@@ -225,3 +225,58 @@ fn stop_restores_audit_and_a_restart_counts_what_it_missed() {
     let lost = tail.expect(|e| e["kind"] == "lost" && e["lost"]["source"] == "landlock-audit");
     assert_eq!(lost["lost"]["count"], 2, "{lost:#}");
 }
+
+/// An agent that can read another identity's launch token (here from the
+/// API, as a client of the daemon) names itself with it and stacks a
+/// Landlock domain of its own: its refusal is still its own identity's,
+/// judged by its cgroup, never the token's identity. Root and not.
+#[test]
+fn a_borrowed_launch_token_does_not_lend_another_identity() {
+    let t = tree();
+    let Some(d) = daemon(&[
+        ("ll-mine", &policy("ll-mine", &t)),
+        ("ll-other", &policy("ll-other", &t)),
+    ]) else {
+        return;
+    };
+    // A non-root agent must pass DAC to reach Landlock at all.
+    use std::os::unix::fs::PermissionsExt as _;
+    for dir in [t.root.clone(), t.root.join("kb")] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let doc = t.p("kb/doc");
+    for user in [None, Some("nobody")] {
+        let (code, v) = d.api("GET", "/v1/policy/ll-other?sections=files", None);
+        assert_eq!(code, 200, "{v}");
+        let token = v["files"]["audit"]["token"]
+            .as_str()
+            .expect("a launch token")
+            .to_string();
+        let tail = d.tail(Some("ll-mine"));
+        // kb/doc is allowed to ll-mine: only the agent's own domain refuses.
+        let steps = [
+            "pid",
+            "sandbox-self",
+            &token,
+            "open",
+            &doc,
+            "r",
+            "sleep",
+            "1",
+        ];
+        let run = match user {
+            None => d.probe_as("ll-mine", &steps),
+            Some(u) => d.probe_as_user("ll-mine", u, &steps),
+        };
+        run.assert_ok("sandbox-self", 0);
+        run.assert_errno("open", 0, EACCES);
+        let ev = tail.expect(|e| e["kind"] == "file" && e["file"]["path"] == doc.as_str());
+        assert_eq!(ev["identity"], "ll-mine", "judged by its cgroup: {ev:#}");
+        assert_eq!(ev["tgid"].as_u64(), Some(run.pid()), "{ev:#}");
+        // The name it gave itself is what the kernel reports.
+        assert_eq!(ev["comm"], token.as_str(), "{ev:#}");
+        assert_eq!(ev["verdict"], "deny", "{ev:#}");
+        assert_eq!(ev["file"]["access"], "read", "{ev:#}");
+        probe_outside(&["open", &doc, "r"]).assert_ok("open", 0);
+    }
+}

@@ -163,6 +163,7 @@ fn observers_attach_only_when_a_running_agents_filter_is_out_of_date() {
     let ev = tail.expect(|e| is_syscall(e, "getppid"));
     assert_eq!(ev["pid"].as_u64(), Some(pid), "{ev:#}");
     assert_eq!(ev["identity"], "long", "{ev:#}");
+    assert_eq!(ev["comm"], "corral-probe", "{ev:#}");
     probe.finish();
     wait_for(Duration::from_secs(10), "the observers to detach", || {
         (!observers_attached(&d)).then_some(())

@@ -9,18 +9,16 @@
 //! `cargo xtask bench agent` runs it alone (`CORRAL_BENCH_ROUNDS=N`).
 
 use std::{
-    fmt::Write as _,
     fs,
     path::{Path, PathBuf},
     process::Command,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::Result;
 
 use crate::{
-    bench_env::{self, Env, median},
-    bench_host::WORKLOADS,
-    util,
+    bench_env::{self, Env},
+    bench_paired::{self, Paired},
 };
 
 const IDENTITY: &str = "ag-all";
@@ -34,7 +32,7 @@ struct Bench<'a> {
 pub fn run(ws: &Path) -> Result<String> {
     let rounds = bench_env::rounds();
     bench_env::with_env(ws, "corral-bench-agent", |env| {
-        let port = crate::bench_host::low_port()?;
+        let port = bench_paired::low_port()?;
         let b = Bench {
             env,
             bench: fs::canonicalize(ws.join("target/release/corral-bench"))?,
@@ -82,74 +80,34 @@ impl Bench<'_> {
 
     /// ns per operation of each workload, as the agent or untagged.
     fn workloads(&self, tagged: bool) -> Result<Vec<f64>> {
-        let mut out = Vec::new();
-        for (op, n, _) in WORKLOADS {
-            let port = if op == "tcp-loop" { self.port } else { 0 };
-            let mut c = if tagged {
-                self.env.as_identity(Some(IDENTITY), &self.bench)
-            } else {
-                Command::new(&self.bench)
-            };
-            let v = bench_env::last_json(&util::output(c.args([op, &port.to_string(), n]))?)?;
-            if v["errors"].as_u64() != Some(0) {
-                bail!("{op} failed in the benchmark (tagged: {tagged}): {v}");
-            }
-            out.push(v["ns_per_op"].as_f64().context("ns_per_op")?);
-        }
-        Ok(out)
+        bench_paired::workloads(&self.bench, self.port, |bench| match tagged {
+            true => self.env.as_identity(Some(IDENTITY), bench),
+            false => Command::new(bench),
+        })
     }
 
     /// The table, and whether the file observer read audit records (then
     /// the other `--landlock-pids` mode is worth a table too).
     fn all(&self, rounds: usize, mode: &str) -> Result<(String, bool)> {
-        let n = WORKLOADS.len();
-        let (mut a, mut b, mut ratios) = (vec![vec![]; n], vec![vec![]; n], vec![vec![]; n]);
-        for round in 0..rounds {
-            util::header(&format!(
-                "agent cost ({mode}): round {}/{rounds}",
-                round + 1
-            ));
-            let (ra, rb) = if round % 2 == 0 {
-                let ra = self.workloads(false)?;
-                (ra, self.workloads(true)?)
-            } else {
-                let rb = self.workloads(true)?;
-                (self.workloads(false)?, rb)
-            };
-            for i in 0..n {
-                a[i].push(ra[i]);
-                b[i].push(rb[i]);
-                ratios[i].push(rb[i] / ra[i]);
-            }
-        }
+        let p = Paired::run(
+            &format!("agent cost ({mode})"),
+            rounds,
+            || self.workloads(false),
+            || self.workloads(true),
+        )?;
         let files = self.env.files_detail();
         let audit_records = files.contains("Landlock audit records");
-        let mut s = format!(
+        let s = format!(
             "agent cost{}: {rounds} paired rounds (A B / B A) in one daemon, ns per op\n\
              (a) untagged; (b) `corral run` agent with [network], [files], [syscalls], [leases]\n\
-             [files] here: {files}\n",
+             [files] here: {files}\n{}",
             if audit_records {
                 format!(" (--landlock-pids {mode})")
             } else {
                 String::new()
-            }
+            },
+            p.table()
         );
-        let _ = writeln!(
-            s,
-            "{:<30} {:>10} {:>10} {:>10} {:>9} {:>16}",
-            "workload", "(a) ns", "(b) ns", "b-a ns", "b/a med", "b/a min..max"
-        );
-        for (i, (_, _, label)) in WORKLOADS.iter().enumerate() {
-            let lo = ratios[i].iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = ratios[i].iter().copied().fold(0.0, f64::max);
-            let (ma, mb) = (median(a[i].clone()), median(b[i].clone()));
-            let _ = writeln!(
-                s,
-                "{label:<30} {ma:>10.1} {mb:>10.1} {:>10.1} {:>8.3}x {lo:>7.3}..{hi:<7.3}",
-                mb - ma,
-                median(ratios[i].clone()),
-            );
-        }
         Ok((s, audit_records))
     }
 }

@@ -12,37 +12,17 @@
 //! `CORRAL_BENCH_ROUNDS=N` changes the number of rounds (default 7).
 
 use std::{
-    fmt::Write as _,
     fs,
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::Result;
 
 use crate::{
-    bench_env::{self, Env, median},
-    util,
+    bench_env::{self, Env},
+    bench_paired::{self, Paired},
 };
-
-/// (workload, iterations per measurement, label).
-pub const WORKLOADS: [(&str, &str, &str); 4] = [
-    ("getppid", "2000000", "getppid loop"),
-    ("open-read", "200000", "open+read+close (256 files)"),
-    ("stat", "400000", "stat (256 files)"),
-    ("tcp-loop", "4000", "loopback TCP connect"),
-];
-
-/// A free loopback port below the ephemeral range (a server port inside
-/// it can collide with the clients' own TIME-WAIT sockets).
-pub fn low_port() -> Result<u16> {
-    let start = 20_000 + (std::process::id() % 10_000) as u16;
-    (start..32_000)
-        .chain(20_000..start)
-        .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .context("no free loopback port below 32000")
-}
 
 struct Bench<'a> {
     env: &'a Env,
@@ -55,7 +35,7 @@ struct Bench<'a> {
 pub fn run(ws: &Path) -> Result<String> {
     let rounds = bench_env::rounds();
     bench_env::with_env(ws, "corral-bench-host", |env| {
-        let port = crate::bench_host::low_port()?;
+        let port = bench_paired::low_port()?;
         Bench {
             env,
             bench: fs::canonicalize(ws.join("target/release/corral-bench"))?,
@@ -69,20 +49,7 @@ impl Bench<'_> {
     /// ns per operation of each workload, untagged (this process's own
     /// cgroup, outside every identity).
     fn workloads(&self) -> Result<Vec<f64>> {
-        let mut out = Vec::new();
-        for (op, n, _) in WORKLOADS {
-            let port = if op == "tcp-loop" { self.port } else { 0 };
-            let v = bench_env::last_json(&util::output(Command::new(&self.bench).args([
-                op,
-                &port.to_string(),
-                n,
-            ]))?)?;
-            if v["errors"].as_u64() != Some(0) {
-                bail!("{op} failed in the benchmark: {v}");
-            }
-            out.push(v["ns_per_op"].as_f64().context("ns_per_op")?);
-        }
-        Ok(out)
+        bench_paired::workloads(&self.bench, self.port, |b| Command::new(b))
     }
 
     fn write_policies(&self) -> Result<()> {
@@ -142,50 +109,25 @@ impl Bench<'_> {
 
     fn all(&self, rounds: usize) -> Result<String> {
         self.write_policies()?;
-        // Per workload: (a) samples, (b) samples, per-round ratios.
-        let n = WORKLOADS.len();
-        let (mut a, mut b, mut ratios) = (vec![vec![]; n], vec![vec![]; n], vec![vec![]; n]);
         let mut observer = String::new();
-        for round in 0..rounds {
-            util::header(&format!("host cost: round {}/{rounds}", round + 1));
-            let (ra, (rb, obs)) = if round % 2 == 0 {
-                let ra = self.workloads()?;
-                (ra, self.with_corral(round, || self.workloads())?)
-            } else {
-                let rb = self.with_corral(round, || self.workloads())?;
-                (self.workloads()?, rb)
-            };
-            observer = obs;
-            for i in 0..n {
-                a[i].push(ra[i]);
-                b[i].push(rb[i]);
-                ratios[i].push(rb[i] / ra[i]);
-            }
-        }
-        let mut s = format!(
+        let mut round = 0;
+        let p = Paired::run(
+            "host cost",
+            rounds,
+            || self.workloads(),
+            || {
+                round += 1;
+                let (r, obs) = self.with_corral(round, || self.workloads())?;
+                observer = obs;
+                Ok(r)
+            },
+        )?;
+        Ok(format!(
             "host cost: UNTAGGED processes, {rounds} paired rounds (A B / B A), ns per op\n\
              (a) no Corral; (b) Corral with [network], [files], [syscalls], [leases] identities \
-             and running `corral run` agents ([syscalls], [files])\n[files] here: {observer}\n"
-        );
-        let _ = writeln!(
-            s,
-            "{:<30} {:>10} {:>10} {:>9} {:>16}",
-            "workload", "(a) ns", "(b) ns", "b/a med", "b/a min..max"
-        );
-        for (i, (_, _, label)) in WORKLOADS.iter().enumerate() {
-            let lo = ratios[i].iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = ratios[i].iter().copied().fold(0.0, f64::max);
-            let _ = writeln!(
-                s,
-                "{label:<30} {:>10.1} {:>10.1} {:>8.3}x {:>7.3}..{:<7.3}",
-                median(a[i].clone()),
-                median(b[i].clone()),
-                median(ratios[i].clone()),
-                lo,
-                hi
-            );
-        }
-        Ok(s)
+             and running `corral run` agents ([syscalls], [files])\n[files] here: {observer}\n{}",
+            p.table()
+        ))
     }
 }
 

@@ -13,6 +13,7 @@ mod bench_env;
 mod bench_files;
 mod bench_host;
 mod bench_lease;
+mod bench_paired;
 mod bench_syscall;
 mod build;
 mod fuzz;

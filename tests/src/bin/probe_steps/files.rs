@@ -4,7 +4,10 @@
 //! unlink PATH | exec PATH | link FROM TO | rename FROM TO |
 //! symlink TARGET LINK | chdir DIR |
 //! open-loop PATH N   (N × open(O_RDONLY)+close; ns per pair, errors counted) |
-//! syscall-loop N   (N × getppid: what any syscall pays for syscall hooks)
+//! syscall-loop N   (N × getppid: what any syscall pays for syscall hooks) |
+//! sandbox-self NAME   (names itself NAME, then stacks a Landlock domain of
+//!                      its own that refuses every file read: what an agent
+//!                      does to pass its denials off as another identity's)
 
 use std::{ffi::CString, io, os::unix::ffi::OsStrExt as _, path::Path, time::Instant};
 
@@ -31,6 +34,7 @@ pub fn is_step(op: &str) -> bool {
             | "chown"
             | "open-loop"
             | "syscall-loop"
+            | "sandbox-self"
     )
 }
 
@@ -146,6 +150,16 @@ pub fn step(args: &[String], i: usize) -> usize {
     let a = |k: usize| args[i + k].as_str();
     match a(0) {
         "open" => step_open(args, i),
+        "sandbox-self" => {
+            let name = cstr(a(1));
+            // SAFETY: a valid C string; the probe is single-threaded, so
+            // the domain covers the steps that follow.
+            unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+            let r = agent_user::sandbox::landlock::empty_ruleset()
+                .and_then(|fd| agent_user::sandbox::landlock::restrict_thread(&fd, 0));
+            emit("sandbox-self", r);
+            i + 2
+        }
         "create" => {
             emit(
                 "create",
